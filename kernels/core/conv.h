@@ -1,0 +1,35 @@
+// Sparse convolution arithmetic of the framework-free core: fused
+// gather-GEMM-scatter over a kernel map (coordinates.h), forward and
+// backward. Deterministic: work is split into fixed blocks of output rows
+// (or fixed segments of pairs) whatever the thread count, and every sum is
+// taken in a fixed order.
+#ifndef SPARSE_OPS_KERNELS_CORE_CONV_H_
+#define SPARSE_OPS_KERNELS_CORE_CONV_H_
+
+#include <cstdint>
+
+#include "kernels/core/coordinates.h"
+#include "kernels/core/parallel.h"
+
+namespace sparse_ops {
+
+// out[o] = sum over pairs (i, o) of offset k of in[i] . W_k, for all n_out
+// rows (rows without pairs get zeros). W is [K, c_in, c_out] row-major; with
+// transpose_weights it is [K, c_out, c_in] and W_k^T is used instead (the
+// input gradient of a convolution, and the transposed convolution).
+// `map` must be sorted by output row within each offset.
+template <typename T>
+void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
+                bool transpose_weights, const KernelMapView& map,
+                int64_t n_out, T* out, const ParallelFor& parallel_for);
+
+// grad_weights[k] = sum over pairs (i, o) of offset k of in[i]^T grad_out[o],
+// [K, c_in, c_out].
+template <typename T>
+void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
+                              int64_t c_out, const KernelMapView& map,
+                              T* grad_weights, const ParallelFor& parallel_for);
+
+}  // namespace sparse_ops
+
+#endif  // SPARSE_OPS_KERNELS_CORE_CONV_H_

@@ -1,0 +1,410 @@
+#include "kernels/core/coordinates.h"
+
+#include <algorithm>
+#include <atomic>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace sparse_ops {
+namespace {
+
+int BitsFor(int64_t span) {  // bits to hold 0..span
+  int bits = 0;
+  while (bits < 63 && (span >> bits) != 0) ++bits;
+  return bits;
+}
+
+int64_t FloorDiv(int64_t a, int64_t b) {
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+
+// Per-axis minimum and maximum of coords [n, dims] (zeros when n == 0).
+void RowBounds(const int32_t* coords, int64_t n, int dims,
+               std::vector<int64_t>* lo, std::vector<int64_t>* hi) {
+  lo->assign(dims, 0);
+  hi->assign(dims, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int a = 0; a < dims; ++a) {
+      const int64_t v = coords[i * dims + a];
+      if (i == 0 || v < (*lo)[a]) (*lo)[a] = v;
+      if (i == 0 || v > (*hi)[a]) (*hi)[a] = v;
+    }
+  }
+}
+
+// Sorts keys[0, n) and moves the unique ones to the front.
+int64_t SortUnique(uint64_t* keys, int64_t n) {
+  std::sort(keys, keys + n);
+  return std::unique(keys, keys + n) - keys;
+}
+
+}  // namespace
+
+KeyPacker::KeyPacker(int dims) : dims_(dims) {
+  for (int a = 0; a < kMaxDims; ++a) {
+    lo_[a] = std::numeric_limits<int64_t>::max();
+    hi_[a] = std::numeric_limits<int64_t>::min();
+    span_[a] = 0;
+    shift_[a] = 0;
+  }
+}
+
+void KeyPacker::Cover(int axis, int64_t lo, int64_t hi) {
+  lo_[axis] = std::min(lo_[axis], lo);
+  hi_[axis] = std::max(hi_[axis], hi);
+}
+
+void KeyPacker::CoverRows(const int32_t* coords, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t* c = coords + i * dims_;
+    for (int a = 0; a < dims_; ++a) {
+      lo_[a] = std::min<int64_t>(lo_[a], c[a]);
+      hi_[a] = std::max<int64_t>(hi_[a], c[a]);
+    }
+  }
+}
+
+Status KeyPacker::Finalize() {
+  if (dims_ < 1 || dims_ > kMaxDims) {
+    return Status::Error("coordinates have " + std::to_string(dims_) +
+                         " columns; 2 to " + std::to_string(kMaxDims) +
+                         " (batch + spatial axes) are supported");
+  }
+  // Axis 0 (batch) takes the highest bits so that sorted keys are batch-major
+  // and row-major over the spatial axes.
+  int total = 0;
+  std::string widths;
+  for (int a = dims_ - 1; a >= 0; --a) {
+    if (lo_[a] > hi_[a]) lo_[a] = hi_[a] = 0;  // no rows: empty range
+    span_[a] = hi_[a] - lo_[a];
+    shift_[a] = total;
+    const int bits = BitsFor(span_[a]);
+    total += bits;
+    widths = std::to_string(bits) + (widths.empty() ? "" : ", ") + widths;
+  }
+  if (total > kMaxKeyBits) {
+    return Status::Error(
+        "coordinates span too large a range to pack into a 64-bit key: the "
+        "axes (batch first) need " + widths + " bits, " +
+        std::to_string(total) + " in total, more than " +
+        std::to_string(kMaxKeyBits) +
+        ". Use a larger voxel size, fewer dimensions, or coordinates that "
+        "span a smaller range.");
+  }
+  return Status::Ok();
+}
+
+void KeyPacker::Unpack(uint64_t key, int32_t* c) const {
+  for (int a = 0; a < dims_; ++a) {
+    const int bits = BitsFor(span_[a]);
+    const uint64_t mask = bits == 0 ? 0 : ((uint64_t{1} << bits) - 1);
+    c[a] = static_cast<int32_t>(lo_[a] + static_cast<int64_t>(
+                                             (key >> shift_[a]) & mask));
+  }
+}
+
+int64_t CoordinateTable::CapacityFor(int64_t n) {
+  int64_t capacity = 16;
+  while (capacity < 2 * n) capacity <<= 1;
+  return capacity;
+}
+
+Status CoordinateTable::Build(const int32_t* coords, int64_t n,
+                              const KeyPacker& packer,
+                              const ParallelFor& parallel_for) {
+  std::fill(keys_, keys_ + mask_ + 1, kEmpty);
+  const int dims = packer.dims();
+  // First problem found, as (row, other row); -1 when none.
+  std::atomic<int64_t> bad_row{-1}, other_row{-1};
+  parallel_for(n, 50, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      uint64_t key;
+      if (!packer.Pack(coords + i * dims, &key)) {
+        int64_t expected = -1;
+        bad_row.compare_exchange_strong(expected, i);
+        return;
+      }
+      uint64_t slot = Hash(key) & mask_;
+      while (true) {
+        uint64_t expected = kEmpty;
+        if (__atomic_compare_exchange_n(&keys_[slot], &expected, key, false,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+          __atomic_store_n(&rows_[slot], static_cast<int32_t>(i),
+                           __ATOMIC_RELEASE);
+          break;
+        }
+        if (expected == key) {  // duplicate site
+          // The other row may still be writing its index; wait for it.
+          int32_t other;
+          while ((other = __atomic_load_n(&rows_[slot], __ATOMIC_ACQUIRE)) <
+                 0) {
+          }
+          int64_t none = -1;
+          if (bad_row.compare_exchange_strong(none, i)) other_row = other;
+          return;
+        }
+        slot = (slot + 1) & mask_;
+      }
+    }
+  });
+  if (bad_row >= 0) {
+    if (other_row < 0) {
+      return Status::Error("coordinates row " + std::to_string(bad_row.load()) +
+                           " lies outside the range the key was built for");
+    }
+    const int64_t a = std::min(bad_row.load(), other_row.load());
+    const int64_t b = std::max(bad_row.load(), other_row.load());
+    std::string site;
+    for (int d = 0; d < dims; ++d) {
+      site += (d ? ", " : "") + std::to_string(coords[a * dims + d]);
+    }
+    return Status::Error(
+        "coordinates has duplicate sites: rows " + std::to_string(a) +
+        " and " + std::to_string(b) + " are both [" + site +
+        "]; merge duplicates first, e.g. with "
+        "sparse_ops.utils.sparse_quantize");
+  }
+  return Status::Ok();
+}
+
+bool IsSymmetric(const KernelGeometry& g, int dims) {
+  const int d = dims - 1;
+  for (int64_t k = 0; k < g.num_offsets; ++k) {
+    const int32_t* a = g.offsets + k * d;
+    const int32_t* b = g.offsets + (g.num_offsets - 1 - k) * d;
+    for (int j = 0; j < d; ++j) {
+      if (a[j] != -b[j]) return false;
+    }
+  }
+  return true;
+}
+
+void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
+                    const int32_t* out_coords, int64_t n_out,
+                    const KernelGeometry& g, bool same_coordinates,
+                    int32_t* neighbours, const ParallelFor& parallel_for) {
+  const int dims = packer.dims();
+  const int64_t K = g.num_offsets;
+  const bool mirror = same_coordinates && IsSymmetric(g, dims);
+  // With mirroring, offsets k < K/2 are probed and k' = K-1-k filled from
+  // them; the centre (K odd) is the identity.
+  const int64_t probed = mirror ? K / 2 : K;
+  if (mirror) {
+    std::fill(neighbours + (K - probed) * n_out, neighbours + K * n_out, -1);
+  }
+  parallel_for(n_out, 40 * probed, [&](int64_t begin, int64_t end) {
+    int64_t q[kMaxDims];
+    for (int64_t o = begin; o < end; ++o) {
+      const int32_t* c = out_coords + o * dims;
+      q[0] = c[0];
+      for (int64_t k = 0; k < probed; ++k) {
+        const int32_t* off = g.offsets + k * (dims - 1);
+        for (int a = 1; a < dims; ++a) {
+          q[a] = c[a] + static_cast<int64_t>(off[a - 1]) * g.stride[a - 1];
+        }
+        uint64_t key;
+        const int32_t i = packer.Pack(q, &key) ? in_table.Find(key) : -1;
+        neighbours[k * n_out + o] = i;
+        // Unique coordinates: row i is reached from one o per offset, so
+        // the mirrored writes never collide.
+        if (mirror && i >= 0) neighbours[(K - 1 - k) * n_out + i] = o;
+      }
+      if (mirror && K % 2 == 1) neighbours[(K / 2) * n_out + o] = o;
+    }
+  });
+}
+
+void CountPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
+                int64_t* splits, const ParallelFor& parallel_for) {
+  std::vector<int64_t> counts(K, 0);
+  parallel_for(K, 2 * n_out, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int32_t* row = neighbours + k * n_out;
+      int64_t count = 0;
+      for (int64_t o = 0; o < n_out; ++o) count += row[o] >= 0;
+      counts[k] = count;
+    }
+  });
+  splits[0] = 0;
+  for (int64_t k = 0; k < K; ++k) splits[k + 1] = splits[k] + counts[k];
+}
+
+void FillPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
+               const int64_t* splits, int32_t* in_rows, int32_t* out_rows,
+               const ParallelFor& parallel_for) {
+  parallel_for(K, 3 * n_out, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int32_t* row = neighbours + k * n_out;
+      int64_t p = splits[k];
+      for (int64_t o = 0; o < n_out; ++o) {
+        if (row[o] >= 0) {
+          in_rows[p] = row[o];
+          out_rows[p] = static_cast<int32_t>(o);
+          ++p;
+        }
+      }
+    }
+  });
+}
+
+Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
+                         int64_t n_in, int64_t n_out,
+                         const ParallelFor& parallel_for) {
+  const int64_t K = map.num_offsets;
+  if (map.splits[0] != 0 || map.splits[K] != num_pairs) {
+    return Status::Error("kernel map offset_splits must start at 0 and end at "
+                         "the number of pairs " + std::to_string(num_pairs));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    if (map.splits[k + 1] < map.splits[k]) {
+      return Status::Error("kernel map offset_splits must be non-decreasing");
+    }
+  }
+  std::atomic<int64_t> bad_pair{-1};
+  parallel_for(K, 1000, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      int64_t last_out = -1;
+      for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
+        const int64_t i = map.in_rows[p], o = map.out_rows[p];
+        if (i < 0 || i >= n_in || o <= last_out || o >= n_out) {
+          int64_t none = -1;
+          bad_pair.compare_exchange_strong(none, p);
+          return;
+        }
+        last_out = o;
+      }
+    }
+  });
+  if (bad_pair >= 0) {
+    const int64_t p = bad_pair;
+    return Status::Error(
+        "kernel map pair " + std::to_string(p) + " (in row " +
+        std::to_string(map.in_rows[p]) + ", out row " +
+        std::to_string(map.out_rows[p]) + ") is out of range for " +
+        std::to_string(n_in) + " input and " + std::to_string(n_out) +
+        " output rows, or out rows are not increasing within an offset");
+  }
+  return Status::Ok();
+}
+
+void TransposedNeighbours(const KernelMapView& map, int64_t n_in,
+                          int32_t* table, const ParallelFor& parallel_for) {
+  parallel_for(map.num_offsets, 3 * n_in, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      int32_t* row = table + k * n_in;
+      std::fill(row, row + n_in, -1);
+      for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
+        row[map.in_rows[p]] = map.out_rows[p];
+      }
+    }
+  });
+}
+
+Status StridedKeys(const int32_t* coords, int64_t n, int dims,
+                   const int32_t* stride, KeyPacker* packer, uint64_t* keys,
+                   int64_t* num_unique) {
+  for (int a = 1; a < dims; ++a) {
+    if (stride[a - 1] < 1) {
+      return Status::Error("stride must be positive, got " +
+                           std::to_string(stride[a - 1]));
+    }
+  }
+  std::vector<int64_t> lo, hi;
+  RowBounds(coords, n, dims, &lo, &hi);
+  if (n > 0) {
+    // floor(c / s) * s is monotone in c: its range follows from the bounds.
+    for (int a = 0; a < dims; ++a) {
+      const int64_t s = a == 0 ? 1 : stride[a - 1];
+      const int64_t new_lo = FloorDiv(lo[a], s) * s;
+      if (new_lo < std::numeric_limits<int32_t>::min()) {
+        return Status::Error("strided coordinates of axis " +
+                             std::to_string(a) + " fall below the int32 range");
+      }
+      packer->Cover(a, new_lo, FloorDiv(hi[a], s) * s);
+    }
+  }
+  Status status = packer->Finalize();
+  if (!status.ok()) return status;
+  int64_t q[kMaxDims];
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t* c = coords + i * dims;
+    q[0] = c[0];
+    for (int a = 1; a < dims; ++a) {
+      const int64_t s = stride[a - 1];
+      q[a] = FloorDiv(c[a], s) * s;
+    }
+    packer->Pack(q, &keys[i]);
+  }
+  *num_unique = SortUnique(keys, n);
+  return Status::Ok();
+}
+
+Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
+                      const KernelGeometry& g, KeyPacker* packer,
+                      uint64_t* keys, int64_t* num_unique,
+                      const ParallelFor& parallel_for) {
+  const int64_t K = g.num_offsets;
+  std::vector<int64_t> lo, hi;
+  RowBounds(coords, n, dims, &lo, &hi);
+  if (n > 0) {
+    packer->Cover(0, lo[0], hi[0]);
+    for (int a = 1; a < dims; ++a) {
+      int64_t step_lo = 0, step_hi = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t step =
+            static_cast<int64_t>(g.offsets[k * (dims - 1) + a - 1]) *
+            g.stride[a - 1];
+        step_lo = k == 0 ? step : std::min(step_lo, step);
+        step_hi = k == 0 ? step : std::max(step_hi, step);
+      }
+      const int64_t new_lo = lo[a] + step_lo, new_hi = hi[a] + step_hi;
+      if (new_lo < std::numeric_limits<int32_t>::min() ||
+          new_hi > std::numeric_limits<int32_t>::max()) {
+        return Status::Error("generated coordinates of axis " +
+                             std::to_string(a) +
+                             " would overflow the int32 range");
+      }
+      packer->Cover(a, new_lo, new_hi);
+    }
+  }
+  Status status = packer->Finalize();
+  if (!status.ok()) return status;
+  parallel_for(n, 20 * K, [&](int64_t begin, int64_t end) {
+    int64_t q[kMaxDims];
+    for (int64_t i = begin; i < end; ++i) {
+      const int32_t* c = coords + i * dims;
+      q[0] = c[0];
+      for (int64_t k = 0; k < K; ++k) {
+        for (int a = 1; a < dims; ++a) {
+          q[a] = c[a] + static_cast<int64_t>(
+                            g.offsets[k * (dims - 1) + a - 1]) *
+                            g.stride[a - 1];
+        }
+        packer->Pack(q, &keys[i * K + k]);
+      }
+    }
+  });
+  *num_unique = SortUnique(keys, n * K);
+  return Status::Ok();
+}
+
+void UnpackKeys(const KeyPacker& packer, const uint64_t* keys, int64_t n,
+                int32_t* coords, const ParallelFor& parallel_for) {
+  const int dims = packer.dims();
+  parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      packer.Unpack(keys[i], coords + i * dims);
+    }
+  });
+}
+
+int64_t FindNegativeBatch(const int32_t* coords, int64_t n, int dims) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (coords[i * dims] < 0) return i;
+  }
+  return -1;
+}
+
+}  // namespace sparse_ops

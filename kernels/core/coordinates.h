@@ -1,0 +1,168 @@
+// Coordinate algorithms of the framework-free core: 64-bit key packing, a
+// parallel open-addressing hash table, kernel maps (per-offset CSR pairs),
+// and the output coordinates of strided and generative convolutions.
+//
+// Coordinates are int32 rows [batch, x1 .. xD] (dims = 1 + D). Offsets are
+// int32 [K, D] in units of a per-axis stride: the input site paired with
+// output site o through offset k is o + offsets[k] * stride.
+#ifndef SPARSE_OPS_KERNELS_CORE_COORDINATES_H_
+#define SPARSE_OPS_KERNELS_CORE_COORDINATES_H_
+
+#include <cstdint>
+
+#include "kernels/core/parallel.h"
+#include "kernels/core/status.h"
+
+namespace sparse_ops {
+
+constexpr int kMaxDims = 32;       // batch + up to 31 spatial axes
+constexpr int kMaxKeyBits = 63;    // all-ones is the hash table's empty mark
+
+// Packs a coordinate row into one uint64: each axis contributes
+// (c - min) in just enough bits for its range [min, max]. The range is taken
+// from the data, so coordinates near the int32 limits pack as well as small
+// ones; only a total span wider than 63 bits is an error (never a wrap).
+class KeyPacker {
+ public:
+  explicit KeyPacker(int dims);
+
+  int dims() const { return dims_; }
+  // Widens axis a's range to include [lo, hi].
+  void Cover(int axis, int64_t lo, int64_t hi);
+  // Widens every axis to include the rows of coords [n, dims].
+  void CoverRows(const int32_t* coords, int64_t n);
+  // Fixes the bit layout; fails when the ranges need more than 63 bits.
+  Status Finalize();
+
+  // Packs row c; returns false when c lies outside the covered range.
+  template <typename C>
+  bool Pack(const C* c, uint64_t* key) const {
+    uint64_t k = 0;
+    for (int a = 0; a < dims_; ++a) {
+      const int64_t v = static_cast<int64_t>(c[a]) - lo_[a];
+      if (v < 0 || v > span_[a]) return false;
+      k |= static_cast<uint64_t>(v) << shift_[a];
+    }
+    *key = k;
+    return true;
+  }
+  void Unpack(uint64_t key, int32_t* c) const;
+
+ private:
+  int dims_;
+  int64_t lo_[kMaxDims];
+  int64_t hi_[kMaxDims];
+  int64_t span_[kMaxDims];  // hi - lo
+  int shift_[kMaxDims];
+};
+
+// Open-addressing hash table from packed key to row, on caller storage.
+class CoordinateTable {
+ public:
+  // Slots needed for n rows (a power of two, load factor <= 1/2).
+  static int64_t CapacityFor(int64_t n);
+
+  CoordinateTable(uint64_t* keys, int32_t* rows, int64_t capacity)
+      : keys_(keys), rows_(rows), mask_(capacity - 1) {}
+
+  // Inserts rows [0, n) of coords in parallel. Duplicate rows are an error
+  // naming both rows; so are rows outside the packer's range.
+  Status Build(const int32_t* coords, int64_t n, const KeyPacker& packer,
+               const ParallelFor& parallel_for);
+
+  int32_t Find(uint64_t key) const {
+    uint64_t slot = Hash(key) & mask_;
+    while (true) {
+      const uint64_t k = keys_[slot];
+      if (k == key) return rows_[slot];
+      if (k == kEmpty) return -1;
+      slot = (slot + 1) & mask_;
+    }
+  }
+
+  static constexpr uint64_t kEmpty = ~uint64_t{0};
+
+ private:
+  static uint64_t Hash(uint64_t k) {  // murmur3 finaliser
+    k ^= k >> 33;
+    k *= 0xff51afd7ed558ccdULL;
+    k ^= k >> 33;
+    k *= 0xc4ceb9fe1a85ec53ULL;
+    k ^= k >> 33;
+    return k;
+  }
+  uint64_t* keys_;
+  int32_t* rows_;
+  uint64_t mask_;
+};
+
+struct KernelGeometry {
+  const int32_t* offsets;  // [num_offsets, dims - 1]
+  int64_t num_offsets;
+  const int32_t* stride;   // [dims - 1], multiplies the offsets
+};
+
+// True when offset k and offset K-1-k are negatives of each other: then a
+// map between identical coordinate sets needs only half the probes.
+bool IsSymmetric(const KernelGeometry& geometry, int dims);
+
+// neighbours[k * n_out + o] = the input row at out_coords[o] + offset k, or
+// -1. `same_coordinates` says in_coords and out_coords are the same rows, so
+// symmetric geometries probe half the offsets and mirror the rest.
+void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
+                    const int32_t* out_coords, int64_t n_out,
+                    const KernelGeometry& geometry, bool same_coordinates,
+                    int32_t* neighbours, const ParallelFor& parallel_for);
+
+// Neighbour table [K, n_out] -> per-offset CSR. CountPairs writes
+// splits[K + 1]; FillPairs then writes the pairs, within each offset in
+// increasing output row.
+void CountPairs(const int32_t* neighbours, int64_t num_offsets, int64_t n_out,
+                int64_t* splits, const ParallelFor& parallel_for);
+void FillPairs(const int32_t* neighbours, int64_t num_offsets, int64_t n_out,
+               const int64_t* splits, int32_t* in_rows, int32_t* out_rows,
+               const ParallelFor& parallel_for);
+
+// A kernel map: for offset k, pairs [splits[k], splits[k+1]) of
+// (in_rows[p], out_rows[p]), sorted by out_rows within each offset.
+struct KernelMapView {
+  const int64_t* splits;
+  const int32_t* in_rows;
+  const int32_t* out_rows;
+  int64_t num_offsets;
+};
+
+// Checks a kernel map that came from outside: splits monotone from 0 to
+// the pair count, rows in range, output rows increasing within an offset.
+Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
+                         int64_t n_in, int64_t n_out,
+                         const ParallelFor& parallel_for);
+
+// The neighbour table of the transposed map (roles of in and out swapped):
+// table[k * n_in + i] = out row paired with input row i through offset k.
+void TransposedNeighbours(const KernelMapView& map, int64_t n_in,
+                          int32_t* table, const ParallelFor& parallel_for);
+
+// Keys of the output sites of a strided convolution: floor(c / s) * s per
+// spatial axis, batch kept. Writes n keys, sorts them and returns the
+// number of unique ones in *num_unique. `packer` is set up for Unpack.
+Status StridedKeys(const int32_t* coords, int64_t n, int dims,
+                   const int32_t* stride, KeyPacker* packer, uint64_t* keys,
+                   int64_t* num_unique);
+
+// Keys of every site c + offsets[k] * stride (generative transposed
+// convolution): writes n * K keys, sorts, returns the unique count.
+Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
+                      const KernelGeometry& geometry, KeyPacker* packer,
+                      uint64_t* keys, int64_t* num_unique,
+                      const ParallelFor& parallel_for);
+
+void UnpackKeys(const KeyPacker& packer, const uint64_t* keys, int64_t n,
+                int32_t* coords, const ParallelFor& parallel_for);
+
+// First row with a negative batch index, or -1.
+int64_t FindNegativeBatch(const int32_t* coords, int64_t n, int dims);
+
+}  // namespace sparse_ops
+
+#endif  // SPARSE_OPS_KERNELS_CORE_COORDINATES_H_

@@ -1,0 +1,160 @@
+// Op registrations: the permanent signatures of sparse_ops' custom ops.
+// Names are namespaced "SparseOps>..." and must never be renamed (SavedModels
+// refer to them). Kernels live in kernels/tf/, the algorithms in kernels/core/.
+#include "tensorflow/core/framework/common_shape_fns.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace sparse_ops {
+
+using Status = absl::Status;
+using ::tensorflow::shape_inference::DimensionHandle;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+
+namespace {
+
+// A coordinates input: int32 [N, 1 + D].
+Status CoordinatesShape(InferenceContext* c, int input, ShapeHandle* shape) {
+  return c->WithRank(c->input(input), 2, shape);
+}
+
+}  // namespace
+
+REGISTER_OP("SparseOps>KernelMap")
+    .Input("in_coordinates: int32")
+    .Input("out_coordinates: int32")
+    .Input("offsets: int32")
+    .Input("stride: int32")
+    .Output("offset_splits: int64")
+    .Output("in_rows: int32")
+    .Output("out_rows: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle in, out, offsets, stride;
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 0, &in));
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 1, &out));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 2, &offsets));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &stride));
+      DimensionHandle splits;
+      TF_RETURN_IF_ERROR(c->Add(c->Dim(offsets, 0), 1, &splits));
+      c->set_output(0, c->Vector(splits));
+      c->set_output(1, c->Vector(c->UnknownDim()));
+      c->set_output(2, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Kernel map of a sparse convolution: for every kernel offset k, the pairs of
+(input row, output row) with in_coordinates[in] == out_coordinates[out] +
+offsets[k] * stride (batch equal). Pairs of offset k are
+[offset_splits[k], offset_splits[k+1]), sorted by output row.
+
+in_coordinates: int32 [N, 1 + D], unique rows, column 0 the batch index.
+out_coordinates: int32 [M, 1 + D].
+offsets: int32 [K, D] kernel offsets, in units of `stride`.
+stride: int32 [D], the input tensor stride.
+)doc");
+
+REGISTER_OP("SparseOps>StridedCoordinates")
+    .Input("coordinates: int32")
+    .Input("stride: int32")
+    .Output("out_coordinates: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle in, stride;
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 0, &in));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &stride));
+      c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(in, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Output sites of a strided convolution: unique(floor(c / stride) * stride) per
+spatial axis, batch kept, sorted batch-major and row-major.
+)doc");
+
+REGISTER_OP("SparseOps>GenerativeCoordinates")
+    .Input("coordinates: int32")
+    .Input("offsets: int32")
+    .Input("stride: int32")
+    .Output("out_coordinates: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle in, offsets, stride;
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 0, &in));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &offsets));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &stride));
+      c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(in, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Every site a kernel reaches from the input sites: unique(c + offsets[k] *
+stride) over sites and offsets, sorted batch-major and row-major.
+)doc");
+
+REGISTER_OP("SparseOps>Conv")
+    .Input("features: T")
+    .Input("kernel: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("out_coordinates: int32")
+    .Output("output: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features, kernel, out;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 5, &out));
+      c->set_output(0, c->Matrix(c->Dim(out, 0), c->Dim(kernel, 2)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Sparse convolution over a kernel map: output[o] = sum over the pairs (i, o)
+of offset k of features[i] . kernel[k]. kernel is [K, C_in, C_out];
+out_coordinates gives the number of output rows.
+)doc");
+
+REGISTER_OP("SparseOps>ConvBackpropInput")
+    .Input("grad_output: T")
+    .Input("kernel: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("in_coordinates: int32")
+    .Output("grad_features: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle grad, kernel, in;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 5, &in));
+      c->set_output(0, c->Matrix(c->Dim(in, 0), c->Dim(kernel, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Adjoint of SparseOps>Conv in its features: grad_features[i] = sum over the
+pairs (i, o) of offset k of grad_output[o] . kernel[k]^T. Also the forward
+pass of the transposed convolution.
+)doc");
+
+REGISTER_OP("SparseOps>ConvBackpropKernel")
+    .Input("features: T")
+    .Input("grad_output: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Output("grad_kernel: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features, grad, splits;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &splits));
+      DimensionHandle k;
+      TF_RETURN_IF_ERROR(c->Subtract(c->Dim(splits, 0), 1, &k));
+      c->set_output(0, c->MakeShape({k, c->Dim(features, 1), c->Dim(grad, 1)}));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of SparseOps>Conv in its kernel: grad_kernel[k] = sum over the pairs
+(i, o) of offset k of features[i]^T grad_output[o], [K, C_in, C_out].
+)doc");
+
+}  // namespace sparse_ops

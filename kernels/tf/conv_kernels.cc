@@ -1,0 +1,208 @@
+// CPU kernels of the convolution ops: validate, allocate, call the core.
+#include "kernels/core/conv.h"
+#include "kernels/core/coordinates.h"
+#include "kernels/tf/glue.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace sparse_ops {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+namespace {
+
+// Checks the kernel map inputs (offset_splits, in_rows, out_rows at
+// `first`, `first` + 1, `first` + 2) against the row counts and returns a
+// view of them; the map may come from a user, so every index is checked.
+bool GetKernelMap(OpKernelContext* context, int first, int64_t n_in,
+                  int64_t n_out, KernelMapView* map) {
+  const Tensor& splits = context->input(first);
+  const Tensor& in_rows = context->input(first + 1);
+  const Tensor& out_rows = context->input(first + 2);
+  if (splits.dims() != 1 || splits.dim_size(0) < 1 || in_rows.dims() != 1 ||
+      out_rows.dims() != 1 || in_rows.dim_size(0) != out_rows.dim_size(0)) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "kernel map must be offset_splits [K + 1], in_rows [P] and out_rows "
+        "[P], got shapes " + splits.shape().DebugString() + ", " +
+        in_rows.shape().DebugString() + ", " + out_rows.shape().DebugString()));
+    return false;
+  }
+  *map = KernelMapView{splits.flat<int64_t>().data(),
+                       in_rows.flat<int32_t>().data(),
+                       out_rows.flat<int32_t>().data(),
+                       splits.dim_size(0) - 1};
+  const Status status = ValidateKernelMap(*map, in_rows.dim_size(0), n_in,
+                                          n_out, IntraOpParallelFor(context));
+  if (!status.ok()) {
+    context->CtxFailure(absl::InvalidArgumentError(status.message()));
+    return false;
+  }
+  return true;
+}
+
+// Checks a kernel [K, c_in, c_out] against the map and a features input.
+bool CheckKernel(OpKernelContext* context, const Tensor& kernel,
+                 const KernelMapView& map, const Tensor& features,
+                 int features_dim, const char* features_name) {
+  if (kernel.dims() != 3 || kernel.dim_size(0) != map.num_offsets ||
+      kernel.dim_size(features_dim) != features.dim_size(1)) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "kernel must be [K, C_in, C_out] with K = " +
+        std::to_string(map.num_offsets) + " kernel offsets and " +
+        (features_dim == 1 ? "C_in" : "C_out") + " = " +
+        std::to_string(features.dim_size(1)) + " channels of " +
+        features_name + ", got shape " + kernel.shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
+bool CheckMatrix(OpKernelContext* context, const Tensor& t,
+                 const char* name) {
+  if (t.dims() != 2) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        std::string(name) + " must be a matrix [rows, channels], got shape " +
+        t.shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
+bool CheckRows(OpKernelContext* context, const Tensor& t, int64_t rows,
+               const char* name, const char* coordinates_name) {
+  if (t.dim_size(0) != rows) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        std::string(name) + " has " + std::to_string(t.dim_size(0)) +
+        " rows but " + coordinates_name + " has " + std::to_string(rows)));
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+template <typename T>
+class ConvOp : public OpKernel {
+ public:
+  explicit ConvOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& out_coordinates = context->input(5);
+    if (!CheckMatrix(context, features, "features")) return;
+    if (!CheckMatrix(context, out_coordinates, "out_coordinates")) return;
+    const int64_t n_out = out_coordinates.dim_size(0);
+    KernelMapView map;
+    if (!GetKernelMap(context, 2, features.dim_size(0), n_out, &map)) return;
+    if (!CheckKernel(context, kernel, map, features, 1, "features")) return;
+    const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, TensorShape({n_out, c_out}), &output));
+    SparseConv<T>(features.flat<T>().data(), c_in, kernel.flat<T>().data(),
+                  c_out, /*transpose_weights=*/false, map, n_out,
+                  output->flat<T>().data(), IntraOpParallelFor(context));
+  }
+};
+
+template <typename T>
+class ConvBackpropInputOp : public OpKernel {
+ public:
+  explicit ConvBackpropInputOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& grad = context->input(0);
+    const Tensor& kernel = context->input(1);
+    const Tensor& in_coordinates = context->input(5);
+    if (!CheckMatrix(context, grad, "grad_output")) return;
+    if (!CheckMatrix(context, in_coordinates, "in_coordinates")) return;
+    const int64_t n_in = in_coordinates.dim_size(0);
+    KernelMapView map;
+    if (!GetKernelMap(context, 2, n_in, grad.dim_size(0), &map)) return;
+    if (!CheckKernel(context, kernel, map, grad, 2, "grad_output")) return;
+    const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
+    const int64_t K = map.num_offsets, pairs = map.splits[K];
+    const ParallelFor parallel_for = IntraOpParallelFor(context);
+
+    // The transposed map, sorted by input row, as the core needs.
+    Tensor table, t_splits, t_in, t_out;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
+                                                   TensorShape({K * n_in}),
+                                                   &table));
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT64,
+                                                   TensorShape({K + 1}),
+                                                   &t_splits));
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
+                                                   TensorShape({pairs}), &t_in));
+    OP_REQUIRES_OK(context, context->allocate_temp(
+                                tensorflow::DT_INT32, TensorShape({pairs}),
+                                &t_out));
+    int32_t* nbr = table.flat<int32_t>().data();
+    int64_t* s = t_splits.flat<int64_t>().data();
+    TransposedNeighbours(map, n_in, nbr, parallel_for);
+    CountPairs(nbr, K, n_in, s, parallel_for);
+    FillPairs(nbr, K, n_in, s, t_in.flat<int32_t>().data(),
+              t_out.flat<int32_t>().data(), parallel_for);
+    const KernelMapView transposed{s, t_in.flat<int32_t>().data(),
+                                   t_out.flat<int32_t>().data(), K};
+
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, TensorShape({n_in, c_in}), &output));
+    SparseConv<T>(grad.flat<T>().data(), c_out, kernel.flat<T>().data(), c_in,
+                  /*transpose_weights=*/true, transposed, n_in,
+                  output->flat<T>().data(), parallel_for);
+  }
+};
+
+template <typename T>
+class ConvBackpropKernelOp : public OpKernel {
+ public:
+  explicit ConvBackpropKernelOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    const Tensor& grad = context->input(1);
+    if (!CheckMatrix(context, features, "features")) return;
+    if (!CheckMatrix(context, grad, "grad_output")) return;
+    KernelMapView map;
+    if (!GetKernelMap(context, 2, features.dim_size(0), grad.dim_size(0),
+                      &map)) {
+      return;
+    }
+    const int64_t c_in = features.dim_size(1), c_out = grad.dim_size(1);
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(
+                       0, TensorShape({map.num_offsets, c_in, c_out}), &output));
+    SparseConvWeightGradient<T>(features.flat<T>().data(), c_in,
+                                grad.flat<T>().data(), c_out, map,
+                                output->flat<T>().data(),
+                                IntraOpParallelFor(context));
+  }
+};
+
+#define SPARSE_OPS_REGISTER(T)                                             \
+  REGISTER_KERNEL_BUILDER(                                                 \
+      Name("SparseOps>Conv").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
+      ConvOp<T>);                                                          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropInput")              \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          ConvBackpropInputOp<T>);                         \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropKernel")             \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          ConvBackpropKernelOp<T>);
+SPARSE_OPS_REGISTER(float)
+SPARSE_OPS_REGISTER(double)
+#undef SPARSE_OPS_REGISTER
+
+}  // namespace sparse_ops

@@ -1,0 +1,168 @@
+// CPU kernels of the coordinate ops: validate, allocate, call the core.
+#include "kernels/core/coordinates.h"
+#include "kernels/tf/glue.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace sparse_ops {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+namespace {
+
+// Allocates an int32 [n, dims] coordinates output and unpacks keys into it.
+void OutputCoordinates(OpKernelContext* context, const KeyPacker& packer,
+                       const uint64_t* keys, int64_t n) {
+  Tensor* out = nullptr;
+  OP_REQUIRES_OK(context, context->allocate_output(
+                              0, TensorShape({n, packer.dims()}), &out));
+  UnpackKeys(packer, keys, n, out->flat<int32_t>().data(),
+             IntraOpParallelFor(context));
+}
+
+}  // namespace
+
+class KernelMapOp : public OpKernel {
+ public:
+  explicit KernelMapOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& in = context->input(0);
+    const Tensor& out = context->input(1);
+    const Tensor& offsets = context->input(2);
+    const Tensor& stride = context->input(3);
+    if (!CheckCoordinates(context, in, "in_coordinates")) return;
+    if (!CheckCoordinates(context, out, "out_coordinates")) return;
+    const int dims = in.dim_size(1);
+    OP_REQUIRES(context, out.dim_size(1) == dims,
+                absl::InvalidArgumentError(
+                    "in_coordinates and out_coordinates must have the same "
+                    "number of columns, got " + std::to_string(dims) +
+                    " and " + std::to_string(out.dim_size(1))));
+    if (!CheckOffsets(context, offsets, dims - 1)) return;
+    if (!CheckStride(context, stride, dims - 1)) return;
+
+    const int64_t n_in = in.dim_size(0), n_out = out.dim_size(0);
+    const int64_t K = offsets.dim_size(0);
+    const int32_t* in_coords = in.flat<int32_t>().data();
+    const int32_t* out_coords = out.flat<int32_t>().data();
+    const ParallelFor parallel_for = IntraOpParallelFor(context);
+
+    // One key layout for both sets: the input range is all a probe can hit.
+    KeyPacker packer(dims);
+    packer.CoverRows(in_coords, n_in);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(context, packer.Finalize());
+
+    const int64_t capacity = CoordinateTable::CapacityFor(n_in);
+    Tensor table_keys, table_rows, neighbours;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT64,
+                                                   TensorShape({capacity}),
+                                                   &table_keys));
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
+                                                   TensorShape({capacity}),
+                                                   &table_rows));
+    OP_REQUIRES_OK(context, context->allocate_temp(
+                                tensorflow::DT_INT32,
+                                TensorShape({K * n_out}), &neighbours));
+    CoordinateTable table(table_keys.flat<uint64_t>().data(),
+                          table_rows.flat<int32_t>().data(), capacity);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, table.Build(in_coords, n_in, packer, parallel_for));
+
+    // The same tensor passed twice (a submanifold convolution) lets a
+    // symmetric kernel probe half its offsets.
+    const bool same = in_coords == out_coords && n_in == n_out;
+    const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
+                                  stride.flat<int32_t>().data()};
+    int32_t* nbr = neighbours.flat<int32_t>().data();
+    FindNeighbours(table, packer, out_coords, n_out, geometry, same, nbr,
+                   parallel_for);
+
+    Tensor* splits = nullptr;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(0, TensorShape({K + 1}), &splits));
+    int64_t* s = splits->flat<int64_t>().data();
+    CountPairs(nbr, K, n_out, s, parallel_for);
+    Tensor *in_rows = nullptr, *out_rows = nullptr;
+    OP_REQUIRES_OK(context,
+                   context->allocate_output(1, TensorShape({s[K]}), &in_rows));
+    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({s[K]}),
+                                                     &out_rows));
+    FillPairs(nbr, K, n_out, s, in_rows->flat<int32_t>().data(),
+              out_rows->flat<int32_t>().data(), parallel_for);
+  }
+};
+
+class StridedCoordinatesOp : public OpKernel {
+ public:
+  explicit StridedCoordinatesOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& in = context->input(0);
+    const Tensor& stride = context->input(1);
+    if (!CheckCoordinates(context, in, "coordinates")) return;
+    const int dims = in.dim_size(1);
+    if (!CheckStride(context, stride, dims - 1)) return;
+    const int64_t n = in.dim_size(0);
+    Tensor keys;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT64,
+                                                   TensorShape({n}), &keys));
+    KeyPacker packer(dims);
+    int64_t unique = 0;
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, StridedKeys(in.flat<int32_t>().data(), n, dims,
+                             stride.flat<int32_t>().data(), &packer,
+                             keys.flat<uint64_t>().data(), &unique));
+    OutputCoordinates(context, packer, keys.flat<uint64_t>().data(), unique);
+  }
+};
+
+class GenerativeCoordinatesOp : public OpKernel {
+ public:
+  explicit GenerativeCoordinatesOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& in = context->input(0);
+    const Tensor& offsets = context->input(1);
+    const Tensor& stride = context->input(2);
+    if (!CheckCoordinates(context, in, "coordinates")) return;
+    const int dims = in.dim_size(1);
+    if (!CheckOffsets(context, offsets, dims - 1)) return;
+    if (!CheckStride(context, stride, dims - 1)) return;
+    const int64_t n = in.dim_size(0), K = offsets.dim_size(0);
+    Tensor keys;
+    OP_REQUIRES_OK(context, context->allocate_temp(
+                                tensorflow::DT_UINT64, TensorShape({n * K}),
+                                &keys));
+    KeyPacker packer(dims);
+    int64_t unique = 0;
+    const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
+                                  stride.flat<int32_t>().data()};
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context,
+        GenerativeKeys(in.flat<int32_t>().data(), n, dims, geometry, &packer,
+                       keys.flat<uint64_t>().data(), &unique,
+                       IntraOpParallelFor(context)));
+    OP_REQUIRES(context, unique < (int64_t{1} << 31) - 1,
+                absl::InvalidArgumentError(
+                    "generative convolution would create too many sites"));
+    OutputCoordinates(context, packer, keys.flat<uint64_t>().data(), unique);
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("SparseOps>KernelMap").Device(DEVICE_CPU),
+                        KernelMapOp);
+REGISTER_KERNEL_BUILDER(
+    Name("SparseOps>StridedCoordinates").Device(DEVICE_CPU),
+    StridedCoordinatesOp);
+REGISTER_KERNEL_BUILDER(
+    Name("SparseOps>GenerativeCoordinates").Device(DEVICE_CPU),
+    GenerativeCoordinatesOp);
+
+}  // namespace sparse_ops

@@ -1,0 +1,98 @@
+// Shared helpers of the TensorFlow glue: the core's ParallelFor on TF's
+// intra-op thread pool, and turning a core Status into an op error.
+#ifndef SPARSE_OPS_KERNELS_TF_GLUE_H_
+#define SPARSE_OPS_KERNELS_TF_GLUE_H_
+
+#include <string>
+
+#include "kernels/core/coordinates.h"
+#include "kernels/core/parallel.h"
+#include "kernels/core/status.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace sparse_ops {
+
+inline ParallelFor IntraOpParallelFor(tensorflow::OpKernelContext* context) {
+  auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
+  return [workers](int64_t n, int64_t cost,
+                   const std::function<void(int64_t, int64_t)>& fn) {
+    if (n <= 0) return;
+    workers->ParallelFor(n, cost, fn);
+  };
+}
+
+#define SPARSE_OPS_RETURN_IF_CORE_ERROR(context, expr)            \
+  do {                                                            \
+    const ::sparse_ops::Status _status = (expr);                  \
+    OP_REQUIRES(context, _status.ok(),                            \
+                absl::InvalidArgumentError(_status.message()));   \
+  } while (0)
+
+// Checks a coordinates input: int32 [N, 1 + D] with N below 2^31 and no
+// negative batch index.
+inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
+                             const tensorflow::Tensor& t, const char* name) {
+  if (t.dims() != 2 || t.dim_size(1) < 2 || t.dim_size(1) > kMaxDims) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        std::string(name) + " must be [N, 1 + D] with 1 <= D <= " +
+        std::to_string(kMaxDims - 1) + " (column 0 the batch index), got "
+        "shape " + t.shape().DebugString()));
+    return false;
+  }
+  if (t.dim_size(0) >= (int64_t{1} << 31) - 1) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        std::string(name) + " has too many rows for int32 row indices: " +
+        std::to_string(t.dim_size(0))));
+    return false;
+  }
+  const int64_t bad = FindNegativeBatch(t.flat<int32_t>().data(),
+                                        t.dim_size(0), t.dim_size(1));
+  if (bad >= 0) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        std::string(name) + " row " + std::to_string(bad) +
+        " has a negative batch index " +
+        std::to_string(t.flat<int32_t>()(bad * t.dim_size(1)))));
+    return false;
+  }
+  return true;
+}
+
+// Checks a stride input: int32 [D], every entry >= 1.
+inline bool CheckStride(tensorflow::OpKernelContext* context,
+                        const tensorflow::Tensor& t, int64_t d) {
+  if (t.dims() != 1 || t.dim_size(0) != d) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "stride must be a vector of " + std::to_string(d) +
+        " entries (one per spatial axis), got shape " +
+        t.shape().DebugString()));
+    return false;
+  }
+  for (int64_t a = 0; a < d; ++a) {
+    if (t.flat<int32_t>()(a) < 1) {
+      context->CtxFailure(absl::InvalidArgumentError(
+          "stride entries must be >= 1, got " +
+          std::to_string(t.flat<int32_t>()(a))));
+      return false;
+    }
+  }
+  return true;
+}
+
+// Checks an offsets input: int32 [K, D].
+inline bool CheckOffsets(tensorflow::OpKernelContext* context,
+                         const tensorflow::Tensor& t, int64_t d) {
+  if (t.dims() != 2 || t.dim_size(1) != d) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "offsets must be [K, " + std::to_string(d) +
+        "] (one column per spatial axis), got shape " +
+        t.shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
+}  // namespace sparse_ops
+
+#endif  // SPARSE_OPS_KERNELS_TF_GLUE_H_
