@@ -94,21 +94,23 @@ REGISTER_OP("SparseOps>Conv")
     .Input("offset_splits: int64")
     .Input("in_rows: int32")
     .Input("out_rows: int32")
-    .Input("out_coordinates: int32")
+    .Input("num_out_rows: int64")
     .Output("output: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle features, kernel, out;
+      ShapeHandle features, kernel, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
-      TF_RETURN_IF_ERROR(CoordinatesShape(c, 5, &out));
-      c->set_output(0, c->Matrix(c->Dim(out, 0), c->Dim(kernel, 2)));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 0, &unused));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(kernel, 2)));
       return absl::OkStatus();
     })
     .Doc(R"doc(
 Sparse convolution over a kernel map: output[o] = sum over the pairs (i, o)
-of offset k of features[i] . kernel[k]. kernel is [K, C_in, C_out];
-out_coordinates gives the number of output rows.
+of offset k of features[i] . kernel[k], for num_out_rows output rows.
+kernel is [K, C_in, C_out].
 )doc");
 
 REGISTER_OP("SparseOps>ConvBackpropInput")
@@ -117,21 +119,23 @@ REGISTER_OP("SparseOps>ConvBackpropInput")
     .Input("offset_splits: int64")
     .Input("in_rows: int32")
     .Input("out_rows: int32")
-    .Input("in_coordinates: int32")
+    .Input("num_in_rows: int64")
     .Output("grad_features: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle grad, kernel, in;
+      ShapeHandle grad, kernel, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
-      TF_RETURN_IF_ERROR(CoordinatesShape(c, 5, &in));
-      c->set_output(0, c->Matrix(c->Dim(in, 0), c->Dim(kernel, 1)));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(5), 0, &unused));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(kernel, 1)));
       return absl::OkStatus();
     })
     .Doc(R"doc(
 Adjoint of SparseOps>Conv in its features: grad_features[i] = sum over the
-pairs (i, o) of offset k of grad_output[o] . kernel[k]^T. Also the forward
-pass of the transposed convolution.
+pairs (i, o) of offset k of grad_output[o] . kernel[k]^T, for num_in_rows
+rows. Also the forward pass of the transposed convolution.
 )doc");
 
 REGISTER_OP("SparseOps>ConvBackpropKernel")

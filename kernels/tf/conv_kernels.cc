@@ -72,14 +72,19 @@ bool CheckMatrix(OpKernelContext* context, const Tensor& t,
   return true;
 }
 
-bool CheckRows(OpKernelContext* context, const Tensor& t, int64_t rows,
-               const char* name, const char* coordinates_name) {
-  if (t.dim_size(0) != rows) {
+// Reads a scalar row count input.
+bool GetRowCount(OpKernelContext* context, int index, const char* name,
+                 int64_t* rows) {
+  const Tensor& t = context->input(index);
+  if (t.dims() != 0 || t.scalar<int64_t>()() < 0 ||
+      t.scalar<int64_t>()() >= (int64_t{1} << 31) - 1) {
     context->CtxFailure(absl::InvalidArgumentError(
-        std::string(name) + " has " + std::to_string(t.dim_size(0)) +
-        " rows but " + coordinates_name + " has " + std::to_string(rows)));
+        std::string(name) + " must be a scalar in [0, 2^31 - 1), got " +
+        (t.dims() == 0 ? std::to_string(t.scalar<int64_t>()())
+                       : "shape " + t.shape().DebugString())));
     return false;
   }
+  *rows = t.scalar<int64_t>()();
   return true;
 }
 
@@ -93,10 +98,9 @@ class ConvOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     const Tensor& kernel = context->input(1);
-    const Tensor& out_coordinates = context->input(5);
     if (!CheckMatrix(context, features, "features")) return;
-    if (!CheckMatrix(context, out_coordinates, "out_coordinates")) return;
-    const int64_t n_out = out_coordinates.dim_size(0);
+    int64_t n_out;
+    if (!GetRowCount(context, 5, "num_out_rows", &n_out)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, features.dim_size(0), n_out, &map)) return;
     if (!CheckKernel(context, kernel, map, features, 1, "features")) return;
@@ -119,10 +123,9 @@ class ConvBackpropInputOp : public OpKernel {
   void Compute(OpKernelContext* context) override {
     const Tensor& grad = context->input(0);
     const Tensor& kernel = context->input(1);
-    const Tensor& in_coordinates = context->input(5);
     if (!CheckMatrix(context, grad, "grad_output")) return;
-    if (!CheckMatrix(context, in_coordinates, "in_coordinates")) return;
-    const int64_t n_in = in_coordinates.dim_size(0);
+    int64_t n_in;
+    if (!GetRowCount(context, 5, "num_in_rows", &n_in)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, n_in, grad.dim_size(0), &map)) return;
     if (!CheckKernel(context, kernel, map, grad, 2, "grad_output")) return;

@@ -1,0 +1,138 @@
+"""Builds sparse_ops' op library against the installed TensorFlow.
+
+TensorFlow is not a declared dependency (so that neither tensorflow-cpu nor
+the GPU build is forced on anyone): it must be installed first, and the op
+library is compiled with its `tf.sysconfig` flags. Environment variables:
+
+  SPARSE_OPS_MARCH   -march value (default "native": built where it runs;
+                     use e.g. "x86-64-v3" for a portable build)
+  SPARSE_OPS_CUDA=1  also compile the CUDA kernels in kernels/cuda with nvcc
+  SPARSE_OPS_CXXFLAGS extra compiler flags
+"""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+VERSION = {}
+with open(os.path.join(HERE, "sparse_ops", "_version.py")) as f:
+    exec(f.read(), VERSION)  # pylint: disable=exec-used
+
+_TF_PROBE = ("import json, tensorflow as tf; print(json.dumps({'version': "
+             "tf.__version__, 'cflags': tf.sysconfig.get_compile_flags(), "
+             "'lflags': tf.sysconfig.get_link_flags()}))")
+
+
+def tensorflow_info():
+    """Version and flags of the TensorFlow that the library will run with.
+
+    Tried first in this interpreter's environment as the build sees it, then
+    with -I, which leaves pip's isolated build environment and sees the
+    environment being installed into.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for args in ([sys.executable, "-c", _TF_PROBE],
+                 [sys.executable, "-I", "-c", _TF_PROBE]):
+        try:
+            out = subprocess.run(args, capture_output=True, text=True, env=env,
+                                 check=True, timeout=600).stdout
+            return json.loads(out.strip().splitlines()[-1])
+        except (subprocess.CalledProcessError, ValueError, IndexError):
+            continue
+    sys.exit(
+        "sparse_ops is compiled against the installed TensorFlow, but none was "
+        f"found for {sys.executable}. Install TensorFlow "
+        f">={VERSION['MIN_TF_VERSION']},<{VERSION['MAX_TF_VERSION_EXCLUSIVE']} "
+        "first (`pip install tensorflow-cpu` or `pip install tensorflow`), then "
+        "install sparse_ops again.")
+
+
+def _version_tuple(v):
+    return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+class BuildOpLibrary(build_ext):
+    """Compiles kernels/ into sparse_ops/_sparse_ops*.so with TF's flags."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1
+
+    def build_extensions(self):
+        info = tensorflow_info()
+        if not (_version_tuple(VERSION["MIN_TF_VERSION"]) <= _version_tuple(info["version"])
+                < _version_tuple(VERSION["MAX_TF_VERSION_EXCLUSIVE"])):
+            print(f"warning: TensorFlow {info['version']} is outside the supported "
+                  f"range >={VERSION['MIN_TF_VERSION']},"
+                  f"<{VERSION['MAX_TF_VERSION_EXCLUSIVE']}; trying anyway",
+                  file=sys.stderr)
+        march = os.environ.get("SPARSE_OPS_MARCH", "native")
+        cflags = info["cflags"] + [
+            "-O3", f"-march={march}", "-fvisibility=hidden",
+            "-Wno-deprecated-declarations", "-Wno-sign-compare", "-I" + HERE]
+        cflags += os.environ.get("SPARSE_OPS_CXXFLAGS", "").split()
+        # The interpreter's own flags add -g and C-only options: drop them.
+        for attr in ("compiler", "compiler_so", "compiler_cxx"):
+            cmd = getattr(self.compiler, attr, None)
+            if cmd:
+                setattr(self.compiler, attr,
+                        [c for c in cmd if c not in ("-g", "-O2", "-O3", "-Wstrict-prototypes")])
+        extra_objects = []
+        if os.environ.get("SPARSE_OPS_CUDA") == "1":
+            extra_objects = self._build_cuda(info["cflags"])
+            cflags.append("-DGOOGLE_CUDA=1")
+        for ext in self.extensions:
+            ext.extra_compile_args = cflags
+            ext.extra_link_args = info["lflags"]
+            ext.extra_objects = extra_objects
+        self._write_build_info(info)
+        super().build_extensions()
+
+    def _build_cuda(self, tf_cflags):
+        nvcc = shutil.which("nvcc") or (
+            "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc")
+            else None)
+        if nvcc is None:
+            sys.exit("SPARSE_OPS_CUDA=1 but nvcc was not found on PATH or in "
+                     "/usr/local/cuda/bin")
+        objects = []
+        os.makedirs(self.build_temp, exist_ok=True)
+        for source in sorted(glob.glob(os.path.join(HERE, "kernels", "cuda", "*.cu.cc"))):
+            obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
+            cmd = [nvcc, "-c", "-x", "cu", "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+                   "-Xcompiler", "-fPIC", "-DGOOGLE_CUDA=1", "-I" + HERE, source, "-o", obj]
+            print(" ".join(cmd))
+            subprocess.check_call(cmd)
+            objects.append(obj)
+        return objects
+
+    def _write_build_info(self, info):
+        text = (f"# Written by setup.py: the TensorFlow the op library was built with.\n"
+                f"TF_VERSION = {info['version']!r}\n")
+        targets = [os.path.join(HERE, "sparse_ops", "_build_info.py")]
+        if not self.inplace:
+            targets.append(os.path.join(self.build_lib, "sparse_ops", "_build_info.py"))
+        for path in targets:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(text)
+
+
+SOURCES = sorted(glob.glob("kernels/core/*.cc") + glob.glob("kernels/ops/*.cc")
+                 + glob.glob("kernels/tf/*.cc"))
+SOURCES = [s for s in SOURCES if not s.endswith("_test.cc")]
+
+setup(
+    version=VERSION["__version__"],
+    packages=find_packages(include=["sparse_ops", "sparse_ops.*"]),
+    ext_modules=[Extension("sparse_ops._sparse_ops", sources=SOURCES, language="c++")],
+    cmdclass={"build_ext": BuildOpLibrary},
+)

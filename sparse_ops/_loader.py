@@ -1,0 +1,94 @@
+"""Lazy loading of the compiled op library, with actionable errors."""
+
+import glob
+import os
+import warnings
+
+import tensorflow as tf
+
+from sparse_ops import _version
+
+_library = None
+_error = None
+_warned = False
+
+
+def _library_path():
+    override = os.environ.get("SPARSE_OPS_LIBRARY")
+    if override:
+        return override
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = sorted(glob.glob(os.path.join(here, "_sparse_ops*.so")))
+    if not candidates:
+        raise ImportError(
+            "the sparse_ops op library (_sparse_ops*.so) was not found in "
+            f"{here}. Build it with `pip install .` (or `pip install -e .`) "
+            "from the source tree, or point SPARSE_OPS_LIBRARY at a built "
+            "library (e.g. from `bazel build //:_sparse_ops.so`).")
+    return candidates[0]
+
+
+def _build_info():
+    try:
+        from sparse_ops import _build_info as info  # pylint: disable=import-outside-toplevel
+        return info
+    except ImportError:
+        return None
+
+
+def _version_tuple(v):
+    return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
+
+
+def _load():
+    tf_version = tf.__version__
+    if not (_version_tuple(_version.MIN_TF_VERSION) <= _version_tuple(tf_version)
+            < _version_tuple(_version.MAX_TF_VERSION_EXCLUSIVE)):
+        warnings.warn(
+            f"sparse_ops {_version.__version__} supports TensorFlow "
+            f">={_version.MIN_TF_VERSION},<{_version.MAX_TF_VERSION_EXCLUSIVE}"
+            f"; TensorFlow {tf_version} is installed. If loading the ops "
+            "fails, install a supported TensorFlow or rebuild sparse_ops.")
+    path = _library_path()
+    info = _build_info()
+    built_with = getattr(info, "TF_VERSION", None)
+    try:
+        return tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError) as e:
+        hint = ""
+        if built_with and built_with != tf_version:
+            hint = (f" The library was built against TensorFlow {built_with} "
+                    f"but TensorFlow {tf_version} is installed;")
+        raise ImportError(
+            f"could not load the sparse_ops op library {path}: {e}.{hint} "
+            "Rebuild it against the installed TensorFlow: `pip install "
+            "--force-reinstall --no-deps --no-cache-dir .` from the source "
+            "tree. Meanwhile SPARSE_OPS_IMPLEMENTATION=reference runs the "
+            "pure-TensorFlow ops.") from e
+
+
+def library():
+    """The loaded op module; raises ImportError saying how to fix a failure."""
+    global _library, _error
+    if _library is None:
+        if _error is not None:
+            raise _error
+        try:
+            _library = _load()
+        except ImportError as e:
+            _error = e
+            raise
+    return _library
+
+
+def try_library():
+    """The loaded op module, or None (with one warning) if it cannot load."""
+    global _warned
+    try:
+        return library()
+    except ImportError as e:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"{e} Falling back to the pure-TensorFlow reference "
+                          "ops, which are slower.")
+        return None

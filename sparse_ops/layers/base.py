@@ -1,0 +1,35 @@
+"""What every sparse layer shares: input conversion and shape reading."""
+
+import keras
+
+from sparse_ops.tensor import as_sparse
+
+
+def _is_shape(x):
+    return isinstance(x, (tuple, list)) and all(
+        v is None or isinstance(v, int) for v in x)
+
+
+def channels_and_dimension(input_shape):
+    """(C, D) from what Keras passes to build(): the shapes of the
+    SparseTensor's fields, or a tf.SparseTensor's dense shape [B, *spatial, C]."""
+    shape = tuple(input_shape) if not hasattr(input_shape, "as_list") else tuple(
+        input_shape.as_list())
+    if shape and not _is_shape(shape):  # the fields' shapes
+        features = tuple(shape[0])
+        coordinates = tuple(shape[1]) if len(shape) > 1 else (None, None)
+        d = coordinates[1] - 1 if len(coordinates) == 2 and coordinates[1] else None
+        return features[-1], d
+    return shape[-1], len(shape) - 2
+
+
+class SparseLayer(keras.layers.Layer):
+    """Base of the layers: converts the input to a `SparseTensor`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = False
+
+    @staticmethod
+    def sparse_input(x):
+        return as_sparse(x)

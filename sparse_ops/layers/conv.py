@@ -1,0 +1,166 @@
+"""Sparse convolution layers with Keras-compatible weights."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from sparse_ops import geometry
+from sparse_ops import ops
+from sparse_ops.layers.base import SparseLayer, channels_and_dimension
+from sparse_ops.tensor import SparseTensor
+
+
+class _ConvBase(SparseLayer):
+    transposed = False
+
+    def __init__(self, filters, kernel_size, strides, dilation_rate=1,
+                 region="hypercube", use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        if int(filters) < 1:
+            raise ValueError(f"filters must be a positive int, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.dilation_rate = dilation_rate
+        if not isinstance(region, str):
+            region = np.asarray(region, np.int32).tolist()
+        elif region not in geometry.REGIONS:
+            raise ValueError(f"region must be one of {geometry.REGIONS} or an int "
+                             f"array of offsets [K, D], got {region!r}")
+        self.region = region
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.kernel_constraint = keras.constraints.get(kernel_constraint)
+        self.bias_constraint = keras.constraints.get(bias_constraint)
+
+    def _kernel_shape(self, channels, dimension):
+        io = [self.filters, channels] if self.transposed else [channels, self.filters]
+        if self.region == "hypercube":
+            if dimension is None:
+                raise ValueError(f"{self.name}: the input's dimension is unknown")
+            size = geometry.normalize_tuple(self.kernel_size, dimension, "kernel_size")
+            return list(size) + io
+        k = geometry.offsets_array(self.kernel_size, self.dilation_rate,
+                                   self.region, dimension).shape[0]
+        return [k] + io
+
+    def build(self, input_shape):
+        channels, dimension = channels_and_dimension(input_shape)
+        if channels is None:
+            raise ValueError(f"{self.name}: the number of input channels must be "
+                             "known when the layer is built")
+        self.kernel = self.add_weight(
+            name="kernel", shape=self._kernel_shape(channels, dimension),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
+        self.bias = self.add_weight(
+            name="bias", shape=[self.filters], initializer=self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint) if self.use_bias else None
+
+    def _weights_for(self, x):
+        kernel = keras.ops.cast(self.kernel, x.features.dtype)
+        bias = keras.ops.cast(self.bias, x.features.dtype) if self.use_bias else None
+        return kernel, bias
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "dilation_rate": self.dilation_rate,
+            "region": self.region,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
+            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
+        })
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sparse_ops")
+class Conv(_ConvBase):
+    """Sparse convolution; weights interchangeable with `keras.layers.ConvND`.
+
+    strides == 1: output sites = input sites (submanifold). strides s > 1:
+    output sites = unique(floor(c / (s * t)) * (s * t)) for input stride t,
+    output stride s * t. At every output site the value equals the dense
+    `tf.nn.convolution(padding="SAME", strides=s, dilations=d)`.
+
+    The kernel is [*kernel_size, Cin, filters] for a hypercube region (Keras'
+    layout), else [K, Cin, filters].
+    """
+
+    def __init__(self, filters, kernel_size=3, strides=1, dilation_rate=1,
+                 region="hypercube", use_bias=True,
+                 kernel_initializer="glorot_uniform", kernel_regularizer=None,
+                 attention=None, masked_gradients=False, **kwargs):
+        super().__init__(filters, kernel_size, strides, dilation_rate, region,
+                         use_bias, kernel_initializer,
+                         kernel_regularizer=kernel_regularizer, **kwargs)
+        if attention is not None:
+            raise NotImplementedError("Conv(attention=...) is not available yet")
+        self.attention = attention
+        self.masked_gradients = bool(masked_gradients)
+
+    def call(self, x, out_coordinates=None):
+        x = self.sparse_input(x)
+        kernel, bias = self._weights_for(x)
+        return ops.conv(x, kernel, bias, strides=self.strides,
+                        dilation_rate=self.dilation_rate, region=self.region,
+                        out_coordinates=out_coordinates,
+                        masked_gradients=self.masked_gradients)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"attention": self.attention,
+                       "masked_gradients": self.masked_gradients})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="sparse_ops")
+class ConvTranspose(_ConvBase):
+    """Sparse transposed convolution, the adjoint of `Conv` with the same
+    geometry; weights interchangeable with `keras.layers.ConvNDTranspose`.
+
+    `call(x, coordinates=None)`: output sites are `coordinates` when given (a
+    `SparseTensor` such as a skip connection, or int32 coordinates);
+    otherwise, if `generative`, every site the kernel reaches; otherwise the
+    sites of the finer tensor x was strided from. The kernel is
+    [*kernel_size, filters, Cin] (hypercube) or [K, filters, Cin].
+    """
+
+    transposed = True
+
+    def __init__(self, filters, kernel_size=2, strides=2, dilation_rate=1,
+                 region="hypercube", generative=False, use_bias=True,
+                 kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(filters, kernel_size, strides, dilation_rate, region,
+                         use_bias, kernel_initializer, **kwargs)
+        self.generative = bool(generative)
+
+    def call(self, x, coordinates=None):
+        x = self.sparse_input(x)
+        if isinstance(coordinates, (SparseTensor, tf.SparseTensor)):
+            coordinates = self.sparse_input(coordinates).coordinates
+        kernel, bias = self._weights_for(x)
+        return ops.conv_transpose(x, kernel, bias, strides=self.strides,
+                                  dilation_rate=self.dilation_rate,
+                                  region=self.region,
+                                  out_coordinates=coordinates,
+                                  generative=self.generative)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"generative": self.generative})
+        return config

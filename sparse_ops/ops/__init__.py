@@ -1,0 +1,8 @@
+"""Functional ops: the layers' computations as functions of explicit weights."""
+
+from sparse_ops.ops.conv import conv, conv_transpose
+from sparse_ops.ops.coordinates import (KernelMap, generative_coordinates,
+                                        kernel_map, strided_coordinates)
+
+__all__ = ["conv", "conv_transpose", "kernel_map", "KernelMap",
+           "strided_coordinates", "generative_coordinates"]

@@ -1,0 +1,146 @@
+"""Pure-TensorFlow reference implementations of the custom ops.
+
+The test oracle, and a portable fallback: graphs built from these ops run on
+a stock TensorFlow (or TF Serving) binary. Same semantics and the same row
+order as the C++ ops; differentiated by TensorFlow's own autodiff.
+"""
+
+import tensorflow as tf
+
+_MAX_KEY_BITS = 63
+
+
+def _layout(coordinates):
+    """Mixed-radix key layout (lo, hi, multipliers) over the rows' range."""
+    c = tf.cast(coordinates, tf.int64)
+    nonempty = tf.shape(c)[0] > 0
+    lo = tf.where(nonempty, tf.reduce_min(c, 0), 0)
+    hi = tf.where(nonempty, tf.reduce_max(c, 0), 0)
+    span = hi - lo + 1
+    bits = tf.reduce_sum(tf.math.log(tf.cast(span, tf.float64))) / tf.math.log(
+        tf.constant(2.0, tf.float64))
+    check = tf.debugging.assert_less_equal(
+        bits, tf.constant(float(_MAX_KEY_BITS), tf.float64),
+        message="coordinates span too large a range to pack into a 64-bit key; "
+        "use a larger voxel size, fewer dimensions, or coordinates that span a "
+        "smaller range")
+    with tf.control_dependencies([check]):
+        multipliers = tf.math.cumprod(span, reverse=True, exclusive=True)
+    return lo, hi, multipliers
+
+
+def _pack(q, lo, hi, multipliers):
+    """Keys of int64 rows q [..., dims] and whether each lies in [lo, hi]."""
+    valid = tf.reduce_all((q >= lo) & (q <= hi), axis=-1)
+    return tf.reduce_sum((q - lo) * multipliers, axis=-1), valid
+
+
+def _unpack(keys, lo, hi, multipliers):
+    span = hi - lo + 1
+    return tf.cast(lo + (keys[:, None] // multipliers) % span, tf.int32)
+
+
+def _check_batch(coordinates, name):
+    return tf.debugging.assert_non_negative(
+        coordinates[:, 0], message=f"{name} has a negative batch index")
+
+
+def _pad_batch(steps):
+    """[K, D] spatial steps -> [K, 1 + D] with a zero batch column."""
+    return tf.pad(steps, [[0, 0], [1, 0]])
+
+
+def kernel_map(in_coordinates, out_coordinates, offsets, stride):
+    with tf.control_dependencies([
+            _check_batch(in_coordinates, "in_coordinates"),
+            _check_batch(out_coordinates, "out_coordinates")]):
+        in_c = tf.cast(in_coordinates, tf.int64)
+        out_c = tf.cast(out_coordinates, tf.int64)
+    lo, hi, mult = _layout(in_c)
+    in_keys, _ = _pack(in_c, lo, hi, mult)
+    order = tf.argsort(in_keys, stable=True)
+    sorted_keys = tf.gather(in_keys, order)
+    duplicate = tf.reduce_any(tf.equal(sorted_keys[1:], sorted_keys[:-1]))
+    check = tf.debugging.Assert(
+        tf.logical_not(duplicate),
+        ["coordinates has duplicate sites; merge duplicates first, e.g. with "
+         "sparse_ops.utils.sparse_quantize"])
+    steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
+    q = out_c[tf.newaxis] + steps[:, tf.newaxis]  # [K, M, dims]
+    keys, valid = _pack(q, lo, hi, mult)
+    num_in = tf.shape(sorted_keys)[0]
+    pos = tf.searchsorted(sorted_keys[tf.newaxis], tf.reshape(keys, [1, -1]))[0]
+    pos = tf.reshape(tf.minimum(pos, tf.maximum(num_in - 1, 0)), tf.shape(keys))
+    with tf.control_dependencies([check]):
+        hit = tf.gather(tf.concat([sorted_keys, [-1]], 0),
+                        tf.where(num_in > 0, pos, num_in))
+    found = valid & tf.equal(hit, keys)
+    k_o = tf.where(found)  # (k, o) pairs, sorted by offset then output row
+    in_rows = tf.gather(order, tf.gather_nd(pos, k_o))
+    counts = tf.math.bincount(tf.cast(k_o[:, 0], tf.int32),
+                              minlength=tf.shape(offsets)[0],
+                              maxlength=tf.shape(offsets)[0], dtype=tf.int64)
+    splits = tf.concat([[0], tf.cumsum(counts)], 0)
+    return splits, tf.cast(in_rows, tf.int32), tf.cast(k_o[:, 1], tf.int32)
+
+
+def _unique_sorted_rows(rows):
+    """Unique int64 rows [n, dims], sorted lexicographically, as int32."""
+    lo, hi, mult = _layout(rows)
+    keys, _ = _pack(rows, lo, hi, mult)
+    unique = tf.sort(tf.unique(keys).y)
+    return _unpack(unique, lo, hi, mult)
+
+
+def strided_coordinates(coordinates, stride):
+    c = tf.cast(coordinates, tf.int64)
+    s = tf.cast(stride, tf.int64)
+    strided = tf.concat([c[:, :1], tf.math.floordiv(c[:, 1:], s) * s], 1)
+    return _unique_sorted_rows(strided)
+
+
+def generative_coordinates(coordinates, offsets, stride):
+    c = tf.cast(coordinates, tf.int64)
+    steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
+    rows = tf.reshape(c[:, tf.newaxis] + steps[tf.newaxis], [-1, tf.shape(c)[1]])
+    check = tf.debugging.assert_less_equal(
+        tf.reduce_max(tf.abs(tf.concat([rows, tf.zeros([1, tf.shape(c)[1]],
+                                                       tf.int64)], 0))),
+        tf.constant(2**31 - 1, tf.int64),
+        message="generated coordinates would overflow the int32 range")
+    with tf.control_dependencies([check]):
+        return _unique_sorted_rows(rows)
+
+
+def _pairs(kmap, k):
+    splits, in_rows, out_rows = kmap
+    begin, size = splits[k], splits[k + 1] - splits[k]
+    return tf.slice(in_rows, [begin], [size]), tf.slice(out_rows, [begin], [size])
+
+
+def conv(features, kernel, kmap, num_out_rows):
+    """out[o] = sum over pairs (i, o) of offset k of features[i] @ kernel[k]."""
+    parts, rows = [], []
+    for k in range(kernel.shape[0]):
+        in_rows, out_rows = _pairs(kmap, k)
+        parts.append(tf.matmul(tf.gather(features, in_rows), kernel[k]))
+        rows.append(out_rows)
+    out = tf.math.unsorted_segment_sum(
+        tf.concat(parts, 0) if parts else tf.zeros([0, kernel.shape[2]], features.dtype),
+        tf.concat(rows, 0) if rows else tf.zeros([0], tf.int32), num_out_rows)
+    return tf.ensure_shape(out, [None, kernel.shape[2]])
+
+
+def conv_backprop_input(grad_output, kernel, kmap, num_in_rows):
+    """in[i] = sum over pairs (i, o) of offset k of grad_output[o] @ kernel[k]^T."""
+    parts, rows = [], []
+    for k in range(kernel.shape[0]):
+        in_rows, out_rows = _pairs(kmap, k)
+        parts.append(tf.matmul(tf.gather(grad_output, out_rows), kernel[k],
+                               transpose_b=True))
+        rows.append(in_rows)
+    out = tf.math.unsorted_segment_sum(
+        tf.concat(parts, 0) if parts else tf.zeros([0, kernel.shape[1]],
+                                                   grad_output.dtype),
+        tf.concat(rows, 0) if rows else tf.zeros([0], tf.int32), num_in_rows)
+    return tf.ensure_shape(out, [None, kernel.shape[1]])

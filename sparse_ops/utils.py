@@ -1,0 +1,134 @@
+"""Data preparation: voxelization and batching of point clouds."""
+
+import numpy as np
+import tensorflow as tf
+
+_MODES = ("average", "sum", "max", "first", "random")
+
+
+def _numpy(x, name):
+    if x is None:
+        return None
+    if isinstance(x, tf.Tensor):
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def sparse_quantize(points, features=None, labels=None, voxel_size=1.0,
+                    mode="average", ignore_label=-100, return_index=False,
+                    return_inverse=False, seed=None):
+    """Voxelizes points: coordinates floor(points / voxel_size), duplicates merged.
+
+    Args:
+      points: [N, D] float or int array (no batch column).
+      features: optional [N, C]; merged per voxel by `mode`.
+      labels: optional [N] ints; a voxel whose points disagree gets
+        `ignore_label`.
+      voxel_size: scalar or D sizes.
+      mode: "average", "sum", "max", "first" or "random" (a random point of
+        each voxel, drawn with `seed`).
+      return_index: also return, per voxel, the index of the point kept
+        (the first, or the random one).
+      return_inverse: also return, per point, its voxel's row (slicing voxel
+        predictions back to points: `voxel_values[inverse]`).
+    Returns:
+      int32 coordinates [M, D] in sorted order, then the merged features,
+      labels, index and inverse as requested.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    pts = _numpy(points, "points")
+    if pts.ndim != 2:
+        raise ValueError(f"points must be [N, D], got shape {pts.shape}")
+    n, d = pts.shape
+    size = np.broadcast_to(np.asarray(voxel_size, np.float64), [d])
+    if np.any(size <= 0):
+        raise ValueError(f"voxel_size must be positive, got {voxel_size!r}")
+    grid = np.floor(pts.astype(np.float64) / size)
+    if grid.size and (grid.min() < -2**31 or grid.max() >= 2**31):
+        raise ValueError("points / voxel_size do not fit into int32 coordinates; "
+                         "use a larger voxel_size")
+    grid = grid.astype(np.int32)
+    coords, first, inverse, counts = np.unique(
+        grid, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    m = len(coords)
+    index = first
+    if mode == "random":
+        rng = np.random.default_rng(seed)
+        # A random member of each voxel: sort points by (voxel, random key).
+        order = np.lexsort((rng.random(n), inverse))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        index = order[starts]
+    outputs = [coords]
+    if features is not None:
+        f = _numpy(features, "features")
+        if f.shape[0] != n:
+            raise ValueError(f"features has {f.shape[0]} rows but points has {n}")
+        f2 = f.reshape(n, -1)
+        if mode in ("average", "sum"):
+            merged = np.zeros((m, f2.shape[1]), np.float64)
+            np.add.at(merged, inverse, f2)
+            if mode == "average":
+                merged /= counts[:, None]
+            merged = merged.astype(f.dtype if np.issubdtype(f.dtype, np.floating)
+                                   else np.float32)
+        elif mode == "max":
+            merged = np.full((m, f2.shape[1]), -np.inf, np.float64)
+            np.maximum.at(merged, inverse, f2)
+            merged = merged.astype(f.dtype)
+        else:
+            merged = f2[index]
+        outputs.append(merged.reshape((m,) + f.shape[1:]))
+    if labels is not None:
+        lab = _numpy(labels, "labels").reshape(-1)
+        if lab.shape[0] != n:
+            raise ValueError(f"labels has {lab.shape[0]} entries but points has {n}")
+        lo = np.full(m, np.iinfo(np.int64).max)
+        hi = np.full(m, np.iinfo(np.int64).min)
+        np.minimum.at(lo, inverse, lab)
+        np.maximum.at(hi, inverse, lab)
+        outputs.append(np.where(lo == hi, lo, ignore_label).astype(lab.dtype))
+    if return_index:
+        outputs.append(index.astype(np.int64))
+    if return_inverse:
+        outputs.append(inverse.astype(np.int64))
+    return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def batched_coordinates(list_of_coords):
+    """[coords_0 [N0, D], coords_1, ...] -> int32 [sum N, 1 + D], batch first."""
+    arrays = [_numpy(c, "coordinates") for c in list_of_coords]
+    if not arrays:
+        raise ValueError("list_of_coords must not be empty")
+    d = arrays[0].shape[1] if arrays[0].ndim == 2 else None
+    for i, a in enumerate(arrays):
+        if a.ndim != 2 or a.shape[1] != d:
+            raise ValueError(f"list_of_coords[{i}] must be [N, {d}], got {a.shape}")
+        if np.issubdtype(a.dtype, np.floating) and not np.all(a == np.floor(a)):
+            raise ValueError(f"list_of_coords[{i}] has non-integer coordinates; "
+                             "voxelize with sparse_quantize first")
+    batch = np.concatenate([np.full(len(a), i, np.int32) for i, a in enumerate(arrays)])
+    spatial = np.concatenate([a.astype(np.int64) for a in arrays])
+    if spatial.size and (spatial.min() < -2**31 or spatial.max() >= 2**31):
+        raise ValueError("coordinates do not fit into int32")
+    return np.concatenate([batch[:, None], spatial.astype(np.int32)], 1)
+
+
+def sparse_collate(coords_list, feats_list, labels_list=None):
+    """Batches per-sample (coords, feats[, labels]) into (coordinates, features[,
+    labels]) with the batch index in coordinates' column 0."""
+    if len(coords_list) != len(feats_list) or (
+            labels_list is not None and len(labels_list) != len(coords_list)):
+        raise ValueError("coords_list, feats_list and labels_list must have the same "
+                         "length")
+    coordinates = batched_coordinates(coords_list)
+    feats = [_numpy(f, "features") for f in feats_list]
+    for i, (c, f) in enumerate(zip(coords_list, feats)):
+        if len(f) != len(c):
+            raise ValueError(f"feats_list[{i}] has {len(f)} rows but coords_list[{i}] "
+                             f"has {len(c)}")
+    features = np.concatenate(feats)
+    if labels_list is None:
+        return coordinates, features
+    return coordinates, features, np.concatenate([_numpy(l, "labels") for l in labels_list])
