@@ -90,7 +90,7 @@ def _is_data(x):
 
 
 class SparseTensor(collections.namedtuple(
-        "SparseTensor", ["features", "coordinates", "stride_tensor"])):
+        "SparseTensor", ["features", "coordinates", "stride"])):
     """A sparse tensor: features [N, C] at coordinates [N, 1 + D] (batch first).
 
     Args:
@@ -136,8 +136,16 @@ class SparseTensor(collections.namedtuple(
         return self.coordinates
 
     @property
+    def stride_tensor(self):
+        """The tensor stride as an int32 [D] tensor (the tuple's third field)."""
+        return self[2]
+
+    @property
     def stride(self):
-        """Tuple of D ints when known statically, else an int32 [D] tensor."""
+        """Tuple of D ints when known statically, else an int32 [D] tensor.
+
+        (Overrides the namedtuple field; `stride_tensor` is the field itself.)
+        """
         value = tf.get_static_value(self.stride_tensor)
         if value is None:
             return self.stride_tensor
@@ -169,6 +177,8 @@ class SparseTensor(collections.namedtuple(
         return SparseTensor(features, self.coordinates, self.stride_tensor)
 
     def __repr__(self):
+        if not isinstance(self.features, tf.Tensor):  # a structure Keras rebuilt
+            return super().__repr__()
         return (f"SparseTensor(features={self.features.shape} {self.features.dtype.name}, "
                 f"coordinates={self.coordinates.shape}, stride={self.stride})")
 
@@ -292,8 +302,7 @@ def as_sparse(x, name="x"):
     if isinstance(x, (list, tuple)) and len(x) in (2, 3):
         return SparseTensor(*x)
     if isinstance(x, dict) and {"features", "coordinates"} <= set(x):
-        return SparseTensor(x["features"], x["coordinates"],
-                            x.get("stride_tensor", x.get("stride", 1)))
+        return SparseTensor(x["features"], x["coordinates"], x.get("stride", 1))
     raise TypeError(f"{name} must be a sparse_ops.SparseTensor, a tf.SparseTensor "
                     f"[B, *spatial, C], or (features, coordinates[, stride]); got "
                     f"{type(x).__name__}")

@@ -41,8 +41,8 @@ def store(tensors, extra, value):
     """Remembers value for (tensors, extra) while all the tensors live."""
     key = _key(tensors, extra)
 
-    def drop(_, key=key):
-        _entries.pop(key, None)
+    def drop(_, key=key, entries=_entries):  # module globals may be gone at exit
+        entries.pop(key, None)
 
     try:
         refs = tuple(weakref.ref(t, drop) for t in tensors)
