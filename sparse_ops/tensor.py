@@ -280,6 +280,8 @@ class SparseTensor(collections.namedtuple(
         sites, site_of_element = tf.raw_ops.UniqueV2(
             x=sp.indices[:, :-1], axis=tf.constant([0], tf.int64),
             out_idx=tf.int64)
+        if sp.shape.rank is not None:
+            sites.set_shape([None, sp.shape.rank - 1])
         num_sites = tf.shape(sites, out_type=tf.int64)[0]
         channels = sp.shape[-1] if sp.shape[-1] is not None else sp.dense_shape[-1]
         values = sp.values

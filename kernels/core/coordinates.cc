@@ -184,7 +184,8 @@ bool IsSymmetric(const KernelGeometry& g, int dims) {
 void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
                     const int32_t* out_coords, int64_t n_out,
                     const KernelGeometry& g, bool same_coordinates,
-                    int32_t* neighbours, const ParallelFor& parallel_for) {
+                    int32_t* neighbours, int64_t* counts,
+                    const ParallelFor& parallel_for) {
   const int dims = packer.dims();
   const int64_t K = g.num_offsets;
   const bool mirror = same_coordinates && IsSymmetric(g, dims);
@@ -194,26 +195,63 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
   if (mirror) {
     std::fill(neighbours + (K - probed) * n_out, neighbours + K * n_out, -1);
   }
-  parallel_for(n_out, 40 * probed, [&](int64_t begin, int64_t end) {
+  // Spatial steps of each probed offset.
+  std::vector<int64_t> steps(probed * dims, 0);
+  for (int64_t k = 0; k < probed; ++k) {
+    for (int a = 1; a < dims; ++a) {
+      steps[k * dims + a] =
+          static_cast<int64_t>(g.offsets[k * (dims - 1) + a - 1]) *
+          g.stride[a - 1];
+    }
+  }
+  constexpr int64_t kRowsPerUnit = 64;
+  const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
+  std::vector<int64_t> unit_counts(units * probed, 0);
+  parallel_for(units, 40 * probed * kRowsPerUnit, [&](int64_t begin,
+                                                      int64_t end) {
+    std::vector<uint64_t> keys(probed);
+    std::vector<char> valid(probed);
     int64_t q[kMaxDims];
-    for (int64_t o = begin; o < end; ++o) {
-      const int32_t* c = out_coords + o * dims;
-      q[0] = c[0];
-      for (int64_t k = 0; k < probed; ++k) {
-        const int32_t* off = g.offsets + k * (dims - 1);
-        for (int a = 1; a < dims; ++a) {
-          q[a] = c[a] + static_cast<int64_t>(off[a - 1]) * g.stride[a - 1];
+    for (int64_t u = begin; u < end; ++u) {
+      int64_t* unit_count = unit_counts.data() + u * probed;
+      const int64_t o_end = std::min(n_out, (u + 1) * kRowsPerUnit);
+      for (int64_t o = u * kRowsPerUnit; o < o_end; ++o) {
+        const int32_t* c = out_coords + o * dims;
+        // Compute every probe's key first and prefetch its slot, so the
+        // table's cache misses overlap instead of queueing.
+        for (int64_t k = 0; k < probed; ++k) {
+          for (int a = 0; a < dims; ++a) q[a] = c[a] + steps[k * dims + a];
+          valid[k] = packer.Pack(q, &keys[k]);
+          if (valid[k]) in_table.Prefetch(keys[k]);
         }
-        uint64_t key;
-        const int32_t i = packer.Pack(q, &key) ? in_table.Find(key) : -1;
-        neighbours[k * n_out + o] = i;
-        // Unique coordinates: row i is reached from one o per offset, so
-        // the mirrored writes never collide.
-        if (mirror && i >= 0) neighbours[(K - 1 - k) * n_out + i] = o;
+        for (int64_t k = 0; k < probed; ++k) {
+          const int32_t i = valid[k] ? in_table.Find(keys[k]) : -1;
+          neighbours[k * n_out + o] = i;
+          if (i < 0) continue;
+          ++unit_count[k];
+          // Unique coordinates: row i is reached from one o per offset, so
+          // the mirrored writes never collide.
+          if (mirror) neighbours[(K - 1 - k) * n_out + i] = o;
+        }
+        if (mirror && K % 2 == 1) neighbours[(K / 2) * n_out + o] = o;
       }
-      if (mirror && K % 2 == 1) neighbours[(K / 2) * n_out + o] = o;
     }
   });
+  if (counts == nullptr) return;
+  for (int64_t k = 0; k < K; ++k) counts[k] = 0;
+  for (int64_t u = 0; u < units; ++u) {
+    for (int64_t k = 0; k < probed; ++k) counts[k] += unit_counts[u * probed + k];
+  }
+  if (mirror) {
+    // Offset K-1-k pairs are offset k's reversed; the centre pairs every row.
+    for (int64_t k = 0; k < probed; ++k) counts[K - 1 - k] = counts[k];
+    if (K % 2 == 1) counts[K / 2] = n_out;
+  }
+}
+
+void SplitsFromCounts(const int64_t* counts, int64_t K, int64_t* splits) {
+  splits[0] = 0;
+  for (int64_t k = 0; k < K; ++k) splits[k + 1] = splits[k] + counts[k];
 }
 
 void CountPairs(const int32_t* neighbours, int64_t K, int64_t n_out,

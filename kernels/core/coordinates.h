@@ -70,6 +70,12 @@ class CoordinateTable {
   Status Build(const int32_t* coords, int64_t n, const KeyPacker& packer,
                const ParallelFor& parallel_for);
 
+  void Prefetch(uint64_t key) const {
+    const uint64_t slot = Hash(key) & mask_;
+    __builtin_prefetch(&keys_[slot]);
+    __builtin_prefetch(&rows_[slot]);
+  }
+
   int32_t Find(uint64_t key) const {
     uint64_t slot = Hash(key) & mask_;
     while (true) {
@@ -108,11 +114,17 @@ bool IsSymmetric(const KernelGeometry& geometry, int dims);
 
 // neighbours[k * n_out + o] = the input row at out_coords[o] + offset k, or
 // -1. `same_coordinates` says in_coords and out_coords are the same rows, so
-// symmetric geometries probe half the offsets and mirror the rest.
+// symmetric geometries probe half the offsets and mirror the rest. When
+// counts is not null, counts[k] = the number of pairs of offset k.
 void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
                     const int32_t* out_coords, int64_t n_out,
                     const KernelGeometry& geometry, bool same_coordinates,
-                    int32_t* neighbours, const ParallelFor& parallel_for);
+                    int32_t* neighbours, int64_t* counts,
+                    const ParallelFor& parallel_for);
+
+// splits[0] = 0, splits[k + 1] = splits[k] + counts[k].
+void SplitsFromCounts(const int64_t* counts, int64_t num_offsets,
+                      int64_t* splits);
 
 // Neighbour table [K, n_out] -> per-offset CSR. CountPairs writes
 // splits[K + 1]; FillPairs then writes the pairs, within each offset in

@@ -1,4 +1,6 @@
 // CPU kernels of the coordinate ops: validate, allocate, call the core.
+#include <vector>
+
 #include "kernels/core/coordinates.h"
 #include "kernels/tf/glue.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -79,14 +81,15 @@ class KernelMapOp : public OpKernel {
     const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
                                   stride.flat<int32_t>().data()};
     int32_t* nbr = neighbours.flat<int32_t>().data();
+    std::vector<int64_t> counts(K);
     FindNeighbours(table, packer, out_coords, n_out, geometry, same, nbr,
-                   parallel_for);
+                   counts.data(), parallel_for);
 
     Tensor* splits = nullptr;
     OP_REQUIRES_OK(context,
                    context->allocate_output(0, TensorShape({K + 1}), &splits));
     int64_t* s = splits->flat<int64_t>().data();
-    CountPairs(nbr, K, n_out, s, parallel_for);
+    SplitsFromCounts(counts.data(), K, s);
     Tensor *in_rows = nullptr, *out_rows = nullptr;
     OP_REQUIRES_OK(context,
                    context->allocate_output(1, TensorShape({s[K]}), &in_rows));
