@@ -67,6 +67,18 @@ def _load():
             "pure-TensorFlow ops.") from e
 
 
+def check_build_version():
+    """Warns at import when the op library was built for another TensorFlow."""
+    info = _build_info()
+    built_with = getattr(info, "TF_VERSION", None)
+    if built_with and built_with != tf.__version__:
+        warnings.warn(
+            f"sparse_ops was built against TensorFlow {built_with} but "
+            f"TensorFlow {tf.__version__} is installed; its ops may fail to load. "
+            "Rebuild: `pip install --force-reinstall --no-deps --no-cache-dir .` "
+            "from the source tree.")
+
+
 def library():
     """The loaded op module; raises ImportError saying how to fix a failure."""
     global _library, _error

@@ -127,6 +127,14 @@ def _finish(y, bias, out_dtype):
 
 
 def _times(stride_tensor, strides):
+    """The output tensor stride t * s, refusing to wrap around int32."""
+    static = tf.get_static_value(stride_tensor)
+    if static is not None:
+        product = np.asarray(static, np.int64) * np.asarray(strides, np.int64)
+        if np.any(product >= 2**31):
+            raise ValueError(f"tensor stride {tuple(static)} times strides {strides} "
+                             "overflows int32; the chain of strided layers is too long")
+        return tf.constant(product.astype(np.int32))
     return stride_tensor * tf.constant(np.asarray(strides, np.int32))
 
 
