@@ -19,8 +19,9 @@
 #                         leaves -march out (a portable build).
 #   SPARSE_OPS_BAZEL_ROOT Bazel --output_user_root
 #                         ($HOME/.cache/bazel-sparse-ops).
-#   CUDA_PATH             CUDA toolkit for --config=cuda (/usr/local/cuda).
-#   SPARSE_OPS_NVCC       nvcc for --config=cuda ($CUDA_PATH/bin/nvcc).
+#   SPARSE_OPS_NVCC       nvcc for --config=cuda (default $CUDA_PATH/bin/nvcc
+#                         if CUDA_PATH is set, else nvcc on PATH, else
+#                         /usr/local/cuda/bin/nvcc).
 #   SPARSE_OPS_NVCC_FLAGS extra nvcc flags, e.g. "-arch=sm_80".
 #   RULES_JAVA_PATH       rules_java to use (/usr/share/bazel/rules/java, from
 #                         Debian's bazel-rules-java).
@@ -32,8 +33,16 @@ ROOT="$(pwd -P)"
 PYTHON="${PYTHON_BIN_PATH:-python3}"
 MARCH="${SPARSE_OPS_MARCH-native}"
 BAZEL_ROOT="${SPARSE_OPS_BAZEL_ROOT:-${HOME:-/tmp}/.cache/bazel-sparse-ops}"
-CUDA_PATH="${CUDA_PATH:-/usr/local/cuda}"
-NVCC="${SPARSE_OPS_NVCC:-${CUDA_PATH}/bin/nvcc}"
+# nvcc: as setup.py finds it (PATH, then /usr/local/cuda), CUDA_PATH first.
+if [[ -n "${SPARSE_OPS_NVCC:-}" ]]; then
+  NVCC="$SPARSE_OPS_NVCC"
+elif [[ -n "${CUDA_PATH:-}" ]]; then
+  NVCC="$CUDA_PATH/bin/nvcc"
+elif command -v nvcc >/dev/null 2>&1; then
+  NVCC="$(command -v nvcc)"
+else
+  NVCC=/usr/local/cuda/bin/nvcc
+fi
 NVCC_FLAGS="${SPARSE_OPS_NVCC_FLAGS:-}"
 RULES_JAVA="${RULES_JAVA_PATH:-/usr/share/bazel/rules/java}"
 
@@ -96,7 +105,6 @@ TF_LIB_DIR = $(starlark_str "$TF_LIB")
 MARCH_COPTS = $MARCH_COPTS
 
 # --config=cuda
-CUDA_PATH = $(starlark_str "$CUDA_PATH")
 NVCC = $(starlark_str "$NVCC")
 NVCC_FLAGS = $(starlark_str "$NVCC_FLAGS")
 EOF

@@ -15,6 +15,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/core/conv.h"
@@ -122,11 +123,37 @@ std::vector<Row> RandomRows(std::mt19937_64* rng, const std::vector<Row>& lo,
 struct KernelMap {
   std::vector<int64_t> splits;
   std::vector<int32_t> in_rows, out_rows, neighbours;
+  std::vector<int64_t> counts;  // from FindNeighbours, where it gives them
   KernelMapView view() const {
     return {splits.data(), in_rows.data(), out_rows.data(),
             static_cast<int64_t>(splits.size()) - 1};
   }
 };
+
+// Calls FindNeighbours with or without its per-offset pair `counts`
+// argument (newer cores have one), so that this test builds against both;
+// *counts stays empty without it. With it, also checks that passing no
+// counts (nullptr) gives the same neighbour table.
+template <typename Fn>
+void CallFindNeighbours(Fn find, const CoordinateTable& table, const KeyPacker& packer,
+                        const int32_t* out_coords, int64_t n_out,
+                        const KernelGeometry& geometry, bool same, int32_t* neighbours,
+                        std::vector<int64_t>* counts, const ParallelFor& parallel_for) {
+  if constexpr (std::is_invocable_v<Fn, const CoordinateTable&, const KeyPacker&,
+                                    const int32_t*, int64_t, const KernelGeometry&, bool,
+                                    int32_t*, int64_t*, const ParallelFor&>) {
+    counts->assign(geometry.num_offsets, -7);
+    find(table, packer, out_coords, n_out, geometry, same, neighbours, counts->data(),
+         parallel_for);
+    std::vector<int32_t> again(geometry.num_offsets * n_out, -7);
+    find(table, packer, out_coords, n_out, geometry, same, again.data(), nullptr,
+         parallel_for);
+    EXPECT(std::equal(again.begin(), again.end(), neighbours));
+  } else {
+    counts->clear();
+    find(table, packer, out_coords, n_out, geometry, same, neighbours, parallel_for);
+  }
+}
 
 // The kernel op's recipe (kernels/tf/coordinate_kernels.cc, KernelMapOp).
 Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>& out,
@@ -147,8 +174,8 @@ Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>
   if (!status.ok()) return status;
   const KernelGeometry geometry{offsets.data(), K, stride.data()};
   map->neighbours.assign(K * n_out, -7);
-  FindNeighbours(table, packer, same ? in.data() : out.data(), n_out, geometry,
-                 same, map->neighbours.data(), parallel_for);
+  CallFindNeighbours(&FindNeighbours, table, packer, same ? in.data() : out.data(), n_out,
+                     geometry, same, map->neighbours.data(), &map->counts, parallel_for);
   map->splits.assign(K + 1, -7);
   CountPairs(map->neighbours.data(), K, n_out, map->splits.data(), parallel_for);
   map->in_rows.assign(map->splits[K], -7);
@@ -240,6 +267,11 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
       }
     }
     EXPECT_MSG(got.neighbours == expected_nbr, what + ": neighbour table");
+    if (!got.counts.empty()) {
+      std::vector<int64_t> want_counts(K);
+      for (int64_t k = 0; k < K; ++k) want_counts[k] = want.splits[k + 1] - want.splits[k];
+      EXPECT_MSG(got.counts == want_counts, what + ": FindNeighbours counts");
+    }
     // The map validates; its transpose is the oracle's transpose.
     const Status valid = ValidateKernelMap(got.view(), got.splits[K],
                                            static_cast<int64_t>(in.size()), n_out,
