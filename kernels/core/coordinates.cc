@@ -115,6 +115,7 @@ Status CoordinateTable::Build(const int32_t* coords, int64_t n,
                               const KeyPacker& packer,
                               const ParallelFor& parallel_for) {
   std::fill(keys_, keys_ + mask_ + 1, kEmpty);
+  std::fill(rows_, rows_ + mask_ + 1, -1);  // a duplicate waits for its row
   const int dims = packer.dims();
   // First problem found, as (row, other row); -1 when none.
   std::atomic<int64_t> bad_row{-1}, other_row{-1};
