@@ -34,6 +34,11 @@ def _require(condition, message):
     return tf.debugging.Assert(condition, [message])
 
 
+def _in_int32_range(c):
+    c = tf.cast(c, tf.float64)  # exact for every int32 and whole float32
+    return tf.reduce_all((c >= -2.0**31) & (c <= 2.0**31 - 1))
+
+
 def as_coordinates(coordinates, name="coordinates"):
     """int32 [N, 1 + D] coordinates from ints, or from floats with whole values."""
     if _is_symbolic_keras(coordinates):
@@ -41,12 +46,13 @@ def as_coordinates(coordinates, name="coordinates"):
     c = coordinates if isinstance(coordinates, tf.Tensor) else tf.convert_to_tensor(
         coordinates)
     if c.dtype.is_integer and c.dtype != tf.int32:
-        check = _require(tf.reduce_all(tf.abs(tf.cast(c, tf.float64)) < 2.0**31),
-                         f"{name} do not fit into int32")
+        check = _require(_in_int32_range(c), f"{name} do not fit into int32")
     elif c.dtype.is_floating:
         check = _require(tf.reduce_all(tf.equal(c, tf.round(c))),
                          f"{name} must be integers; got float values that are "
                          "not whole numbers")
+        with tf.control_dependencies([check] if check is not None else []):
+            check = _require(_in_int32_range(c), f"{name} do not fit into int32")
     elif c.dtype == tf.int32:
         check = None
     else:
@@ -90,7 +96,7 @@ def _is_data(x):
 
 
 class SparseTensor(collections.namedtuple(
-        "SparseTensor", ["features", "coordinates", "stride"])):
+        "SparseTensor", ["features", "coordinates", "stride_tensor"])):
     """A sparse tensor: features [N, C] at coordinates [N, 1 + D] (batch first).
 
     Args:
@@ -104,7 +110,10 @@ class SparseTensor(collections.namedtuple(
 
     __slots__ = ()
 
-    def __new__(cls, features, coordinates, stride=1):
+    def __new__(cls, features, coordinates, stride=1, stride_tensor=None):
+        # Keras rebuilds namedtuples by field name: stride_tensor=...
+        if stride_tensor is not None:
+            stride = stride_tensor
         if not (_is_data(features) and _is_data(coordinates)):
             # Keras and tf.nest rebuild the tuple from shapes or specs.
             return super().__new__(cls, features, coordinates, stride)
@@ -136,16 +145,9 @@ class SparseTensor(collections.namedtuple(
         return self.coordinates
 
     @property
-    def stride_tensor(self):
-        """The tensor stride as an int32 [D] tensor (the tuple's third field)."""
-        return self[2]
-
-    @property
     def stride(self):
-        """Tuple of D ints when known statically, else an int32 [D] tensor.
-
-        (Overrides the namedtuple field; `stride_tensor` is the field itself.)
-        """
+        """Tuple of D ints when known statically, else an int32 [D] tensor
+        (the field `stride_tensor`)."""
         value = tf.get_static_value(self.stride_tensor)
         if value is None:
             return self.stride_tensor
@@ -304,7 +306,8 @@ def as_sparse(x, name="x"):
     if isinstance(x, (list, tuple)) and len(x) in (2, 3):
         return SparseTensor(*x)
     if isinstance(x, dict) and {"features", "coordinates"} <= set(x):
-        return SparseTensor(x["features"], x["coordinates"], x.get("stride", 1))
+        return SparseTensor(x["features"], x["coordinates"],
+                            x.get("stride_tensor", x.get("stride", 1)))
     raise TypeError(f"{name} must be a sparse_ops.SparseTensor, a tf.SparseTensor "
                     f"[B, *spatial, C], or (features, coordinates[, stride]); got "
                     f"{type(x).__name__}")

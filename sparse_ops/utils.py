@@ -48,13 +48,17 @@ def sparse_quantize(points, features=None, labels=None, voxel_size=1.0,
     if grid.size and (grid.min() < -2**31 or grid.max() >= 2**31):
         raise ValueError("points / voxel_size do not fit into int32 coordinates; "
                          "use a larger voxel_size")
-    grid = grid.astype(np.int32)
-    coords, first, inverse, counts = np.unique(
-        grid, axis=0, return_index=True, return_inverse=True, return_counts=True)
+    grid = grid.astype(np.int32).reshape(n, d)
+    if n == 0:
+        coords, first = np.zeros((0, d), np.int32), np.zeros(0, np.int64)
+        inverse, counts = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    else:
+        coords, first, inverse, counts = np.unique(
+            grid, axis=0, return_index=True, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
     m = len(coords)
     index = first
-    if mode == "random":
+    if mode == "random" and n > 0:
         rng = np.random.default_rng(seed)
         # A random member of each voxel: sort points by (voxel, random key).
         order = np.lexsort((rng.random(n), inverse))
@@ -65,7 +69,7 @@ def sparse_quantize(points, features=None, labels=None, voxel_size=1.0,
         f = _numpy(features, "features")
         if f.shape[0] != n:
             raise ValueError(f"features has {f.shape[0]} rows but points has {n}")
-        f2 = f.reshape(n, -1)
+        f2 = f.reshape(n, int(np.prod(f.shape[1:], dtype=np.int64)))
         if mode in ("average", "sum"):
             merged = np.zeros((m, f2.shape[1]), np.float64)
             np.add.at(merged, inverse, f2)
@@ -131,4 +135,9 @@ def sparse_collate(coords_list, feats_list, labels_list=None):
     features = np.concatenate(feats)
     if labels_list is None:
         return coordinates, features
-    return coordinates, features, np.concatenate([_numpy(l, "labels") for l in labels_list])
+    labels = [_numpy(l, "labels") for l in labels_list]
+    for i, (c, l) in enumerate(zip(coords_list, labels)):
+        if len(l) != len(c):
+            raise ValueError(f"labels_list[{i}] has {len(l)} rows but coords_list[{i}] "
+                             f"has {len(c)}")
+    return coordinates, features, np.concatenate(labels)

@@ -300,9 +300,7 @@ add("conv/hypercross_matching_kernel_works", """
                 acc += f[n] @ W[k]
         want[site] = acc
     expect_sites(y, want)
-""", OK, xfail="BUG: so.ops.conv(region='hypercross') always raises 'kernel_size "
-               "must be an int or a sequence of 2 ints, got None': conv passes "
-               "kernel_size=None to offsets_array for a [K, Cin, Cout] kernel")
+""", OK)
 add("conv/custom_region_kernel_mismatch", """
     so.ops.conv(sparse(SQUARE, channels=2), weights([2, 2, 4]),
                 region=np.array([[0, 0], [1, 0], [0, 1]]))
@@ -347,9 +345,7 @@ add("conv/out_coordinates_negative_batch", """
 add("conv/out_coordinates_wrong_columns", """
     so.ops.conv(sparse(SQUARE), weights([3, 3, 2, 4]),
                 out_coordinates=i32([[0, 0, 0, 0]]))
-""", Raises(r"out_coordinates|column"),
-    xfail={"reference": "BUG: the reference path does not name the problem: "
-                        "'Incompatible shapes: [1,1,4] vs. [9,1,3] [Op:AddV2]'"})
+""", Raises(r"out_coordinates|column"))
 add("conv/rows_mismatch_hidden_in_tf_function", """
     # Row counts unknown while tracing: 5 feature rows for 4 sites.
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32),
@@ -358,9 +354,7 @@ add("conv/rows_mismatch_hidden_in_tf_function", """
         return so.ops.conv(so.SparseTensor(feats, coords),
                            weights([3, 3, 2, 4])).features
     f(tf.ones([5, 2]), i32(SQUARE)).numpy()
-""", Raises(r"rows|features|coordinates"),
-    xfail="BUG: with row counts unknown at trace time, conv accepts 5 feature "
-          "rows for 4 coordinate rows (extra rows silently ignored)")
+""", Raises(r"rows|features|coordinates"))
 add("conv/rows_mismatch_fewer_features_in_tf_function", """
     @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.float32),
                                   tf.TensorSpec([None, 3], tf.int32)])
@@ -392,10 +386,7 @@ add("conv_transpose/duplicate_input_sites", """
     x = sparse([[0, 2, 2], [0, 0, 0], [0, 2, 2]], channels=2, stride=2)
     fine = i32([[0, 2, 2], [0, 3, 3], [0, 0, 1]])
     so.ops.conv_transpose(x, weights([2, 2, 4, 2]), out_coordinates=fine)
-""", Raises(r"duplicate"),
-    xfail="BUG: conv_transpose builds its map with x's sites as the OUTPUT side, "
-          "where duplicates are never checked: duplicate input sites are "
-          "silently accepted")
+""", Raises(r"duplicate"))
 add("conv_transpose/negative_batch", """
     x = sparse([[0, 2, 2], [-1, 0, 0]], channels=2, stride=2)
     so.ops.conv_transpose(x, weights([2, 2, 4, 2]), generative=True)
@@ -416,23 +407,15 @@ add("kernel_map/negative_batch", """
 add("kernel_map/offsets_wrong_columns", """
     c = i32(SQUARE)
     so.ops.kernel_map(c, c, so.kernel_offsets(3, dimension=3))
-""", Raises(r"offsets"),
-    xfail={"reference": "BUG: the reference kernel_map does not check the offsets' "
-                        "shape; the error is 'Incompatible shapes: [27,3] vs. [2] "
-                        "[Op:Mul]', naming neither argument"})
+""", Raises(r"offsets"))
 add("kernel_map/stride_zero", """
     c = i32(SQUARE)
     so.ops.kernel_map(c, c, OFFSETS3, stride=0)
-""", Raises(r"stride"),
-    xfail={"reference": "BUG: the reference kernel_map does not check the stride: "
-                        "stride 0 is accepted and maps every offset onto the centre "
-                        "site"})
+""", Raises(r"stride"))
 add("kernel_map/stride_negative", """
     c = i32(SQUARE)
     so.ops.kernel_map(c, c, OFFSETS3, stride=(1, -1))
-""", Raises(r"stride"),
-    xfail={"reference": "BUG: the reference kernel_map does not check the stride: a "
-                        "negative stride is accepted (mirrored map)"})
+""", Raises(r"stride"))
 
 # -- keys that would overflow 63 bits, coordinates that would overflow int32 ----
 
@@ -471,11 +454,7 @@ add("overflow/reference_product_just_above_2_63", """
     y = so.ops.conv(x, weights([2, 2, 2, 2, 3]), strides=2)
     got = sorted(map(tuple, to_np(y.coordinates).tolist()))
     assert got == sorted(map(tuple, c.tolist())), got
-""", OkOrRaises(r"64-bit key|span|overflow"),
-    xfail={"reference": "BUG: reference _layout checks sum(log2(span)) <= 63 in "
-                        "float64; for spans whose product is 2**63 + 13 the sum "
-                        "rounds to 63.0, the keys wrap around int64 and the strided "
-                        "output sites are garbage"})
+""", OkOrRaises(r"64-bit key|span|overflow"))
 add("overflow/conv_transpose_generative_above_int32", """
     x = sparse([[0, 0], [0, I32MAX - 1]], stride=2, cols=2)
     so.ops.conv_transpose(x, weights([3, 4, 2]), strides=2, generative=True
@@ -490,10 +469,7 @@ add("overflow/strided_conv_below_int32", """
     # floor(I32MIN / 3) * 3 < I32MIN: no int32 output site exists.
     x = sparse([[0, I32MIN], [0, 0]], cols=2)
     so.ops.conv(x, weights([3, 2, 2]), strides=3).features.numpy()
-""", Raises(r"int32|range|overflow"),
-    xfail={"reference": "BUG: reference strided_coordinates casts floor(c / s) * s to "
-                        "int32 unchecked: floor(-2**31 / 3) * 3 wraps to the site "
-                        "2**31 - 1"})
+""", Raises(r"int32|range|overflow"))
 
 # == raw ops: garbage kernel maps, strides, shapes ============================
 
@@ -943,10 +919,7 @@ add("limits/conv_1d_full_range_plus_batch", """
                 acc += f[n] @ W[k]
         want[site] = acc
     expect_sites(y, want)
-""", OK,
-    xfail={"reference": "BUG: reference _layout rejects a 63-bit layout (2**31 batch "
-                        "x 2**32 axis): float64 log2 sum rounds to 63.00000000000001 "
-                        "> 63"})
+""", OK)
 add("limits/conv_2d_near_int32_max_and_min", """
     pattern = [[0, 0, 0], [0, 1, 0], [0, 7, 7], [0, 6, 7], [1, 3, 2], [0, 2, 5]]
     w = weights([3, 3, 2, 4])
@@ -989,9 +962,7 @@ add("limits/conv_transpose_generative_at_limits", """
         for k in range(2):
             want[(0, site + k)] = f[row] @ W[k].T
     expect_sites(z, want)
-""", OK,
-    xfail={"reference": "BUG: reference generative_coordinates checks |c| <= 2**31 - "
-                        "1, so a generated site at -2**31 (a valid int32) is rejected"})
+""", OK)
 
 
 # == the runner ===============================================================

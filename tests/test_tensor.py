@@ -120,8 +120,6 @@ def test_int64_coordinates_are_accepted():
     np.testing.assert_array_equal(x.coordinates.numpy(), coords)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: int64 coordinate -2**31 fits int32 "
-                   "but as_coordinates checks |c| < 2**31 and rejects it")
 def test_int64_coordinates_at_the_int32_limits_are_accepted():
     coords = np.array([[0, -2**31, 2**31 - 1], [0, 0, 0]], np.int64)
     x = so.SparseTensor(np.ones([2, 1], np.float32), coords)
@@ -170,9 +168,6 @@ def test_non_whole_float_coordinates_are_rejected_in_tf_function():
         make(tf.constant([[0, 1.0, 2.0], [0, 0.25, 2.0]]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: whole float coordinates outside the "
-                   "int32 range (3e9) are cast to int32 without a range check and "
-                   "silently become -2**31 (int64 ones are checked)")
 def test_whole_float_coordinates_outside_int32_are_rejected():
     coords = np.array([[0, 3e9, 0]], np.float64)
     with pytest.raises(InvalidArgumentError, match="int32"):
@@ -497,7 +492,6 @@ _NEST_BUG = ("BUG: the `stride` property shadows the namedtuple field `stride`, 
              "(1, 2, 1) instead of the stride tensor and fails")
 
 
-@pytest.mark.xfail(strict=True, reason=_NEST_BUG)
 def test_nest_map_structure_rebuilds_a_sparse_tensor():
     feats, coords = _random_tensor(seed=71, n=5, dimension=3)
     x = so.SparseTensor(feats, coords, (1, 2, 1))
@@ -509,7 +503,6 @@ def test_nest_map_structure_rebuilds_a_sparse_tensor():
     tf.nest.assert_same_structure(x, y)
 
 
-@pytest.mark.xfail(strict=True, reason=_NEST_BUG)
 def test_nest_map_structure_to_specs():
     feats, coords = _random_tensor(seed=72, n=5, dimension=2)
     x = so.SparseTensor(feats, coords)
@@ -519,7 +512,6 @@ def test_nest_map_structure_to_specs():
                                       tf.TensorSpec([2], tf.int32)]
 
 
-@pytest.mark.xfail(strict=True, reason=_NEST_BUG)
 def test_nest_pack_sequence_as_round_trip():
     feats, coords = _random_tensor(seed=73, n=4, dimension=1)
     x = so.SparseTensor(feats, coords, 3)

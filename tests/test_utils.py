@@ -232,10 +232,6 @@ def test_sparse_quantize_empty_points_without_features(mode):
     assert coords.shape == (0, 3) and inverse.shape == (0,)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sparse_quantize of an empty point "
-                   "cloud with features fails: f.reshape(n, -1) cannot reshape "
-                   "a size-0 array (and mode='random' indexes starts[0] of an "
-                   "empty array)")
 @pytest.mark.parametrize("mode", MODES)
 def test_sparse_quantize_empty_points_with_features(mode):
     out = so.utils.sparse_quantize(np.zeros([0, 3], np.float32),
@@ -345,10 +341,7 @@ def test_sparse_collate_with_labels_and_tensors():
 
 @pytest.mark.parametrize("case", [
     "lengths", "labels_length", "rows",
-    pytest.param("label_rows", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: sparse_collate does not check that "
-        "labels_list[i] has as many rows as coords_list[i]; it returns labels "
-        "that do not line up with the coordinates"))])
+    "label_rows"])
 def test_sparse_collate_errors(case):
     coords, feats, labels = _per_sample(13, [2, 3])
     if case == "lengths":

@@ -26,6 +26,41 @@ void OutputCoordinates(OpKernelContext* context, const KeyPacker& packer,
              IntraOpParallelFor(context));
 }
 
+// allocate_temp with the core's Status.
+Status AllocateTemp(OpKernelContext* context, tensorflow::DataType type,
+                    int64_t n, Tensor* out) {
+  const absl::Status status =
+      context->allocate_temp(type, TensorShape({n}), out);
+  return status.ok() ? Status::Ok() : Status::Error(std::string(status.message()));
+}
+
+// Fails unless the rows of coords are unique (a hash table built and
+// dropped: the same check the input side gets while its table is built).
+bool CheckUnique(OpKernelContext* context, const int32_t* coords, int64_t n,
+                 int dims, const std::string& name) {
+  KeyPacker packer(dims);
+  packer.CoverRows(coords, n);
+  Status status = packer.Finalize();
+  const int64_t capacity = CoordinateTable::CapacityFor(n);
+  Tensor keys, rows;
+  if (status.ok()) {
+    status = AllocateTemp(context, tensorflow::DT_UINT64, capacity, &keys);
+  }
+  if (status.ok()) {
+    status = AllocateTemp(context, tensorflow::DT_INT32, capacity, &rows);
+  }
+  if (status.ok()) {
+    CoordinateTable table(keys.flat<uint64_t>().data(),
+                          rows.flat<int32_t>().data(), capacity);
+    status = table.Build(coords, n, packer, IntraOpParallelFor(context));
+  }
+  if (!status.ok()) {
+    context->CtxFailure(absl::InvalidArgumentError(name + ": " + status.message()));
+    return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 class KernelMapOp : public OpKernel {
@@ -78,6 +113,10 @@ class KernelMapOp : public OpKernel {
     // The same tensor passed twice (a submanifold convolution) lets a
     // symmetric kernel probe half its offsets.
     const bool same = in_coords == out_coords && n_in == n_out;
+    if (!same &&
+        !CheckUnique(context, out_coords, n_out, dims, "out_coordinates")) {
+      return;
+    }
     const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
                                   stride.flat<int32_t>().data()};
     int32_t* nbr = neighbours.flat<int32_t>().data();

@@ -71,21 +71,27 @@ def _mask_gradient(x):
 
 # -- geometry --------------------------------------------------------------
 
-def _kernel_geometry(kernel, dimension, region, transposed):
-    """Splits a kernel into (spatial size or None, [K, C_a, C_b] kernel)."""
-    kernel_rank = kernel.shape.rank
+def _kernel_geometry(kernel, dimension, region, transposed, dilation, strides):
+    """The kernel as [K, C_a, C_b] and its offsets [K, D] (numpy)."""
     if isinstance(region, str) and region == "hypercube":
-        if kernel_rank != dimension + 2:
+        if kernel.shape.rank != dimension + 2:
             layout = "[*kernel_size, Cout, Cin]" if transposed else "[*kernel_size, Cin, Cout]"
             raise ValueError(f"a hypercube kernel for a {dimension}D tensor must be "
                              f"{layout} (rank {dimension + 2}), got shape {kernel.shape}")
         size = tuple(int(s) for s in kernel.shape[:dimension])
-        k3 = tf.reshape(kernel, [int(np.prod(size)), kernel.shape[-2], kernel.shape[-1]])
-        return size, k3
-    if kernel_rank != 3:
+        offsets = geometry.offsets_array(size, dilation, region, dimension, strides)
+        return tf.reshape(kernel, [len(offsets), kernel.shape[-2], kernel.shape[-1]]), offsets
+    if kernel.shape.rank != 3:
         raise ValueError("a hypercross or custom-region kernel must be [K, C_a, C_b], "
                          f"got shape {kernel.shape}")
-    return None, kernel
+    size = None
+    if isinstance(region, str):  # hypercross: K = 1 + D * (size - 1)
+        k = kernel.shape[0]
+        if k is None or (k - 1) % dimension or ((k - 1) // dimension) % 2:
+            raise ValueError(f"a hypercross kernel in {dimension}D has 1 + {dimension} * "
+                             f"(size - 1) offsets for an odd size; got {k}")
+        size = (k - 1) // dimension + 1
+    return kernel, geometry.offsets_array(size, dilation, region, dimension, strides)
 
 
 def _check_kernel(kernel, offsets, channels_in, axis, layout):
@@ -97,10 +103,24 @@ def _check_kernel(kernel, offsets, channels_in, axis, layout):
                          f"but the features have {channels_in}")
 
 
+def _rows_match(x):
+    """x's features, checked at run time to have one row per site when the
+    row counts are not known while tracing."""
+    n_f, n_c = x.features.shape[0], x.coordinates.shape[0]
+    if n_f is not None and n_c is not None:
+        return x.features  # SparseTensor() checked them
+    check = tf.debugging.assert_equal(
+        tf.shape(x.features)[0], tf.shape(x.coordinates)[0],
+        message="features and coordinates must have the same number of rows")
+    with tf.control_dependencies([check]):
+        return tf.identity(x.features)
+
+
 def _prepare(x, kernel, name):
     x = as_sparse(x)
     if x.dimension is None:
         raise ValueError("coordinates must have a static number of columns")
+    x = x.with_features(_rows_match(x))
     features = x.features
     kernel = tf.convert_to_tensor(kernel)
     if not kernel.dtype.is_floating:
@@ -164,9 +184,7 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
     x, kernel = _prepare(x, kernel, "kernel")
     d = x.dimension
     strides = geometry.normalize_tuple(strides, d, "strides")
-    size, k3 = _kernel_geometry(kernel, d, region, transposed=False)
-    offsets = geometry.offsets_array(size, dilation_rate, region if size is None
-                                     else "hypercube", d, strides)
+    k3, offsets = _kernel_geometry(kernel, d, region, False, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 1, "[K, Cin, Cout]")
     out_stride = _times(x.stride_tensor, strides)
     if out_coordinates is not None:
@@ -203,9 +221,7 @@ def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
     x, kernel = _prepare(x, kernel, "kernel")
     d = x.dimension
     strides = geometry.normalize_tuple(strides, d, "strides")
-    size, k3 = _kernel_geometry(kernel, d, region, transposed=True)
-    offsets = geometry.offsets_array(size, dilation_rate, region if size is None
-                                     else "hypercube", d, strides)
+    k3, offsets = _kernel_geometry(kernel, d, region, True, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 2, "[K, Cout, Cin]")
     stride = x.stride
     if isinstance(stride, tuple):

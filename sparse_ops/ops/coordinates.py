@@ -49,6 +49,7 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride=1):
         out_coordinates, "out_coordinates")
     offsets = tf.convert_to_tensor(offsets, tf.int32)
     stride = _stride_vector(stride, in_c)
+    _check_columns(in_c, out_c, offsets, stride)
     use_reference = _use_reference()
     key = ("kernel_map", _static_key(offsets), _static_key(stride), use_reference)
     cached = cache.lookup((in_c, out_c), key)
@@ -60,6 +61,21 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride=1):
         value = KernelMap(*_loader.library().sparse_ops_kernel_map(
             in_c, out_c, offsets, stride))
     return cache.store((in_c, out_c), key, value)
+
+
+def _check_columns(in_c, out_c, offsets, stride):
+    """Static shape checks that name the argument (the ops check again)."""
+    cols = in_c.shape[1]
+    if out_c.shape[1] is not None and cols is not None and out_c.shape[1] != cols:
+        raise ValueError(f"in_coordinates and out_coordinates must have the same number "
+                         f"of columns, got {cols} and {out_c.shape[1]}")
+    if cols is None:
+        return
+    if offsets.shape.rank != 2 or offsets.shape[1] not in (None, cols - 1):
+        raise ValueError(f"offsets must be [K, {cols - 1}] (one column per spatial "
+                         f"axis), got shape {offsets.shape}")
+    if stride.shape.rank != 1 or stride.shape[0] not in (None, cols - 1):
+        raise ValueError(f"stride must have {cols - 1} entries, got shape {stride.shape}")
 
 
 def _stride_vector(stride, coordinates):

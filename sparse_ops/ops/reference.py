@@ -17,10 +17,12 @@ def _layout(coordinates):
     lo = tf.where(nonempty, tf.reduce_min(c, 0), 0)
     hi = tf.where(nonempty, tf.reduce_max(c, 0), 0)
     span = hi - lo + 1
-    bits = tf.reduce_sum(tf.math.log(tf.cast(span, tf.float64))) / tf.math.log(
-        tf.constant(2.0, tf.float64))
+    # Exact bit widths, as the C++ KeyPacker: bits of (hi - lo) per axis.
+    shifts = tf.range(64, dtype=tf.int64)
+    bits = tf.reduce_sum(tf.cast(
+        tf.bitwise.right_shift((hi - lo)[:, tf.newaxis], shifts) > 0, tf.int64))
     check = tf.debugging.assert_less_equal(
-        bits, tf.constant(float(_MAX_KEY_BITS), tf.float64),
+        bits, tf.constant(_MAX_KEY_BITS, tf.int64),
         message="coordinates span too large a range to pack into a 64-bit key; "
         "use a larger voxel size, fewer dimensions, or coordinates that span a "
         "smaller range")
@@ -53,25 +55,24 @@ def _pad_batch(steps):
 def kernel_map(in_coordinates, out_coordinates, offsets, stride):
     with tf.control_dependencies([
             _check_batch(in_coordinates, "in_coordinates"),
-            _check_batch(out_coordinates, "out_coordinates")]):
+            _check_batch(out_coordinates, "out_coordinates"),
+            tf.debugging.assert_positive(stride, message="stride entries must be >= 1")]):
         in_c = tf.cast(in_coordinates, tf.int64)
         out_c = tf.cast(out_coordinates, tf.int64)
     lo, hi, mult = _layout(in_c)
     in_keys, _ = _pack(in_c, lo, hi, mult)
     order = tf.argsort(in_keys, stable=True)
     sorted_keys = tf.gather(in_keys, order)
-    duplicate = tf.reduce_any(tf.equal(sorted_keys[1:], sorted_keys[:-1]))
-    check = tf.debugging.Assert(
-        tf.logical_not(duplicate),
-        ["coordinates has duplicate sites; merge duplicates first, e.g. with "
-         "sparse_ops.utils.sparse_quantize"])
+    checks = [_check_sorted_unique(sorted_keys, "in_coordinates")]
+    if out_coordinates is not in_coordinates:
+        checks.append(_check_unique(out_c, "out_coordinates"))
     steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
     q = out_c[tf.newaxis] + steps[:, tf.newaxis]  # [K, M, dims]
     keys, valid = _pack(q, lo, hi, mult)
     num_in = tf.shape(sorted_keys)[0]
     pos = tf.searchsorted(sorted_keys[tf.newaxis], tf.reshape(keys, [1, -1]))[0]
     pos = tf.reshape(tf.minimum(pos, tf.maximum(num_in - 1, 0)), tf.shape(keys))
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies(checks):
         hit = tf.gather(tf.concat([sorted_keys, [-1]], 0),
                         tf.where(num_in > 0, pos, num_in))
     found = valid & tf.equal(hit, keys)
@@ -84,6 +85,20 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride):
     return splits, tf.cast(in_rows, tf.int32), tf.cast(k_o[:, 1], tf.int32)
 
 
+def _check_sorted_unique(sorted_keys, name):
+    duplicate = tf.reduce_any(tf.equal(sorted_keys[1:], sorted_keys[:-1]))
+    return tf.debugging.Assert(
+        tf.logical_not(duplicate),
+        [f"{name} has duplicate sites; merge duplicates first, e.g. with "
+         "sparse_ops.utils.sparse_quantize"])
+
+
+def _check_unique(coordinates, name):
+    lo, hi, mult = _layout(coordinates)
+    keys, _ = _pack(coordinates, lo, hi, mult)
+    return _check_sorted_unique(tf.sort(keys), name)
+
+
 def _unique_sorted_rows(rows):
     """Unique int64 rows [n, dims], sorted lexicographically, as int32."""
     lo, hi, mult = _layout(rows)
@@ -92,23 +107,27 @@ def _unique_sorted_rows(rows):
     return _unpack(unique, lo, hi, mult)
 
 
+def _check_int32(rows, what):
+    return tf.debugging.assert_equal(
+        tf.reduce_all((rows >= -2**31) & (rows <= 2**31 - 1)), True,
+        message=f"{what} would overflow the int32 range")
+
+
 def strided_coordinates(coordinates, stride):
-    c = tf.cast(coordinates, tf.int64)
+    with tf.control_dependencies([tf.debugging.assert_positive(
+            stride, message="stride entries must be >= 1")]):
+        c = tf.cast(coordinates, tf.int64)
     s = tf.cast(stride, tf.int64)
     strided = tf.concat([c[:, :1], tf.math.floordiv(c[:, 1:], s) * s], 1)
-    return _unique_sorted_rows(strided)
+    with tf.control_dependencies([_check_int32(strided, "strided coordinates")]):
+        return _unique_sorted_rows(strided)
 
 
 def generative_coordinates(coordinates, offsets, stride):
     c = tf.cast(coordinates, tf.int64)
     steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
     rows = tf.reshape(c[:, tf.newaxis] + steps[tf.newaxis], [-1, tf.shape(c)[1]])
-    check = tf.debugging.assert_less_equal(
-        tf.reduce_max(tf.abs(tf.concat([rows, tf.zeros([1, tf.shape(c)[1]],
-                                                       tf.int64)], 0))),
-        tf.constant(2**31 - 1, tf.int64),
-        message="generated coordinates would overflow the int32 range")
-    with tf.control_dependencies([check]):
+    with tf.control_dependencies([_check_int32(rows, "generated coordinates")]):
         return _unique_sorted_rows(rows)
 
 
