@@ -53,8 +53,8 @@ def timed(fn, repeats):
 def run_peer(script, venv_python, repeats):
     if not os.path.exists(venv_python):
         return {"error": f"{venv_python} not found; see python/benchmarks/README.md"}
-    out = subprocess.run([venv_python, os.path.join(HERE, script), "--repeats",
-                          str(repeats)], capture_output=True, text=True)
+    out = subprocess.run([venv_python, os.path.join(HERE, script), "--reps",
+                          str(max(5, repeats))], capture_output=True, text=True)
     for line in reversed(out.stdout.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line)
