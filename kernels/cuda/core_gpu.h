@@ -1,0 +1,213 @@
+// CUDA half of the framework-free core: the kernel map (key layout from the
+// data, coordinate hash table, neighbour search, per-offset CSR pairs) and
+// the convolution over a kernel map (forward, input and weight gradients).
+//
+// Same contracts as the CPU core (kernels/core/coordinates.h, conv.h): the
+// same 64-bit key layout as KeyPacker, the same kernel-map format
+// (offset_splits int64 [K + 1], in_rows / out_rows int32 [P], sorted by
+// output row within each offset), and deterministic arithmetic: no atomics
+// on values, every sum taken in a fixed order, so two runs are bitwise equal.
+//
+// Conventions:
+// - Every pointer is device memory unless its comment says "host".
+// - Work is enqueued on `stream` and runs asynchronously; the functions
+//   return an error Status only for bad sizes or a failed launch. Errors
+//   that depend on the data (duplicate sites, keys wider than 63 bits,
+//   negative batch indices, malformed kernel maps) are written to small
+//   device "info" structs that the caller copies back and turns into a
+//   Status with KernelMapInfoStatus / KernelMapCheckStatus.
+// - Temporary memory is the caller's: each entry point has a *WorkspaceBytes
+//   function, and takes `workspace` (aligned to at least 16 bytes; cudaMalloc
+//   and TF's allocator give 256) of at least that many bytes. Nothing
+//   allocates.
+// - Memory safety does not depend on valid inputs: every index read from a
+//   kernel map is range-checked before use, so a malformed map gives wrong
+//   numbers, never an out-of-bounds access (CheckKernelMap says which).
+// - This header needs no CUDA header: GpuStream is cudaStream_t.
+#ifndef SPARSE_OPS_KERNELS_CUDA_CORE_GPU_H_
+#define SPARSE_OPS_KERNELS_CUDA_CORE_GPU_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/core/coordinates.h"
+#include "kernels/core/status.h"
+
+struct CUstream_st;
+
+namespace sparse_ops {
+namespace gpu {
+
+using GpuStream = CUstream_st*;  // == cudaStream_t
+
+// The KeyPacker layout, computed on the device from the data's range:
+// axis a holds (c[a] - lo[a]) in bits [shift[a], shift[a] + bits[a]), the
+// batch axis highest, so sorted keys are batch-major and row-major.
+struct KeyLayout {
+  int32_t dims;
+  int32_t total_bits;
+  int64_t lo[kMaxDims];
+  int64_t span[kMaxDims];  // hi - lo
+  int32_t shift[kMaxDims];
+  int32_t bits[kMaxDims];
+};
+
+enum KernelMapError : int32_t {
+  kMapOk = 0,
+  kMapKeyTooWide = 1,    // the ranges need more than 63 bits
+  kMapDuplicate = 2,     // two input rows are the same site
+};
+
+// Written by KernelMapCount on the device; copy it back (one small
+// cudaMemcpyAsync + sync) to learn the pair count and any data error.
+struct KernelMapInfo {
+  int64_t num_pairs;        // what KernelMapFill writes (0 on a key error)
+  int32_t error;            // KernelMapError
+  int32_t mirrored;         // 1 when half the offsets were probed
+  int32_t duplicate_flag;   // set by the hash build, resolved below
+  int32_t pad;
+  int32_t lo[kMaxDims];     // per-axis bounds of in_coordinates
+  int32_t hi[kMaxDims];
+  KeyLayout layout;
+  // Smallest row that repeats an earlier site, as (row << 32) | earliest
+  // row with that site; all ones when there is none. Deterministic.
+  uint64_t duplicate;
+  int32_t duplicate_site[kMaxDims];
+  // First row with a negative batch index (all ones: none), and its value.
+  uint64_t negative_in_row;
+  uint64_t negative_out_row;
+  int32_t negative_in_value;
+  int32_t negative_out_value;
+};
+
+// The data errors in `info` (a host copy) as the CPU core words them, in the
+// order the CPU op checks them: negative batch indices, then key width,
+// then duplicate sites.
+Status KernelMapInfoStatus(const KernelMapInfo& info);
+
+// Kernel geometry with device pointers: offsets int32 [K, dims - 1] (in
+// units of the stride), stride int32 [dims - 1].
+struct DeviceGeometry {
+  const int32_t* offsets;
+  int64_t num_offsets;
+  const int32_t* stride;
+};
+
+// --- Kernel map --------------------------------------------------------------
+// Two phases around one host sync (the pair count sizes the outputs):
+//   KernelMapCount(...);                 // hash, probe, count
+//   cudaMemcpyAsync(&host_info, info, sizeof(KernelMapInfo), D2H, stream);
+//   cudaStreamSynchronize(stream);
+//   KernelMapInfoStatus(host_info) -> error?; allocate in_rows/out_rows [P]
+//   KernelMapFill(...);                  // splits + pairs
+// The workspace must stay untouched between the two calls.
+// `same_coordinates` says in_coords and out_coords are the same rows (a
+// submanifold convolution): a symmetric geometry then probes half the
+// offsets and mirrors the rest, as on the CPU.
+size_t KernelMapWorkspaceBytes(int64_t n_in, int64_t n_out,
+                               int64_t num_offsets);
+
+Status KernelMapCount(const int32_t* in_coords, int64_t n_in,
+                      const int32_t* out_coords, int64_t n_out, int dims,
+                      const DeviceGeometry& geometry, bool same_coordinates,
+                      KernelMapInfo* info, void* workspace,
+                      size_t workspace_bytes, GpuStream stream);
+
+// splits [K + 1]; in_rows, out_rows [info.num_pairs].
+Status KernelMapFill(int64_t n_in, int64_t n_out, int64_t num_offsets,
+                     int64_t* splits, int32_t* in_rows, int32_t* out_rows,
+                     void* workspace, size_t workspace_bytes,
+                     GpuStream stream);
+
+// keys[i] = the packed key of coords row i under info->layout (as set by
+// KernelMapCount); all ones for a row outside the layout's range.
+Status PackKeys(const int32_t* coords, int64_t n, int dims,
+                const KernelMapInfo* info, uint64_t* keys, GpuStream stream);
+
+// --- Kernel maps as inputs -----------------------------------------------------
+
+// A kernel map on the device. num_offsets and num_pairs are host values
+// (the shapes of the tensors).
+struct DeviceKernelMap {
+  const int64_t* splits;
+  const int32_t* in_rows;
+  const int32_t* out_rows;
+  int64_t num_offsets;
+  int64_t num_pairs;
+};
+
+// Validation of a kernel map that came from outside (a user may build one):
+// splits monotone from 0 to P, rows in range, output rows increasing
+// within each offset. The conv kernels never read or write out of bounds
+// even on a bad map, but their results are then meaningless.
+struct KernelMapCheck {
+  uint64_t bad_pair;     // first bad pair (all ones: none)
+  int32_t bad_splits;    // 1 when offset_splits is malformed
+  int32_t in_row;        // the bad pair's rows
+  int32_t out_row;
+  int32_t pad;
+};
+Status CheckKernelMap(const DeviceKernelMap& map, int64_t n_in, int64_t n_out,
+                      KernelMapCheck* check, GpuStream stream);
+Status KernelMapCheckStatus(const KernelMapCheck& check, int64_t num_pairs,
+                            int64_t n_in, int64_t n_out);
+
+// The transposed map (roles of input and output swapped), sorted by the
+// original input row within each offset. Its offset_splits equal the
+// original's, so only the rows are written: t_in_rows[P] (original output
+// rows) and t_out_rows[P] (original input rows).
+size_t TransposeKernelMapWorkspaceBytes(int64_t n_in, int64_t num_offsets);
+Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
+                          int32_t* t_in_rows, int32_t* t_out_rows,
+                          void* workspace, size_t workspace_bytes,
+                          GpuStream stream);
+
+// --- Convolution ---------------------------------------------------------------
+
+// out[o] = sum over pairs (i, o) of offset k of in[i] . W_k, for all n_out
+// rows (rows without pairs get zeros). W is [K, c_in, c_out]; with
+// transpose_weights it is [K, c_out, c_in] and W_k^T is used. `map` must be
+// sorted by output row within each offset. Each output tile is owned by one
+// thread block that applies the offsets in order: deterministic.
+template <typename T>
+size_t ConvWorkspaceBytes(int64_t num_offsets, int64_t n_out, int64_t c_in,
+                          int64_t c_out, bool transpose_weights);
+template <typename T>
+Status Conv(const T* in, int64_t n_in, int64_t c_in, const T* weights,
+            int64_t c_out, bool transpose_weights, const DeviceKernelMap& map,
+            int64_t n_out, T* out, void* workspace, size_t workspace_bytes,
+            GpuStream stream);
+
+// grad_in[i] = sum over pairs (i, o) of offset k of grad_out[o] . W_k^T,
+// W [K, c_in, c_out]: builds the transposed map in the workspace and runs
+// Conv on it with transposed weights.
+template <typename T>
+size_t ConvBackpropInputWorkspaceBytes(int64_t num_offsets, int64_t num_pairs,
+                                       int64_t n_in, int64_t c_in,
+                                       int64_t c_out);
+template <typename T>
+Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
+                         const T* weights, int64_t c_in,
+                         const DeviceKernelMap& map, int64_t n_in, T* grad_in,
+                         void* workspace, size_t workspace_bytes,
+                         GpuStream stream);
+
+// grad_weights[k] = sum over pairs (i, o) of offset k of
+// in[i]^T grad_out[o], [K, c_in, c_out]. Each offset's pairs are cut into
+// segments whose size depends only on (P, K); segment partial products are
+// summed in segment order.
+template <typename T>
+size_t ConvBackpropKernelWorkspaceBytes(int64_t num_offsets,
+                                        int64_t num_pairs, int64_t c_in,
+                                        int64_t c_out);
+template <typename T>
+Status ConvBackpropKernel(const T* in, int64_t n_in, int64_t c_in,
+                          const T* grad_out, int64_t n_out, int64_t c_out,
+                          const DeviceKernelMap& map, T* grad_weights,
+                          void* workspace, size_t workspace_bytes,
+                          GpuStream stream);
+
+}  // namespace gpu
+}  // namespace sparse_ops
+
+#endif  // SPARSE_OPS_KERNELS_CUDA_CORE_GPU_H_

@@ -1,0 +1,923 @@
+// Standalone test and benchmark of the CUDA core (kernels/cuda/core_gpu.h):
+// no TensorFlow, needs a GPU. Checks the kernel map against a brute-force
+// std::unordered_map oracle, the convolution and both gradients against
+// naive float64 loops, determinism (two runs bitwise equal), the key layout
+// against the CPU KeyPacker, and the data errors; then times the PEERS.md
+// workload (sphere shell, ~100k sites, 64 -> 64 channels, 3x3x3).
+//
+// Build and run (see kernels/cuda/README.md; -x cu applies to every input,
+// so coordinates.cc for the KeyPacker comparison is compiled alongside):
+//   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
+//     kernels/cuda/core_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+//     kernels/core/coordinates.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
+// Flags: --small (small and error cases, for compute-sanitizer memcheck),
+// --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).
+// Add -DSPARSE_OPS_WITH_CUBLAS -lcublas for the shape-matched GEMM rate.
+//
+// The op library's builds compile kernels/cuda/*.cu.cc with GOOGLE_CUDA=1;
+// this file is then empty, so its main() never enters the library.
+#if !defined(GOOGLE_CUDA) || !GOOGLE_CUDA
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#ifdef SPARSE_OPS_WITH_CUBLAS
+#include <cublas_v2.h>
+#endif
+
+#include "kernels/core/coordinates.h"
+#include "kernels/cuda/core_gpu.h"
+
+namespace {
+
+namespace sg = sparse_ops::gpu;
+using sparse_ops::Status;
+
+#define CUDA_OK(expr)                                                   \
+  do {                                                                  \
+    const cudaError_t e_ = (expr);                                      \
+    if (e_ != cudaSuccess) {                                            \
+      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr,    \
+                  cudaGetErrorString(e_));                              \
+      std::exit(2);                                                     \
+    }                                                                   \
+  } while (0)
+
+#define CORE_OK(expr)                                                   \
+  do {                                                                  \
+    const Status s_ = (expr);                                           \
+    if (!s_.ok()) {                                                     \
+      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr,    \
+                  s_.message().c_str());                                \
+      std::exit(2);                                                     \
+    }                                                                   \
+  } while (0)
+
+int g_checks = 0;
+int g_failures = 0;
+
+void Expect(bool ok, const std::string& what) {
+  ++g_checks;
+  if (!ok) {
+    ++g_failures;
+    std::printf("FAIL: %s\n", what.c_str());
+  }
+}
+
+// --- Device buffers ------------------------------------------------------------
+
+template <typename T>
+class DevBuf {
+ public:
+  DevBuf() = default;
+  explicit DevBuf(size_t n) { Alloc(n); }
+  explicit DevBuf(const std::vector<T>& v) { Upload(v); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  ~DevBuf() { Free(); }
+  void Alloc(size_t n) {
+    Free();
+    n_ = n;
+    CUDA_OK(cudaMalloc(&p_, std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  void Free() {
+    if (p_ != nullptr) cudaFree(p_);
+    p_ = nullptr;
+    n_ = 0;
+  }
+  void Upload(const std::vector<T>& v) {
+    Alloc(v.size());
+    if (!v.empty()) {
+      CUDA_OK(cudaMemcpy(p_, v.data(), v.size() * sizeof(T),
+                         cudaMemcpyHostToDevice));
+    }
+  }
+  std::vector<T> Download() const {
+    std::vector<T> v(n_);
+    if (n_ > 0) {
+      CUDA_OK(cudaMemcpy(v.data(), p_, n_ * sizeof(T),
+                         cudaMemcpyDeviceToHost));
+    }
+    return v;
+  }
+  void Poison() {  // all ones: NaN for floats, -1 for ints
+    CUDA_OK(cudaMemset(p_, 0xff, std::max<size_t>(n_, 1) * sizeof(T)));
+  }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+// --- Host helpers ----------------------------------------------------------------
+
+void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(n, std::thread::hardware_concurrency()));
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < threads; ++t) {
+    const int64_t b = n * t / threads, e = n * (t + 1) / threads;
+    pool.emplace_back([&fn, b, e] { fn(b, e); });
+  }
+  for (auto& th : pool) th.join();
+}
+
+struct Coords {
+  int dims = 0;
+  std::vector<int32_t> rows;
+  int64_t n() const { return dims ? static_cast<int64_t>(rows.size()) / dims : 0; }
+};
+
+// Every grid site in [lo, hi]^(dims-1) x batches, kept with probability
+// `density`, in shuffled order.
+Coords RandomCoords(std::mt19937_64* rng, int dims, int batches, int lo,
+                    int hi, double density) {
+  Coords c;
+  c.dims = dims;
+  std::uniform_real_distribution<double> u(0, 1);
+  std::vector<int32_t> q(dims, 0);
+  const int span = hi - lo + 1;
+  int64_t total = batches;
+  for (int a = 1; a < dims; ++a) total *= span;
+  for (int64_t idx = 0; idx < total; ++idx) {
+    int64_t r = idx;
+    for (int a = dims - 1; a >= 1; --a) {
+      q[a] = lo + static_cast<int32_t>(r % span);
+      r /= span;
+    }
+    q[0] = static_cast<int32_t>(r);
+    if (u(*rng) < density) c.rows.insert(c.rows.end(), q.begin(), q.end());
+  }
+  std::vector<int64_t> order(c.n());
+  for (int64_t i = 0; i < c.n(); ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), *rng);
+  std::vector<int32_t> shuffled(c.rows.size());
+  for (int64_t i = 0; i < c.n(); ++i) {
+    std::copy_n(&c.rows[order[i] * dims], dims, &shuffled[i * dims]);
+  }
+  c.rows.swap(shuffled);
+  return c;
+}
+
+// PEERS.md: 4M random unit vectors * 75, floored, unique, + 76.
+Coords SphereShell(uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0, 1);
+  std::vector<int64_t> keys;
+  keys.reserve(4000000);
+  for (int s = 0; s < 4000000; ++s) {
+    double v[3];
+    double norm = 0;
+    for (double& x : v) {
+      x = normal(rng);
+      norm += x * x;
+    }
+    norm = std::sqrt(norm);
+    int64_t key = 0;
+    for (double x : v) {
+      key = key * 256 + static_cast<int64_t>(std::floor(x / norm * 75) + 76);
+    }
+    keys.push_back(key);
+  }
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+  Coords c;
+  c.dims = 4;
+  for (int64_t key : keys) {
+    c.rows.insert(c.rows.end(), {0, static_cast<int32_t>(key >> 16),
+                                 static_cast<int32_t>((key >> 8) & 255),
+                                 static_cast<int32_t>(key & 255)});
+  }
+  return c;
+}
+
+// Offsets of the box [lo[a], hi[a]] per axis, lexicographic (a symmetric
+// box gives offset K-1-k == -offset k).
+std::vector<int32_t> BoxOffsets(const std::vector<int>& lo,
+                                const std::vector<int>& hi) {
+  const int d = static_cast<int>(lo.size());
+  std::vector<int32_t> out;
+  std::vector<int32_t> q(lo.begin(), lo.end());
+  while (true) {
+    out.insert(out.end(), q.begin(), q.end());
+    int a = d - 1;
+    while (a >= 0 && q[a] == hi[a]) {
+      q[a] = lo[a];
+      --a;
+    }
+    if (a < 0) break;
+    ++q[a];
+  }
+  return out;
+}
+
+struct HostMap {
+  std::vector<int64_t> splits;
+  std::vector<int32_t> in_rows, out_rows;
+  int64_t K() const { return static_cast<int64_t>(splits.size()) - 1; }
+  int64_t P() const { return static_cast<int64_t>(in_rows.size()); }
+};
+
+using Key = std::array<int32_t, 8>;
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    uint64_t h = 1469598103934665603ull;
+    for (int32_t v : k) {
+      h ^= static_cast<uint32_t>(v);
+      h *= 1099511628211ull;
+    }
+    return h;
+  }
+};
+
+// Brute force: every (k, o), looked up in a std::unordered_map.
+HostMap OracleMap(const Coords& in, const Coords& out,
+                  const std::vector<int32_t>& offsets,
+                  const std::vector<int32_t>& stride) {
+  const int dims = in.dims, d = dims - 1;
+  const int64_t K = static_cast<int64_t>(offsets.size()) / std::max(d, 1);
+  std::unordered_map<Key, int32_t, KeyHash> table;
+  for (int64_t i = 0; i < in.n(); ++i) {
+    Key key{};
+    std::copy_n(&in.rows[i * dims], dims, key.begin());
+    table.emplace(key, static_cast<int32_t>(i));
+  }
+  std::vector<std::vector<int32_t>> per_in(K), per_out(K);
+  ParallelFor(K, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      for (int64_t o = 0; o < out.n(); ++o) {
+        Key key{};
+        key[0] = out.rows[o * dims];
+        bool inside = true;
+        for (int a = 1; a < dims; ++a) {
+          const int64_t v = static_cast<int64_t>(out.rows[o * dims + a]) +
+                            static_cast<int64_t>(offsets[k * d + a - 1]) *
+                                stride[a - 1];
+          if (v < INT32_MIN || v > INT32_MAX) inside = false;
+          key[a] = static_cast<int32_t>(v);
+        }
+        if (!inside) continue;
+        const auto it = table.find(key);
+        if (it == table.end()) continue;
+        per_in[k].push_back(it->second);
+        per_out[k].push_back(static_cast<int32_t>(o));
+      }
+    }
+  });
+  HostMap m;
+  m.splits.assign(K + 1, 0);
+  for (int64_t k = 0; k < K; ++k) {
+    m.splits[k + 1] = m.splits[k] + static_cast<int64_t>(per_in[k].size());
+    m.in_rows.insert(m.in_rows.end(), per_in[k].begin(), per_in[k].end());
+    m.out_rows.insert(m.out_rows.end(), per_out[k].begin(), per_out[k].end());
+  }
+  return m;
+}
+
+bool SameMap(const HostMap& a, const HostMap& b) {
+  return a.splits == b.splits && a.in_rows == b.in_rows &&
+         a.out_rows == b.out_rows;
+}
+
+// --- GPU kernel map ----------------------------------------------------------------
+
+struct GpuMapRunner {
+  const Coords* in;
+  const Coords* out;
+  bool same;
+  int64_t K;
+  DevBuf<int32_t> d_in, d_out, d_offsets, d_stride;
+  DevBuf<sg::KernelMapInfo> d_info;
+  DevBuf<unsigned char> ws;
+  DevBuf<int64_t> splits;
+  DevBuf<int32_t> in_rows, out_rows;
+  sg::KernelMapInfo* h_info = nullptr;  // pinned
+  size_t ws_bytes = 0;
+
+  GpuMapRunner(const Coords& in_c, const Coords& out_c, bool same_coords,
+               const std::vector<int32_t>& offsets,
+               const std::vector<int32_t>& stride)
+      : in(&in_c), out(&out_c), same(same_coords) {
+    const int d = in_c.dims - 1;
+    K = static_cast<int64_t>(offsets.size()) / std::max(d, 1);
+    d_in.Upload(in_c.rows);
+    d_out.Upload(out_c.rows);
+    d_offsets.Upload(offsets);
+    d_stride.Upload(stride);
+    d_info.Alloc(1);
+    ws_bytes = sg::KernelMapWorkspaceBytes(in_c.n(), out_c.n(), K);
+    ws.Alloc(ws_bytes);
+    splits.Alloc(K + 1);
+    CUDA_OK(cudaMallocHost(&h_info, sizeof(sg::KernelMapInfo)));
+  }
+  ~GpuMapRunner() { cudaFreeHost(h_info); }
+
+  // Count, read the info back, size the outputs, fill. Returns the status.
+  Status Run(cudaStream_t stream) {
+    const sg::DeviceGeometry g{d_offsets.get(), K, d_stride.get()};
+    CORE_OK(sg::KernelMapCount(d_in.get(), in->n(),
+                               same ? d_in.get() : d_out.get(), out->n(),
+                               in->dims, g, same, d_info.get(), ws.get(),
+                               ws_bytes, stream));
+    CUDA_OK(cudaMemcpyAsync(h_info, d_info.get(), sizeof(sg::KernelMapInfo),
+                            cudaMemcpyDeviceToHost, stream));
+    CUDA_OK(cudaStreamSynchronize(stream));
+    const Status status = sg::KernelMapInfoStatus(*h_info);
+    if (!status.ok()) return status;
+    const size_t P = static_cast<size_t>(h_info->num_pairs);
+    if (in_rows.size() != P) {
+      in_rows.Alloc(P);
+      out_rows.Alloc(P);
+    }
+    CORE_OK(sg::KernelMapFill(in->n(), out->n(), K, splits.get(),
+                              in_rows.get(), out_rows.get(), ws.get(),
+                              ws_bytes, stream));
+    return Status::Ok();
+  }
+
+  HostMap Download() {
+    CUDA_OK(cudaDeviceSynchronize());
+    HostMap m;
+    m.splits = splits.Download();
+    m.in_rows = in_rows.Download();
+    m.out_rows = out_rows.Download();
+    m.in_rows.resize(h_info->num_pairs);
+    m.out_rows.resize(h_info->num_pairs);
+    return m;
+  }
+
+  sg::DeviceKernelMap View() const {
+    return sg::DeviceKernelMap{splits.get(), in_rows.get(), out_rows.get(), K,
+                               h_info->num_pairs};
+  }
+};
+
+// --- Convolution oracles (float64) -------------------------------------------------
+
+std::vector<int32_t> NeighbourTable(const HostMap& m, int64_t n, bool by_out) {
+  std::vector<int32_t> t(m.K() * n, -1);
+  for (int64_t k = 0; k < m.K(); ++k) {
+    for (int64_t p = m.splits[k]; p < m.splits[k + 1]; ++p) {
+      if (by_out) {
+        t[k * n + m.out_rows[p]] = m.in_rows[p];
+      } else {
+        t[k * n + m.in_rows[p]] = m.out_rows[p];
+      }
+    }
+  }
+  return t;
+}
+
+// y[o] = sum_k x[nbr[k][o]] W_k, W [K, a, b] (transpose: W_k^T, W [K, b, a]).
+std::vector<double> OracleApply(const std::vector<int32_t>& nbr, int64_t K,
+                                int64_t n, const std::vector<double>& x,
+                                int64_t a, const std::vector<double>& w,
+                                int64_t b, bool transpose) {
+  std::vector<double> y(n * b, 0.0);
+  ParallelFor(n, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      double* yo = &y[o * b];
+      for (int64_t k = 0; k < K; ++k) {
+        const int32_t i = nbr[k * n + o];
+        if (i < 0) continue;
+        const double* xi = &x[i * a];
+        const double* wk = &w[k * a * b];
+        for (int64_t c = 0; c < a; ++c) {
+          const double xv = xi[c];
+          if (transpose) {
+            for (int64_t j = 0; j < b; ++j) yo[j] += xv * wk[j * a + c];
+          } else {
+            const double* wr = wk + c * b;
+            for (int64_t j = 0; j < b; ++j) yo[j] += xv * wr[j];
+          }
+        }
+      }
+    }
+  });
+  return y;
+}
+
+std::vector<double> OracleWeightGrad(const HostMap& m,
+                                     const std::vector<double>& x,
+                                     int64_t c_in,
+                                     const std::vector<double>& g,
+                                     int64_t c_out) {
+  std::vector<double> dw(m.K() * c_in * c_out, 0.0);
+  ParallelFor(m.K(), [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      double* d = &dw[k * c_in * c_out];
+      for (int64_t p = m.splits[k]; p < m.splits[k + 1]; ++p) {
+        const double* xi = &x[static_cast<int64_t>(m.in_rows[p]) * c_in];
+        const double* go = &g[static_cast<int64_t>(m.out_rows[p]) * c_out];
+        for (int64_t c = 0; c < c_in; ++c) {
+          const double xv = xi[c];
+          for (int64_t j = 0; j < c_out; ++j) d[c * c_out + j] += xv * go[j];
+        }
+      }
+    }
+  });
+  return dw;
+}
+
+// max |got - ref| / max |ref|; infinity for NaN or a size mismatch.
+template <typename T>
+double RelErr(const std::vector<T>& got, const std::vector<double>& ref) {
+  if (got.size() != ref.size()) return INFINITY;
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = std::fabs(static_cast<double>(got[i]) - ref[i]);
+    if (!(d == d)) return INFINITY;
+    err = std::max(err, d);
+    scale = std::max(scale, std::fabs(ref[i]));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+std::vector<double> RandomValues(std::mt19937_64* rng, int64_t n) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<double> v(n);
+  for (double& x : v) x = u(*rng);  // float-representable
+  return v;
+}
+
+template <typename T>
+std::vector<T> Cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+// --- GPU convolution ----------------------------------------------------------------
+
+template <typename T>
+struct GpuConv {
+  int64_t n_in, n_out, c_in, c_out;
+  sg::DeviceKernelMap map;
+  DevBuf<T> x, w, g, y, dx, dw;
+  DevBuf<unsigned char> ws_fwd, ws_dx, ws_dw;
+  size_t fwd_bytes, dx_bytes, dw_bytes;
+
+  GpuConv(const sg::DeviceKernelMap& m, int64_t n_in_, int64_t n_out_,
+          int64_t c_in_, int64_t c_out_, const std::vector<double>& hx,
+          const std::vector<double>& hw, const std::vector<double>& hg)
+      : n_in(n_in_), n_out(n_out_), c_in(c_in_), c_out(c_out_), map(m) {
+    x.Upload(Cast<T>(hx));
+    w.Upload(Cast<T>(hw));
+    g.Upload(Cast<T>(hg));
+    y.Alloc(n_out * c_out);
+    dx.Alloc(n_in * c_in);
+    dw.Alloc(map.num_offsets * c_in * c_out);
+    fwd_bytes = sg::ConvWorkspaceBytes<T>(map.num_offsets, n_out, c_in, c_out,
+                                          false);
+    dx_bytes = sg::ConvBackpropInputWorkspaceBytes<T>(
+        map.num_offsets, map.num_pairs, n_in, c_in, c_out);
+    dw_bytes = sg::ConvBackpropKernelWorkspaceBytes<T>(
+        map.num_offsets, map.num_pairs, c_in, c_out);
+    ws_fwd.Alloc(fwd_bytes);
+    ws_dx.Alloc(dx_bytes);
+    ws_dw.Alloc(dw_bytes);
+  }
+  void Forward(cudaStream_t s) {
+    CORE_OK(sg::Conv<T>(x.get(), n_in, c_in, w.get(), c_out, false, map,
+                        n_out, y.get(), ws_fwd.get(), fwd_bytes, s));
+  }
+  void InputGrad(cudaStream_t s) {
+    CORE_OK(sg::ConvBackpropInput<T>(g.get(), n_out, c_out, w.get(), c_in,
+                                     map, n_in, dx.get(), ws_dx.get(),
+                                     dx_bytes, s));
+  }
+  void WeightGrad(cudaStream_t s) {
+    CORE_OK(sg::ConvBackpropKernel<T>(x.get(), n_in, c_in, g.get(), n_out,
+                                      c_out, map, dw.get(), ws_dw.get(),
+                                      dw_bytes, s));
+  }
+};
+
+struct Oracle {
+  std::vector<double> y, dx, dw;
+};
+
+Oracle ComputeOracle(const HostMap& m, int64_t n_in, int64_t n_out,
+                     int64_t c_in, int64_t c_out,
+                     const std::vector<double>& x,
+                     const std::vector<double>& w,
+                     const std::vector<double>& g) {
+  Oracle r;
+  const std::vector<int32_t> by_out = NeighbourTable(m, n_out, true);
+  r.y = OracleApply(by_out, m.K(), n_out, x, c_in, w, c_out, false);
+  const std::vector<int32_t> by_in = NeighbourTable(m, n_in, false);
+  r.dx = OracleApply(by_in, m.K(), n_in, g, c_out, w, c_in, true);
+  r.dw = OracleWeightGrad(m, x, c_in, g, c_out);
+  return r;
+}
+
+struct ConvErrors {
+  double fwd, dx, dw;
+  bool deterministic;
+};
+
+// Runs all three ops twice on poisoned outputs; errors against the oracle
+// and whether the two runs agree bit for bit.
+template <typename T>
+ConvErrors CheckConv(GpuConv<T>* c, const Oracle& o, cudaStream_t s) {
+  std::vector<T> runs[2][3];
+  for (int r = 0; r < 2; ++r) {
+    c->y.Poison();
+    c->dx.Poison();
+    c->dw.Poison();
+    c->Forward(s);
+    c->InputGrad(s);
+    c->WeightGrad(s);
+    CUDA_OK(cudaStreamSynchronize(s));
+    CUDA_OK(cudaGetLastError());
+    runs[r][0] = c->y.Download();
+    runs[r][1] = c->dx.Download();
+    runs[r][2] = c->dw.Download();
+  }
+  ConvErrors e;
+  e.fwd = RelErr(runs[0][0], o.y);
+  e.dx = RelErr(runs[0][1], o.dx);
+  e.dw = RelErr(runs[0][2], o.dw);
+  e.deterministic = true;
+  for (int i = 0; i < 3; ++i) {
+    e.deterministic =
+        e.deterministic && runs[0][i].size() == runs[1][i].size() &&
+        std::memcmp(runs[0][i].data(), runs[1][i].data(),
+                    runs[0][i].size() * sizeof(T)) == 0;
+  }
+  return e;
+}
+
+template <typename T>
+void ExpectConv(const std::string& name, const ConvErrors& e, double tol,
+                double dw_tol) {
+  const char* type = sizeof(T) == 4 ? "f32" : "f64";
+  std::printf("  %-34s %s  fwd %.2e  dX %.2e  dW %.2e  %s\n", name.c_str(),
+              type, e.fwd, e.dx, e.dw,
+              e.deterministic ? "deterministic" : "NOT DETERMINISTIC");
+  Expect(e.fwd <= tol, name + " " + type + " forward error");
+  Expect(e.dx <= tol, name + " " + type + " input-gradient error");
+  Expect(e.dw <= dw_tol, name + " " + type + " weight-gradient error");
+  Expect(e.deterministic, name + " " + type + " runs differ");
+}
+
+// One small case: map vs oracle (twice), keys vs KeyPacker, conv vs oracle.
+void SmallCase(const std::string& name, const Coords& in, const Coords& out,
+               bool same, const std::vector<int32_t>& offsets,
+               const std::vector<int32_t>& stride, int64_t c_in,
+               int64_t c_out, std::mt19937_64* rng, cudaStream_t s) {
+  GpuMapRunner runner(in, out, same, offsets, stride);
+  const Status st = runner.Run(s);
+  Expect(st.ok(), name + ": map failed: " + st.message());
+  if (!st.ok()) return;
+  const HostMap gpu = runner.Download();
+  const HostMap oracle = OracleMap(in, same ? in : out, offsets, stride);
+  Expect(SameMap(gpu, oracle), name + ": map differs from the oracle");
+  CORE_OK(runner.Run(s));
+  Expect(SameMap(runner.Download(), gpu), name + ": map not deterministic");
+
+  // Keys: the GPU layout packs exactly as the CPU KeyPacker.
+  sparse_ops::KeyPacker packer(in.dims);
+  packer.CoverRows(in.rows.data(), in.n());
+  CORE_OK(packer.Finalize());
+  DevBuf<uint64_t> keys(in.n());
+  CORE_OK(sg::PackKeys(runner.d_in.get(), in.n(), in.dims,
+                       runner.d_info.get(), keys.get(), s));
+  const std::vector<uint64_t> got = keys.Download();
+  bool keys_ok = true;
+  for (int64_t i = 0; i < in.n(); ++i) {
+    uint64_t key = 0;
+    keys_ok = keys_ok && packer.Pack(&in.rows[i * in.dims], &key) &&
+              key == got[i];
+  }
+  Expect(keys_ok, name + ": GPU keys differ from KeyPacker's");
+
+  // The map passes the GPU validation.
+  DevBuf<sg::KernelMapCheck> check(1);
+  CORE_OK(sg::CheckKernelMap(runner.View(), in.n(), out.n(), check.get(), s));
+  const sg::KernelMapCheck hc = check.Download()[0];
+  Expect(sg::KernelMapCheckStatus(hc, gpu.P(), in.n(), out.n()).ok(),
+         name + ": valid map rejected");
+
+  const std::vector<double> x = RandomValues(rng, in.n() * c_in);
+  const std::vector<double> w = RandomValues(rng, runner.K * c_in * c_out);
+  const std::vector<double> g = RandomValues(rng, out.n() * c_out);
+  const Oracle o = ComputeOracle(gpu, in.n(), out.n(), c_in, c_out, x, w, g);
+  std::printf("  %s: n_in %lld, n_out %lld, K %lld, pairs %lld, map %s\n",
+              name.c_str(), static_cast<long long>(in.n()),
+              static_cast<long long>(out.n()),
+              static_cast<long long>(runner.K),
+              static_cast<long long>(gpu.P()),
+              SameMap(gpu, oracle) ? "== oracle" : "WRONG");
+  {
+    GpuConv<float> c(runner.View(), in.n(), out.n(), c_in, c_out, x, w, g);
+    ExpectConv<float>(name, CheckConv(&c, o, s), 1e-5, 1e-5);
+  }
+  {
+    GpuConv<double> c(runner.View(), in.n(), out.n(), c_in, c_out, x, w, g);
+    ExpectConv<double>(name, CheckConv(&c, o, s), 1e-12, 1e-12);
+  }
+}
+
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
+  const std::vector<int32_t> cube = BoxOffsets({-1, -1, -1}, {1, 1, 1});
+  const std::vector<int32_t> ones = {1, 1, 1};
+  // Duplicates: the smallest repeating row and the first row of its site,
+  // the same on every run and in the CPU core's words.
+  {
+    Coords c = RandomCoords(rng, 4, 2, -5, 5, 0.3);
+    const int64_t n = c.n(), a = n / 3, b = n / 5;
+    for (int64_t r : {a, b}) {
+      const std::vector<int32_t> row(&c.rows[r * 4], &c.rows[r * 4] + 4);
+      c.rows.insert(c.rows.end(), row.begin(), row.end());
+    }
+    std::string first;
+    for (int run = 0; run < 2; ++run) {
+      GpuMapRunner runner(c, c, true, cube, ones);
+      const Status st = runner.Run(s);
+      Expect(!st.ok() && Contains(st.message(), "duplicate"),
+             "duplicates accepted: " + st.message());
+      Expect(Contains(st.message(), "rows " + std::to_string(a) + " and " +
+                                        std::to_string(n)),
+             "duplicate rows misreported: " + st.message());
+      if (run == 0) first = st.message();
+      if (run == 1) Expect(st.message() == first, "duplicate report varies");
+    }
+    std::printf("  duplicates: %s\n", first.c_str());
+  }
+  // Keys wider than 63 bits: the CPU KeyPacker's message, word for word.
+  {
+    Coords c;
+    c.dims = 4;
+    c.rows = {0, INT32_MIN, INT32_MIN, 0, 0, INT32_MAX, INT32_MAX, 0, 0, 0, 0, 0};
+    GpuMapRunner runner(c, c, true, cube, ones);
+    const Status st = runner.Run(s);
+    sparse_ops::KeyPacker packer(4);
+    packer.CoverRows(c.rows.data(), c.n());
+    const Status cpu = packer.Finalize();
+    Expect(!st.ok() && st.message() == cpu.message(),
+           "wide keys: GPU says '" + st.message() + "', CPU says '" +
+               cpu.message() + "'");
+    Expect(runner.h_info->num_pairs == 0, "wide keys: pairs reported");
+  }
+  // Negative batch index in the output coordinates.
+  {
+    Coords in = RandomCoords(rng, 4, 1, -3, 3, 0.5);
+    Coords out = in;
+    out.rows[5 * 4] = -2;
+    GpuMapRunner runner(in, out, false, cube, ones);
+    const Status st = runner.Run(s);
+    Expect(!st.ok() && st.message() == "out_coordinates row 5 has a "
+                                       "negative batch index -2",
+           "negative batch: " + st.message());
+  }
+  // Empty inputs.
+  {
+    Coords empty;
+    empty.dims = 4;
+    Coords out = RandomCoords(rng, 4, 1, -2, 2, 0.5);
+    GpuMapRunner runner(empty, out, false, cube, ones);
+    const Status st = runner.Run(s);
+    const HostMap m = runner.Download();
+    Expect(st.ok() && m.P() == 0 &&
+               m.splits == std::vector<int64_t>(28, 0),
+           "empty input map: " + st.message());
+    GpuMapRunner none(empty, empty, true, cube, ones);
+    Expect(none.Run(s).ok() && none.Download().splits ==
+                                   std::vector<int64_t>(28, 0),
+           "empty map");
+    // Convolutions over an empty map write zeros.
+    const std::vector<double> w = RandomValues(rng, 27 * 8 * 8);
+    GpuConv<float> c(runner.View(), 0, out.n(), 8, 8, {}, w,
+                     RandomValues(rng, out.n() * 8));
+    c.y.Poison();
+    c.dw.Poison();
+    c.Forward(s);
+    c.WeightGrad(s);
+    bool zeros = true;
+    for (float v : c.y.Download()) zeros = zeros && v == 0.f;
+    for (float v : c.dw.Download()) zeros = zeros && v == 0.f;
+    Expect(zeros, "empty map convolution is not zero");
+  }
+  // A corrupted map fails the GPU validation at the first bad pair.
+  {
+    Coords c = RandomCoords(rng, 4, 1, -4, 4, 0.4);
+    GpuMapRunner runner(c, c, true, cube, ones);
+    CORE_OK(runner.Run(s));
+    HostMap m = runner.Download();
+    const int64_t p = m.splits[3] + 2;  // swap two output rows of offset 3
+    std::swap(m.out_rows[p], m.out_rows[p + 1]);
+    DevBuf<int64_t> sp(m.splits);
+    DevBuf<int32_t> ir(m.in_rows), orr(m.out_rows);
+    DevBuf<sg::KernelMapCheck> check(1);
+    const sg::DeviceKernelMap view{sp.get(), ir.get(), orr.get(), m.K(), m.P()};
+    CORE_OK(sg::CheckKernelMap(view, c.n(), c.n(), check.get(), s));
+    const Status st = sg::KernelMapCheckStatus(check.Download()[0], m.P(),
+                                               c.n(), c.n());
+    Expect(!st.ok() && Contains(st.message(),
+                                "pair " + std::to_string(p + 1) + " "),
+           "corrupt map: " + st.message());
+    m.splits[5] = m.splits[4] - 1;
+    DevBuf<int64_t> sp2(m.splits);
+    const sg::DeviceKernelMap view2{sp2.get(), ir.get(), orr.get(), m.K(),
+                                    m.P()};
+    CORE_OK(sg::CheckKernelMap(view2, c.n(), c.n(), check.get(), s));
+    Expect(!sg::KernelMapCheckStatus(check.Download()[0], m.P(), c.n(), c.n())
+                .ok(),
+           "non-monotone splits accepted");
+  }
+}
+
+// --- Timing ----------------------------------------------------------------------------
+
+template <typename F>
+double MedianMs(cudaStream_t s, F&& f, int reps = 20) {
+  cudaEvent_t a, b;
+  CUDA_OK(cudaEventCreate(&a));
+  CUDA_OK(cudaEventCreate(&b));
+  for (int i = 0; i < 3; ++i) f();
+  CUDA_OK(cudaStreamSynchronize(s));
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+    CUDA_OK(cudaEventRecord(a, s));
+    f();
+    CUDA_OK(cudaEventRecord(b, s));
+    CUDA_OK(cudaEventSynchronize(b));
+    float t = 0;
+    CUDA_OK(cudaEventElapsedTime(&t, a, b));
+    ms.push_back(t);
+  }
+  CUDA_OK(cudaGetLastError());
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
+  const Coords shell = SphereShell(2024);
+  const std::vector<int32_t> cube = BoxOffsets({-1, -1, -1}, {1, 1, 1});
+  const std::vector<int32_t> ones = {1, 1, 1};
+  const int64_t n = shell.n(), C = 64;
+
+  GpuMapRunner runner(shell, shell, true, cube, ones);
+  CORE_OK(runner.Run(s));
+  const HostMap gpu = runner.Download();
+  const HostMap oracle = OracleMap(shell, shell, cube, ones);
+  const bool map_ok = SameMap(gpu, oracle);
+  Expect(map_ok, "shell: map differs from the oracle");
+  CORE_OK(runner.Run(s));
+  const bool map_det = SameMap(runner.Download(), gpu);
+  Expect(map_det, "shell: map not deterministic");
+  // The general path (no mirroring) gives the same map.
+  GpuMapRunner general(shell, shell, false, cube, ones);
+  CORE_OK(general.Run(s));
+  Expect(SameMap(general.Download(), gpu), "shell: unmirrored map differs");
+  const int64_t P = gpu.P();
+  std::printf("PEERS shell: %lld sites, %lld pairs (%.2f per site), map %s%s\n",
+              static_cast<long long>(n), static_cast<long long>(P),
+              static_cast<double>(P) / n, map_ok ? "== oracle" : "WRONG",
+              map_det ? ", deterministic" : ", NOT DETERMINISTIC");
+
+  const std::vector<double> x = RandomValues(rng, n * C);
+  const std::vector<double> w = RandomValues(rng, 27 * C * C);
+  const std::vector<double> g = RandomValues(rng, n * C);
+  const Oracle o = ComputeOracle(gpu, n, n, C, C, x, w, g);
+  GpuConv<float> cf(runner.View(), n, n, C, C, x, w, g);
+  ExpectConv<float>("shell 64->64", CheckConv(&cf, o, s), 1e-5, 1e-4);
+  GpuConv<double> cd(runner.View(), n, n, C, C, x, w, g);
+  ExpectConv<double>("shell 64->64", CheckConv(&cd, o, s), 1e-12, 1e-12);
+
+  // Timings: median of 20 after 3 warm-ups, CUDA events on one stream.
+  const double flops = 2.0 * P * C * C;
+  const double t_map = MedianMs(s, [&] { CORE_OK(runner.Run(s)); });
+  const double t_map_general = MedianMs(s, [&] { CORE_OK(general.Run(s)); });
+  DevBuf<int32_t> t_in(P), t_out(P);
+  DevBuf<unsigned char> t_ws(sg::TransposeKernelMapWorkspaceBytes(n, 27));
+  const double t_transpose = MedianMs(s, [&] {
+    CORE_OK(sg::TransposeKernelMap(runner.View(), n, t_in.get(), t_out.get(),
+                                   t_ws.get(), t_ws.size(), s));
+  });
+  const double f_fwd = MedianMs(s, [&] { cf.Forward(s); });
+  const double f_dx = MedianMs(s, [&] { cf.InputGrad(s); });
+  const double f_dw = MedianMs(s, [&] { cf.WeightGrad(s); });
+  const double d_fwd = MedianMs(s, [&] { cd.Forward(s); });
+  const double d_dx = MedianMs(s, [&] { cd.InputGrad(s); });
+  const double d_dw = MedianMs(s, [&] { cd.WeightGrad(s); });
+  std::printf("timings (H100 median of 20, ms):\n");
+  std::printf("  kernel map (count + info sync + fill) %.3f ms  (%.0f Mpairs/s)"
+              "; unmirrored %.3f ms\n", t_map, P / t_map / 1e3, t_map_general);
+  std::printf("  transposed map (part of dX)           %.3f ms\n", t_transpose);
+  std::printf("  f32 forward %.3f ms (%.0f GFLOP/s)  dX %.3f ms (%.0f)  dW %.3f ms (%.0f)\n",
+              f_fwd, flops / f_fwd / 1e6, f_dx, flops / f_dx / 1e6, f_dw,
+              flops / f_dw / 1e6);
+  std::printf("  f64 forward %.3f ms (%.0f GFLOP/s)  dX %.3f ms (%.0f)  dW %.3f ms (%.0f)\n",
+              d_fwd, flops / d_fwd / 1e6, d_dx, flops / d_dx / 1e6, d_dw,
+              flops / d_dw / 1e6);
+  std::printf("  workspace bytes: map %zu, f32 fwd %zu, dX %zu, dW %zu\n",
+              runner.ws_bytes, cf.fwd_bytes, cf.dx_bytes, cf.dw_bytes);
+#ifdef SPARSE_OPS_WITH_CUBLAS
+  {
+    cublasHandle_t h;
+    cublasCreate(&h);
+    cublasSetStream(h, s);
+    DevBuf<float> a(P * C), b(C * C), c(P * C);
+    CUDA_OK(cudaMemset(a.get(), 0x3c, P * C * sizeof(float)));
+    CUDA_OK(cudaMemset(b.get(), 0x3c, C * C * sizeof(float)));
+    const float one = 1.f, zero = 0.f;
+    const double t = MedianMs(s, [&] {
+      // Row-major [P, C] x [C, C] as column-major C^T = B^T A^T.
+      cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, C, P, C, &one, b.get(), C,
+                  a.get(), C, &zero, c.get(), C);
+    });
+    std::printf("  cuBLAS SGEMM [%lld,64]x[64,64] (the same FLOPs, packed): "
+                "%.3f ms (%.0f GFLOP/s)\n", static_cast<long long>(P), t,
+                flops / t / 1e6);
+    cublasDestroy(h);
+  }
+#endif
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --small: the small and error cases only (for compute-sanitizer);
+  // --tiny: one small case (for racecheck, which is slow).
+  const bool small_only = argc > 1 && (std::strcmp(argv[1], "--small") == 0 ||
+                                       std::strcmp(argv[1], "--tiny") == 0);
+  const bool tiny = argc > 1 && std::strcmp(argv[1], "--tiny") == 0;
+  // --shell: the PEERS workload only (for profilers).
+  const bool shell_only = argc > 1 && std::strcmp(argv[1], "--shell") == 0;
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+  int device = 0;
+  CUDA_OK(cudaGetDevice(&device));
+  cudaDeviceProp prop;
+  CUDA_OK(cudaGetDeviceProperties(&prop, device));
+  std::printf("== sparse_ops GPU core test on %s (%d SMs) ==\n", prop.name,
+              prop.multiProcessorCount);
+  cudaStream_t s;
+  // A blocking stream: the legacy-stream cudaMemset / cudaMemcpy of the
+  // helpers are ordered with it.
+  CUDA_OK(cudaStreamCreate(&s));
+  std::mt19937_64 rng(12345);
+
+  if (shell_only) {
+    ShellWorkload(&rng, s);
+    std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
+    return g_failures == 0 ? 0 : 1;
+  }
+  std::printf("small cases:\n");
+  {
+    // Submanifold 3x3x3 with negative coordinates, 3 batches: mirrored.
+    const Coords c = RandomCoords(&rng, 4, 3, -7, 6, 0.3);
+    const std::vector<int32_t> cube = BoxOffsets({-1, -1, -1}, {1, 1, 1});
+    SmallCase("subm 3x3x3 mirrored", c, c, true, cube, {1, 1, 1}, 37, 70,
+              &rng, s);
+    if (tiny) {
+      std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
+      return g_failures == 0 ? 0 : 1;
+    }
+    SmallCase("subm 3x3x3 general", c, c, false, cube, {1, 1, 1}, 64, 64,
+              &rng, s);
+    // Non-symmetric geometry, different in / out sets, a stride, output
+    // sites far outside the input range.
+    Coords out = RandomCoords(&rng, 4, 3, -9, 8, 0.2);
+    out.rows.insert(out.rows.end(), {0, -100000, 5, 5, 2, 1 << 30, 0, 0});
+    const std::vector<int32_t> box = BoxOffsets({0, -1, 0}, {1, 1, 2});
+    SmallCase("box 2x3x3 stride (2,1,3)", c, out, false, box, {2, 1, 3}, 5,
+              130, &rng, s);
+    // 2D (dims 3) and 5D (dims 6, the generic path).
+    const Coords c2 = RandomCoords(&rng, 3, 2, -20, 20, 0.3);
+    SmallCase("2D 5x5", c2, c2, true, BoxOffsets({-2, -2}, {2, 2}), {1, 1},
+              16, 16, &rng, s);
+    const Coords c5 = RandomCoords(&rng, 6, 2, -2, 3, 0.3);
+    SmallCase("5D 3^5", c5, c5, true,
+              BoxOffsets({-1, -1, -1, -1, -1}, {1, 1, 1, 1, 1}),
+              {1, 1, 1, 1, 1}, 8, 12, &rng, s);
+  }
+  std::printf("errors:\n");
+  ErrorCases(&rng, s);
+  if (!small_only) ShellWorkload(&rng, s);
+  CUDA_OK(cudaStreamDestroy(s));
+  std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
+
+#endif  // !GOOGLE_CUDA
