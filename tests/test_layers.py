@@ -212,10 +212,6 @@ def test_conv_transpose_layer_coordinates_as_sparse_tensor(impl, rng):
                  np.float32)
 
 
-@pytest.mark.xfail(strict=True, raises=tf.errors.InvalidArgumentError,
-                   reason="BUG: ConvTranspose.call(coordinates=[f, c, stride]) (the "
-                   "list form Keras passes after .keras reload) is handed to "
-                   "as_coordinates as a list and fails (Pack of float and int32)")
 def test_conv_transpose_layer_coordinates_as_list(impl, rng):
     skip, _ = random_sparse(rng, (6, 6), CIN)
     y, coarse = random_sparse(rng, (3, 3), CIN, stride=2)
@@ -486,11 +482,6 @@ def test_keras_model_save_and_load(impl, rng, tmp_path):
     np.testing.assert_array_equal(after, before)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="BUG: a model whose "
-                   "ConvTranspose takes coordinates=<skip SparseTensor> cannot be "
-                   "reloaded from .keras: Keras passes the skip as a list, which "
-                   "ConvTranspose.call does not accept (see "
-                   "test_conv_transpose_layer_coordinates_as_list)")
 @_KERAS_SAVING_WARNING
 @_IMPL_CUSTOM_FAST
 def test_keras_model_with_skip_connection_save_and_load(impl, rng, tmp_path):

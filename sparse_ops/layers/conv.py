@@ -151,7 +151,9 @@ class ConvTranspose(_ConvBase):
 
     def call(self, x, coordinates=None):
         x = self.sparse_input(x)
-        if isinstance(coordinates, (SparseTensor, tf.SparseTensor)):
+        if isinstance(coordinates, (SparseTensor, tf.SparseTensor)) or (
+                isinstance(coordinates, (list, tuple)) and len(coordinates) in (2, 3)
+                and hasattr(coordinates[0], "dtype")):  # a SparseTensor's fields
             coordinates = self.sparse_input(coordinates).coordinates
         kernel, bias = self._weights_for(x)
         return ops.conv_transpose(x, kernel, bias, strides=self.strides,
