@@ -26,7 +26,7 @@ using ConstMatrixMap = Eigen::Map<const Matrix<T>>;
 // the L2 cache while every offset is applied to it.
 constexpr int64_t kBlockRows = 256;
 // Pairs per chunk of the weight gradient's gather.
-constexpr int64_t kChunkPairs = 256;
+constexpr int64_t kChunkPairs = 64;
 
 // Index of the first pair in [begin, end) whose output row is >= row.
 int64_t LowerBound(const int32_t* out_rows, int64_t begin, int64_t end,
@@ -203,11 +203,112 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                                      out, parallel_for);
 }
 
+// Outer products of a run of pairs: acc [c_in, c_out] +=
+// sum_r in[in_rows[r]]^T grad[out_rows[r]] for r < m. The generic version
+// gathers the rows and lets Eigen multiply.
 template <typename T>
-void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
-                              int64_t c_out, const KernelMapView& map,
-                              T* grad_weights,
-                              const ParallelFor& parallel_for) {
+class EigenOuterProducts {
+ public:
+  EigenOuterProducts(int64_t c_in, int64_t c_out)
+      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs, c_in), g_(kChunkPairs, c_out) {}
+
+  void operator()(const T* in, const T* grad, const int32_t* in_rows,
+                  const int32_t* out_rows, int64_t m, T* acc) {
+    for (int64_t r = 0; r < m; ++r) {
+      std::memcpy(x_.data() + r * c_in_,
+                  in + static_cast<int64_t>(in_rows[r]) * c_in_, c_in_ * sizeof(T));
+      std::memcpy(g_.data() + r * c_out_,
+                  grad + static_cast<int64_t>(out_rows[r]) * c_out_,
+                  c_out_ * sizeof(T));
+    }
+    MatrixMap<T>(acc, c_in_, c_out_).noalias() +=
+        x_.topRows(m).transpose() * g_.topRows(m);
+  }
+
+ private:
+  int64_t c_in_, c_out_;
+  Matrix<T> x_, g_;
+};
+
+#ifdef SPARSE_OPS_AVX2
+// float with AVX2 + FMA, c_out a multiple of 8: register tiles of acc (6
+// input channels x 16 output channels) accumulate over the pairs in order,
+// reading the rows in place. Each acc value is one FMA chain over the pairs.
+class Avx2OuterProducts {
+ public:
+  static bool Supports(int64_t c_out) { return c_out % 8 == 0; }
+  Avx2OuterProducts(int64_t c_in, int64_t c_out)
+      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in), g_(kChunkPairs * c_out) {}
+
+  void operator()(const float* in, const float* grad, const int32_t* in_rows,
+                  const int32_t* out_rows, int64_t m, float* acc) {
+    // Contiguous copies: the tiles below sweep the chunk many times.
+    for (int64_t r = 0; r < m; ++r) {
+      std::memcpy(x_.data() + r * c_in_,
+                  in + static_cast<int64_t>(in_rows[r]) * c_in_, c_in_ * sizeof(float));
+      std::memcpy(g_.data() + r * c_out_,
+                  grad + static_cast<int64_t>(out_rows[r]) * c_out_,
+                  c_out_ * sizeof(float));
+    }
+    int64_t a = 0;
+    for (; a + kTileRows <= c_in_; a += kTileRows) Columns<kTileRows>(m, a, acc);
+    switch (c_in_ - a) {
+      case 5: Columns<5>(m, a, acc); break;
+      case 4: Columns<4>(m, a, acc); break;
+      case 3: Columns<3>(m, a, acc); break;
+      case 2: Columns<2>(m, a, acc); break;
+      case 1: Columns<1>(m, a, acc); break;
+      default: break;
+    }
+  }
+
+ private:
+  static constexpr int kTileRows = 6;
+
+  template <int kRows>
+  void Columns(int64_t m, int64_t a, float* acc) const {
+    int64_t j = 0;
+    for (; j + 16 <= c_out_; j += 16) Tile<kRows, 2>(m, a, j, acc);
+    if (j < c_out_) Tile<kRows, 1>(m, a, j, acc);
+  }
+
+  template <int kRows, int kVectors>
+  void Tile(int64_t m, int64_t a, int64_t j, float* acc) const {
+    __m256 c[kRows][kVectors];
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        c[r][v] = _mm256_loadu_ps(acc + (a + r) * c_out_ + j + 8 * v);
+      }
+    }
+    const float* x = x_.data() + a;
+    const float* g = g_.data() + j;
+    for (int64_t p = 0; p < m; ++p, x += c_in_, g += c_out_) {
+      __m256 gv[kVectors];
+      for (int v = 0; v < kVectors; ++v) gv[v] = _mm256_loadu_ps(g + 8 * v);
+      for (int r = 0; r < kRows; ++r) {
+        const __m256 xb = _mm256_broadcast_ss(x + r);
+        for (int v = 0; v < kVectors; ++v) {
+          c[r][v] = _mm256_fmadd_ps(xb, gv[v], c[r][v]);
+        }
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        _mm256_storeu_ps(acc + (a + r) * c_out_ + j + 8 * v, c[r][v]);
+      }
+    }
+  }
+
+  int64_t c_in_, c_out_;
+  std::vector<float> x_, g_;
+};
+#endif  // SPARSE_OPS_AVX2
+
+// SparseConvWeightGradient with a given outer-product accumulator.
+template <typename T, typename Outer>
+void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
+                    int64_t c_out, const KernelMapView& map, T* grad_weights,
+                    const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   const int64_t pairs = map.splits[K];
   // Each offset's pairs are cut into segments of a size fixed by the input
@@ -229,26 +330,18 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
     }
   }
   parallel_for(num_segments, segment * wsize, [&](int64_t begin, int64_t end) {
-    Matrix<T> x(kChunkPairs, c_in), g(kChunkPairs, c_out);
+    Outer outer(c_in, c_out);
     for (int64_t s = begin; s < end; ++s) {
       const int64_t k = segment_offset[s];
       const int64_t p_begin =
           map.splits[k] + (s - first_segment[k]) * segment;
       const int64_t p_end = std::min(map.splits[k + 1], p_begin + segment);
-      MatrixMap<T> acc(partial.data() + s * wsize, c_in, c_out);
-      acc.setZero();
+      T* acc = partial.data() + s * wsize;
+      std::fill(acc, acc + wsize, T(0));
+      // Chunks keep the rows a chunk touches in the L1/L2 cache.
       for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunkPairs) {
-        const int64_t m = std::min(kChunkPairs, p_end - p0);
-        for (int64_t r = 0; r < m; ++r) {
-          std::memcpy(x.data() + r * c_in,
-                      in + static_cast<int64_t>(map.in_rows[p0 + r]) * c_in,
-                      c_in * sizeof(T));
-          std::memcpy(
-              g.data() + r * c_out,
-              grad_out + static_cast<int64_t>(map.out_rows[p0 + r]) * c_out,
-              c_out * sizeof(T));
-        }
-        acc.noalias() += x.topRows(m).transpose() * g.topRows(m);
+        outer(in, grad_out, map.in_rows + p0, map.out_rows + p0,
+              std::min(kChunkPairs, p_end - p0), acc);
       }
     }
   });
@@ -262,6 +355,24 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
       }
     }
   });
+}
+
+template <typename T>
+void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
+                              int64_t c_out, const KernelMapView& map,
+                              T* grad_weights,
+                              const ParallelFor& parallel_for) {
+#ifdef SPARSE_OPS_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (Avx2OuterProducts::Supports(c_out)) {
+      WeightGradient<float, Avx2OuterProducts>(in, c_in, grad_out, c_out, map,
+                                               grad_weights, parallel_for);
+      return;
+    }
+  }
+#endif
+  WeightGradient<T, EigenOuterProducts<T>>(in, c_in, grad_out, c_out, map,
+                                           grad_weights, parallel_for);
 }
 
 #define SPARSE_OPS_INSTANTIATE(T)                                            \
