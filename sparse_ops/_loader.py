@@ -40,6 +40,25 @@ def _version_tuple(v):
     return tuple(int(p) for p in v.split("+")[0].split(".")[:3] if p.isdigit())
 
 
+def _check_cpu(info):
+    """A library built for x86-64-v3 needs AVX2 and FMA: say so instead of
+    letting the process die of an illegal instruction."""
+    if getattr(info, "MARCH", None) != "x86-64-v3":
+        return
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((l.split(":", 1)[1].split() for l in f
+                          if l.startswith("flags")), None)
+    except OSError:
+        return
+    if flags is not None and not {"avx2", "fma"} <= set(flags):
+        raise ImportError(
+            "the sparse_ops op library was built for x86-64-v3 (AVX2, FMA), which "
+            "this CPU lacks. Rebuild it here: SPARSE_OPS_MARCH=native pip install "
+            "--force-reinstall --no-deps --no-cache-dir . (or use "
+            "SPARSE_OPS_IMPLEMENTATION=reference).")
+
+
 def _load():
     tf_version = tf.__version__
     if not (_version_tuple(_version.MIN_TF_VERSION) <= _version_tuple(tf_version)
@@ -51,6 +70,7 @@ def _load():
             "fails, install a supported TensorFlow or rebuild sparse_ops.")
     path = _library_path()
     info = _build_info()
+    _check_cpu(info)
     built_with = getattr(info, "TF_VERSION", None)
     try:
         return tf.load_op_library(path)

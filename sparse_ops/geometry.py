@@ -31,6 +31,8 @@ def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
         if region not in REGIONS:
             raise ValueError(f"region must be one of {REGIONS} or an int array "
                              f"of offsets [K, D], got {region!r}")
+        if kernel_size is None:
+            raise ValueError(f"a {region} region needs kernel_size")
         if dimension is None:
             if isinstance(kernel_size, (int, np.integer)):
                 raise ValueError("dimension is needed when kernel_size is an int")
@@ -66,6 +68,13 @@ def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
             offsets = sorted(offsets)  # row-major; symmetric under negation
         return np.asarray(offsets, np.int32).reshape(-1, dimension)
     offsets = np.asarray(region)
+    if offsets.ndim == 2 and offsets.shape[0] >= 1 and np.issubdtype(
+            offsets.dtype, np.integer):
+        # Dilation scales a custom region too (never silently ignored).
+        dil = normalize_tuple(dilation, offsets.shape[1], "dilation")
+        if any(d < 1 for d in dil):
+            raise ValueError(f"dilation entries must be >= 1, got {dilation!r}")
+        offsets = offsets.astype(np.int64) * np.asarray(dil, np.int64)
     if offsets.ndim != 2 or offsets.shape[0] < 1 or not np.issubdtype(
             offsets.dtype, np.integer):
         raise ValueError("a custom region must be an int array of offsets [K, D], "
@@ -96,7 +105,7 @@ def kernel_offsets(kernel_size, dilation=1, region="hypercube", dimension=None,
       dilation: int or sequence of D ints.
       region: "hypercube", "hypercross" (odd sizes: the centre plus
         (K - 1) / 2 steps along each axis in both directions), or an int
-        array of offsets [K, D].
+        array of offsets [K, D] (multiplied by `dilation`).
       dimension: D; needed when kernel_size is an int.
       stride: int or sequence of D ints, the convolution's stride.
     """

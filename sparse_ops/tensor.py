@@ -90,9 +90,13 @@ def _as_stride(stride, dimension):
 
 def _is_data(x):
     """Tensor data, as opposed to what Keras and tf.nest rebuild the tuple
-    with (shapes, specs, KerasTensors)."""
-    return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray, list)) and not (
-        _is_symbolic_keras(x))
+    with: shapes (tuples of ints or None), specs, KerasTensors, configs."""
+    if _is_symbolic_keras(x):
+        return False
+    if isinstance(x, tuple):  # nested tuples of numbers are data, a shape not
+        return not all(v is None or isinstance(v, int) for v in x)
+    return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray, np.generic, list,
+                          int, float))
 
 
 class SparseTensor(collections.namedtuple(
@@ -294,7 +298,7 @@ class SparseTensor(collections.namedtuple(
             tf.stack([num_sites, tf.cast(channels, tf.int64)]))
         if isinstance(channels, int):
             features = tf.ensure_shape(features, [None, channels])
-        return cls(features, tf.cast(sites, tf.int32))
+        return cls(features, sites)  # int64: checked against the int32 range
 
 
 def as_sparse(x, name="x"):

@@ -305,24 +305,30 @@ class Avx2OuterProducts {
 #endif  // SPARSE_OPS_AVX2
 
 // SparseConvWeightGradient with a given outer-product accumulator.
-template <typename T, typename Outer>
-void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
-                    int64_t c_out, const KernelMapView& map, T* grad_weights,
-                    const ParallelFor& parallel_for) {
+// Each offset's pairs are cut into segments of a size fixed by the input
+// alone; segment partial sums are added in order, so results do not depend
+// on the thread count. first_segment[k] = index of offset k's first segment.
+std::vector<int64_t> WeightGradientSegments(const KernelMapView& map,
+                                            int64_t* segment) {
   const int64_t K = map.num_offsets;
-  const int64_t pairs = map.splits[K];
-  // Each offset's pairs are cut into segments of a size fixed by the input
-  // alone; segment partial sums are added in order, so results do not
-  // depend on the thread count.
-  const int64_t segment = std::max<int64_t>(4 * kChunkPairs, pairs / 64 + 1);
+  *segment = std::max<int64_t>(4 * kChunkPairs, map.splits[K] / 64 + 1);
   std::vector<int64_t> first_segment(K + 1, 0);
   for (int64_t k = 0; k < K; ++k) {
     const int64_t n = map.splits[k + 1] - map.splits[k];
-    first_segment[k + 1] = first_segment[k] + (n + segment - 1) / segment;
+    first_segment[k + 1] = first_segment[k] + (n + *segment - 1) / *segment;
   }
+  return first_segment;
+}
+
+template <typename T, typename Outer>
+void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
+                    int64_t c_out, const KernelMapView& map, T* grad_weights,
+                    T* partial, const ParallelFor& parallel_for) {
+  const int64_t K = map.num_offsets;
+  int64_t segment;
+  const std::vector<int64_t> first_segment = WeightGradientSegments(map, &segment);
   const int64_t num_segments = first_segment[K];
   const int64_t wsize = c_in * c_out;
-  std::vector<T> partial(num_segments * wsize);
   std::vector<int64_t> segment_offset(num_segments);
   for (int64_t k = 0; k < K; ++k) {
     for (int64_t s = first_segment[k]; s < first_segment[k + 1]; ++s) {
@@ -336,7 +342,7 @@ void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
       const int64_t p_begin =
           map.splits[k] + (s - first_segment[k]) * segment;
       const int64_t p_end = std::min(map.splits[k + 1], p_begin + segment);
-      T* acc = partial.data() + s * wsize;
+      T* acc = partial + s * wsize;
       std::fill(acc, acc + wsize, T(0));
       // Chunks keep the rows a chunk touches in the L1/L2 cache.
       for (int64_t p0 = p_begin; p0 < p_end; p0 += kChunkPairs) {
@@ -351,28 +357,35 @@ void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
       MatrixMap<T> dw(grad_weights + k * wsize, c_in, c_out);
       dw.setZero();
       for (int64_t s = first_segment[k]; s < first_segment[k + 1]; ++s) {
-        dw += ConstMatrixMap<T>(partial.data() + s * wsize, c_in, c_out);
+        dw += ConstMatrixMap<T>(partial + s * wsize, c_in, c_out);
       }
     }
   });
 }
 
+int64_t WeightGradientScratchSize(const KernelMapView& map, int64_t c_in,
+                                  int64_t c_out) {
+  int64_t segment;
+  return WeightGradientSegments(map, &segment)[map.num_offsets] * c_in * c_out;
+}
+
 template <typename T>
 void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
                               int64_t c_out, const KernelMapView& map,
-                              T* grad_weights,
+                              T* grad_weights, T* scratch,
                               const ParallelFor& parallel_for) {
 #ifdef SPARSE_OPS_AVX2
   if constexpr (std::is_same_v<T, float>) {
     if (Avx2OuterProducts::Supports(c_out)) {
       WeightGradient<float, Avx2OuterProducts>(in, c_in, grad_out, c_out, map,
-                                               grad_weights, parallel_for);
+                                               grad_weights, scratch,
+                                               parallel_for);
       return;
     }
   }
 #endif
   WeightGradient<T, EigenOuterProducts<T>>(in, c_in, grad_out, c_out, map,
-                                           grad_weights, parallel_for);
+                                           grad_weights, scratch, parallel_for);
 }
 
 #define SPARSE_OPS_INSTANTIATE(T)                                            \
@@ -381,7 +394,7 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
                               const ParallelFor&);                           \
   template void SparseConvWeightGradient<T>(const T*, int64_t, const T*,     \
                                             int64_t, const KernelMapView&,   \
-                                            T*, const ParallelFor&);
+                                            T*, T*, const ParallelFor&);
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE

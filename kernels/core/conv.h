@@ -24,11 +24,15 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 int64_t n_out, T* out, const ParallelFor& parallel_for);
 
 // grad_weights[k] = sum over pairs (i, o) of offset k of in[i]^T grad_out[o],
-// [K, c_in, c_out].
+// [K, c_in, c_out]. scratch holds WeightGradientScratchSize(...) elements
+// (partial sums of fixed segments of pairs).
 template <typename T>
 void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
                               int64_t c_out, const KernelMapView& map,
-                              T* grad_weights, const ParallelFor& parallel_for);
+                              T* grad_weights, T* scratch,
+                              const ParallelFor& parallel_for);
+int64_t WeightGradientScratchSize(const KernelMapView& map, int64_t c_in,
+                                  int64_t c_out);
 
 }  // namespace sparse_ops
 

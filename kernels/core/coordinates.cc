@@ -48,6 +48,7 @@ KeyPacker::KeyPacker(int dims) : dims_(dims) {
     hi_[a] = std::numeric_limits<int64_t>::min();
     span_[a] = 0;
     shift_[a] = 0;
+    mask_[a] = 0;
   }
 }
 
@@ -81,6 +82,7 @@ Status KeyPacker::Finalize() {
     span_[a] = hi_[a] - lo_[a];
     shift_[a] = total;
     const int bits = BitsFor(span_[a]);
+    mask_[a] = bits == 0 ? 0 : ((uint64_t{1} << bits) - 1);
     total += bits;
     widths = std::to_string(bits) + (widths.empty() ? "" : ", ") + widths;
   }
@@ -98,10 +100,8 @@ Status KeyPacker::Finalize() {
 
 void KeyPacker::Unpack(uint64_t key, int32_t* c) const {
   for (int a = 0; a < dims_; ++a) {
-    const int bits = BitsFor(span_[a]);
-    const uint64_t mask = bits == 0 ? 0 : ((uint64_t{1} << bits) - 1);
-    c[a] = static_cast<int32_t>(lo_[a] + static_cast<int64_t>(
-                                             (key >> shift_[a]) & mask));
+    c[a] = static_cast<int32_t>(
+        lo_[a] + static_cast<int64_t>((key >> shift_[a]) & mask_[a]));
   }
 }
 
@@ -266,8 +266,7 @@ void CountPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
       counts[k] = count;
     }
   });
-  splits[0] = 0;
-  for (int64_t k = 0; k < K; ++k) splits[k + 1] = splits[k] + counts[k];
+  SplitsFromCounts(counts.data(), K, splits);
 }
 
 void FillPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
@@ -328,17 +327,32 @@ Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
   return Status::Ok();
 }
 
-void TransposedNeighbours(const KernelMapView& map, int64_t n_in,
-                          int32_t* table, const ParallelFor& parallel_for) {
+Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
+                            int32_t* table, const ParallelFor& parallel_for) {
+  std::atomic<int64_t> repeated{-1};
   parallel_for(map.num_offsets, 3 * n_in, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       int32_t* row = table + k * n_in;
       std::fill(row, row + n_in, -1);
       for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
-        row[map.in_rows[p]] = map.out_rows[p];
+        int32_t& slot = row[map.in_rows[p]];
+        if (slot >= 0) {
+          int64_t none = -1;
+          repeated.compare_exchange_strong(none, p);
+          return;
+        }
+        slot = map.out_rows[p];
       }
     }
   });
+  if (repeated >= 0) {
+    return Status::Error(
+        "kernel map pair " + std::to_string(repeated.load()) +
+        " repeats input row " + std::to_string(map.in_rows[repeated.load()]) +
+        " within one offset; a kernel map pairs each input row at most once "
+        "per offset");
+  }
+  return Status::Ok();
 }
 
 Status StridedKeys(const int32_t* coords, int64_t n, int dims,

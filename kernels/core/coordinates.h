@@ -54,6 +54,7 @@ class KeyPacker {
   int64_t hi_[kMaxDims];
   int64_t span_[kMaxDims];  // hi - lo
   int shift_[kMaxDims];
+  uint64_t mask_[kMaxDims];  // (1 << bits) - 1 of each axis
 };
 
 // Open-addressing hash table from packed key to row, on caller storage.
@@ -152,8 +153,10 @@ Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
 
 // The neighbour table of the transposed map (roles of in and out swapped):
 // table[k * n_in + i] = out row paired with input row i through offset k.
-void TransposedNeighbours(const KernelMapView& map, int64_t n_in,
-                          int32_t* table, const ParallelFor& parallel_for);
+// Fails when an input row occurs twice within one offset (a map that did
+// not come from unique coordinates).
+Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
+                            int32_t* table, const ParallelFor& parallel_for);
 
 // Keys of the output sites of a strided convolution: floor(c / s) * s per
 // spatial axis, batch kept. Writes n keys, sorts them and returns the

@@ -432,7 +432,9 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
     EXPECT_MSG(Close(out_t, want_t, tol, &where),
                what + " SparseConv transpose_weights: " + where);
     std::vector<T> dw(K * c_in * c_out, T(-99));
+    std::vector<T> scratch(WeightGradientScratchSize(view, c_in, c_out));
     SparseConvWeightGradient<T>(in.data(), c_in, grad_out.data(), c_out, view, dw.data(),
+                                scratch.data(),
                                 runner.parallel_for);
     EXPECT_MSG(Close(dw, want_dw, tol, &where),
                what + " SparseConvWeightGradient: " + where);

@@ -15,6 +15,9 @@ using tensorflow::TensorShape;
 
 namespace {
 
+// Per-thread work buffers hold blocks of rows; this bounds their size.
+constexpr int64_t kMaxChannels = 1 << 16;
+
 // Checks the kernel map inputs (offset_splits, in_rows, out_rows at
 // `first`, `first` + 1, `first` + 2) against the row counts and returns a
 // view of them; the map may come from a user, so every index is checked.
@@ -49,7 +52,8 @@ bool CheckKernel(OpKernelContext* context, const Tensor& kernel,
                  const KernelMapView& map, const Tensor& features,
                  int features_dim, const char* features_name) {
   if (kernel.dims() != 3 || kernel.dim_size(0) != map.num_offsets ||
-      kernel.dim_size(features_dim) != features.dim_size(1)) {
+      kernel.dim_size(features_dim) != features.dim_size(1) ||
+      kernel.dim_size(3 - features_dim) > kMaxChannels) {
     context->CtxFailure(absl::InvalidArgumentError(
         "kernel must be [K, C_in, C_out] with K = " +
         std::to_string(map.num_offsets) + " kernel offsets and " +
@@ -67,6 +71,13 @@ bool CheckMatrix(OpKernelContext* context, const Tensor& t,
     context->CtxFailure(absl::InvalidArgumentError(
         std::string(name) + " must be a matrix [rows, channels], got shape " +
         t.shape().DebugString()));
+    return false;
+  }
+  if (t.dim_size(1) > kMaxChannels) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        std::string(name) + " has " + std::to_string(t.dim_size(1)) +
+        " channels; at most " + std::to_string(kMaxChannels) +
+        " are supported"));
     return false;
   }
   return true;
@@ -106,8 +117,7 @@ class ConvOp : public OpKernel {
     if (!CheckKernel(context, kernel, map, features, 1, "features")) return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(
-                                0, TensorShape({n_out, c_out}), &output));
+    if (!AllocateOutput(context, 0, {n_out, c_out}, &output)) return;
     SparseConv<T>(features.flat<T>().data(), c_in, kernel.flat<T>().data(),
                   c_out, /*transpose_weights=*/false, map, n_out,
                   output->flat<T>().data(), IntraOpParallelFor(context));
@@ -135,9 +145,7 @@ class ConvBackpropInputOp : public OpKernel {
 
     // The transposed map, sorted by input row, as the core needs.
     Tensor table, t_splits, t_in, t_out;
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
-                                                   TensorShape({K * n_in}),
-                                                   &table));
+    if (!AllocateTemp(context, tensorflow::DT_INT32, {K, n_in}, &table)) return;
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT64,
                                                    TensorShape({K + 1}),
                                                    &t_splits));
@@ -148,7 +156,8 @@ class ConvBackpropInputOp : public OpKernel {
                                 &t_out));
     int32_t* nbr = table.flat<int32_t>().data();
     int64_t* s = t_splits.flat<int64_t>().data();
-    TransposedNeighbours(map, n_in, nbr, parallel_for);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, TransposedNeighbours(map, n_in, nbr, parallel_for));
     CountPairs(nbr, K, n_in, s, parallel_for);
     FillPairs(nbr, K, n_in, s, t_in.flat<int32_t>().data(),
               t_out.flat<int32_t>().data(), parallel_for);
@@ -156,8 +165,7 @@ class ConvBackpropInputOp : public OpKernel {
                                    t_out.flat<int32_t>().data(), K};
 
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(context, context->allocate_output(
-                                0, TensorShape({n_in, c_in}), &output));
+    if (!AllocateOutput(context, 0, {n_in, c_in}, &output)) return;
     SparseConv<T>(grad.flat<T>().data(), c_out, kernel.flat<T>().data(), c_in,
                   /*transpose_weights=*/true, transposed, n_in,
                   output->flat<T>().data(), parallel_for);
@@ -182,12 +190,18 @@ class ConvBackpropKernelOp : public OpKernel {
     }
     const int64_t c_in = features.dim_size(1), c_out = grad.dim_size(1);
     Tensor* output = nullptr;
-    OP_REQUIRES_OK(context,
-                   context->allocate_output(
-                       0, TensorShape({map.num_offsets, c_in, c_out}), &output));
+    if (!AllocateOutput(context, 0, {map.num_offsets, c_in, c_out}, &output)) {
+      return;
+    }
+    Tensor scratch;
+    if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
+                      {WeightGradientScratchSize(map, c_in, c_out)}, &scratch)) {
+      return;
+    }
     SparseConvWeightGradient<T>(features.flat<T>().data(), c_in,
                                 grad.flat<T>().data(), c_out, map,
                                 output->flat<T>().data(),
+                                scratch.flat<T>().data(),
                                 IntraOpParallelFor(context));
   }
 };

@@ -27,8 +27,8 @@ void OutputCoordinates(OpKernelContext* context, const KeyPacker& packer,
 }
 
 // allocate_temp with the core's Status.
-Status AllocateTemp(OpKernelContext* context, tensorflow::DataType type,
-                    int64_t n, Tensor* out) {
+Status AllocateTempStatus(OpKernelContext* context, tensorflow::DataType type,
+                          int64_t n, Tensor* out) {
   const absl::Status status =
       context->allocate_temp(type, TensorShape({n}), out);
   return status.ok() ? Status::Ok() : Status::Error(std::string(status.message()));
@@ -44,10 +44,10 @@ bool CheckUnique(OpKernelContext* context, const int32_t* coords, int64_t n,
   const int64_t capacity = CoordinateTable::CapacityFor(n);
   Tensor keys, rows;
   if (status.ok()) {
-    status = AllocateTemp(context, tensorflow::DT_UINT64, capacity, &keys);
+    status = AllocateTempStatus(context, tensorflow::DT_UINT64, capacity, &keys);
   }
   if (status.ok()) {
-    status = AllocateTemp(context, tensorflow::DT_INT32, capacity, &rows);
+    status = AllocateTempStatus(context, tensorflow::DT_INT32, capacity, &rows);
   }
   if (status.ok()) {
     CoordinateTable table(keys.flat<uint64_t>().data(),
@@ -102,9 +102,9 @@ class KernelMapOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
                                                    TensorShape({capacity}),
                                                    &table_rows));
-    OP_REQUIRES_OK(context, context->allocate_temp(
-                                tensorflow::DT_INT32,
-                                TensorShape({K * n_out}), &neighbours));
+    if (!AllocateTemp(context, tensorflow::DT_INT32, {K, n_out}, &neighbours)) {
+      return;
+    }
     CoordinateTable table(table_keys.flat<uint64_t>().data(),
                           table_rows.flat<int32_t>().data(), capacity);
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
@@ -179,9 +179,7 @@ class GenerativeCoordinatesOp : public OpKernel {
     if (!CheckStride(context, stride, dims - 1)) return;
     const int64_t n = in.dim_size(0), K = offsets.dim_size(0);
     Tensor keys;
-    OP_REQUIRES_OK(context, context->allocate_temp(
-                                tensorflow::DT_UINT64, TensorShape({n * K}),
-                                &keys));
+    if (!AllocateTemp(context, tensorflow::DT_UINT64, {n, K}, &keys)) return;
     KeyPacker packer(dims);
     int64_t unique = 0;
     const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,

@@ -4,6 +4,8 @@
 #define SPARSE_OPS_KERNELS_TF_GLUE_H_
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
@@ -29,6 +31,41 @@ inline ParallelFor IntraOpParallelFor(tensorflow::OpKernelContext* context) {
     OP_REQUIRES(context, _status.ok(),                            \
                 absl::InvalidArgumentError(_status.message()));   \
   } while (0)
+
+// Builds a shape, failing the op (instead of aborting the process) when the
+// element count overflows.
+inline bool MakeShape(tensorflow::OpKernelContext* context,
+                      std::vector<int64_t> dims, tensorflow::TensorShape* shape) {
+  const absl::Status status =
+      tensorflow::TensorShape::BuildTensorShape(dims, shape);
+  if (!status.ok()) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "the result would be too large: " + std::string(status.message())));
+    return false;
+  }
+  return true;
+}
+
+// Allocates an output or temporary tensor of the given dims, failing the op
+// cleanly on overflow or when memory runs out.
+inline bool AllocateOutput(tensorflow::OpKernelContext* context, int index,
+                           std::vector<int64_t> dims, tensorflow::Tensor** out) {
+  tensorflow::TensorShape shape;
+  if (!MakeShape(context, std::move(dims), &shape)) return false;
+  const absl::Status status = context->allocate_output(index, shape, out);
+  if (!status.ok()) context->CtxFailure(status);
+  return status.ok();
+}
+
+inline bool AllocateTemp(tensorflow::OpKernelContext* context,
+                         tensorflow::DataType type, std::vector<int64_t> dims,
+                         tensorflow::Tensor* out) {
+  tensorflow::TensorShape shape;
+  if (!MakeShape(context, std::move(dims), &shape)) return false;
+  const absl::Status status = context->allocate_temp(type, shape, out);
+  if (!status.ok()) context->CtxFailure(status);
+  return status.ok();
+}
 
 // Checks a coordinates input: int32 [N, 1 + D] with N below 2^31 and no
 // negative batch index.

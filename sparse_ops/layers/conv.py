@@ -7,7 +7,33 @@ import tensorflow as tf
 from sparse_ops import geometry
 from sparse_ops import ops
 from sparse_ops.layers.base import SparseLayer, channels_and_dimension
-from sparse_ops.tensor import SparseTensor
+from sparse_ops.tensor import SparseTensor, as_sparse
+
+
+def _ints(value, name):
+    """An int or a tuple of ints >= 1, as plain Python ints."""
+    if value is None and name == "kernel_size":
+        return None  # custom regions need no kernel size
+    try:
+        out = int(value) if np.ndim(value) == 0 else tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a sequence of ints, got "
+                         f"{value!r}") from None
+    if min(np.atleast_1d(out)) < 1:
+        raise ValueError(f"{name} entries must be >= 1, got {value!r}")
+    return out
+
+
+def _coordinates_of(value):
+    """Coordinates from a SparseTensor, a tf.SparseTensor, a SparseTensor's
+    fields as a list, or int coordinates themselves."""
+    if value is None:
+        return None
+    if isinstance(value, (SparseTensor, tf.SparseTensor)) or (
+            isinstance(value, (list, tuple)) and len(value) in (2, 3)
+            and hasattr(value[0], "dtype")):
+        return as_sparse(value).coordinates
+    return value
 
 
 class _ConvBase(SparseLayer):
@@ -22,9 +48,10 @@ class _ConvBase(SparseLayer):
         if int(filters) < 1:
             raise ValueError(f"filters must be a positive int, got {filters!r}")
         self.filters = int(filters)
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.dilation_rate = dilation_rate
+        # Plain ints (or tuples of them) so get_config is JSON-serialisable.
+        self.kernel_size = _ints(kernel_size, "kernel_size")
+        self.strides = _ints(strides, "strides")
+        self.dilation_rate = _ints(dilation_rate, "dilation_rate")
         if not isinstance(region, str):
             region = np.asarray(region, np.int32).tolist()
         elif region not in geometry.REGIONS:
@@ -64,6 +91,19 @@ class _ConvBase(SparseLayer):
             regularizer=self.bias_regularizer,
             constraint=self.bias_constraint) if self.use_bias else None
 
+    def compute_output_spec(self, x, *args, **kwargs):
+        """Output fields for Keras' functional API: features [N, filters],
+        coordinates [N, 1 + D], stride [D]."""
+        del args, kwargs
+        if isinstance(x, (list, tuple)):
+            cols = x[1].shape[1]
+        else:  # a sparse [B, *spatial, C] input
+            cols = len(x.shape) - 1
+        return SparseTensor(
+            keras.KerasTensor((None, self.filters), dtype=self.compute_dtype),
+            keras.KerasTensor((None, cols), dtype="int32"),
+            keras.KerasTensor((cols - 1,), dtype="int32"))
+
     def _weights_for(self, x):
         kernel = keras.ops.cast(self.kernel, x.features.dtype)
         bias = keras.ops.cast(self.bias, x.features.dtype) if self.use_bias else None
@@ -95,7 +135,9 @@ class Conv(_ConvBase):
     strides == 1: output sites = input sites (submanifold). strides s > 1:
     output sites = unique(floor(c / (s * t)) * (s * t)) for input stride t,
     output stride s * t. At every output site the value equals the dense
-    `tf.nn.convolution(padding="SAME", strides=s, dilations=d)`.
+    `tf.nn.convolution(padding="SAME", strides=s, dilations=d)` (for inputs
+    whose extent is a multiple of s). `call(x, out_coordinates=None)` takes
+    other output sites (coordinates or a SparseTensor) when given.
 
     The kernel is [*kernel_size, Cin, filters] for a hypercube region (Keras'
     layout), else [K, Cin, filters].
@@ -118,7 +160,7 @@ class Conv(_ConvBase):
         kernel, bias = self._weights_for(x)
         return ops.conv(x, kernel, bias, strides=self.strides,
                         dilation_rate=self.dilation_rate, region=self.region,
-                        out_coordinates=out_coordinates,
+                        out_coordinates=_coordinates_of(out_coordinates),
                         masked_gradients=self.masked_gradients)
 
     def get_config(self):
@@ -151,10 +193,7 @@ class ConvTranspose(_ConvBase):
 
     def call(self, x, coordinates=None):
         x = self.sparse_input(x)
-        if isinstance(coordinates, (SparseTensor, tf.SparseTensor)) or (
-                isinstance(coordinates, (list, tuple)) and len(coordinates) in (2, 3)
-                and hasattr(coordinates[0], "dtype")):  # a SparseTensor's fields
-            coordinates = self.sparse_input(coordinates).coordinates
+        coordinates = _coordinates_of(coordinates)
         kernel, bias = self._weights_for(x)
         return ops.conv_transpose(x, kernel, bias, strides=self.strides,
                                   dilation_rate=self.dilation_rate,

@@ -158,6 +158,19 @@ def _times(stride_tensor, strides):
     return stride_tensor * tf.constant(np.asarray(strides, np.int32))
 
 
+def _check_finer_stride(coordinates, finer_stride, out_stride):
+    """The finer coordinates when their stride is the transpose's output
+    stride: None when they differ statically, else checked at run time."""
+    a, b = tf.get_static_value(finer_stride), tf.get_static_value(out_stride)
+    if a is not None and b is not None:
+        return coordinates if np.array_equal(a, b) else None
+    check = tf.debugging.assert_equal(
+        finer_stride, out_stride, message="conv_transpose: the tensor was strided "
+        "from a tensor of another stride; pass out_coordinates=")
+    with tf.control_dependencies([check]):
+        return tf.identity(coordinates)
+
+
 # -- public ops ------------------------------------------------------------
 
 def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
@@ -179,7 +192,9 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
         (exactly zero) weights: the paper's sparse back-propagation (Eq. 3-4).
     Returns:
       `SparseTensor` [M, Cout] with stride t * strides. At every output site
-      the value equals `tf.nn.convolution(padding="SAME")` of the dense input.
+      the value equals `tf.nn.convolution(padding="SAME")` of the dense input
+      (for strided convolutions: of a dense input whose extent is a multiple
+      of the strides).
     """
     x, kernel = _prepare(x, kernel, "kernel")
     d = x.dimension
@@ -192,7 +207,8 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
     elif all(s == 1 for s in strides):
         out_c = x.coordinates
     else:
-        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
+        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride,
+                                               finer_stride=x.stride_tensor)
     use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
     kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
     features, k3c, out_dtype = _compute_dtype(x.features, k3)
@@ -242,12 +258,14 @@ def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
         out_c = coords_ops.generative_coordinates(
             x.coordinates, offsets, out_stride)
     else:
-        out_c = coords_ops.finer_coordinates(x.coordinates)
+        finer = coords_ops.finer_coordinates(x.coordinates)
+        out_c = None if finer is None else _check_finer_stride(*finer, out_stride)
         if out_c is None:
             raise ValueError(
                 "conv_transpose does not know the output sites: x was not made "
-                "by a strided op in this program. Pass out_coordinates= (e.g. "
-                "a skip connection's coordinates) or generative=True.")
+                "from a tensor of stride t / strides by a strided op in this "
+                "program (or graph). Pass out_coordinates= (e.g. a skip "
+                "connection's coordinates) or generative=True.")
     use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
     # The map of the strided conv from the fine sites to x's sites.
     kmap = coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride)

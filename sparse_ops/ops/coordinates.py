@@ -1,6 +1,7 @@
 """Coordinate ops: kernel maps, strided and generative output coordinates."""
 
 import collections
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -91,27 +92,34 @@ def _stride_vector(stride, coordinates):
     return tf.constant(stride)
 
 
-def strided_coordinates(coordinates, stride):
+def strided_coordinates(coordinates, stride, finer_stride=None):
     """unique(floor(c / stride) * stride) per spatial axis, batch kept, sorted.
 
-    The result remembers its finer coordinates (see `finer_coordinates`).
+    The result remembers its finer coordinates and their tensor stride
+    `finer_stride` (see `finer_coordinates`).
     """
     stride = _stride_vector(stride, coordinates)
     use_reference = _use_reference()
     key = ("strided", _static_key(stride), use_reference)
+    # Coarse -> fine is held strongly (a transposed convolution needs the fine
+    # sites even when nothing else keeps them); fine -> coarse weakly, so the
+    # two entries never keep each other alive.
     cached = cache.lookup((coordinates,), key)
-    if cached is not None:
-        return cached
+    if cached is not None and cached() is not None:
+        return cached()
     if use_reference:
         out = reference.strided_coordinates(coordinates, stride)
     else:
         out = _loader.library().sparse_ops_strided_coordinates(coordinates, stride)
-    cache.store((out,), ("finer",), coordinates)
-    return cache.store((coordinates,), key, out)
+    if finer_stride is not None:
+        cache.store((out,), ("finer",), (coordinates, finer_stride))
+    cache.store((coordinates,), key, weakref.ref(out))
+    return out
 
 
 def finer_coordinates(coordinates):
-    """The coordinates that `coordinates` were strided from, or None."""
+    """(coordinates, tensor stride) that `coordinates` were strided from, or
+    None when unknown."""
     return cache.lookup((coordinates,), ("finer",))
 
 
