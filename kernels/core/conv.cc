@@ -36,6 +36,17 @@ int64_t LowerBound(const int32_t* out_rows, int64_t begin, int64_t end,
 
 }  // namespace
 
+// dst[r] = src[rows[r]] for r < m: rows of `cols` values gathered into a
+// contiguous block.
+template <typename T>
+void GatherRows(const T* src, int64_t cols, const int32_t* rows, int64_t m,
+                T* dst) {
+  for (int64_t r = 0; r < m; ++r) {
+    std::memcpy(dst + r * cols, src + static_cast<int64_t>(rows[r]) * cols,
+                cols * sizeof(T));
+  }
+}
+
 // Products of one offset's pairs: acc[out_rows[r] - o0] += in[in_rows[r]] . W
 // for r < m, with W [c_in, c_out] row-major and acc the block accumulator.
 // The generic version gathers the rows and lets Eigen multiply.
@@ -48,11 +59,7 @@ class EigenPairProduct {
 
   void operator()(const T* in, const T* w, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, int64_t o0, T* acc) {
-    for (int64_t r = 0; r < m; ++r) {
-      std::memcpy(gathered_.data() + r * c_in_,
-                  in + static_cast<int64_t>(in_rows[r]) * c_in_,
-                  c_in_ * sizeof(T));
-    }
+    GatherRows(in, c_in_, in_rows, m, gathered_.data());
     auto res = product_.topRows(m);
     res.noalias() = gathered_.topRows(m) * ConstMatrixMap<T>(w, c_in_, c_out_);
     MatrixMap<T> block(acc, kBlockRows, c_out_);
@@ -214,13 +221,8 @@ class EigenOuterProducts {
 
   void operator()(const T* in, const T* grad, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, T* acc) {
-    for (int64_t r = 0; r < m; ++r) {
-      std::memcpy(x_.data() + r * c_in_,
-                  in + static_cast<int64_t>(in_rows[r]) * c_in_, c_in_ * sizeof(T));
-      std::memcpy(g_.data() + r * c_out_,
-                  grad + static_cast<int64_t>(out_rows[r]) * c_out_,
-                  c_out_ * sizeof(T));
-    }
+    GatherRows(in, c_in_, in_rows, m, x_.data());
+    GatherRows(grad, c_out_, out_rows, m, g_.data());
     MatrixMap<T>(acc, c_in_, c_out_).noalias() +=
         x_.topRows(m).transpose() * g_.topRows(m);
   }
@@ -243,13 +245,8 @@ class Avx2OuterProducts {
   void operator()(const float* in, const float* grad, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, float* acc) {
     // Contiguous copies: the tiles below sweep the chunk many times.
-    for (int64_t r = 0; r < m; ++r) {
-      std::memcpy(x_.data() + r * c_in_,
-                  in + static_cast<int64_t>(in_rows[r]) * c_in_, c_in_ * sizeof(float));
-      std::memcpy(g_.data() + r * c_out_,
-                  grad + static_cast<int64_t>(out_rows[r]) * c_out_,
-                  c_out_ * sizeof(float));
-    }
+    GatherRows(in, c_in_, in_rows, m, x_.data());
+    GatherRows(grad, c_out_, out_rows, m, g_.data());
     int64_t a = 0;
     for (; a + kTileRows <= c_in_; a += kTileRows) Columns<kTileRows>(m, a, acc);
     switch (c_in_ - a) {
