@@ -144,3 +144,13 @@ def test_layer_arguments_are_plain_ints_in_config():
     assert config["kernel_size"] == 3 and config["strides"] == (1, 1)
     with pytest.raises(ValueError, match="kernel_size"):
         so.layers.Conv(4, 0)
+
+
+def test_long_stride_chains_refuse_to_wrap_int32():
+    x = so.SparseTensor(tf.ones([1, 1]), [[0, 0]])
+    kernel = tf.ones([1, 1, 1])
+    for _ in range(30):  # tensor stride 2**30
+        x = so.ops.conv(x, kernel, strides=2)
+    assert x.stride == (2**30,)
+    with pytest.raises(ValueError, match="overflows int32"):
+        so.ops.conv(x, kernel, strides=2)
