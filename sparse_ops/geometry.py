@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 REGIONS = ("hypercube", "hypercross")
+MAX_OFFSETS = 1 << 20  # kernel maps hold a table of offsets x sites
 
 
 def normalize_tuple(value, dimension, name):
@@ -49,6 +50,9 @@ def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
         if any(s < 1 for s in strides):
             raise ValueError(f"stride entries must be >= 1, got {stride!r}")
         if region == "hypercube":
+            if int(np.prod(size, dtype=np.float64)) > MAX_OFFSETS:
+                raise ValueError(f"a kernel of size {size} has {np.prod(size, dtype=np.float64):.0f} "
+                                 f"offsets; at most {MAX_OFFSETS} are supported")
             # TensorFlow's SAME padding: the window of output j starts at
             # j * s - pad_before, pad_before = max((K - 1) * d + 1 - s, 0) // 2.
             axes = [[k * d - max((n - 1) * d + 1 - s, 0) // 2 for k in range(n)]

@@ -154,3 +154,33 @@ def test_long_stride_chains_refuse_to_wrap_int32():
     assert x.stride == (2**30,)
     with pytest.raises(ValueError, match="overflows int32"):
         so.ops.conv(x, kernel, strides=2)
+
+
+def test_huge_kernels_are_refused_before_building_offsets():
+    with pytest.raises(ValueError, match="offsets"):
+        so.kernel_offsets(3, dimension=20)  # 3**20 offsets
+
+
+def test_eight_dimensional_conv_matches_reference():
+    rng = np.random.default_rng(3)
+    coords = np.unique(rng.integers(0, 3, (60, 9)), axis=0).astype(np.int32)
+    coords[:, 0] = 0
+    coords = np.unique(coords, axis=0)
+    x = so.SparseTensor(rng.standard_normal((len(coords), 2)), coords)
+    kernel = rng.standard_normal((2,) * 8 + (2, 3))
+    y = so.ops.conv(x, kernel)
+    with so.config.implementation("reference"):
+        so_cache.clear()
+        ref = so.ops.conv(x, kernel)
+    np.testing.assert_allclose(y.features.numpy(), ref.features.numpy(), atol=1e-12)
+    # and against a direct sum over the 256 offsets
+    offsets = so.kernel_offsets(2, dimension=8).numpy()
+    index = {tuple(c): i for i, c in enumerate(coords.tolist())}
+    k3 = kernel.reshape(256, 2, 3)
+    expected = np.zeros((len(coords), 3))
+    for o, c in enumerate(coords.tolist()):
+        for k, off in enumerate(offsets):
+            i = index.get((c[0],) + tuple(np.add(c[1:], off)))
+            if i is not None:
+                expected[o] += x.features.numpy()[i] @ k3[k]
+    np.testing.assert_allclose(y.features.numpy(), expected, atol=1e-10)
