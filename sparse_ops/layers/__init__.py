@@ -1,5 +1,13 @@
 """Keras 3 layers on sparse tensors."""
 
 from sparse_ops.layers.conv import Conv, ConvTranspose
+from sparse_ops.layers.features import (Activation, BatchNorm, BroadcastAdd,
+                                        BroadcastConcat, BroadcastMultiply, Concat,
+                                        Dense, Dropout, GlobalAvgPool, GlobalMaxPool,
+                                        GlobalSumPool, InstanceNorm, Prune, ReLU,
+                                        ToDense)
 
-__all__ = ["Conv", "ConvTranspose"]
+__all__ = ["Conv", "ConvTranspose", "GlobalMaxPool", "GlobalAvgPool", "GlobalSumPool",
+           "BroadcastAdd", "BroadcastMultiply", "BroadcastConcat", "Dense",
+           "Activation", "ReLU", "Dropout", "BatchNorm", "InstanceNorm", "Concat",
+           "ToDense", "Prune"]

@@ -3,6 +3,8 @@
 from sparse_ops.ops.conv import conv, conv_transpose
 from sparse_ops.ops.coordinates import (KernelMap, generative_coordinates,
                                         kernel_map, strided_coordinates)
+from sparse_ops.ops.features import broadcast, global_pool, instance_norm
 
 __all__ = ["conv", "conv_transpose", "kernel_map", "KernelMap",
-           "strided_coordinates", "generative_coordinates"]
+           "strided_coordinates", "generative_coordinates", "global_pool", "broadcast",
+           "instance_norm"]
