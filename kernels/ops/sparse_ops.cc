@@ -161,4 +161,56 @@ Gradient of SparseOps>Conv in its kernel: grad_kernel[k] = sum over the pairs
 (i, o) of offset k of features[i]^T grad_output[o], [K, C_in, C_out].
 )doc");
 
+REGISTER_OP("SparseOps>MaxPool")
+    .Input("features: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("num_out_rows: int64")
+    .Output("output: T")
+    .Output("argmax: int32")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features, unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(4, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(features, 1)));
+      c->set_output(1, c->Matrix(rows, c->Dim(features, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Sparse max pooling over a kernel map: output[o, c] = max over the pairs
+(i, o) of features[i, c], for num_out_rows output rows; argmax[o, c] = that
+input row (ties: the first in offset order), or -1 (and output 0) for an
+output row without pairs.
+)doc");
+
+REGISTER_OP("SparseOps>MaxPoolGrad")
+    .Input("grad_output: T")
+    .Input("argmax: int32")
+    .Input("num_in_rows: int64")
+    .Output("grad_features: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle grad, argmax, unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &argmax));
+      TF_RETURN_IF_ERROR(c->Merge(grad, argmax, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(grad, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of SparseOps>MaxPool in its features: grad_features[i, c] = sum of
+grad_output[o, c] over the rows o with argmax[o, c] == i, for num_in_rows
+rows. Entries of argmax must lie in [-1, num_in_rows).
+)doc");
+
 }  // namespace sparse_ops

@@ -6,8 +6,9 @@ from sparse_ops.layers.features import (Activation, BatchNorm, BroadcastAdd,
                                         Dense, Dropout, GlobalAvgPool, GlobalMaxPool,
                                         GlobalSumPool, InstanceNorm, Prune, ReLU,
                                         ToDense)
+from sparse_ops.layers.pool import AvgPool, MaxPool, SumPool, Unpool
 
 __all__ = ["Conv", "ConvTranspose", "GlobalMaxPool", "GlobalAvgPool", "GlobalSumPool",
            "BroadcastAdd", "BroadcastMultiply", "BroadcastConcat", "Dense",
            "Activation", "ReLU", "Dropout", "BatchNorm", "InstanceNorm", "Concat",
-           "ToDense", "Prune"]
+           "ToDense", "Prune", "MaxPool", "AvgPool", "SumPool", "Unpool"]

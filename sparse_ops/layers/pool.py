@@ -1,0 +1,69 @@
+"""Sparse pooling layers: MaxPool, AvgPool, SumPool and Unpool."""
+
+import keras
+
+from sparse_ops import ops
+from sparse_ops.layers.base import SparseLayer
+from sparse_ops.layers.conv import _ints
+from sparse_ops.tensor import SparseTensor
+
+_register = keras.saving.register_keras_serializable(package="sparse_ops")
+
+
+class _Pool(SparseLayer):
+    op = None
+
+    def __init__(self, pool_size=2, strides=None, **kwargs):
+        super().__init__(**kwargs)
+        # Plain ints (or tuples of them) so get_config is JSON-serialisable.
+        self.pool_size = _ints(pool_size, "pool_size")
+        self.strides = None if strides is None else _ints(strides, "strides")
+
+    def call(self, x):
+        return type(self).op(self.sparse_input(x), self.pool_size, self.strides)
+
+    def compute_output_spec(self, x, *args, **kwargs):
+        """Output fields: features [N, C], coordinates [N, 1 + D], stride [D]."""
+        del args, kwargs
+        if isinstance(x, (list, tuple)):
+            channels, cols = x[0].shape[-1], x[1].shape[1]
+        else:  # a sparse [B, *spatial, C] input
+            channels, cols = x.shape[-1], len(x.shape) - 1
+        return SparseTensor(
+            keras.KerasTensor((None, channels), dtype=self.compute_dtype),
+            keras.KerasTensor((None, cols), dtype="int32"),
+            keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"pool_size": self.pool_size, "strides": self.strides})
+        return config
+
+
+@_register
+class MaxPool(_Pool):
+    """Max over the ACTIVE input sites of each window; output sites as a
+    strided `Conv` with kernel_size = pool_size (strides default pool_size).
+    Equals `tf.nn.max_pool(padding="SAME")` when the features are >= 0."""
+    op = staticmethod(ops.max_pool)
+
+
+@_register
+class AvgPool(_Pool):
+    """Mean over the ACTIVE input sites of each window (sites as MaxPool)."""
+    op = staticmethod(ops.avg_pool)
+
+
+@_register
+class SumPool(_Pool):
+    """Sum over the input sites of each window (sites as MaxPool)."""
+    op = staticmethod(ops.sum_pool)
+
+
+@_register
+class Unpool(_Pool):
+    """The transpose of SumPool: output sites are every site the window
+    reaches from each input site (generative), each receiving the sum of the
+    inputs whose window covers it; with pool_size == strides every child gets
+    its parent's features."""
+    op = staticmethod(ops.unpool)

@@ -1,0 +1,182 @@
+"""Sparse pooling: max, average and sum over the active input sites of each
+window, and unpooling (the transpose of sum pooling).
+
+The output sites and the kernel map are those of a strided `conv` with
+kernel_size = pool_size and the same strides, so the (cached) map is shared
+with convolutions of the same geometry.
+"""
+
+import tensorflow as tf
+
+from sparse_ops import _loader
+from sparse_ops import geometry
+from sparse_ops.ops import coordinates as coords_ops
+from sparse_ops.ops.conv import _num_rows, _rows_match, _times
+from sparse_ops.tensor import SparseTensor, as_sparse
+
+_COMPUTE_TYPES = (tf.float32, tf.float64)
+
+
+# -- raw feature ops (custom or reference), gradients registered beside them --
+
+def _max_pool_features(features, kmap, num_out_rows, use_reference):
+    """[M, C]: the maximum over the pairs of each output row (0 without pairs)."""
+    if not use_reference:
+        out, _ = _loader.library().sparse_ops_max_pool(features, *kmap, num_out_rows)
+        return out
+    _, in_rows, out_rows = kmap
+    values = tf.gather(features, in_rows)
+    out = tf.math.unsorted_segment_max(values, out_rows, num_out_rows)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(out_rows), out_rows,
+                                         num_out_rows)
+    return tf.where((count > 0)[:, None], out, tf.zeros_like(out))
+
+
+def _max_pool_grad(grad, argmax, num_in_rows):
+    return _loader.library().sparse_ops_max_pool_grad(grad, argmax, num_in_rows)
+
+
+@tf.RegisterGradient("SparseOps>MaxPool")
+def _max_pool_op_grad(op, grad, unused_argmax_grad):
+    features = op.inputs[0]
+    argmax = op.outputs[1]
+    return (_max_pool_grad(grad, argmax, _num_rows(features)),
+            None, None, None, None)
+
+
+@tf.RegisterGradient("SparseOps>MaxPoolGrad")
+def _max_pool_grad_op_grad(op, grad):
+    # z[i, c] = sum over o with argmax[o, c] == i of g[o, c]:
+    # dg[o, c] = dz[argmax[o, c], c] (0 where argmax is -1).
+    argmax = op.inputs[1]
+    valid = argmax >= 0
+    rows = tf.where(valid, argmax, tf.zeros_like(argmax))
+    channels = tf.broadcast_to(tf.range(tf.shape(argmax)[1])[None, :],
+                               tf.shape(argmax))
+    picked = tf.gather_nd(grad, tf.stack([rows, channels], -1))
+    return tf.where(valid, picked, tf.zeros_like(picked)), None, None
+
+
+def _segment_sum_pool(features, kmap, num_out_rows):
+    """[M, C] sums and [M] pair counts of each output row."""
+    _, in_rows, out_rows = kmap
+    total = tf.math.unsorted_segment_sum(tf.gather(features, in_rows), out_rows,
+                                         num_out_rows)
+    count = tf.math.unsorted_segment_sum(tf.ones_like(out_rows), out_rows,
+                                         num_out_rows)
+    return total, count
+
+
+# -- geometry --------------------------------------------------------------
+
+def _prepare(x, pool_size, strides, name):
+    x = as_sparse(x)
+    if x.dimension is None:
+        raise ValueError("coordinates must have a static number of columns")
+    x = x.with_features(_rows_match(x))
+    d = x.dimension
+    pool_size = geometry.normalize_tuple(pool_size, d, "pool_size")
+    strides = pool_size if strides is None else geometry.normalize_tuple(
+        strides, d, "strides")
+    if min(pool_size) < 1 or min(strides) < 1:
+        raise ValueError(f"{name}: pool_size and strides must be >= 1, got "
+                         f"{pool_size} and {strides}")
+    offsets = geometry.offsets_array(pool_size, 1, "hypercube", d, strides)
+    return x, strides, offsets
+
+
+def _compute(features):
+    if features.dtype in _COMPUTE_TYPES:
+        return features, None
+    if not features.dtype.is_floating:
+        raise TypeError(f"pooling needs float features, got {features.dtype.name}")
+    return tf.cast(features, tf.float32), features.dtype
+
+
+def _pooled_sites(x, strides, offsets):
+    out_stride = _times(x.stride_tensor, strides)
+    if all(s == 1 for s in strides):
+        out_c = x.coordinates
+    else:
+        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride,
+                                               finer_stride=x.stride_tensor)
+    kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
+    return out_c, out_stride, tuple(kmap)
+
+
+def _pool(x, pool_size, strides, mode):
+    x, strides, offsets = _prepare(x, pool_size, strides, f"{mode}_pool")
+    out_c, out_stride, kmap = _pooled_sites(x, strides, offsets)
+    features, out_dtype = _compute(x.features)
+    n_out = _num_rows(out_c)
+    if mode == "max":
+        use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
+        y = _max_pool_features(features, kmap, n_out, use_reference)
+    else:
+        y, count = _segment_sum_pool(features, kmap, n_out)
+        if mode == "avg":
+            y = y / tf.cast(tf.maximum(count, 1), y.dtype)[:, None]
+    y = tf.ensure_shape(y, [None, x.features.shape[1]])
+    if out_dtype is not None:
+        y = tf.cast(y, out_dtype)
+    return SparseTensor(y, out_c, out_stride)
+
+
+# -- public ops ------------------------------------------------------------
+
+def max_pool(x, pool_size, strides=None):
+    """Sparse max pooling over the ACTIVE input sites of each window.
+
+    Args:
+      x: `SparseTensor` (or `tf.SparseTensor` [B, *spatial, C], or its fields).
+      pool_size: int or D ints.
+      strides: int or D ints; default pool_size.
+    Returns:
+      `SparseTensor` on the output sites of a strided `conv` with
+      kernel_size = pool_size (stride t * strides). Equals
+      `tf.nn.max_pool(padding="SAME")` of the dense input at those sites
+      when the features are >= 0.
+    """
+    return _pool(x, pool_size, strides, "max")
+
+
+def avg_pool(x, pool_size, strides=None):
+    """Sparse average pooling: the mean over the ACTIVE input sites of each
+    window (sites as `max_pool`)."""
+    return _pool(x, pool_size, strides, "avg")
+
+
+def sum_pool(x, pool_size, strides=None):
+    """Sparse sum pooling: the sum over the input sites of each window (sites
+    as `max_pool`); a depthwise convolution with a ones kernel."""
+    return _pool(x, pool_size, strides, "sum")
+
+
+def unpool(x, pool_size, strides=None):
+    """The transpose of `sum_pool` (MinkowskiEngine's PoolingTranspose).
+
+    Output sites are every site the window reaches from each input site
+    (generative), at stride t / strides; each receives the sum of the inputs
+    whose window covers it. With pool_size == strides every child gets its
+    parent's features.
+    """
+    x, strides, offsets = _prepare(x, pool_size, strides, "unpool")
+    stride = x.stride
+    if isinstance(stride, tuple):
+        if any(t % s for t, s in zip(stride, strides)):
+            raise ValueError(f"tensor stride {stride} is not divisible by strides "
+                             f"{strides}")
+        out_stride = tf.constant([t // s for t, s in zip(stride, strides)], tf.int32)
+    else:
+        out_stride = tf.math.floordiv(x.stride_tensor, tf.constant(strides, tf.int32))
+    out_c = coords_ops.generative_coordinates(x.coordinates, offsets, out_stride)
+    # The map of the pooling from the fine sites to x's sites, transposed.
+    _, in_rows, out_rows = coords_ops.kernel_map(out_c, x.coordinates, offsets,
+                                                 out_stride)
+    features, out_dtype = _compute(x.features)
+    y = tf.math.unsorted_segment_sum(tf.gather(features, out_rows), in_rows,
+                                     _num_rows(out_c))
+    y = tf.ensure_shape(y, [None, x.features.shape[1]])
+    if out_dtype is not None:
+        y = tf.cast(y, out_dtype)
+    return SparseTensor(y, out_c, out_stride)
