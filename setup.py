@@ -86,7 +86,7 @@ class BuildOpLibrary(build_ext):
             "-Wno-deprecated-declarations", "-Wno-sign-compare", "-I" + HERE]
         cflags += os.environ.get("SPARSE_OPS_CXXFLAGS", "").split()
         # The interpreter's own flags add -g and C-only options: drop them.
-        for attr in ("compiler", "compiler_so", "compiler_cxx"):
+        for attr in ("compiler", "compiler_so", "compiler_cxx", "compiler_so_cxx"):
             cmd = getattr(self.compiler, attr, None)
             if cmd:
                 setattr(self.compiler, attr,
