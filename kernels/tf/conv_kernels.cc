@@ -15,38 +15,6 @@ using tensorflow::TensorShape;
 
 namespace {
 
-// Per-thread work buffers hold blocks of rows; this bounds their size.
-constexpr int64_t kMaxChannels = 1 << 16;
-
-// Checks the kernel map inputs (offset_splits, in_rows, out_rows at
-// `first`, `first` + 1, `first` + 2) against the row counts and returns a
-// view of them; the map may come from a user, so every index is checked.
-bool GetKernelMap(OpKernelContext* context, int first, int64_t n_in,
-                  int64_t n_out, KernelMapView* map) {
-  const Tensor& splits = context->input(first);
-  const Tensor& in_rows = context->input(first + 1);
-  const Tensor& out_rows = context->input(first + 2);
-  if (splits.dims() != 1 || splits.dim_size(0) < 1 || in_rows.dims() != 1 ||
-      out_rows.dims() != 1 || in_rows.dim_size(0) != out_rows.dim_size(0)) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "kernel map must be offset_splits [K + 1], in_rows [P] and out_rows "
-        "[P], got shapes " + splits.shape().DebugString() + ", " +
-        in_rows.shape().DebugString() + ", " + out_rows.shape().DebugString()));
-    return false;
-  }
-  *map = KernelMapView{splits.flat<int64_t>().data(),
-                       in_rows.flat<int32_t>().data(),
-                       out_rows.flat<int32_t>().data(),
-                       splits.dim_size(0) - 1};
-  const Status status = ValidateKernelMap(*map, in_rows.dim_size(0), n_in,
-                                          n_out, IntraOpParallelFor(context));
-  if (!status.ok()) {
-    context->CtxFailure(absl::InvalidArgumentError(status.message()));
-    return false;
-  }
-  return true;
-}
-
 // Checks a kernel [K, c_in, c_out] against the map and a features input.
 bool CheckKernel(OpKernelContext* context, const Tensor& kernel,
                  const KernelMapView& map, const Tensor& features,
@@ -62,40 +30,6 @@ bool CheckKernel(OpKernelContext* context, const Tensor& kernel,
         features_name + ", got shape " + kernel.shape().DebugString()));
     return false;
   }
-  return true;
-}
-
-bool CheckMatrix(OpKernelContext* context, const Tensor& t,
-                 const char* name) {
-  if (t.dims() != 2) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        std::string(name) + " must be a matrix [rows, channels], got shape " +
-        t.shape().DebugString()));
-    return false;
-  }
-  if (t.dim_size(1) > kMaxChannels) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        std::string(name) + " has " + std::to_string(t.dim_size(1)) +
-        " channels; at most " + std::to_string(kMaxChannels) +
-        " are supported"));
-    return false;
-  }
-  return true;
-}
-
-// Reads a scalar row count input.
-bool GetRowCount(OpKernelContext* context, int index, const char* name,
-                 int64_t* rows) {
-  const Tensor& t = context->input(index);
-  if (t.dims() != 0 || t.scalar<int64_t>()() < 0 ||
-      t.scalar<int64_t>()() >= (int64_t{1} << 31) - 1) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        std::string(name) + " must be a scalar in [0, 2^31 - 1), got " +
-        (t.dims() == 0 ? std::to_string(t.scalar<int64_t>()())
-                       : "shape " + t.shape().DebugString())));
-    return false;
-  }
-  *rows = t.scalar<int64_t>()();
   return true;
 }
 
