@@ -628,7 +628,7 @@ def test_conv_compute_gradient_float64(impl, rng, d, kernel_size, strides):
 @_IMPL_CUSTOM_FAST
 @pytest.mark.parametrize("mode", ["finer", "out_coordinates", "generative"])
 def test_conv_transpose_compute_gradient_float64(impl, rng, mode):
-    d, strides = 2, 2
+    strides = 2
     x, _ = random_sparse(rng, (4, 4), 2, dtype=np.float64, density=0.25)
     down = _kernel(rng, (2, 2, 2, 2), np.float64)
     y = so.ops.conv(x, down, strides=strides)

@@ -6,7 +6,6 @@ unpooling. The raw ops' input checks run in a child process, so that a
 crash fails the test instead of killing the run.
 """
 
-import itertools
 import json
 import subprocess
 import sys

@@ -2,7 +2,7 @@
 
 import keras
 
-from sparse_ops.tensor import as_sparse
+from sparse_ops.tensor import SparseTensor, as_sparse
 
 
 def _is_shape(x):
@@ -21,6 +21,28 @@ def channels_and_dimension(input_shape):
         d = coordinates[1] - 1 if len(coordinates) == 2 and coordinates[1] else None
         return features[-1], d
     return shape[-1], len(shape) - 2
+
+
+def fields_spec(x):
+    """(features shape, coordinate columns) of a symbolic input: the fields
+    of a SparseTensor, or a sparse [B, *spatial, C] KerasTensor."""
+    if isinstance(x, (list, tuple)):
+        return tuple(x[0].shape), x[1].shape[1]
+    shape = tuple(x.shape)
+    return (None, shape[-1]), len(shape) - 1
+
+
+def sparse_spec(x, channels, dtype, same_rows=False):
+    """A SparseTensor of KerasTensors with `channels` feature channels (the
+    input's when None) and the input's coordinate columns."""
+    features_shape, cols = fields_spec(x)
+    if channels is None:
+        channels = features_shape[-1]
+    rows = features_shape[0] if same_rows else None
+    return SparseTensor(
+        keras.KerasTensor((rows, channels), dtype=dtype),
+        keras.KerasTensor((rows, cols), dtype="int32"),
+        keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"))
 
 
 class SparseLayer(keras.layers.Layer):

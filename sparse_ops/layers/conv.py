@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from sparse_ops import geometry
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer, channels_and_dimension
+from sparse_ops.layers.base import SparseLayer, channels_and_dimension, sparse_spec
 from sparse_ops.tensor import SparseTensor, as_sparse
 
 
@@ -95,14 +95,7 @@ class _ConvBase(SparseLayer):
         """Output fields for Keras' functional API: features [N, filters],
         coordinates [N, 1 + D], stride [D]."""
         del args, kwargs
-        if isinstance(x, (list, tuple)):
-            cols = x[1].shape[1]
-        else:  # a sparse [B, *spatial, C] input
-            cols = len(x.shape) - 1
-        return SparseTensor(
-            keras.KerasTensor((None, self.filters), dtype=self.compute_dtype),
-            keras.KerasTensor((None, cols), dtype="int32"),
-            keras.KerasTensor((cols - 1,), dtype="int32"))
+        return sparse_spec(x, self.filters, self.compute_dtype)
 
     def _weights_for(self, x):
         kernel = keras.ops.cast(self.kernel, x.features.dtype)

@@ -5,32 +5,11 @@ import keras
 import tensorflow as tf
 
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer, channels_and_dimension
+from sparse_ops.layers.base import (SparseLayer, channels_and_dimension, fields_spec,
+                                    sparse_spec)
 from sparse_ops.tensor import SparseTensor, as_sparse
 
 _register = keras.saving.register_keras_serializable(package="sparse_ops")
-
-
-def _fields_spec(x):
-    """(features shape, coordinate columns) of a symbolic input: the fields
-    of a SparseTensor, or a sparse [B, *spatial, C] KerasTensor."""
-    if isinstance(x, (list, tuple)):
-        return tuple(x[0].shape), x[1].shape[1]
-    shape = tuple(x.shape)
-    return (None, shape[-1]), len(shape) - 1
-
-
-def _sparse_spec(x, channels, dtype, same_rows=True):
-    """A SparseTensor of KerasTensors with `channels` feature channels (the
-    input's when None) and the input's coordinate columns."""
-    features_shape, cols = _fields_spec(x)
-    if channels is None:
-        channels = features_shape[-1]
-    rows = features_shape[0] if same_rows else None
-    return SparseTensor(
-        keras.KerasTensor((rows, channels), dtype=dtype),
-        keras.KerasTensor((rows, cols), dtype="int32"),
-        keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"))
 
 
 class _FeatureLayer(SparseLayer):
@@ -38,7 +17,7 @@ class _FeatureLayer(SparseLayer):
 
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs
-        return _sparse_spec(x, None, self.compute_dtype)
+        return sparse_spec(x, None, self.compute_dtype, same_rows=True)
 
 
 # -- global pooling -------------------------------------------------------------
@@ -51,7 +30,7 @@ class _GlobalPool(SparseLayer):
 
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs
-        features_shape, _ = _fields_spec(x)
+        features_shape, _ = fields_spec(x)
         return keras.KerasTensor((None, features_shape[-1]), dtype=self.compute_dtype)
 
 
@@ -86,10 +65,10 @@ class _Broadcast(SparseLayer):
         del args, kwargs
         channels = None
         if self.op == "concat":
-            c_x = _fields_spec(x)[0][-1]
+            c_x = fields_spec(x)[0][-1]
             c_g = g.shape[-1]
             channels = None if c_x is None or c_g is None else c_x + c_g
-        return _sparse_spec(x, channels, self.compute_dtype)
+        return sparse_spec(x, channels, self.compute_dtype, same_rows=True)
 
 
 @_register
@@ -160,7 +139,7 @@ class Dense(_FeatureLayer):
 
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs
-        return _sparse_spec(x, self.units, self.compute_dtype)
+        return sparse_spec(x, self.units, self.compute_dtype, same_rows=True)
 
     def get_config(self):
         config = super().get_config()
@@ -362,9 +341,9 @@ class Concat(SparseLayer):
 
     def compute_output_spec(self, inputs, *args, **kwargs):
         del args, kwargs
-        channels = [_fields_spec(x)[0][-1] for x in inputs]
+        channels = [fields_spec(x)[0][-1] for x in inputs]
         total = None if any(c is None for c in channels) else sum(channels)
-        return _sparse_spec(inputs[0], total, self.compute_dtype)
+        return sparse_spec(inputs[0], total, self.compute_dtype, same_rows=True)
 
 
 @_register
@@ -385,7 +364,7 @@ class ToDense(SparseLayer):
 
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs
-        features_shape, _ = _fields_spec(x)
+        features_shape, _ = fields_spec(x)
         return keras.KerasTensor((None,) + self.shape + (features_shape[-1],),
                                  dtype=self.compute_dtype)
 
@@ -416,4 +395,4 @@ class Prune(SparseLayer):
 
     def compute_output_spec(self, x, mask=None, *args, **kwargs):
         del mask, args, kwargs
-        return _sparse_spec(x, None, self.compute_dtype, same_rows=False)
+        return sparse_spec(x, None, self.compute_dtype, same_rows=False)

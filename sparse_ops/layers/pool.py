@@ -3,9 +3,8 @@
 import keras
 
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer
+from sparse_ops.layers.base import SparseLayer, sparse_spec
 from sparse_ops.layers.conv import _ints
-from sparse_ops.tensor import SparseTensor
 
 _register = keras.saving.register_keras_serializable(package="sparse_ops")
 
@@ -25,14 +24,7 @@ class _Pool(SparseLayer):
     def compute_output_spec(self, x, *args, **kwargs):
         """Output fields: features [N, C], coordinates [N, 1 + D], stride [D]."""
         del args, kwargs
-        if isinstance(x, (list, tuple)):
-            channels, cols = x[0].shape[-1], x[1].shape[1]
-        else:  # a sparse [B, *spatial, C] input
-            channels, cols = x.shape[-1], len(x.shape) - 1
-        return SparseTensor(
-            keras.KerasTensor((None, channels), dtype=self.compute_dtype),
-            keras.KerasTensor((None, cols), dtype="int32"),
-            keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"))
+        return sparse_spec(x, None, self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
