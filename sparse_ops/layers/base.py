@@ -45,8 +45,37 @@ def sparse_spec(x, channels, dtype, same_rows=False):
         keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"))
 
 
+_OPTION_MODULES = {"initializer": keras.initializers,
+                   "regularizer": keras.regularizers,
+                   "constraint": keras.constraints}
+
+
+def _option_module(key):
+    return _OPTION_MODULES[key.rsplit("_", 1)[1]]
+
+
 class SparseLayer(keras.layers.Layer):
     """Base of the layers: converts the input to a `SparseTensor`."""
+
+    def set_weight_options(self, **options):
+        """Stores `<weight>_initializer` / `_regularizer` / `_constraint`
+        arguments as Keras objects; `weight_options_config` serialises them."""
+        for key, value in options.items():
+            setattr(self, key, _option_module(key).get(value))
+        self._weight_option_keys = tuple(
+            getattr(self, "_weight_option_keys", ())) + tuple(options)
+
+    def weight_options_config(self):
+        return {key: _option_module(key).serialize(getattr(self, key))
+                for key in getattr(self, "_weight_option_keys", ())}
+
+    def input_channels(self, input_shape):
+        """(C, D) of the input at build time; C must be known."""
+        channels, dimension = channels_and_dimension(input_shape)
+        if channels is None:
+            raise ValueError(f"{self.name}: the number of input channels must be "
+                             "known when the layer is built")
+        return channels, dimension
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

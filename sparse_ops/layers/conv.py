@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from sparse_ops import geometry
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer, channels_and_dimension, sparse_spec
+from sparse_ops.layers.base import SparseLayer, sparse_spec
 from sparse_ops.tensor import SparseTensor, as_sparse
 
 
@@ -59,12 +59,13 @@ class _ConvBase(SparseLayer):
                              f"array of offsets [K, D], got {region!r}")
         self.region = region
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.set_weight_options(
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint)
 
     def _kernel_shape(self, channels, dimension):
         io = [self.filters, channels] if self.transposed else [channels, self.filters]
@@ -78,10 +79,7 @@ class _ConvBase(SparseLayer):
         return [k] + io
 
     def build(self, input_shape):
-        channels, dimension = channels_and_dimension(input_shape)
-        if channels is None:
-            raise ValueError(f"{self.name}: the number of input channels must be "
-                             "known when the layer is built")
+        channels, dimension = self.input_channels(input_shape)
         self.kernel = self.add_weight(
             name="kernel", shape=self._kernel_shape(channels, dimension),
             initializer=self.kernel_initializer,
@@ -111,13 +109,8 @@ class _ConvBase(SparseLayer):
             "dilation_rate": self.dilation_rate,
             "region": self.region,
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
         })
+        config.update(self.weight_options_config())
         return config
 
 

@@ -5,8 +5,7 @@ import keras
 import tensorflow as tf
 
 from sparse_ops import ops
-from sparse_ops.layers.base import (SparseLayer, channels_and_dimension, fields_spec,
-                                    sparse_spec)
+from sparse_ops.layers.base import SparseLayer, fields_spec, sparse_spec
 from sparse_ops.tensor import SparseTensor, as_sparse
 
 _register = keras.saving.register_keras_serializable(package="sparse_ops")
@@ -106,18 +105,16 @@ class Dense(_FeatureLayer):
         self.units = int(units)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.set_weight_options(
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint)
 
     def build(self, input_shape):
-        channels, _ = channels_and_dimension(input_shape)
-        if channels is None:
-            raise ValueError(f"{self.name}: the number of input channels must be "
-                             "known when the layer is built")
+        channels, _ = self.input_channels(input_shape)
         self.kernel = self.add_weight(
             name="kernel", shape=[channels, self.units],
             initializer=self.kernel_initializer,
@@ -147,13 +144,8 @@ class Dense(_FeatureLayer):
             "units": self.units,
             "activation": keras.activations.serialize(self.activation),
             "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-            "kernel_constraint": keras.constraints.serialize(self.kernel_constraint),
-            "bias_constraint": keras.constraints.serialize(self.bias_constraint),
         })
+        config.update(self.weight_options_config())
         return config
 
 
@@ -235,10 +227,7 @@ class BatchNorm(_FeatureLayer):
             dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        channels, _ = channels_and_dimension(input_shape)
-        if channels is None:
-            raise ValueError(f"{self.name}: the number of input channels must be "
-                             "known when the layer is built")
+        channels, _ = self.input_channels(input_shape)
         self.bn.build((None, channels))
 
     def call(self, x, training=False):
@@ -265,18 +254,16 @@ class InstanceNorm(_FeatureLayer):
         self.epsilon = float(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
-        self.beta_initializer = keras.initializers.get(beta_initializer)
-        self.gamma_initializer = keras.initializers.get(gamma_initializer)
-        self.beta_regularizer = keras.regularizers.get(beta_regularizer)
-        self.gamma_regularizer = keras.regularizers.get(gamma_regularizer)
-        self.beta_constraint = keras.constraints.get(beta_constraint)
-        self.gamma_constraint = keras.constraints.get(gamma_constraint)
+        self.set_weight_options(
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint)
 
     def build(self, input_shape):
-        channels, _ = channels_and_dimension(input_shape)
-        if channels is None:
-            raise ValueError(f"{self.name}: the number of input channels must be "
-                             "known when the layer is built")
+        channels, _ = self.input_channels(input_shape)
         self.gamma = self.add_weight(
             name="gamma", shape=[channels], initializer=self.gamma_initializer,
             regularizer=self.gamma_regularizer,
@@ -296,13 +283,8 @@ class InstanceNorm(_FeatureLayer):
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,
-            "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-            "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
-            "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-            "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
-            "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-            "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
         })
+        config.update(self.weight_options_config())
         return config
 
 
