@@ -127,6 +127,14 @@ def test_value_and_abs_differ_on_negative_values(impl):
     np.testing.assert_array_equal(f, [[-9.0]])
 
 
+def test_signed_zeros_tie(impl):
+    # -0 and +0 are equal keys: the lower row wins either way round.
+    coords = np.array([[0, 0], [0, 1], [0, 2]], np.int32)
+    for features in ([[-0.0], [0.0], [-1.0]], [[0.0], [-0.0], [-1.0]]):
+        _, c, _ = run(np.array(features, np.float32), coords, k=1)
+        np.testing.assert_array_equal(c, [[0, 0]])
+
+
 def test_per_site_keeps_whole_sites(impl):
     coords = np.array([[0, 0], [0, 1], [0, 2], [1, 0]], np.int32)
     features = np.array([[3, 0], [1, 1], [0, -4], [0.5, 0]], np.float32)
@@ -172,17 +180,23 @@ def test_bound_k_times_channels_per_batch_item(impl, rng):
 
 
 def test_nan_ranks_as_minus_infinity(impl):
-    # NaN ties with -inf (the lower row wins) and loses to every number.
+    # NaN ties with -inf (the lower row wins) and loses to every number, by
+    # value and by magnitude alike.
     coords = np.array([[0, 0], [0, 1], [0, 2]], np.int32)
     for first, second in ((np.nan, -np.inf), (-np.inf, np.nan)):
         features = np.array([[first], [second], [-7.0]], np.float32)
         _, c, _ = run(features, coords, k=2)
         np.testing.assert_array_equal(c, [[0, 0], [0, 2]])
+        _, c, _ = run(features, coords, k=1, mode="abs")
+        np.testing.assert_array_equal(c, coords[np.isneginf(features[:, 0])])
         # Per site the -inf site has norm inf; the NaN site's norm is NaN.
         _, c, _ = run(features, coords, k=1, per="site")
         np.testing.assert_array_equal(c, coords[np.isneginf(features[:, 0])])
     f, c, _ = run(features, coords, k=3)
     assert c.shape == (3, 2) and np.isnan(f[1, 0])
+    _, c, _ = run(np.array([[np.nan], [0.0], [-0.0]], np.float32), coords, k=1,
+                  mode="abs")
+    np.testing.assert_array_equal(c, [[0, 1]])
 
 
 def test_empty_and_one_site(impl):
@@ -301,7 +315,7 @@ def test_gradient_reaches_only_kept_entries(impl, rng):
         f = tf.constant(features)
         tape.watch(f)
         value = loss(f)
-    grad = tape.gradient(value, f).numpy()
+    grad = tf.convert_to_tensor(tape.gradient(value, f)).numpy()
     np.testing.assert_array_equal(grad, np.where(keep, weights.numpy(), 0.0))
 
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <utility>
@@ -13,34 +14,57 @@ namespace {
 // Fixed blocks, whatever the thread count.
 constexpr int64_t kRowBlock = 4096;
 // 16 channels: one cache line of floats per site, so that one pass over a
-// group's sites fills the candidates of 16 channels.
+// group's sites reads the keys of 16 channels.
 constexpr int64_t kChannelBlock = 16;
+// Radix pre-selection: a histogram of the top kBucketBits bits of the keys
+// finds the bucket holding the k-th best key; only that bucket needs
+// nth_element.
+constexpr int kBucketBits = 11;
+constexpr int64_t kBuckets = int64_t{1} << kBucketBits;
 
 int64_t NumBlocks(int64_t n, int64_t block) { return (n + block - 1) / block; }
 
-// A candidate: its key and its row. Better = larger key, then lower row: a
-// total order, since rows are distinct and keys are never NaN.
+// Keys as unsigned integers in the same order: a float's bits with the sign
+// bit set for positives and all bits flipped for negatives.
+template <typename T> struct Unsigned;
+template <> struct Unsigned<float> { using type = uint32_t; };
+template <> struct Unsigned<double> { using type = uint64_t; };
+
+// The ranking key of a value: by value or magnitude; NaN ranks as -inf, and
+// + 0 turns -0 into +0 so that equal keys have equal bits.
 template <typename T>
+typename Unsigned<T>::type Key(T v, AttentionMode mode) {
+  using U = typename Unsigned<T>::type;
+  v = (mode == AttentionMode::kAbs ? std::abs(v) : v) + T(0);
+  if (std::isnan(v)) v = -std::numeric_limits<T>::infinity();
+  U u;
+  std::memcpy(&u, &v, sizeof(u));
+  constexpr U kSign = U{1} << (8 * sizeof(U) - 1);
+  return (u & kSign) ? ~u : (u | kSign);
+}
+
+template <typename U>
+int64_t Bucket(U key) {
+  return static_cast<int64_t>(key >> (8 * sizeof(U) - kBucketBits));
+}
+
+// A candidate: its key and its row. Better = larger key, then lower row: a
+// total order, since rows are distinct.
+template <typename U>
 struct Candidate {
-  T key;
+  U key;
   int32_t row;
 };
 
-template <typename T>
-bool Better(const Candidate<T>& a, const Candidate<T>& b) {
+template <typename U>
+bool Better(const Candidate<U>& a, const Candidate<U>& b) {
   return a.key > b.key || (a.key == b.key && a.row < b.row);
 }
 
-template <typename T>
-T Key(T v, AttentionMode mode) {
-  if (std::isnan(v)) return -std::numeric_limits<T>::infinity();
-  return mode == AttentionMode::kAbs ? std::abs(v) : v;
-}
-
-// Moves the k best candidates to the front of [first, last); k < size.
-template <typename T>
-void SelectBest(Candidate<T>* first, Candidate<T>* last, int64_t k) {
-  std::nth_element(first, first + (k - 1), last, Better<T>);
+// Moves the k best candidates to the front of [first, last); 0 < k < size.
+template <typename U>
+void SelectBest(Candidate<U>* first, Candidate<U>* last, int64_t k) {
+  std::nth_element(first, first + (k - 1), last, Better<U>);
 }
 
 }  // namespace
@@ -97,10 +121,11 @@ void AttentionKeep(const T* features, int64_t n, int64_t channels,
   const int64_t num_groups = groups.num_groups();
   const int32_t* rows = groups.rows.data();
   const int64_t avg = std::max<int64_t>(1, n / num_groups);
+  using U = typename Unsigned<T>::type;
 
   if (per == AttentionPer::kSite) {
     parallel_for(num_groups, avg * (C + 20), [&](int64_t begin, int64_t end) {
-      std::vector<Candidate<T>> cand;
+      std::vector<Candidate<U>> cand;
       for (int64_t g = begin; g < end; ++g) {
         const int32_t* r = rows + groups.starts[g];
         const int64_t size = groups.starts[g + 1] - groups.starts[g];
@@ -125,11 +150,16 @@ void AttentionKeep(const T* features, int64_t n, int64_t channels,
     return;
   }
 
-  // One unit = one group and one block of channels.
+  // One unit = one group and one block of channels. Per channel: a
+  // histogram of the keys' top bits; the entries in buckets above the one
+  // holding the k-th best are kept, and nth_element picks the rest from that
+  // bucket alone.
   const int64_t blocks = NumBlocks(C, kChannelBlock);
-  parallel_for(num_groups * blocks, avg * kChannelBlock * 30,
+  parallel_for(num_groups * blocks, avg * kChannelBlock * 20,
                [&](int64_t begin, int64_t end) {
-    std::vector<Candidate<T>> cand;
+    std::vector<U> keys;
+    std::vector<int64_t> hist;
+    std::vector<Candidate<U>> cand;
     for (int64_t u = begin; u < end; ++u) {
       const int64_t g = u / blocks;
       const int64_t c_lo = (u % blocks) * kChannelBlock;
@@ -143,20 +173,37 @@ void AttentionKeep(const T* features, int64_t n, int64_t channels,
         }
         continue;
       }
-      // Channel-major candidates: one pass over the sites fills them all.
-      cand.resize(width * size);
+      // One pass over the sites: channel-major keys and histograms.
+      keys.resize(width * size);
+      hist.assign(width * kBuckets, 0);
       for (int64_t j = 0; j < size; ++j) {
         const T* f = features + int64_t{r[j]} * C + c_lo;
         for (int64_t c = 0; c < width; ++c) {
-          cand[c * size + j] = {Key(f[c], mode), r[j]};
+          const U key = Key(f[c], mode);
+          keys[c * size + j] = key;
+          ++hist[c * kBuckets + Bucket(key)];
         }
       }
       for (int64_t c = 0; c < width; ++c) {
-        Candidate<T>* first = cand.data() + c * size;
-        SelectBest(first, first + size, k);
-        for (int64_t j = 0; j < k; ++j) {
-          keep[int64_t{first[j].row} * C + c_lo + c] = true;
+        const int64_t* h = hist.data() + c * kBuckets;
+        int64_t bucket = kBuckets - 1, above = 0;
+        while (above + h[bucket] < k) above += h[bucket--];
+        const U* key = keys.data() + c * size;
+        bool* dst = keep + c_lo + c;
+        cand.clear();
+        for (int64_t j = 0; j < size; ++j) {
+          const int64_t b = Bucket(key[j]);
+          if (b > bucket) {
+            dst[int64_t{r[j]} * C] = true;
+          } else if (b == bucket) {
+            cand.push_back({key[j], r[j]});
+          }
         }
+        const int64_t need = k - above;  // 0 < need <= cand.size()
+        if (need < static_cast<int64_t>(cand.size())) {
+          SelectBest(cand.data(), cand.data() + cand.size(), need);
+        }
+        for (int64_t j = 0; j < need; ++j) dst[int64_t{cand[j].row} * C] = true;
       }
     }
   });

@@ -2,10 +2,12 @@
 // per batch item and channel keep the k strongest responses, or per batch
 // item the k sites of largest L2 norm.
 //
-// Selection is O(n) per (batch item, channel) with std::nth_element under a
-// total order (key descending, row ascending), so ties go to the lower row
-// and the result is deterministic whatever the thread count. NaN keys rank
-// as -inf (a strict order is what keeps nth_element in bounds).
+// Selection is O(n) per (batch item, channel): a histogram of the keys' top
+// bits finds the bucket holding the k-th best key, and std::nth_element
+// under a total order (key descending, row ascending) picks within that
+// bucket. Ties go to the lower row and the result is deterministic whatever
+// the thread count. NaN keys rank as -inf, and -0 as +0 (a strict order is
+// also what keeps nth_element in bounds).
 #ifndef SPARSE_OPS_KERNELS_CORE_ATTENTION_H_
 #define SPARSE_OPS_KERNELS_CORE_ATTENTION_H_
 

@@ -126,6 +126,8 @@ def attention(x, k=None, density=None, spatial_shape=None, mode="value",
     features = _rows_match(x)
     use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
     keep, rows = _keep(features, x.coordinates, k, mode, per, use_reference)
-    features = tf.where(keep, features, tf.zeros_like(features))
-    return SparseTensor(tf.gather(features, rows), tf.gather(x.coordinates, rows),
-                        x.stride_tensor)
+    # Gather the surviving sites first: the masking then touches k * C rows
+    # at most per batch item, not N.
+    features = tf.gather(features, rows)
+    features = tf.where(tf.gather(keep, rows), features, tf.zeros_like(features))
+    return SparseTensor(features, tf.gather(x.coordinates, rows), x.stride_tensor)
