@@ -162,8 +162,7 @@ def _features_of(op, args):
 
 @pytest.mark.parametrize("op,args", [
     ("max_pool", (2, 2)), ("max_pool", (3, 1)), ("avg_pool", (3, 2)),
-    ("avg_pool", (2, 2)), ("sum_pool", (2, 1)), ("sum_pool", (3, 2)),
-    ("unpool", (3, 1)), ("unpool", (2, 2)), ("global_pool", ("max",)),
+    ("sum_pool", (2, 1)), ("unpool", (3, 1)), ("unpool", (2, 2)), ("global_pool", ("max",)),
     ("global_pool", ("avg",)), ("global_pool", ("sum",))])
 def test_gradients(impl, rng, op, args):
     # Unpooling has many outputs per input: a smaller input keeps the
@@ -397,9 +396,9 @@ tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
 import sparse_ops as so
 so.config.set_implementation("custom")
 rng = np.random.default_rng(0)
-sites = np.unique(rng.integers(-20, 20, (9000, 4)) % [2, 99, 99, 99], axis=0)
+sites = np.unique(rng.integers(-20, 20, (6000, 4)) % [2, 99, 99, 99], axis=0)
 coords = tf.constant(sites.astype(np.int32))
-features = tf.Variable(rng.normal(size=(len(sites), 24)).astype(np.float32))
+features = tf.Variable(rng.normal(size=(len(sites), 16)).astype(np.float32))
 digest = hashlib.sha256()
 calls = [(so.ops.max_pool, (2, 2)), (so.ops.avg_pool, (3, 2)), (so.ops.sum_pool, (3, 1)),
          (so.ops.global_pool, ("max",)), (so.ops.global_pool, ("avg",)),
@@ -418,12 +417,16 @@ print("@@" + digest.hexdigest())
 
 @pytest.mark.skipif(not HAVE_LIBRARY, reason="op library not built")
 def test_bitwise_deterministic_across_thread_counts():
+    # One inline thread against a pool of 5: different shards, same bits.
+    procs = [subprocess.Popen([sys.executable, "-c", DETERMINISM_CHILD, str(threads)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for threads in (1, 5)]
     digests = set()
-    for threads in (1, 2, 5):
-        proc = subprocess.run([sys.executable, "-c", DETERMINISM_CHILD, str(threads)],
-                              capture_output=True, text=True, timeout=300, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        digests.add(proc.stdout.strip().splitlines()[-1])
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert out.strip().splitlines()[-1].startswith("@@"), out
+        digests.add(out.strip().splitlines()[-1])
     assert len(digests) == 1, digests
 
 
