@@ -9,7 +9,8 @@ kernel map ("incl. map": the cache is cleared first) and with them cached
 of the same geometry 64 -> 64 (and the generative `conv_transpose` for
 unpooling). Global max / avg / sum pooling (no map). Reference: the
 submanifold 3x3x3 conv 64 -> 64 incl. its map (the core issue's convolution).
-All in one run, so the ratios hold under the machine's load of the moment.
+All in one run, measured round robin (each measure once per round), so the
+ratios hold under the machine's load of the moment.
 
     python python/benchmarks/pool_benchmark.py [--repeats 7] [--json out.json]
 """
@@ -17,7 +18,9 @@ All in one run, so the ratios hold under the machine's load of the moment.
 import argparse
 import json
 import os
+import statistics
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -27,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sparse_ops as so  # noqa: E402
 from sparse_ops.ops import cache  # noqa: E402
-from conv_benchmark import sphere_shell, timed  # noqa: E402
+from conv_benchmark import sphere_shell  # noqa: E402
 
 
 def forward_backward(fn, features):
@@ -70,25 +73,23 @@ def main():
         return so.SparseTensor(f, coords)
 
     results = {"sites": n, "channels": ch, "threads": os.cpu_count()}
-    rows = []
+    measures = {}
 
     def measure(name, fn):
-        median, best = timed(fn, args.repeats)
-        results[name] = round(median, 2)
-        results[name.replace("_ms", "_best_ms")] = round(best, 2)
-        rows.append(name)
-        print(f"{name:42s} {median:8.1f} ms  (best {best:7.1f})", flush=True)
+        measures[name] = fn
 
     measure("subm_conv3_incl_map_ms", uncached(lambda: so.ops.conv(site(features), k3).features))
     measure("subm_conv3_fwd_bwd_incl_map_ms", uncached(forward_backward(
         lambda f: so.ops.conv(site(f), k3).features, features)))
 
+    alive = []
     for pool in (2, 3):
         kp = kernel(pool)
         tag = f"p{pool}s2"
         conv = lambda f, kp=kp: so.ops.conv(site(f), kp, strides=2).features  # noqa: E731
         # Keep the pooled coordinates alive, so "map cached" finds them.
         keep = so.ops.sum_pool(site(features), pool, 2)
+        alive.append(keep)
         coarse = so.SparseTensor(tf.constant(rng.standard_normal(keep.features.shape),
                                              tf.float32), keep.coordinates, stride=2)
         results[f"{tag}_out_sites"] = int(keep.coordinates.shape[0])
@@ -110,8 +111,10 @@ def main():
             so.SparseTensor(f, coarse.coordinates, 2), kp, strides=2, generative=True).features
         up = lambda f, pool=pool: so.ops.unpool(  # noqa: E731
             so.SparseTensor(f, coarse.coordinates, 2), pool, 2).features
-        keep_up = up(coarse.features)  # noqa: F841 (keeps the fine sites cached)
+        alive.append(up(coarse.features))  # keeps the fine sites cached
         measure(f"{tag}_conv_transpose_incl_map_ms", uncached(lambda ct=ct: ct(coarse.features)))
+        measure(f"{tag}_conv_transpose_fwd_bwd_incl_map_ms",
+                uncached(forward_backward(ct, coarse.features)))
         measure(f"{tag}_unpool_incl_map_ms", uncached(lambda up=up: up(coarse.features)))
         measure(f"{tag}_unpool_map_cached_ms", lambda up=up: up(coarse.features))
         measure(f"{tag}_unpool_fwd_bwd_incl_map_ms",
@@ -123,25 +126,39 @@ def main():
         measure(f"global_{mode}_pool_ms", lambda fn=fn: fn(features))
         measure(f"global_{mode}_pool_fwd_bwd_ms", forward_backward(fn, features))
 
+    # Round robin: every measure once per round, so that the machine's load
+    # of the moment weighs on all of them alike (medians over the rounds).
+    for fn in measures.values():
+        fn()  # warm-up
+    times = {name: [] for name in measures}
+    for _ in range(args.repeats):
+        for name, fn in measures.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    for name, t in times.items():
+        results[name] = round(statistics.median(t), 2)
+        results[name.replace("_ms", "_best_ms")] = round(min(t), 2)
+        print(f"{name:44s} {results[name]:8.1f} ms  (best {min(t):7.1f})")
+
     # Ratios: every pooling op against the strided conv of its geometry
-    # incl. map (the target: <= 1.1), and against the submanifold conv.
-    print("\nratios (pool op / same-geometry strided conv incl. map; / submanifold conv)")
-    subm = results["subm_conv3_incl_map_ms"]
+    # incl. map (the target: <= 1.1), unpooling also against the generative
+    # transposed conv of its geometry, and all against the submanifold conv.
+    print("\nratios: pool op / same-geometry conv incl. map (strided conv; for "
+          "unpool also conv_transpose), / submanifold conv")
     ratios = {}
-    for name in rows:
+    for name in measures:
         if "conv" in name:
             continue
         tag = name.split("_")[0]
-        ref_name = ("p2s2" if tag == "global" else tag) + "_conv_incl_map_ms"
-        if "fwd_bwd" in name:
-            ref_name = ref_name.replace("conv_incl", "conv_fwd_bwd_incl")
-            sub = results["subm_conv3_fwd_bwd_incl_map_ms"]
-        else:
-            sub = subm
-        ratios[name] = (round(results[name] / results[ref_name], 3),
-                        round(results[name] / sub, 3))
-        print(f"{name:42s} {ratios[name][0]:6.2f} x {ref_name:34s} "
-              f"{ratios[name][1]:6.3f} x subm conv")
+        kind = "conv_fwd_bwd_incl_map_ms" if "fwd_bwd" in name else "conv_incl_map_ms"
+        refs = [("p2s2" if tag == "global" else tag) + "_" + kind]
+        if "unpool" in name:
+            refs.append(tag + "_" + kind.replace("conv_", "conv_transpose_"))
+        refs.append("subm_" + kind.replace("conv_", "conv3_"))
+        ratios[name] = {ref: round(results[name] / results[ref], 3) for ref in refs}
+        print(f"{name:44s} " + "  ".join(f"{r:5.2f} x {ref.replace('_ms', '')}"
+                                          for ref, r in ratios[name].items()))
     results["ratios"] = ratios
     if args.json:
         with open(args.json, "w") as f:
