@@ -599,6 +599,134 @@ add("raw_conv/graph_mode_rank_errors_at_trace", """
     f.get_concrete_function(tf.TensorSpec([3], tf.float32))
 """, Raises(r"rank|shape", ("ValueError", "InvalidArgumentError")), impls=("raw",))
 
+# == raw pooling ops: garbage kernel maps and batch indices =====================
+
+# The map ops of pooling on the valid map GOOD (3 input rows, 2 output rows).
+RAW_POOL = """
+def raw_pool(op, average=False, **over):
+    a = _args(over)
+    if op == "max_pool":
+        return lib.sparse_ops_max_pool(_f(a["features"]), *_map_args(a), _i64(a["n_out"]))[0]
+    if op == "sum_pool":
+        return lib.sparse_ops_sum_pool(_f(a["features"]), *_map_args(a), _i64(a["n_out"]),
+                                       average=average)
+    return lib.sparse_ops_sum_pool_transpose(_f(a["grad"]), *_map_args(a), _i64(a["n_in"]),
+                                             average=average)
+"""
+POOL_GARBAGE = {
+    "in_row_too_large": "in_rows=[0, 1, 3]",
+    "in_row_negative": "in_rows=[0, -1, 2]",
+    "in_row_int32_min": "in_rows=[0, I32MIN, 2]",
+    "out_row_too_large": "out_rows=[0, 2, 0]",
+    "out_row_negative": "out_rows=[-1, 1, 0]",
+    "out_rows_not_increasing": "out_rows=[1, 0, 0]",
+    "splits_not_monotone": "splits=[0, 4, 3]",
+    "splits_not_starting_at_0": "splits=[1, 2, 3]",
+    "splits_end_beyond_pairs": "splits=[0, 2, 5]",
+    "splits_huge": "splits=[0, 2**40, 3]",
+    "splits_empty": "splits=np.zeros([0], np.int64)",
+    "rows_length_mismatch": "in_rows=[0, 1]",
+    "rows_rank2": "in_rows=[[0, 1, 2]], out_rows=[[0, 1, 0]]",
+    "num_out_rows_negative": "n_out=-1",
+    "num_out_rows_huge": "n_out=2**40",
+    "num_in_rows_negative": "n_in=-1",
+    "num_in_rows_too_small": "n_in=2",
+    "features_rank1": "features=np.ones([3]), grad=np.ones([2])",
+    "features_int": "features=tf.ones([3, 2], tf.int32), grad=tf.ones([2, 4], tf.int32)",
+}
+for op in ("max_pool", "sum_pool", "sum_pool_transpose"):
+    for average in ((False,) if op == "max_pool" else (False, True)):
+        for label, over_src in POOL_GARBAGE.items():
+            takes = "n_in" if op == "sum_pool_transpose" else "n_out"
+            if over_src.startswith(("n_in", "n_out")) and not over_src.startswith(takes):
+                continue  # a row count the op does not take
+            add(f"raw_{op}{'_avg' if average else ''}/{label}", RAW_POOL + f"""
+raw_pool({op!r}, {average}, {over_src}).numpy()
+""", Raises(r"kernel map|offset_splits|in_rows|out_rows|num_out_rows|num_in_rows|"
+            r"features must|rank|shape|expected to be a|allowed values"),
+                impls=("raw",))
+    add(f"raw_{op}/valid_map_sanity", RAW_POOL + f"""
+f = np.arange(6.0).reshape(3, 2)
+g = np.arange(8.0).reshape(2, 4) - 3
+pairs = [(0, 0), (1, 1), (2, 0)]  # (in, out)
+count = {{0: 2, 1: 1}}
+for average in (False, True):
+    got = raw_pool({op!r}, average, features=f, grad=g).numpy()
+    if {op!r} == "max_pool":
+        want = np.array([np.maximum(f[0], f[2]), f[1]])
+    elif {op!r} == "sum_pool":
+        want = np.zeros([2, 2])
+        for i, o in pairs:
+            want[o] += f[i] / (count[o] if average else 1)
+    else:
+        want = np.zeros([3, 4])
+        for i, o in pairs:
+            want[i] += g[o] / (count[o] if average else 1)
+    np.testing.assert_allclose(got, want)
+""", OK, impls=("raw",))
+    add(f"raw_{op}/empty_everything", RAW_POOL + f"""
+out = raw_pool({op!r}, features=np.zeros([0, 2]), grad=np.zeros([0, 4]), splits=[0, 0, 0],
+               in_rows=[], out_rows=[], n_out=0, n_in=0).numpy()
+assert out.shape == ((0, 4) if {op!r} == "sum_pool_transpose" else (0, 2)), out.shape
+""", OK, impls=("raw",))
+add("raw_sum_pool_transpose/repeated_in_row_within_offset", RAW_POOL + """
+raw_pool("sum_pool_transpose", in_rows=[0, 0, 2]).numpy()
+""", Raises(r"kernel map"), impls=("raw",))
+add("raw_sum_pool_transpose/empty_map_with_rows", RAW_POOL + """
+out = raw_pool("sum_pool_transpose", True, grad=np.ones([2, 4]), splits=[0, 0, 0],
+               in_rows=[], out_rows=[]).numpy()
+np.testing.assert_array_equal(out, np.zeros([3, 4]))
+""", OK, impls=("raw",))
+
+RAW_GLOBAL = """
+def raw_global(op, features=np.ones([3, 2]), batch=(0, 1, 1), num=2, average=False):
+    f = features if isinstance(features, tf.Tensor) else tf.constant(features, tf.float32)
+    b = batch if isinstance(batch, tf.Tensor) else tf.constant(np.asarray(batch, np.int32))
+    n = num if isinstance(num, tf.Tensor) else tf.constant(num, tf.int64)
+    if op == "max":
+        return lib.sparse_ops_global_max_pool(f, b, n)[0]
+    if op == "sum":
+        return lib.sparse_ops_global_sum_pool(f, b, n, average=average)
+    return lib.sparse_ops_global_sum_pool_grad(f, b, average=average)  # f: [B, C]
+"""
+GLOBAL_GARBAGE = {
+    "batch_too_large": "batch=[0, 1, 2]",
+    "batch_negative": "batch=[0, -1, 1]",
+    "batch_int32_min": "batch=[0, I32MIN, 1]",
+    "batch_int32_max": "batch=[I32MAX, 0, 1]",
+    "batch_too_short": "batch=[0, 1]",
+    "batch_rank2": "batch=[[0, 1, 1]]",
+    "batch_int64": "batch=tf.constant([0, 1, 1], tf.int64)",
+    "num_batches_negative": "num=-1",
+    "num_batches_huge": "num=2**40",
+    "num_batches_vector": "num=[2]",
+    "features_rank1": "features=np.ones([3])",
+    "zero_channels_bad_batch": "features=np.ones([3, 0]), batch=[0, 5, 1]",
+}
+for op in ("max", "sum", "grad"):
+    for label, over_src in GLOBAL_GARBAGE.items():
+        if op == "grad" and label.startswith(("num_batches", "batch_too_short")):
+            continue  # the gradient takes B from grad_output and N from batch_index
+        if op == "grad":
+            over_src = over_src.replace("np.ones([3, 0])", "np.ones([2, 0])")
+            over_src = over_src if "features" in over_src else over_src + ", features=np.ones([2, 2])"
+        add(f"raw_global_{op}_pool/{label}", RAW_GLOBAL + f"""
+raw_global({op!r}, {over_src}).numpy()
+""", Raises(r"batch|num_batches|features must|grad_output must|rank|shape|"
+            r"expected to be a|allowed values"), impls=("raw",))
+add("raw_global_pool/valid_and_empty", RAW_GLOBAL + """
+f = np.array([[1.0, -2.0], [3.0, 4.0], [-5.0, 6.0]])
+np.testing.assert_allclose(raw_global("max", f, (1, 0, 1), 3), [[3, 4], [1, 6], [0, 0]])
+np.testing.assert_allclose(raw_global("sum", f, (1, 0, 1), 3, True), [[3, 4], [-2, 2], [0, 0]])
+np.testing.assert_allclose(raw_global("grad", f[:2], (1, 1, 0), average=True),
+                           [[1.5, 2], [1.5, 2], [1, -2]])
+for op in ("max", "sum"):
+    assert raw_global(op, np.zeros([0, 2]), (), 0).shape == (0, 2)
+    np.testing.assert_array_equal(raw_global(op, np.zeros([0, 2]), (), 2), np.zeros([2, 2]))
+    assert raw_global(op, np.zeros([3, 0]), (0, 1, 1), 2).shape == (2, 0)
+assert raw_global("grad", np.zeros([0, 2]), ()).shape == (0, 2)
+""", OK, impls=("raw",))
+
 RAW_KM_BAD = {
     "in_rank1": ("in_c=i32([0, 1, 2])", r"in_coordinates|rank|shape"),
     "in_zero_columns": ("in_c=tf.zeros([4, 0], tf.int32)",

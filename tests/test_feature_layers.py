@@ -49,7 +49,7 @@ _POOLS = {"max": so.layers.GlobalMaxPool, "avg": so.layers.GlobalAvgPool,
 
 
 @pytest.mark.parametrize("mode", sorted(_POOLS))
-def test_global_pool_matches_numpy_with_empty_item(rng, mode):
+def test_global_pool_matches_numpy_with_empty_item(impl, rng, mode):
     x = _with_empty_item(rng)
     assert set(x.coordinates.numpy()[:, 0]) == {0, 2}
     expected = _np_global(x, mode, batch=3)
@@ -61,7 +61,7 @@ def test_global_pool_matches_numpy_with_empty_item(rng, mode):
 
 
 @pytest.mark.parametrize("mode", sorted(_POOLS))
-def test_global_pool_3d_and_negative_features(rng, mode):
+def test_global_pool_3d_and_negative_features(impl, rng, mode):
     x, _ = random_sparse(rng, (3, 4, 3), 5, batch=2, density=0.5)
     x = x.with_features(-tf.abs(x.features))  # max of negatives is not clipped at 0
     y = so.ops.global_pool(x, mode)
@@ -74,14 +74,14 @@ def test_global_pool_bad_mode(rng):
         so.ops.global_pool(x, "min")
 
 
-def test_global_pool_no_sites():
+def test_global_pool_no_sites(impl):
     x = so.SparseTensor(np.zeros((0, C), np.float32), np.zeros((0, 3), np.int32))
     for mode in _POOLS:
         assert so.ops.global_pool(x, mode).shape == (0, C)
 
 
 @pytest.mark.parametrize("mode", sorted(_POOLS))
-def test_global_pool_gradient(rng, mode):
+def test_global_pool_gradient(impl, rng, mode):
     x = _with_empty_item(rng, dtype=np.float64, spatial=(4, 4))
     coords = x.coordinates
 

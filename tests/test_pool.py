@@ -152,18 +152,29 @@ def _distinct_input(rng, shape=(5, 5), channels=2):
     return so.SparseTensor(values, x.coordinates)
 
 
+def _features_of(op, args):
+    """features -> the op's output features (global pools: the dense [B, C])."""
+    fn = getattr(so.ops, op)
+    if op == "global_pool":
+        return lambda x: fn(x, *args)
+    return lambda x: fn(x, *args).features
+
+
 @pytest.mark.parametrize("op,args", [
     ("max_pool", (2, 2)), ("max_pool", (3, 1)), ("avg_pool", (3, 2)),
-    ("sum_pool", (2, 1)), ("unpool", (3, 1))])
+    ("sum_pool", (2, 1)), ("unpool", (3, 1)), ("unpool", (2, 2)), ("global_pool", ("max",)),
+    ("global_pool", ("avg",)), ("global_pool", ("sum",))])
 def test_gradients(impl, rng, op, args):
     # Unpooling has many outputs per input: a smaller input keeps the
     # Jacobian (one backward pass per output entry) quick.
     x = _distinct_input(rng, (3, 3) if op == "unpool" else (5, 5))
-    fn = getattr(so.ops, op)
+    if op == "unpool":  # a coarse input of stride 2
+        x = so.SparseTensor(x.features, x.coordinates * [1, 2, 2], stride=2)
+    fn = _features_of(op, args)
 
     @tf.function
     def f(features):
-        return fn(so.SparseTensor(features, x.coordinates), *args).features
+        return fn(so.SparseTensor(features, x.coordinates, x.stride_tensor))
 
     theoretical, numerical = tf.test.compute_gradient(f, [x.features])
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-6, atol=1e-6)
@@ -190,18 +201,24 @@ def test_max_pool_grad_second_order(rng):
 @pytest.mark.skipif(not HAVE_LIBRARY, reason="op library not built")
 @pytest.mark.parametrize("op,args", [
     ("max_pool", (2, 2)), ("max_pool", (3, 1)), ("max_pool", (3, 2)),
-    ("avg_pool", (3, 2)), ("sum_pool", (2, 2)), ("unpool", (2, 1))])
+    ("avg_pool", (3, 2)), ("avg_pool", (2, 1)), ("sum_pool", (2, 2)),
+    ("sum_pool", (3, 2)), ("unpool", (2, 1)), ("unpool", (3, 2)),
+    ("global_pool", ("max",)), ("global_pool", ("avg",)), ("global_pool", ("sum",))])
 def test_custom_matches_reference(rng, op, args):
     x = _distinct_input(rng, (7, 7, 7), 5)
-    fn = getattr(so.ops, op)
+    if op == "unpool":
+        x = so.SparseTensor(x.features, x.coordinates * [1, 2, 2, 2], stride=2)
     results = {}
     for name in ("custom", "reference"):
         with so.config.implementation(name):
             features = tf.Variable(x.features)
             with tf.GradientTape() as tape:
-                y = fn(so.SparseTensor(features, x.coordinates), *args)
-                loss = tf.reduce_sum(y.features * tf.sin(y.features))
-            results[name] = (y.coordinates.numpy(), y.features.numpy(),
+                out = getattr(so.ops, op)(
+                    so.SparseTensor(features, x.coordinates, x.stride_tensor), *args)
+                y = out if op == "global_pool" else out.features
+                loss = tf.reduce_sum(y * tf.sin(y))
+            coords = None if op == "global_pool" else out.coordinates.numpy()
+            results[name] = (coords, y.numpy(),
                              tf.convert_to_tensor(tape.gradient(loss, features)).numpy())
     (c_a, f_a, g_a), (c_b, f_b, g_b) = results["custom"], results["reference"]
     np.testing.assert_array_equal(c_a, c_b)
@@ -237,6 +254,180 @@ def test_max_pool_deterministic_with_ties(rng):
             first.setdefault(int(out_rows[p]), int(in_rows[p]))
     expected = np.array([first[o] for o in range(x.features.shape[0])])
     np.testing.assert_array_equal(argmax.numpy(), np.repeat(expected[:, None], 4, 1))
+
+
+def _brute_pool(x, pool, stride, mode):
+    """{output site: max / mean / sum over the active input sites of its
+    window} by dict lookups (numpy; handles any coordinates)."""
+    c = np.asarray(x.coordinates).astype(np.int64)
+    f = np.asarray(x.features, np.float64)
+    d = c.shape[1] - 1
+    t = np.array(as_tuple(x.stride, d), np.int64)
+    table = {tuple(r): v for r, v in zip(c.tolist(), f)}
+    reduce = {"max": np.max, "avg": np.mean, "sum": np.sum}[mode]
+    out = {}
+    for site in strided_sites(c, t * np.array(as_tuple(stride, d))):
+        window = [(site[0],) + tuple(int(v) for v in np.array(site[1:]) + off * t)
+                  for off in same_offsets(pool, 1, stride, d)]
+        values = [table[w] for w in window if w in table]
+        out[site] = reduce(values, axis=0) if values else np.zeros(f.shape[1])
+    return out
+
+
+def _as_dict(y):
+    return {tuple(r): v for r, v in zip(np.asarray(y.coordinates).tolist(),
+                                        np.asarray(y.features))}
+
+
+@pytest.mark.parametrize("mode", ["max", "avg", "sum"])
+@pytest.mark.parametrize("pool,stride", [(2, 2), (3, 2), (3, 1), (2, 3)])
+def test_pool_negative_coordinates_and_signed_features(impl, rng, mode, pool, stride):
+    # Sites around the origin (negative coordinates round down to the
+    # output grid) and features of both signs (max is not clipped at 0).
+    x, _ = random_sparse(rng, (5, 6, 5), C, dtype=np.float64, origin=(-4, -3, -5))
+    y = getattr(so.ops, f"{mode}_pool")(x, pool, stride)
+    expected = _brute_pool(x, pool, stride, mode)
+    got = _as_dict(y)
+    assert sorted(got) == sorted(expected)
+    assert_close(np.array([got[k] for k in sorted(got)]),
+                 np.array([expected[k] for k in sorted(got)]))
+
+
+def test_one_site(impl):
+    f = np.array([[1.5, -2.0]])
+    x = so.SparseTensor(f, np.array([[0, -3, 5]], np.int32))
+    for op in ("max_pool", "avg_pool", "sum_pool"):
+        y = getattr(so.ops, op)(x, 3, 2)
+        np.testing.assert_array_equal(y.coordinates, [[0, -4, 4]])
+        np.testing.assert_array_equal(y.features, f)
+        u = so.ops.unpool(y, 2)
+        np.testing.assert_array_equal(u.coordinates,
+                                      [[0, -4, 4], [0, -4, 5], [0, -3, 4], [0, -3, 5]])
+        np.testing.assert_array_equal(u.features, np.repeat(f, 4, 0))
+    for mode in ("max", "avg", "sum"):
+        np.testing.assert_array_equal(so.ops.global_pool(x, mode), f)
+
+
+def _np_global(f, batch, num, mode):
+    out = np.zeros((num, f.shape[1]))
+    for b in range(num):
+        rows = f[batch == b]
+        if len(rows):
+            out[b] = {"max": rows.max(0), "avg": rows.mean(0), "sum": rows.sum(0)}[mode]
+    return out
+
+
+@pytest.mark.parametrize("mode", ["max", "avg", "sum"])
+def test_global_pool_many_rows_unsorted(impl, rng, mode):
+    # More rows than one partial-sum chunk (2048) per item, rows of the
+    # items interleaved, item 2 empty, item 3 a single row.
+    n = 5000
+    batch = rng.choice([0, 1, 4], n).astype(np.int32)
+    batch[rng.integers(n)] = 3
+    coords = np.concatenate([batch[:, None], rng.integers(-50, 50, (n, 2))], 1)
+    coords[:, 1] = np.arange(n)  # unique sites
+    f = rng.normal(size=(n, 4))
+    y = so.ops.global_pool(so.SparseTensor(f, coords.astype(np.int32)), mode)
+    assert y.shape == (5, 4)
+    assert_close(y, _np_global(f, batch, 5, mode))
+
+
+@pytest.mark.skipif(not HAVE_LIBRARY, reason="op library not built")
+def test_global_max_pool_ties_go_to_the_lowest_row(rng):
+    coords = np.array([[1, 5, 0], [0, 1, 1], [1, 2, 2], [0, 0, 0], [1, 0, 9]], np.int32)
+    features = tf.Variable(np.ones((5, 2)))
+    with tf.GradientTape() as tape:
+        y = so.ops.global_pool(so.SparseTensor(features, coords), "max")
+        loss = tf.reduce_sum(y * [[1.0, 2.0], [3.0, 4.0]])
+    grad = tape.gradient(loss, features).numpy()
+    expected = np.zeros((5, 2))
+    expected[1] = [1, 2]  # item 0: rows 1 and 3, the lower wins
+    expected[0] = [3, 4]  # item 1: rows 0, 2 and 4
+    np.testing.assert_array_equal(grad, expected)
+
+
+@pytest.mark.skipif(not HAVE_LIBRARY, reason="op library not built")
+@pytest.mark.parametrize("average", [False, True])
+def test_raw_sum_pool_ops_are_adjoint(rng, average):
+    # <sum_pool(a), b> == <a, sum_pool_transpose(b)>, and the transpose op's
+    # own gradient (second order of pooling) is numerically right.
+    x = _distinct_input(rng, (6, 6))
+    out_c = so.ops.strided_coordinates(x.coordinates, [2, 2])
+    kmap = so.ops.kernel_map(x.coordinates, out_c,
+                             so.geometry.offsets_array(3, 1, "hypercube", 2, 2), [1, 1])
+    lib = _loader.library()
+    n_in, n_out = x.features.shape[0], out_c.shape[0]
+    a = tf.constant(rng.normal(size=(n_in, 2)))
+    b = tf.constant(rng.normal(size=(n_out, 2)))
+    pooled = lib.sparse_ops_sum_pool(a, *kmap, n_out, average=average)
+    back = lib.sparse_ops_sum_pool_transpose(b, *kmap, n_in, average=average)
+    assert_close(np.sum(pooled * b), np.sum(a * back))
+
+    def transpose(t):
+        return lib.sparse_ops_sum_pool_transpose(t, *kmap, n_in, average=average)
+
+    theoretical, numerical = tf.test.compute_gradient(transpose, [b])
+    np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(not HAVE_LIBRARY, reason="op library not built")
+@pytest.mark.parametrize("average", [False, True])
+def test_raw_global_sum_pool_grad_second_order(rng, average):
+    batch = tf.constant([2, 0, 2, 2, 0], tf.int32)
+    g = tf.constant(rng.normal(size=(3, 2)))
+    lib = _loader.library()
+
+    def grad_op(t):
+        return lib.sparse_ops_global_sum_pool_grad(t, batch, average=average)
+
+    theoretical, numerical = tf.test.compute_gradient(grad_op, [g])
+    np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-6, atol=1e-6)
+    # Row i gets its item's gradient row (item 1 has no rows).
+    counts = np.array([2.0, 1.0, 3.0]) if average else np.ones(3)
+    assert_close(grad_op(g), (g.numpy() / counts[:, None])[batch.numpy()])
+
+
+DETERMINISM_CHILD = r"""
+import hashlib, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import numpy as np
+import tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+import sparse_ops as so
+so.config.set_implementation("custom")
+rng = np.random.default_rng(0)
+sites = np.unique(rng.integers(-20, 20, (6000, 4)) % [2, 99, 99, 99], axis=0)
+coords = tf.constant(sites.astype(np.int32))
+features = tf.Variable(rng.normal(size=(len(sites), 16)).astype(np.float32))
+digest = hashlib.sha256()
+calls = [(so.ops.max_pool, (2, 2)), (so.ops.avg_pool, (3, 2)), (so.ops.sum_pool, (3, 1)),
+         (so.ops.global_pool, ("max",)), (so.ops.global_pool, ("avg",)),
+         (so.ops.global_pool, ("sum",))]
+for fn, args in calls:
+    with tf.GradientTape() as tape:
+        y = fn(so.SparseTensor(features, coords), *args)
+        if not isinstance(y, tf.Tensor):
+            y = so.ops.unpool(y, 2, 2).features if fn is so.ops.max_pool else y.features
+        loss = tf.reduce_sum(y * tf.sin(tf.range(tf.size(y), dtype=y.dtype)[:, None][:tf.shape(y)[0]]))
+    for t in (y, tape.gradient(loss, features)):
+        digest.update(tf.convert_to_tensor(t).numpy().tobytes())
+print("@@" + digest.hexdigest())
+"""
+
+
+@pytest.mark.skipif(not HAVE_LIBRARY, reason="op library not built")
+def test_bitwise_deterministic_across_thread_counts():
+    # One inline thread against a pool of 5: different shards, same bits.
+    procs = [subprocess.Popen([sys.executable, "-c", DETERMINISM_CHILD, str(threads)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for threads in (1, 5)]
+    digests = set()
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        assert out.strip().splitlines()[-1].startswith("@@"), out
+        digests.add(out.strip().splitlines()[-1])
+    assert len(digests) == 1, digests
 
 
 @pytest.mark.parametrize("op", ["max_pool", "avg_pool", "sum_pool"])

@@ -21,6 +21,7 @@
 #include "kernels/core/conv.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
+#include "kernels/core/pool.h"
 #include "kernels/core/status.h"
 
 namespace sparse_ops {
@@ -497,6 +498,222 @@ void TestConvolutions() {
   CheckConv<float>("float empty", 1e-6, empty, 0, 5, 2, 3, &rng);
 }
 
+// --- Pooling -------------------------------------------------------------------
+
+// Pooling over `map` for every runner: max (with argmax), sum, average, the
+// transpose, and the max gradient against brute force over the pairs (taken
+// in the map's order, as the kernels do, so float sums agree bitwise), and
+// every runner against the serial one bit for bit.
+template <typename T>
+void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
+               int64_t n_out, int64_t channels, std::mt19937_64* rng) {
+  const int64_t C = channels, K = map.splits.size() - 1;
+  std::normal_distribution<double> normal;
+  std::vector<T> in(n_in * C), grad(n_out * C), up(n_out * C);
+  for (T& v : in) v = static_cast<T>(normal(*rng));
+  for (T& v : grad) v = static_cast<T>(normal(*rng));
+  for (T& v : up) v = static_cast<T>(normal(*rng));
+  // Oracle.
+  std::vector<T> max_want(n_out * C, T(0)), sum_want(n_out * C, T(0));
+  std::vector<T> avg_want, t_want(n_in * C, T(0)), t_avg_want(n_in * C, T(0));
+  std::vector<int32_t> arg_want(n_out * C, -1), count(n_out, 0);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
+      const int64_t i = map.in_rows[p], o = map.out_rows[p];
+      ++count[o];
+      for (int64_t c = 0; c < C; ++c) {
+        if (arg_want[o * C + c] < 0 || in[i * C + c] > max_want[o * C + c]) {
+          max_want[o * C + c] = in[i * C + c];
+          arg_want[o * C + c] = static_cast<int32_t>(i);
+        }
+        sum_want[o * C + c] += in[i * C + c];
+        t_want[i * C + c] += up[o * C + c];
+      }
+    }
+  }
+  avg_want = sum_want;
+  for (int64_t o = 0; o < n_out; ++o) {
+    for (int64_t c = 0; c < C; ++c) {
+      if (count[o] > 1) avg_want[o * C + c] /= static_cast<T>(count[o]);
+    }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
+      const int64_t i = map.in_rows[p], o = map.out_rows[p];
+      const T s = T(1) / static_cast<T>(count[o]);
+      for (int64_t c = 0; c < C; ++c) t_avg_want[i * C + c] += up[o * C + c] * s;
+    }
+  }
+  std::vector<T> grad_want(n_in * C, T(0));
+  for (int64_t o = 0; o < n_out; ++o) {
+    for (int64_t c = 0; c < C; ++c) {
+      const int32_t a = arg_want[o * C + c];
+      if (a >= 0) grad_want[a * C + c] += grad[o * C + c];
+    }
+  }
+  std::vector<std::vector<T>> first;
+  for (const Runner& runner : Runners()) {
+    const std::string what = name + " (" + runner.name + ")";
+    std::vector<T> max_got(n_out * C, T(-7)), sum_got(n_out * C, T(-7)),
+        avg_got(n_out * C, T(-7)), t_got(n_in * C, T(-7)), t_avg_got(n_in * C, T(-7)),
+        grad_got(n_in * C, T(-7)), inverse(n_out);
+    std::vector<int32_t> arg_got(n_out * C, -7), table(K * n_in, -7);
+    SparseMaxPool<T>(in.data(), C, map.view(), n_out, max_got.data(), arg_got.data(),
+                     runner.parallel_for);
+    SparseSumPool<T>(in.data(), C, map.view(), n_out, false, sum_got.data(),
+                     runner.parallel_for);
+    SparseSumPool<T>(in.data(), C, map.view(), n_out, true, avg_got.data(),
+                     runner.parallel_for);
+    const Status status =
+        TransposedNeighbours(map.view(), n_in, table.data(), runner.parallel_for);
+    EXPECT_MSG(status.ok(), what + ": " + status.message());
+    SparseSumPoolTranspose<T>(up.data(), C, map.view(), table.data(), n_in, n_out, false,
+                              inverse.data(), t_got.data(), runner.parallel_for);
+    SparseSumPoolTranspose<T>(up.data(), C, map.view(), table.data(), n_in, n_out, true,
+                              inverse.data(), t_avg_got.data(), runner.parallel_for);
+    EXPECT_MSG(ValidateArgmax(arg_got.data(), arg_got.size(), n_in, runner.parallel_for).ok(),
+               what + ": argmax out of range");
+    SparseMaxPoolGrad<T>(grad.data(), arg_got.data(), C, n_out, n_in, grad_got.data(),
+                         runner.parallel_for);
+    EXPECT_MSG(max_got == max_want, what + ": max pool");
+    EXPECT_MSG(arg_got == arg_want, what + ": argmax");
+    EXPECT_MSG(sum_got == sum_want, what + ": sum pool");
+    EXPECT_MSG(avg_got == avg_want, what + ": average pool");
+    EXPECT_MSG(grad_got == grad_want, what + ": max pool gradient");
+    // The transposes add per input row in offset order too.
+    EXPECT_MSG(t_got == t_want, what + ": sum pool transpose");
+    bool close = true;
+    for (size_t j = 0; j < t_avg_got.size(); ++j) {
+      close &= std::abs(t_avg_got[j] - t_avg_want[j]) <= 1e-5 * (1 + std::abs(t_avg_want[j]));
+    }
+    EXPECT_MSG(close, what + ": average pool transpose");
+    std::vector<std::vector<T>> all = {max_got, sum_got, avg_got, t_got, t_avg_got, grad_got};
+    if (first.empty()) first = all;
+    EXPECT_MSG(all == first, what + ": differs from serial");
+  }
+}
+
+// Global pools of random batch indices (unsorted, items without rows,
+// items of several chunks) against brute force, bit for bit across runners.
+template <typename T>
+void CheckGlobalPool(const std::string& name, int64_t n, int64_t num_batches,
+                     int64_t channels, std::mt19937_64* rng) {
+  const int64_t C = channels, B = num_batches;
+  std::normal_distribution<double> normal;
+  std::vector<T> in(n * C), grad(B * C);
+  for (T& v : in) v = static_cast<T>(normal(*rng));
+  for (T& v : grad) v = static_cast<T>(normal(*rng));
+  std::vector<int32_t> batch(n);
+  // Items 0 and B - 1 take most rows; item 1 none.
+  for (int32_t& b : batch) {
+    const int64_t r = (*rng)() % 10;
+    b = static_cast<int32_t>(r < 4 ? 0 : r < 8 ? B - 1 : 2 + (*rng)() % (B - 2));
+  }
+  std::vector<T> max_want(B * C, T(0)), sum_want(B * C, T(0));
+  std::vector<int32_t> arg_want(B * C, -1), count(B, 0);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t b = batch[i];
+    ++count[b];
+    for (int64_t c = 0; c < C; ++c) {
+      if (arg_want[b * C + c] < 0 || in[i * C + c] > max_want[b * C + c]) {
+        max_want[b * C + c] = in[i * C + c];
+        arg_want[b * C + c] = static_cast<int32_t>(i);
+      }
+      sum_want[b * C + c] += in[i * C + c];
+    }
+  }
+  std::vector<std::vector<T>> first;
+  for (const Runner& runner : Runners()) {
+    const std::string what = name + " (" + runner.name + ")";
+    std::vector<int64_t> starts(B + 1), chunk_first(B + 1);
+    std::vector<int32_t> order(n);
+    const Status status = GroupByBatch(batch.data(), n, B, starts.data(), order.data(),
+                                       chunk_first.data());
+    EXPECT_MSG(status.ok(), what + ": " + status.message());
+    const int64_t chunks = GlobalPoolChunks(starts.data(), B, chunk_first.data());
+    EXPECT_MSG(chunks > B, what + ": expected items of several chunks");
+    std::vector<T> partial(chunks * C), max_got(B * C), sum_got(B * C), avg_got(B * C),
+        back(n * C), back_avg(n * C);
+    std::vector<int32_t> partial_arg(chunks * C), arg_got(B * C);
+    GlobalMaxPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
+                     partial.data(), partial_arg.data(), max_got.data(), arg_got.data(),
+                     runner.parallel_for);
+    GlobalSumPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
+                     false, partial.data(), sum_got.data(), runner.parallel_for);
+    GlobalSumPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
+                     true, partial.data(), avg_got.data(), runner.parallel_for);
+    GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), false, back.data(),
+                         runner.parallel_for);
+    GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), true,
+                         back_avg.data(), runner.parallel_for);
+    EXPECT_MSG(max_got == max_want, what + ": global max");
+    EXPECT_MSG(arg_got == arg_want, what + ": global argmax");
+    bool close = true;
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t c = 0; c < C; ++c) {
+        const T s = sum_want[b * C + c];
+        const T a = count[b] ? s / static_cast<T>(count[b]) : T(0);
+        close &= std::abs(sum_got[b * C + c] - s) <= 1e-4 * (1 + std::abs(s));
+        close &= std::abs(avg_got[b * C + c] - a) <= 1e-4 * (1 + std::abs(a));
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t c = 0; c < C; ++c) {
+        const T g = grad[batch[i] * C + c];
+        close &= back[i * C + c] == g;
+        close &= back_avg[i * C + c] == g * (T(1) / static_cast<T>(count[batch[i]]));
+      }
+    }
+    EXPECT_MSG(close, what + ": global sum / average / gradient");
+    std::vector<std::vector<T>> all = {max_got, sum_got, avg_got, back, back_avg};
+    if (first.empty()) first = all;
+    EXPECT_MSG(all == first, what + ": differs from serial");
+  }
+  // A bad batch index is an error naming it.
+  std::vector<int64_t> starts(B + 1), scratch(B + 1);
+  std::vector<int32_t> order(n);
+  batch[n / 2] = static_cast<int32_t>(B);
+  const Status bad = GroupByBatch(batch.data(), n, B, starts.data(), order.data(),
+                                  scratch.data());
+  EXPECT_MSG(!bad.ok() && bad.message().find(std::to_string(n / 2)) != std::string::npos,
+             name + ": bad batch index: " + bad.message());
+}
+
+void TestPooling() {
+  std::mt19937_64 rng(4242);
+  const std::vector<Row> rows = RandomRows(&rng, {{0, -10, -10, -10}}, {{1, 9, 9, 9}}, 0.5);
+  const std::vector<int32_t> flat = Flatten(rows);
+  const int64_t n = rows.size();
+  // Overlapping windows: the submanifold 3^3 map (many 256-row blocks).
+  KernelMap subm;
+  Status status = BuildKernelMap(flat, flat, true, Cube3(1), {1, 1, 1}, SerialFor, &subm);
+  EXPECT_MSG(status.ok(), status.message());
+  CheckPool<float>("pool float 3^3", subm, n, n, 5, &rng);
+  CheckPool<double>("pool double 3^3", subm, n, n, 3, &rng);
+  // Pool size 2, stride 2, plus output rows without pairs.
+  std::vector<Row> coarse;
+  std::set<Row> seen;
+  for (const Row& r : rows) {
+    Row q = {r[0], static_cast<int32_t>(std::floor(r[1] / 2.0) * 2),
+             static_cast<int32_t>(std::floor(r[2] / 2.0) * 2),
+             static_cast<int32_t>(std::floor(r[3] / 2.0) * 2)};
+    if (seen.insert(q).second) coarse.push_back(q);
+  }
+  for (int i = 0; i < 300; ++i) coarse.push_back({0, 100 + 2 * i, 0, 0});
+  KernelMap strided;
+  status = BuildKernelMap(flat, Flatten(coarse), false, Corner2(), {1, 1, 1}, SerialFor,
+                          &strided);
+  EXPECT_MSG(status.ok(), status.message());
+  CheckPool<float>("pool float 2/2", strided, n, coarse.size(), 16, &rng);
+  // Empty: no pairs, no rows.
+  KernelMap empty;
+  empty.splits.assign(9, 0);
+  CheckPool<float>("pool empty", empty, 0, 0, 4, &rng);
+  CheckPool<float>("pool empty map", empty, 3, 5, 4, &rng);
+  CheckGlobalPool<float>("global float", 9000, 5, 6, &rng);
+  CheckGlobalPool<double>("global double", 6000, 3, 2, &rng);
+}
+
 // --- Strided / generative keys -----------------------------------------------
 
 int64_t FloorDiv(int64_t a, int64_t b) {
@@ -723,6 +940,7 @@ int main() {
   sparse_ops::TestKernelMaps();
   sparse_ops::TestConvolutions();
   sparse_ops::TestKeys();
+  sparse_ops::TestPooling();
   sparse_ops::TestErrors();
   if (sparse_ops::g_failures > 0) {
     std::fprintf(stderr, "core_test: %d of %d checks FAILED\n", sparse_ops::g_failures,

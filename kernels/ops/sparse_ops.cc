@@ -246,6 +246,120 @@ least one kept entry, ascending.
 features: [N, C].
 coordinates: int32 [N, 1 + D], column 0 the batch index (>= 0).
 k: int64 scalar >= 0.
+namespace {
+
+// Shape of a pooling op over a kernel map: features [rows, C], the map, a
+// scalar row count (input 4) -> [row count, C].
+Status MapPoolShape(InferenceContext* c) {
+  ShapeHandle features, unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
+  DimensionHandle rows;
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(4, &rows));
+  c->set_output(0, c->Matrix(rows, c->Dim(features, 1)));
+  return absl::OkStatus();
+}
+
+// Shape of a global pool: features [N, C], batch_index [N], num_batches.
+Status GlobalPoolShape(InferenceContext* c) {
+  ShapeHandle features, batch, unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &batch));
+  DimensionHandle n;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(features, 0), c->Dim(batch, 0), &n));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+  DimensionHandle rows;
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
+  for (int i = 0; i < c->num_outputs(); ++i) {
+    c->set_output(i, c->Matrix(rows, c->Dim(features, 1)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+REGISTER_OP("SparseOps>SumPool")
+    .Input("features: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("num_out_rows: int64")
+    .Output("output: T")
+    .Attr("T: {float, double}")
+    .Attr("average: bool = false")
+    .SetShapeFn(MapPoolShape)
+    .Doc(R"doc(
+Sparse sum pooling over a kernel map: output[o] = sum over the pairs (i, o)
+of features[i] (in offset order), divided by the number of pairs of o when
+`average`; 0 for output rows without pairs.
+)doc");
+
+REGISTER_OP("SparseOps>SumPoolTranspose")
+    .Input("features: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("num_in_rows: int64")
+    .Output("output: T")
+    .Attr("T: {float, double}")
+    .Attr("average: bool = false")
+    .SetShapeFn(MapPoolShape)
+    .Doc(R"doc(
+Adjoint of SparseOps>SumPool (unpooling): output[i] = sum over the pairs
+(i, o) of features[o] (in offset order), each divided by the number of pairs
+of o when `average`; features has one row per output row of the map. An
+input row may occur at most once per offset.
+)doc");
+
+REGISTER_OP("SparseOps>GlobalMaxPool")
+    .Input("features: T")
+    .Input("batch_index: int32")
+    .Input("num_batches: int64")
+    .Output("output: T")
+    .Output("argmax: int32")
+    .Attr("T: {float, double}")
+    .SetShapeFn(GlobalPoolShape)
+    .Doc(R"doc(
+Global max pooling: output[b, c] = max of features[i, c] over the rows i with
+batch_index[i] == b; argmax[b, c] = that row (ties: the lowest), or -1 (and
+output 0) for an item without rows. Entries of batch_index must lie in
+[0, num_batches). The gradient is SparseOps>MaxPoolGrad of argmax.
+)doc");
+
+REGISTER_OP("SparseOps>GlobalSumPool")
+    .Input("features: T")
+    .Input("batch_index: int32")
+    .Input("num_batches: int64")
+    .Output("output: T")
+    .Attr("T: {float, double}")
+    .Attr("average: bool = false")
+    .SetShapeFn(GlobalPoolShape)
+    .Doc(R"doc(
+Global sum pooling: output[b] = sum of features[i] over the rows i with
+batch_index[i] == b (in increasing i), divided by their number when
+`average`; 0 for an item without rows.
+)doc");
+
+REGISTER_OP("SparseOps>GlobalSumPoolGrad")
+    .Input("grad_output: T")
+    .Input("batch_index: int32")
+    .Output("grad_features: T")
+    .Attr("T: {float, double}")
+    .Attr("average: bool = false")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle grad, batch;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &batch));
+      c->set_output(0, c->Matrix(c->Dim(batch, 0), c->Dim(grad, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Adjoint of SparseOps>GlobalSumPool: grad_features[i] =
+grad_output[batch_index[i]], divided by the rows of that item when
+`average`. Entries of batch_index must lie in [0, rows of grad_output).
 )doc");
 
 }  // namespace sparse_ops

@@ -1,4 +1,4 @@
-// CPU kernels of the max pooling ops: validate, allocate, call the core.
+// CPU kernels of the pooling ops: validate, allocate, call the core.
 #include "kernels/core/coordinates.h"
 #include "kernels/core/pool.h"
 #include "kernels/tf/glue.h"
@@ -68,6 +68,228 @@ class MaxPoolGradOp : public OpKernel {
   }
 };
 
+
+template <typename T>
+class SumPoolOp : public OpKernel {
+ public:
+  explicit SumPoolOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    if (!CheckMatrix(context, features, "features")) return;
+    int64_t n_out;
+    if (!GetRowCount(context, 4, "num_out_rows", &n_out)) return;
+    KernelMapView map;
+    if (!GetKernelMap(context, 1, features.dim_size(0), n_out, &map)) return;
+    const int64_t c = features.dim_size(1);
+    Tensor* output = nullptr;
+    if (!AllocateOutput(context, 0, {n_out, c}, &output)) return;
+    SparseSumPool<T>(features.flat<T>().data(), c, map, n_out, average_,
+                     output->flat<T>().data(), IntraOpParallelFor(context));
+  }
+
+ private:
+  bool average_;
+};
+
+template <typename T>
+class SumPoolTransposeOp : public OpKernel {
+ public:
+  explicit SumPoolTransposeOp(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    if (!CheckMatrix(context, features, "features")) return;
+    int64_t n_in;
+    if (!GetRowCount(context, 4, "num_in_rows", &n_in)) return;
+    const int64_t n_out = features.dim_size(0), c = features.dim_size(1);
+    KernelMapView map;
+    if (!GetKernelMap(context, 1, n_in, n_out, &map)) return;
+    const ParallelFor parallel_for = IntraOpParallelFor(context);
+    // Which output row each input row meets through each offset.
+    Tensor table, inverse_counts;
+    if (!AllocateTemp(context, tensorflow::DT_INT32, {map.num_offsets, n_in},
+                      &table)) {
+      return;
+    }
+    if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
+                      {average_ ? n_out : 0}, &inverse_counts)) {
+      return;
+    }
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, TransposedNeighbours(map, n_in, table.flat<int32_t>().data(),
+                                      parallel_for));
+    Tensor* output = nullptr;
+    if (!AllocateOutput(context, 0, {n_in, c}, &output)) return;
+    SparseSumPoolTranspose<T>(features.flat<T>().data(), c, map,
+                              table.flat<int32_t>().data(), n_in, n_out,
+                              average_, inverse_counts.flat<T>().data(),
+                              output->flat<T>().data(), parallel_for);
+  }
+
+ private:
+  bool average_;
+};
+
+// The grouping of rows by batch item that the global pools share.
+struct BatchGroups {
+  Tensor starts, order, chunk_first;
+  int64_t num_chunks = 0;
+};
+
+// Checks batch_index (int32 [rows]) against num_batches and groups the rows
+// by item, unless `channels` is 0 (then there is nothing to reduce, and no
+// scratch of num_batches entries is needed).
+bool GroupRows(OpKernelContext* context, const Tensor& batch, int64_t rows,
+               int64_t B, int64_t channels, BatchGroups* groups) {
+  if (batch.dims() != 1 || batch.dim_size(0) != rows) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "batch_index must be a vector of " + std::to_string(rows) +
+        " entries (one per row), got shape " + batch.shape().DebugString()));
+    return false;
+  }
+  const int32_t* b = batch.flat<int32_t>().data();
+  if (channels == 0) {
+    for (int64_t i = 0; i < rows; ++i) {
+      if (b[i] < 0 || b[i] >= B) {
+        context->CtxFailure(absl::InvalidArgumentError(
+            "batch index of row " + std::to_string(i) + " is " +
+            std::to_string(b[i]) + ", out of range [0, " + std::to_string(B) +
+            ")"));
+        return false;
+      }
+    }
+    return true;
+  }
+  if (!AllocateTemp(context, tensorflow::DT_INT64, {B + 1}, &groups->starts) ||
+      !AllocateTemp(context, tensorflow::DT_INT32, {rows}, &groups->order) ||
+      !AllocateTemp(context, tensorflow::DT_INT64, {B + 1},
+                    &groups->chunk_first)) {
+    return false;
+  }
+  int64_t* starts = groups->starts.flat<int64_t>().data();
+  int64_t* chunk_first = groups->chunk_first.flat<int64_t>().data();
+  const Status status = GroupByBatch(
+      b, rows, B, starts, groups->order.flat<int32_t>().data(), chunk_first);
+  if (!status.ok()) {
+    context->CtxFailure(absl::InvalidArgumentError(status.message()));
+    return false;
+  }
+  groups->num_chunks = GlobalPoolChunks(starts, B, chunk_first);
+  return true;
+}
+
+template <typename T>
+class GlobalMaxPoolOp : public OpKernel {
+ public:
+  explicit GlobalMaxPoolOp(OpKernelConstruction* context) : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    if (!CheckMatrix(context, features, "features")) return;
+    const int64_t n = features.dim_size(0), c = features.dim_size(1);
+    int64_t B;
+    if (!GetRowCount(context, 2, "num_batches", &B)) return;
+    BatchGroups groups;
+    if (!GroupRows(context, context->input(1), n, B, c, &groups)) return;
+    Tensor* output = nullptr;
+    Tensor* argmax = nullptr;
+    if (!AllocateOutput(context, 0, {B, c}, &output)) return;
+    if (!AllocateOutput(context, 1, {B, c}, &argmax)) return;
+    if (c == 0) return;
+    Tensor partial, partial_argmax;
+    if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
+                      {groups.num_chunks, c}, &partial) ||
+        !AllocateTemp(context, tensorflow::DT_INT32, {groups.num_chunks, c},
+                      &partial_argmax)) {
+      return;
+    }
+    GlobalMaxPool<T>(features.flat<T>().data(), c,
+                     groups.starts.flat<int64_t>().data(),
+                     groups.order.flat<int32_t>().data(),
+                     groups.chunk_first.flat<int64_t>().data(), B,
+                     partial.flat<T>().data(),
+                     partial_argmax.flat<int32_t>().data(),
+                     output->flat<T>().data(), argmax->flat<int32_t>().data(),
+                     IntraOpParallelFor(context));
+  }
+};
+
+template <typename T>
+class GlobalSumPoolOp : public OpKernel {
+ public:
+  explicit GlobalSumPoolOp(OpKernelConstruction* context) : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& features = context->input(0);
+    if (!CheckMatrix(context, features, "features")) return;
+    const int64_t n = features.dim_size(0), c = features.dim_size(1);
+    int64_t B;
+    if (!GetRowCount(context, 2, "num_batches", &B)) return;
+    BatchGroups groups;
+    if (!GroupRows(context, context->input(1), n, B, c, &groups)) return;
+    Tensor* output = nullptr;
+    if (!AllocateOutput(context, 0, {B, c}, &output)) return;
+    if (c == 0) return;
+    Tensor partial;
+    if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
+                      {groups.num_chunks, c}, &partial)) {
+      return;
+    }
+    GlobalSumPool<T>(features.flat<T>().data(), c,
+                     groups.starts.flat<int64_t>().data(),
+                     groups.order.flat<int32_t>().data(),
+                     groups.chunk_first.flat<int64_t>().data(), B, average_,
+                     partial.flat<T>().data(), output->flat<T>().data(),
+                     IntraOpParallelFor(context));
+  }
+
+ private:
+  bool average_;
+};
+
+template <typename T>
+class GlobalSumPoolGradOp : public OpKernel {
+ public:
+  explicit GlobalSumPoolGradOp(OpKernelConstruction* context)
+      : OpKernel(context) {
+    OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
+  }
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& grad = context->input(0);
+    const Tensor& batch = context->input(1);
+    if (!CheckMatrix(context, grad, "grad_output")) return;
+    if (batch.dims() != 1 || batch.dim_size(0) >= (int64_t{1} << 31) - 1) {
+      context->CtxFailure(absl::InvalidArgumentError(
+          "batch_index must be a vector of fewer than 2^31 - 1 entries, got "
+          "shape " + batch.shape().DebugString()));
+      return;
+    }
+    const int64_t n = batch.dim_size(0), c = grad.dim_size(1);
+    // One row of grad_output per batch item.
+    BatchGroups groups;
+    if (!GroupRows(context, batch, n, grad.dim_size(0), c, &groups)) return;
+    Tensor* output = nullptr;
+    if (!AllocateOutput(context, 0, {n, c}, &output)) return;
+    if (c == 0) return;
+    GlobalSumPoolGrad<T>(grad.flat<T>().data(), c,
+                         batch.flat<int32_t>().data(), n,
+                         groups.starts.flat<int64_t>().data(), average_,
+                         output->flat<T>().data(), IntraOpParallelFor(context));
+  }
+
+ private:
+  bool average_;
+};
+
 #define SPARSE_OPS_REGISTER(T)                                             \
   REGISTER_KERNEL_BUILDER(                                                 \
       Name("SparseOps>MaxPool").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
@@ -76,6 +298,29 @@ class MaxPoolGradOp : public OpKernel {
                               .Device(DEVICE_CPU)                          \
                               .TypeConstraint<T>("T"),                     \
                           MaxPoolGradOp<T>);
+#define SPARSE_OPS_REGISTER_MORE(T)                                           \
+  REGISTER_KERNEL_BUILDER(                                                    \
+      Name("SparseOps>SumPool").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
+      SumPoolOp<T>);                                                          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPoolTranspose")                  \
+                              .Device(DEVICE_CPU)                             \
+                              .TypeConstraint<T>("T"),                        \
+                          SumPoolTransposeOp<T>);                             \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalMaxPool")                     \
+                              .Device(DEVICE_CPU)                             \
+                              .TypeConstraint<T>("T"),                        \
+                          GlobalMaxPoolOp<T>);                                \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPool")                     \
+                              .Device(DEVICE_CPU)                             \
+                              .TypeConstraint<T>("T"),                        \
+                          GlobalSumPoolOp<T>);                                \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPoolGrad")                 \
+                              .Device(DEVICE_CPU)                             \
+                              .TypeConstraint<T>("T"),                        \
+                          GlobalSumPoolGradOp<T>);
+SPARSE_OPS_REGISTER_MORE(float)
+SPARSE_OPS_REGISTER_MORE(double)
+#undef SPARSE_OPS_REGISTER_MORE
 SPARSE_OPS_REGISTER(float)
 SPARSE_OPS_REGISTER(double)
 #undef SPARSE_OPS_REGISTER

@@ -2,11 +2,15 @@
 tensors onto sites, and instance normalisation.
 
 All of them are segment reductions over the batch index (column 0 of the
-coordinates), so TensorFlow's own gradients apply.
+coordinates). Global pooling runs as custom ops (gradients registered here)
+or, in the reference implementation, as TensorFlow segment ops.
 """
 
 import tensorflow as tf
 
+from sparse_ops import _loader
+from sparse_ops import config
+from sparse_ops.ops import reference
 from sparse_ops.tensor import as_sparse
 
 GLOBAL_POOL_MODES = ("max", "avg", "sum")
@@ -34,15 +38,38 @@ def global_pool(x, mode="max"):
     x = as_sparse(x)
     batch, num = _segments(x)
     f = x.features
+    if config.use_reference() or f.dtype not in (tf.float32, tf.float64):
+        return reference.global_pool(f, batch, num, mode)
+    lib = _loader.library()
+    num = tf.cast(num, tf.int64)
     if mode == "max":
-        out = tf.math.unsorted_segment_max(f, batch, num)
-        present = _counts(batch, num, tf.int32) > 0
-        return tf.where(present[:, tf.newaxis], out, tf.zeros_like(out))
-    total = tf.math.unsorted_segment_sum(f, batch, num)
-    if mode == "sum":
-        return total
-    counts = _counts(batch, num, f.dtype)
-    return total / tf.maximum(counts, tf.ones_like(counts))[:, tf.newaxis]
+        out, _ = lib.sparse_ops_global_max_pool(f, batch, num)
+        return out
+    return lib.sparse_ops_global_sum_pool(f, batch, num, average=mode == "avg")
+
+
+@tf.RegisterGradient("SparseOps>GlobalMaxPool")
+def _global_max_pool_grad(op, grad, unused_argmax_grad):
+    # The gradient of max pooling through its argmax, with the B items as
+    # the output rows.
+    rows = tf.shape(op.inputs[0], out_type=tf.int64)[0]
+    return (_loader.library().sparse_ops_max_pool_grad(grad, op.outputs[1], rows),
+            None, None)
+
+
+# Global sum pooling and its gradient are linear and adjoint to each other.
+@tf.RegisterGradient("SparseOps>GlobalSumPool")
+def _global_sum_pool_grad(op, grad):
+    return (_loader.library().sparse_ops_global_sum_pool_grad(
+        grad, op.inputs[1], average=op.get_attr("average")), None, None)
+
+
+@tf.RegisterGradient("SparseOps>GlobalSumPoolGrad")
+def _global_sum_pool_grad_grad(op, grad):
+    g, batch = op.inputs
+    rows = tf.shape(g, out_type=tf.int64)[0]
+    return (_loader.library().sparse_ops_global_sum_pool(
+        grad, batch, rows, average=op.get_attr("average")), None)
 
 
 def broadcast(x, g, op="add"):

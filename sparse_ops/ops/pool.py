@@ -11,6 +11,7 @@ import tensorflow as tf
 from sparse_ops import _loader
 from sparse_ops import geometry
 from sparse_ops.ops import coordinates as coords_ops
+from sparse_ops.ops import reference
 from sparse_ops.ops.conv import _num_rows, _rows_match, _times
 from sparse_ops.tensor import SparseTensor, as_sparse
 
@@ -21,15 +22,26 @@ _COMPUTE_TYPES = (tf.float32, tf.float64)
 
 def _max_pool_features(features, kmap, num_out_rows, use_reference):
     """[M, C]: the maximum over the pairs of each output row (0 without pairs)."""
-    if not use_reference:
-        out, _ = _loader.library().sparse_ops_max_pool(features, *kmap, num_out_rows)
-        return out
-    _, in_rows, out_rows = kmap
-    values = tf.gather(features, in_rows)
-    out = tf.math.unsorted_segment_max(values, out_rows, num_out_rows)
-    count = tf.math.unsorted_segment_sum(tf.ones_like(out_rows), out_rows,
-                                         num_out_rows)
-    return tf.where((count > 0)[:, None], out, tf.zeros_like(out))
+    if use_reference:
+        return reference.max_pool(features, kmap, num_out_rows)
+    out, _ = _loader.library().sparse_ops_max_pool(features, *kmap, num_out_rows)
+    return out
+
+
+def _sum_pool_features(features, kmap, num_out_rows, average, use_reference):
+    """[M, C]: the sum (average: mean) over the pairs of each output row."""
+    if use_reference:
+        return reference.sum_pool(features, kmap, num_out_rows, average)
+    return _loader.library().sparse_ops_sum_pool(features, *kmap, num_out_rows,
+                                                 average=average)
+
+
+def _sum_pool_transpose(features, kmap, num_in_rows, average, use_reference):
+    """[N, C]: the adjoint of `_sum_pool_features` (features has M rows)."""
+    if use_reference:
+        return reference.sum_pool_transpose(features, kmap, num_in_rows, average)
+    return _loader.library().sparse_ops_sum_pool_transpose(
+        features, *kmap, num_in_rows, average=average)
 
 
 def _max_pool_grad(grad, argmax, num_in_rows):
@@ -57,14 +69,22 @@ def _max_pool_grad_op_grad(op, grad):
     return tf.where(valid, picked, tf.zeros_like(picked)), None, None
 
 
-def _segment_sum_pool(features, kmap, num_out_rows):
-    """[M, C] sums and [M] pair counts of each output row."""
-    _, in_rows, out_rows = kmap
-    total = tf.math.unsorted_segment_sum(tf.gather(features, in_rows), out_rows,
-                                         num_out_rows)
-    count = tf.math.unsorted_segment_sum(tf.ones_like(out_rows), out_rows,
-                                         num_out_rows)
-    return total, count
+# Sum pooling and its transpose are linear and adjoint to each other: each
+# one's gradient is the other on the same map.
+@tf.RegisterGradient("SparseOps>SumPool")
+def _sum_pool_op_grad(op, grad):
+    features, splits, in_rows, out_rows, _ = op.inputs
+    return (_sum_pool_transpose(grad, (splits, in_rows, out_rows), _num_rows(features),
+                                op.get_attr("average"), False),
+            None, None, None, None)
+
+
+@tf.RegisterGradient("SparseOps>SumPoolTranspose")
+def _sum_pool_transpose_op_grad(op, grad):
+    features, splits, in_rows, out_rows, _ = op.inputs
+    return (_sum_pool_features(grad, (splits, in_rows, out_rows), _num_rows(features),
+                               op.get_attr("average"), False),
+            None, None, None, None)
 
 
 # -- geometry --------------------------------------------------------------
@@ -109,13 +129,11 @@ def _pool(x, pool_size, strides, mode):
     out_c, out_stride, kmap = _pooled_sites(x, strides, offsets)
     features, out_dtype = _compute(x.features)
     n_out = _num_rows(out_c)
+    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
     if mode == "max":
-        use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
         y = _max_pool_features(features, kmap, n_out, use_reference)
     else:
-        y, count = _segment_sum_pool(features, kmap, n_out)
-        if mode == "avg":
-            y = y / tf.cast(tf.maximum(count, 1), y.dtype)[:, None]
+        y = _sum_pool_features(features, kmap, n_out, mode == "avg", use_reference)
     y = tf.ensure_shape(y, [None, x.features.shape[1]])
     if out_dtype is not None:
         y = tf.cast(y, out_dtype)
@@ -171,11 +189,10 @@ def unpool(x, pool_size, strides=None):
         out_stride = tf.math.floordiv(x.stride_tensor, tf.constant(strides, tf.int32))
     out_c = coords_ops.generative_coordinates(x.coordinates, offsets, out_stride)
     # The map of the pooling from the fine sites to x's sites, transposed.
-    _, in_rows, out_rows = coords_ops.kernel_map(out_c, x.coordinates, offsets,
-                                                 out_stride)
+    kmap = tuple(coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride))
     features, out_dtype = _compute(x.features)
-    y = tf.math.unsorted_segment_sum(tf.gather(features, out_rows), in_rows,
-                                     _num_rows(out_c))
+    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
+    y = _sum_pool_transpose(features, kmap, _num_rows(out_c), False, use_reference)
     y = tf.ensure_shape(y, [None, x.features.shape[1]])
     if out_dtype is not None:
         y = tf.cast(y, out_dtype)

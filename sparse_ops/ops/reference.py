@@ -200,3 +200,52 @@ def attention(features, coordinates, k, mode="value", per="channel"):
     keep = tf.broadcast_to(tf.transpose(keep), tf.shape(features))
     kept_rows = tf.where(tf.reduce_any(keep, axis=1))[:, 0]
     return keep, tf.cast(kept_rows, tf.int32)
+# -- pooling ----------------------------------------------------------------
+
+def _pair_counts(out_rows, num_rows, dtype):
+    return tf.math.unsorted_segment_sum(tf.ones_like(out_rows, dtype), out_rows, num_rows)
+
+
+def max_pool(features, kmap, num_out_rows):
+    """out[o] = max over the pairs (i, o) of features[i]; 0 without pairs."""
+    _, in_rows, out_rows = kmap
+    out = tf.math.unsorted_segment_max(tf.gather(features, in_rows), out_rows,
+                                       num_out_rows)
+    present = _pair_counts(out_rows, num_out_rows, tf.int32) > 0
+    return tf.where(present[:, None], out, tf.zeros_like(out))
+
+
+def sum_pool(features, kmap, num_out_rows, average=False):
+    """out[o] = sum (average: mean) over the pairs (i, o) of features[i]."""
+    _, in_rows, out_rows = kmap
+    out = tf.math.unsorted_segment_sum(tf.gather(features, in_rows), out_rows,
+                                       num_out_rows)
+    if average:
+        count = _pair_counts(out_rows, num_out_rows, out.dtype)
+        out = out / tf.maximum(count, 1)[:, None]
+    return out
+
+
+def sum_pool_transpose(features, kmap, num_in_rows, average=False):
+    """The adjoint of `sum_pool`: out[i] = sum over the pairs (i, o) of
+    features[o] (average: each divided by the pair count of o)."""
+    _, in_rows, out_rows = kmap
+    if average:
+        count = _pair_counts(out_rows, tf.shape(features)[0], features.dtype)
+        features = features / tf.maximum(count, 1)[:, None]
+    return tf.math.unsorted_segment_sum(tf.gather(features, out_rows), in_rows,
+                                        num_in_rows)
+
+
+def global_pool(features, batch_index, num_batches, mode):
+    """[B, C] max / avg / sum over the rows of each batch item; 0 for items
+    without rows."""
+    if mode == "max":
+        out = tf.math.unsorted_segment_max(features, batch_index, num_batches)
+        present = _pair_counts(batch_index, num_batches, tf.int32) > 0
+        return tf.where(present[:, None], out, tf.zeros_like(out))
+    out = tf.math.unsorted_segment_sum(features, batch_index, num_batches)
+    if mode == "avg":
+        count = _pair_counts(batch_index, num_batches, out.dtype)
+        out = out / tf.maximum(count, 1)[:, None]
+    return out
