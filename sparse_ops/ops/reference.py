@@ -200,6 +200,8 @@ def attention(features, coordinates, k, mode="value", per="channel"):
     keep = tf.broadcast_to(tf.transpose(keep), tf.shape(features))
     kept_rows = tf.where(tf.reduce_any(keep, axis=1))[:, 0]
     return keep, tf.cast(kept_rows, tf.int32)
+
+
 # -- pooling ----------------------------------------------------------------
 
 def _pair_counts(out_rows, num_rows, dtype):
