@@ -162,6 +162,13 @@ def test_k_at_least_sites_is_the_identity(impl, rng):
         np.testing.assert_array_equal(f, features)
 
 
+def test_k_beyond_int64_keeps_everything(impl, rng):
+    features, coords = random_input(rng, n=10)
+    for kwargs in (dict(k=2**70), dict(density=0.5, spatial_shape=[2**40, 2**40])):
+        f, c, _ = run(features, coords, **kwargs)
+        np.testing.assert_array_equal(c, coords)
+
+
 def test_k_zero_removes_everything(impl, rng):
     features, coords = random_input(rng, n=10)
     f, c, y = run(features, coords, k=0)

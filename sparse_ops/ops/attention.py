@@ -87,6 +87,8 @@ def _keep(features, coordinates, k, mode, per, use_reference):
     if features.dtype not in (tf.float32, tf.float64):
         # Ranking in float32 is exact for float16 and bfloat16 values.
         features = tf.cast(features, tf.float32)
+    if not isinstance(k, tf.Tensor):
+        k = min(k, 2**63 - 1)  # more than any tensor has rows: keep everything
     k = tf.cast(k, tf.int64)
     if use_reference:
         return reference.attention(features, coordinates, k, mode, per)
