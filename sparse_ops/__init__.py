@@ -8,6 +8,7 @@
 from sparse_ops._version import __version__
 from sparse_ops import _loader
 from sparse_ops import config
+from sparse_ops import export
 from sparse_ops import layers
 from sparse_ops import ops
 from sparse_ops import utils
@@ -16,5 +17,11 @@ from sparse_ops.tensor import SparseTensor
 
 _loader.check_build_version()
 
+# Register the SparseOps>* ops now: SavedModels that use them load after
+# a bare `import sparse_ops` (TF resolves op types when loading a graph).
+load_ops = _loader.load_ops
+load_ops()
+
 __all__ = ["SparseTensor", "kernel_offsets", "config", "layers", "ops", "utils",
            "__version__"]
+__all__ += ["export", "load_ops"]

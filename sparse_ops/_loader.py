@@ -124,3 +124,18 @@ def try_library():
             warnings.warn(f"{e} Falling back to the pure-TensorFlow reference "
                           "ops, which are slower.")
         return None
+
+
+def load_ops():
+    """Registers the custom ops (`SparseOps>*`) with TensorFlow; True if they loaded.
+
+    `import sparse_ops` calls it, so that `tf.saved_model.load` of a model
+    exported with the custom ops works in a process that only imported
+    sparse_ops. A failure is not raised here: the ops report it when first
+    used (or fall back to the reference path under "auto").
+    """
+    try:
+        library()
+        return True
+    except ImportError:
+        return False
