@@ -88,6 +88,7 @@ class _ConvBase(SparseLayer):
             name="bias", shape=[self.filters], initializer=self.bias_initializer,
             regularizer=self.bias_regularizer,
             constraint=self.bias_constraint) if self.use_bias else None
+        self.bind_density_regularizers()
 
     def compute_output_spec(self, x, *args, **kwargs):
         """Output fields for Keras' functional API: features [N, filters],
@@ -127,12 +128,19 @@ class Conv(_ConvBase):
 
     The kernel is [*kernel_size, Cin, filters] for a hypercube region (Keras'
     layout), else [K, Cin, filters].
+
+    `masked_gradients=True`: the paper's sparse back-propagation (no gradient
+    to zero input entries nor to exactly-zero weights). `spatial_shape`: the
+    output grid's extent per batch item, which makes the density a
+    `so.regularizers.DensityRegularizer` sees positive entries over the grid
+    volume (the paper's rho) instead of over the output entries.
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, dilation_rate=1,
                  region="hypercube", use_bias=True,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None,
-                 attention=None, masked_gradients=False, **kwargs):
+                 attention=None, masked_gradients=False, spatial_shape=None,
+                 **kwargs):
         super().__init__(filters, kernel_size, strides, dilation_rate, region,
                          use_bias, kernel_initializer,
                          kernel_regularizer=kernel_regularizer, **kwargs)
@@ -140,19 +148,23 @@ class Conv(_ConvBase):
             raise NotImplementedError("Conv(attention=...) is not available yet")
         self.attention = attention
         self.masked_gradients = bool(masked_gradients)
+        self.spatial_shape = None if spatial_shape is None else _ints(
+            spatial_shape, "spatial_shape")
 
     def call(self, x, out_coordinates=None):
         x = self.sparse_input(x)
         kernel, bias = self._weights_for(x)
-        return ops.conv(x, kernel, bias, strides=self.strides,
-                        dilation_rate=self.dilation_rate, region=self.region,
-                        out_coordinates=_coordinates_of(out_coordinates),
-                        masked_gradients=self.masked_gradients)
+        return self.record_density(ops.conv(
+            x, kernel, bias, strides=self.strides,
+            dilation_rate=self.dilation_rate, region=self.region,
+            out_coordinates=_coordinates_of(out_coordinates),
+            masked_gradients=self.masked_gradients))
 
     def get_config(self):
         config = super().get_config()
         config.update({"attention": self.attention,
-                       "masked_gradients": self.masked_gradients})
+                       "masked_gradients": self.masked_gradients,
+                       "spatial_shape": self.spatial_shape})
         return config
 
 
@@ -181,11 +193,10 @@ class ConvTranspose(_ConvBase):
         x = self.sparse_input(x)
         coordinates = _coordinates_of(coordinates)
         kernel, bias = self._weights_for(x)
-        return ops.conv_transpose(x, kernel, bias, strides=self.strides,
-                                  dilation_rate=self.dilation_rate,
-                                  region=self.region,
-                                  out_coordinates=coordinates,
-                                  generative=self.generative)
+        return self.record_density(ops.conv_transpose(
+            x, kernel, bias, strides=self.strides,
+            dilation_rate=self.dilation_rate, region=self.region,
+            out_coordinates=coordinates, generative=self.generative))
 
     def get_config(self):
         config = super().get_config()
