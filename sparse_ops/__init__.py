@@ -12,6 +12,8 @@ from sparse_ops import export
 from sparse_ops import layers
 from sparse_ops import ops
 from sparse_ops import utils
+from sparse_ops import callbacks
+from sparse_ops import regularizers
 from sparse_ops.geometry import kernel_offsets
 from sparse_ops.tensor import SparseTensor
 
@@ -23,5 +25,6 @@ load_ops = _loader.load_ops
 load_ops()
 
 __all__ = ["SparseTensor", "kernel_offsets", "config", "layers", "ops", "utils",
+           "callbacks", "regularizers",
            "__version__"]
 __all__ += ["export", "load_ops"]
