@@ -12,3 +12,5 @@ __all__ = ["Conv", "ConvTranspose", "GlobalMaxPool", "GlobalAvgPool", "GlobalSum
            "BroadcastAdd", "BroadcastMultiply", "BroadcastConcat", "Dense",
            "Activation", "ReLU", "Dropout", "BatchNorm", "InstanceNorm", "Concat",
            "ToDense", "Prune", "MaxPool", "AvgPool", "SumPool", "Unpool"]
+from sparse_ops.layers.points import Interpolate, Slice, Union  # noqa: E402
+__all__ += ["Union", "Interpolate", "Slice"]
