@@ -366,6 +366,49 @@ REGISTER_OP("SparseOps>GlobalSumPoolGrad")
 Adjoint of SparseOps>GlobalSumPool: grad_features[i] =
 grad_output[batch_index[i]], divided by the rows of that item when
 `average`. Entries of batch_index must lie in [0, rows of grad_output).
+REGISTER_OP("SparseOps>CoordinateLookup")
+    .Input("coordinates: int32")
+    .Input("queries: int32")
+    .Output("rows: int32")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle coordinates, queries;
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 0, &coordinates));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &queries));
+      c->set_output(0, c->Vector(c->Dim(queries, 0)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Row of each query in a coordinate set: rows[q] = the row r with
+coordinates[r] == queries[q], or -1 when there is none (queries may repeat,
+lie outside the set's range or have a negative batch index).
+
+coordinates: int32 [N, 1 + D], unique rows, column 0 the batch index.
+queries: int32 [Q, 1 + D].
+)doc");
+
+REGISTER_OP("SparseOps>CoordinateUnion")
+    .Input("coordinates: N * int32")
+    .Output("union_coordinates: int32")
+    .Output("rows: N * int32")
+    .Attr("N: int >= 1")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle first;
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 0, &first));
+      for (int i = 0; i < c->num_inputs(); ++i) {
+        ShapeHandle in;
+        TF_RETURN_IF_ERROR(CoordinatesShape(c, i, &in));
+        c->set_output(1 + i, c->Vector(c->Dim(in, 0)));
+      }
+      c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(first, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Union of coordinate sets. union_coordinates lists the rows of coordinates[0]
+in order, then every site of coordinates[1], coordinates[2], ... not seen
+before, in order of first appearance; rows[i][r] is the union row of
+coordinates[i][r].
+
+coordinates: N int32 [N_i, 1 + D], each with unique rows.
 )doc");
 
 }  // namespace sparse_ops

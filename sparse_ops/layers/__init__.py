@@ -15,3 +15,5 @@ __all__ = ["Conv", "ConvTranspose", "GlobalMaxPool", "GlobalAvgPool", "GlobalSum
 from sparse_ops.layers.attention import Attention  # noqa: E402
 
 __all__ += ["Attention"]
+from sparse_ops.layers.points import Interpolate, Slice, Union  # noqa: E402
+__all__ += ["Union", "Interpolate", "Slice"]

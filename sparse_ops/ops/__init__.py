@@ -12,3 +12,6 @@ __all__ = ["conv", "conv_transpose", "kernel_map", "KernelMap",
 from sparse_ops.ops.attention import attention  # noqa: E402
 
 __all__ += ["attention"]
+from sparse_ops.ops.points import (interpolate, lookup_coordinates, slice,  # noqa: E402,F401
+                                      union, union_coordinates)
+__all__ += ["union", "union_coordinates", "lookup_coordinates", "interpolate", "slice"]

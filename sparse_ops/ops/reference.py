@@ -251,3 +251,39 @@ def global_pool(features, batch_index, num_batches, mode):
         count = _pair_counts(batch_index, num_batches, out.dtype)
         out = out / tf.maximum(count, 1)[:, None]
     return out
+
+
+def coordinate_lookup(coordinates, queries):
+    """rows[q] = the row of `coordinates` equal to queries[q], or -1 (also for
+    queries outside the set's range or with a negative batch index)."""
+    with tf.control_dependencies([_check_batch(coordinates, "coordinates")]):
+        c = tf.cast(coordinates, tf.int64)
+    lo, hi, mult = _layout(c)
+    keys, _ = _pack(c, lo, hi, mult)
+    order = tf.argsort(keys, stable=True)
+    sorted_keys = tf.gather(keys, order)
+    query_keys, valid = _pack(tf.cast(queries, tf.int64), lo, hi, mult)
+    n = tf.shape(sorted_keys)[0]
+    pos = tf.minimum(tf.searchsorted(sorted_keys, query_keys), tf.maximum(n - 1, 0))
+    pos = tf.where(n > 0, pos, n)  # with no sites: the sentinel below
+    with tf.control_dependencies([_check_sorted_unique(sorted_keys, "coordinates")]):
+        hit = tf.gather(tf.concat([sorted_keys, [-1]], 0), pos)
+    rows = tf.gather(tf.concat([order, [-1]], 0), pos)
+    return tf.where(valid & tf.equal(hit, query_keys), rows, -1)
+
+
+def coordinate_union(coordinates_list):
+    """Union of coordinate sets in order of first appearance (the rows of the
+    first input, then new sites of the next ones), and each input's rows in it."""
+    checks = []
+    for i, c in enumerate(coordinates_list):
+        checks += [_check_batch(c, f"coordinates[{i}]"),
+                   _check_unique(tf.cast(c, tf.int64), f"coordinates[{i}]")]
+    with tf.control_dependencies(checks):
+        rows = tf.concat([tf.cast(c, tf.int64) for c in coordinates_list], 0)
+    lo, hi, mult = _layout(rows)
+    keys, _ = _pack(rows, lo, hi, mult)
+    unique, index = tf.unique(keys)  # in order of first appearance
+    sizes = tf.stack([tf.shape(c)[0] for c in coordinates_list])
+    return (_unpack(unique, lo, hi, mult),
+            tf.split(index, sizes, num=len(coordinates_list)))

@@ -1,0 +1,135 @@
+// CPU kernels of the coordinate lookup and union ops: validate, allocate,
+// call the core (kernels/core/points.h).
+#include <string>
+#include <vector>
+
+#include "kernels/core/coordinates.h"
+#include "kernels/core/points.h"
+#include "kernels/tf/glue.h"
+#include "tensorflow/core/framework/op_kernel.h"
+
+namespace sparse_ops {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpInputList;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::OpOutputList;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+
+class CoordinateLookupOp : public OpKernel {
+ public:
+  explicit CoordinateLookupOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    const Tensor& coordinates = context->input(0);
+    const Tensor& queries = context->input(1);
+    if (!CheckCoordinates(context, coordinates, "coordinates")) return;
+    const int dims = coordinates.dim_size(1);
+    // Queries may be anything int32 of the right width: a negative batch or
+    // a site outside the set's range is just not found.
+    OP_REQUIRES(context, queries.dims() == 2 && queries.dim_size(1) == dims,
+                absl::InvalidArgumentError(
+                    "queries must be [Q, " + std::to_string(dims) +
+                    "] (the columns of coordinates), got shape " +
+                    queries.shape().DebugString()));
+    const int64_t n = coordinates.dim_size(0), q = queries.dim_size(0);
+    const int32_t* coords = coordinates.flat<int32_t>().data();
+
+    KeyPacker packer(dims);
+    packer.CoverRows(coords, n);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(context, packer.Finalize());
+    const int64_t capacity = CoordinateTable::CapacityFor(n);
+    Tensor table_keys, table_rows;
+    if (!AllocateTemp(context, tensorflow::DT_UINT64, {capacity}, &table_keys) ||
+        !AllocateTemp(context, tensorflow::DT_INT32, {capacity}, &table_rows)) {
+      return;
+    }
+    CoordinateTable table(table_keys.flat<uint64_t>().data(),
+                          table_rows.flat<int32_t>().data(), capacity);
+    const ParallelFor parallel_for = IntraOpParallelFor(context);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(context,
+                                    table.Build(coords, n, packer, parallel_for));
+    Tensor* rows = nullptr;
+    if (!AllocateOutput(context, 0, {q}, &rows)) return;
+    LookupRows(table, packer, queries.flat<int32_t>().data(), q,
+               rows->flat<int32_t>().data(), parallel_for);
+  }
+};
+
+class CoordinateUnionOp : public OpKernel {
+ public:
+  explicit CoordinateUnionOp(OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(OpKernelContext* context) override {
+    OpInputList inputs;
+    OP_REQUIRES_OK(context, context->input_list("coordinates", &inputs));
+    const int num_inputs = inputs.size();
+    std::vector<const int32_t*> data(num_inputs);
+    std::vector<int64_t> sizes(num_inputs);
+    int64_t total = 0;
+    for (int i = 0; i < num_inputs; ++i) {
+      const std::string name = "coordinates[" + std::to_string(i) + "]";
+      if (!CheckCoordinates(context, inputs[i], name.c_str())) return;
+      OP_REQUIRES(context, inputs[i].dim_size(1) == inputs[0].dim_size(1),
+                  absl::InvalidArgumentError(
+                      "every coordinates input must have the same number of "
+                      "columns: coordinates[0] has " +
+                      std::to_string(inputs[0].dim_size(1)) + ", " + name +
+                      " has " + std::to_string(inputs[i].dim_size(1))));
+      data[i] = inputs[i].flat<int32_t>().data();
+      sizes[i] = inputs[i].dim_size(0);
+      total += sizes[i];
+    }
+    OP_REQUIRES(context, total < (int64_t{1} << 31) - 1,
+                absl::InvalidArgumentError(
+                    "the coordinates inputs have too many rows together for "
+                    "int32 row indices: " + std::to_string(total)));
+    const int dims = inputs[0].dim_size(1);
+    Tensor rows, first;
+    if (!AllocateTemp(context, tensorflow::DT_INT32, {total}, &rows) ||
+        !AllocateTemp(context, tensorflow::DT_INT64, {total}, &first)) {
+      return;
+    }
+    int64_t num_union = 0;
+    const int64_t* first_data = first.flat<int64_t>().data();
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, UnionCoordinates(data.data(), sizes.data(), num_inputs, dims,
+                                  rows.flat<int32_t>().data(),
+                                  first.flat<int64_t>().data(), &num_union));
+
+    Tensor* out = nullptr;
+    if (!AllocateOutput(context, 0, {num_union, dims}, &out)) return;
+    int32_t* out_coords = out->flat<int32_t>().data();
+    // Union row u copies the row of its first appearance.
+    int input = 0;
+    int64_t offset = 0;
+    for (int64_t u = 0; u < num_union; ++u) {
+      while (first_data[u] >= offset + sizes[input]) offset += sizes[input++];
+      std::copy_n(data[input] + (first_data[u] - offset) * dims, dims,
+                  out_coords + u * dims);
+    }
+    OpOutputList row_outputs;
+    OP_REQUIRES_OK(context, context->output_list("rows", &row_outputs));
+    const int32_t* all_rows = rows.flat<int32_t>().data();
+    offset = 0;
+    for (int i = 0; i < num_inputs; ++i) {
+      Tensor* r = nullptr;
+      OP_REQUIRES_OK(context,
+                     row_outputs.allocate(i, TensorShape({sizes[i]}), &r));
+      std::copy_n(all_rows + offset, sizes[i], r->flat<int32_t>().data());
+      offset += sizes[i];
+    }
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("SparseOps>CoordinateLookup").Device(DEVICE_CPU),
+                        CoordinateLookupOp);
+REGISTER_KERNEL_BUILDER(Name("SparseOps>CoordinateUnion").Device(DEVICE_CPU),
+                        CoordinateUnionOp);
+
+}  // namespace sparse_ops
