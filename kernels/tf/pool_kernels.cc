@@ -68,7 +68,6 @@ class MaxPoolGradOp : public OpKernel {
   }
 };
 
-
 template <typename T>
 class SumPoolOp : public OpKernel {
  public:
