@@ -252,6 +252,8 @@ least one kept entry, ascending.
 features: [N, C].
 coordinates: int32 [N, 1 + D], column 0 the batch index (>= 0).
 k: int64 scalar >= 0.
+)doc");
+
 namespace {
 
 // Shape of a pooling op over a kernel map: features [rows, C], the map, a
@@ -366,6 +368,8 @@ REGISTER_OP("SparseOps>GlobalSumPoolGrad")
 Adjoint of SparseOps>GlobalSumPool: grad_features[i] =
 grad_output[batch_index[i]], divided by the rows of that item when
 `average`. Entries of batch_index must lie in [0, rows of grad_output).
+)doc");
+
 REGISTER_OP("SparseOps>CoordinateLookup")
     .Input("coordinates: int32")
     .Input("queries: int32")
