@@ -1186,6 +1186,93 @@ add("attention/empty_and_huge_k", """
 """, OK)
 
 
+# == coordinate lookup and union (raw ops and public ops) =====================
+
+add("raw_lookup/valid_and_edge_cases", """
+    lk = lib.sparse_ops_coordinate_lookup
+    c = i32([[0, 1, 2], [1, -5, 7], [0, I32MAX, 3]], 3)
+    q = i32([[0, 1, 2], [0, 1, 2], [1, -5, 7], [0, I32MAX, 3],
+              [-1, 1, 2], [I32MIN, 0, 0], [I32MAX, I32MAX, I32MAX],
+              [0, I32MIN, I32MAX], [2, 1, 2]], 3)
+    np.testing.assert_array_equal(lk(c, q), [0, 0, 1, 2, -1, -1, -1, -1, -1])
+    assert lk(i32([], 3), q).numpy().tolist() == [-1] * 9
+    assert lk(c, i32([], 3)).shape == (0,)
+    assert lk(i32([], 3), i32([], 3)).shape == (0,)
+""", OK, impls=("raw",))
+add("raw_lookup/duplicate_sites", """
+    lib.sparse_ops_coordinate_lookup(i32([[0, 1, 1], [0, 1, 1]], 3),
+                                     i32([[0, 1, 1]], 3))
+""", Raises(r"duplicate"), impls=("raw",))
+add("raw_lookup/negative_batch_in_set", """
+    lib.sparse_ops_coordinate_lookup(i32([[-1, 1, 1]], 3), i32([[0, 1, 1]], 3))
+""", Raises(r"coordinates.*negative batch"), impls=("raw",))
+add("raw_lookup/column_mismatch", """
+    lib.sparse_ops_coordinate_lookup(i32([[0, 1, 1]], 3), i32([[0, 1]], 2))
+""", Raises(r"queries"), impls=("raw",))
+add("raw_lookup/rank_errors", """
+    lib.sparse_ops_coordinate_lookup(tf.constant([0, 1, 1]), tf.constant([[0, 1, 1]]))
+""", Raises(r"coordinates|rank|shape"), impls=("raw",))
+add("raw_lookup/40_columns", """
+    lib.sparse_ops_coordinate_lookup(tf.zeros([2, 40], tf.int32),
+                                     tf.zeros([1, 40], tf.int32))
+""", Raises(r"coordinates"), impls=("raw",))
+add("raw_lookup/one_column", """
+    lib.sparse_ops_coordinate_lookup(tf.zeros([2, 1], tf.int32),
+                                     tf.zeros([1, 1], tf.int32))
+""", Raises(r"coordinates"), impls=("raw",))
+add("raw_lookup/span_too_wide", """
+    c = i32([[0] + [I32MIN] * 3, [I32MAX] + [I32MAX] * 3], 4)
+    lib.sparse_ops_coordinate_lookup(c, c)
+""", Raises(r"64-bit key"), impls=("raw",))
+add("raw_union/valid_and_edge_cases", """
+    un = lib.sparse_ops_coordinate_union
+    a = i32([[0, 1, 2], [0, I32MAX, -3]], 3)
+    b = i32([[1, 0, 0], [0, I32MAX, -3], [0, 1, 2], [0, I32MIN, 5]], 3)
+    out, rows = un([a, i32([], 3), b])
+    np.testing.assert_array_equal(
+        out, [[0, 1, 2], [0, I32MAX, -3], [1, 0, 0], [0, I32MIN, 5]])
+    assert [r.numpy().tolist() for r in rows] == [[0, 1], [], [2, 1, 0, 3]]
+    out, rows = un([i32([], 3)])
+    assert out.shape == (0, 3) and rows[0].shape == (0,)
+    out, rows = un([a])
+    np.testing.assert_array_equal(out, a)
+""", OK, impls=("raw",))
+add("raw_union/duplicate_within_input", """
+    lib.sparse_ops_coordinate_union([i32([[0, 1, 1]], 3),
+                                     i32([[0, 2, 2], [0, 3, 3], [0, 2, 2]], 3)])
+""", Raises(r"coordinates\[1\] has duplicate sites: rows 0 and 2"), impls=("raw",))
+add("raw_union/column_mismatch", """
+    lib.sparse_ops_coordinate_union([i32([[0, 1, 1]], 3), i32([[0, 1]], 2)])
+""", Raises(r"columns"), impls=("raw",))
+add("raw_union/negative_batch", """
+    lib.sparse_ops_coordinate_union([i32([[0, 1, 1]], 3), i32([[-2, 1, 1]], 3)])
+""", Raises(r"coordinates\[1\].*negative batch"), impls=("raw",))
+add("raw_union/span_too_wide", """
+    lib.sparse_ops_coordinate_union([i32([[0] + [I32MIN] * 3], 4),
+                                     i32([[I32MAX] * 4], 4)])
+""", Raises(r"64-bit key"), impls=("raw",))
+add("raw_union/rank_error", """
+    lib.sparse_ops_coordinate_union([i32([[0, 1, 1]], 3), tf.constant([0, 1])])
+""", Raises(r"coordinates|rank|shape"), impls=("raw",))
+add("union/span_too_wide", """
+    so.ops.union([sparse([[0] + [I32MIN] * 3], cols=4), sparse([[I32MAX] * 4], cols=4)])
+""", Raises(r"64-bit key|range"))
+add("interpolate/points_near_int32_limits", """
+    x = sparse([[0, I32MAX, I32MIN], [0, I32MAX - 1, I32MIN]])
+    y = so.ops.interpolate(x, tf.constant(
+        [[0.0, I32MAX - 0.5, float(I32MIN)], [0.0, 2.0**31 + 5, -2.0**31 - 5],
+         [0.0, 1e30, -1e30], [3e9, 0.0, 0.0]], tf.float64))
+    f = to_np(x.features)
+    np.testing.assert_allclose(to_np(y), [(f[0] + f[1]) / 2, 0 * f[0], 0 * f[0],
+                                          0 * f[0]], atol=1e-6)
+""", OK)
+add("interpolate/batch_beyond_int32_is_no_site", """
+    x = sparse([[0, 0, 0]])
+    y = so.ops.interpolate(x, tf.constant([[2.0**32, 0.0, 0.0]], tf.float64))
+    assert not to_np(y).any()
+""", OK)
+
+
 # == the runner ===============================================================
 
 def _child_env():

@@ -233,12 +233,16 @@ def interpolate(x, points, normalize=False):
         weights = tf.math.divide_no_nan(
             weights, tf.reduce_sum(weights, -1, keepdims=True))
     features = x.features
-    n_sites = tf.shape(features)[0]
-    # A zero row for missing corners (and for an x with no sites).
-    padded = tf.concat([features, tf.zeros([1, tf.shape(features)[1]], features.dtype)],
-                       0)
-    gathered = tf.gather(padded, tf.where(found, rows, n_sites))  # [N, K, C]
-    out = tf.einsum("nk,nkc->nc", tf.cast(weights, features.dtype), gathered)
+    # out = W @ features with W [N, n_sites] sparse (the found corners): no
+    # [N, 2^D, C] intermediate, and TF differentiates both factors.
+    pairs = tf.where(found)  # (point, corner), row-major
+    site_rows = tf.cast(tf.gather_nd(rows, pairs), tf.int64)
+    w = tf.SparseTensor(
+        tf.stack([pairs[:, 0], site_rows], 1),
+        tf.cast(tf.gather_nd(weights, pairs), features.dtype),
+        tf.stack([tf.shape(points, out_type=tf.int64)[0],
+                  tf.shape(features, out_type=tf.int64)[0]]))
+    out = tf.sparse.sparse_dense_matmul(w, features)
     return tf.ensure_shape(out, [points.shape[0], features.shape[1]])
 
 
