@@ -118,10 +118,9 @@ def save_serving(model, path, dimension, channels, dtype="float32", pure_tf=Fals
     with config.implementation("reference" if pure_tf else config.get_implementation()):
         concrete = tf.function(serve, autograph=False, input_signature=serving_signature(
             dimension, channels, dtype)).get_concrete_function()
-        found = custom_ops(concrete)
-        if pure_tf and found:
+        if pure_tf and custom_ops(concrete):
             raise ValueError(f"pure_tf=True, but the model still uses the custom ops "
-                             f"{found}: they have no pure-TF reference path")
+                             f"{custom_ops(concrete)}: they have no pure-TF reference path")
         # Only the concrete function: saving a tf.function would trace it again.
         root = tf.Module()
         root.model_variables = list(concrete.variables)  # saved beside the graph
