@@ -91,9 +91,11 @@ def _dataset(batches):
     def generate():
         for coordinates, features, labels in batches:
             yield (coordinates, features), labels
-    return tf.data.Dataset.from_generator(generate, output_signature=(
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=(
         (tf.TensorSpec([None, 3], tf.int32), tf.TensorSpec([None, CIN], tf.float32)),
         tf.TensorSpec([None], tf.int32)))
+    # Known length: Keras then knows where an epoch ends.
+    return dataset.apply(tf.data.experimental.assert_cardinality(len(batches)))
 
 
 def _built_model(batches, seed=11):
