@@ -371,6 +371,8 @@ def test_conv_attention_equals_conv_then_attention(impl, rng, as_layer):
     assert again.get_config() == config
 
 
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 def test_conv_attention_in_a_keras_model_saves_and_loads(tmp_path, rng):
     features, coords = random_input(rng, n=30, channels=2, batches=2, ties=False)
     x = so.SparseTensor(tf.constant(features), tf.constant(coords))
@@ -435,3 +437,39 @@ def test_negative_k_tensor_fails_at_run_time(impl):
     x = so.SparseTensor(tf.ones([2, 1]), tf.constant([[0, 0], [0, 1]]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="k must be"):
         so.ops.attention(x, k=tf.constant(-1))
+
+
+@pytest.mark.filterwarnings(
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
+def test_functional_model_fits_saves_and_loads(tmp_path, rng):
+    """Attention in Keras' functional API: model.fit trains through it (the
+    kernel gets a gradient through the kept entries), .keras round trip."""
+    features, coords = random_input(rng, n=40, channels=2, batches=2, ties=False)
+    f_in = keras.Input(shape=(2,), name="features")
+    c_in = keras.Input(shape=(3,), dtype="int32", name="coordinates")
+    h = so.layers.Conv(4, 3, attention={"k": 6, "mode": "abs"})([f_in, c_in])
+    h = so.layers.Attention(k=3, per="site")(h)
+    out = so.layers.GlobalSumPool()(h)
+    model = keras.Model([f_in, c_in], out)
+    model.compile(keras.optimizers.SGD(0.1), loss="mse")
+    w0 = model.get_weights()[0].copy()
+    data = tf.data.Dataset.from_tensors(((features, coords), np.ones([2, 4], np.float32)))
+    model.fit(data, epochs=1, verbose=0, shuffle=False)
+    assert np.abs(model.get_weights()[0] - w0).max() > 1e-5
+    before = model.predict((features, coords), verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(loaded.predict((features, coords), verbose=0), before)
+
+
+def test_reference_graph_has_no_custom_ops(rng):
+    """On the reference path the graph is stock TensorFlow (TF Serving)."""
+    features, coords = random_input(rng, n=20)
+    with so.config.implementation("reference"):
+        f = tf.function(lambda a, b: so.ops.attention(
+            so.SparseTensor(a, b), k=3).features).get_concrete_function(
+                tf.TensorSpec([None, 5]), tf.TensorSpec([None, 3], tf.int32))
+    assert not [op.type for op in f.graph.get_operations()
+                if op.type.startswith("SparseOps")]
+    want = expected(features, coords, brute_keep(features, coords, 3))[0]
+    np.testing.assert_array_equal(f(features, coords).numpy(), want)
