@@ -81,9 +81,10 @@ def test_voxel_iou_and_split_batch():
     assert completion.voxel_iou(a, b) == pytest.approx(2 / 5)
     assert completion.voxel_iou(np.zeros([0, 3]), np.zeros([0, 3])) == 1.0
     batched = so.utils.batched_coordinates([a, b])
-    parts = completion.split_batch(batched)
+    parts = completion.split_batch(batched, 3)
     np.testing.assert_array_equal(parts[0], a)
     np.testing.assert_array_equal(parts[1], b)
+    assert parts[2].shape == (0, 3)  # nothing left of the last batch item
 
 
 @pytest.mark.parametrize("stride", [1, 2, 4])
@@ -125,15 +126,20 @@ def test_training_keeps_every_target_site():
     pairs = [completion.make_pair(points, 8, rng) for _ in range(2)]
     coords, feats, targets = completion.make_batch(pairs)
     net = completion.CompletionNet(8)
-    logits, labels, out = net(so.SparseTensor(feats, coords), tf.constant(targets),
+    logits, labels, kept = net(so.SparseTensor(feats, coords), tf.constant(targets),
                               training=True)
     assert len(logits) == 3
     for level, label in zip((4, 2, 1), labels):
         strided = np.unique(np.c_[targets[:, :1], targets[:, 1:] // level * level],
                             axis=0)
         assert int(tf.reduce_sum(tf.cast(label, tf.int32))) == len(strided)
-    np.testing.assert_array_equal(out.coordinates.shape[0],
-                                  int(tf.reduce_sum(tf.cast(logits[-1] > 0, tf.int32))))
+    # The last level is pruned by the prediction alone, the others keep the
+    # target's sites too.
+    for logit, label, x in zip(logits, labels, kept):
+        keep = logit.numpy() > 0
+        if x is not kept[-1]:
+            keep |= label.numpy()
+        assert x.coordinates.shape[0] == keep.sum()
     loss = completion.completion_loss(logits, labels)
     assert np.isfinite(loss.numpy())
 
@@ -143,12 +149,26 @@ def test_resolution_must_be_a_power_of_two():
         completion.CompletionNet(24)
 
 
-def test_smoke_run(tmp_path):
+def _smoke(tmp_path, *flags):
     meshes = {"box": box_mesh(), "octahedron": octahedron_mesh(),
               "flat_box": box_mesh((1.0, 0.8, 0.2)), "cube": box_mesh((1, 1, 1))}
     output = tmp_path / "completion.png"
-    metrics = completion.main(["--smoke", "--output", str(output)], meshes=meshes,
-                              hold_out=("octahedron", "cube"))
+    metrics = completion.main(["--smoke", "--output", str(output), *flags],
+                              meshes=meshes, hold_out=("octahedron", "cube"))
     assert output.stat().st_size > 0
-    assert 0 <= metrics["iou"] <= 1
-    assert 0 < metrics["baseline_iou"] < 1
+    assert 0 <= metrics["iou"] <= 1 and 0 <= metrics["iou_at_half"] <= 1
+    assert len(metrics["iou_per_level"]) == len(metrics["baseline_per_level"]) == 3
+    assert metrics["threshold"] in completion.THRESHOLDS
+    # A box or octahedron cut through its centre keeps about half its voxels.
+    assert 0.3 < metrics["baseline_iou"] < 0.7
+
+
+def test_smoke_run_eager(tmp_path):
+    _smoke(tmp_path, "--eager")
+    assert not tf.config.functions_run_eagerly()  # restored
+
+
+@pytest.mark.slow
+def test_smoke_run_traced(tmp_path):
+    """The tf.function path of the real run (tracing takes a minute or more)."""
+    _smoke(tmp_path)

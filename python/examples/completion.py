@@ -22,7 +22,7 @@ Meshes in HOLD_OUT are never trained on; the voxel IoU of the completed shapes
 is reported on them next to the IoU of the input half alone. A PNG shows
 input half, completion and target for a few held-out shapes.
 
-    python python/examples/completion.py [--resolution 32] [--steps 600]
+    python python/examples/completion.py [--resolution 32] [--steps 400]
     python python/examples/completion.py --smoke   # a few seconds
 """
 
@@ -51,6 +51,7 @@ MESH_CACHE = os.path.join(CACHE, "cgal_meshes.npz")
 HOLD_OUT = ("bull", "bunny00", "camel", "cow", "dino", "elk", "femur", "hand",
             "homer", "pig", "triceratops", "turbine")
 MIN_FACES = 100
+THRESHOLDS = (0.5, 0.4, 0.3, 0.2)  # occupancy probabilities tried
 
 
 # -- data ------------------------------------------------------------------------
@@ -212,6 +213,11 @@ class Block(keras.layers.Layer):
                         so.layers.BatchNorm(momentum=0.9),
                         so.layers.Activation("elu")]
 
+    def build(self, input_shape):
+        # The sublayers build themselves on the first call; without this Keras
+        # would trace call() symbolically once just to build them.
+        del input_shape
+
     def call(self, x, training=False):
         for layer in self.layers_:
             x = layer(x, training=training) if isinstance(
@@ -237,18 +243,23 @@ class CompletionNet(keras.Model):
         self.heads = [so.layers.Dense(1) for _ in ch[:-1]]
         self.prune = so.layers.Prune()
 
-    def call(self, x, target_coordinates=None, training=False):
-        """Returns ([logits [N_i]], [targets [N_i] bool or None]) per level from
-        coarse to fine, and the completed shape (stride 1)."""
+    def build(self, input_shape):
+        del input_shape  # as Block.build
+
+    def call(self, x, target_coordinates=None, training=False, threshold=0.0):
+        """Returns ([logits [N_i]], [targets [N_i] bool or None], [kept
+        SparseTensor]) per level from coarse to fine; the last kept tensor
+        is the completed shape (stride 1). Sites are kept where their logit
+        is above `threshold` (0: probability 1/2, as in MinkowskiEngine)."""
         skips = []
         for block in self.encoder:
             x = block(x, training=training)
             skips.append(x)
-        logits, targets = [], []
+        logits, targets, kept = [], [], []
         for i in reversed(range(len(self.decoder))):
             x = _union_add(self.decoder[i](x, training=training), skips[i])
             logit = self.heads[i](x).features[:, 0]
-            keep = logit > 0
+            keep = logit > threshold
             target = None
             if target_coordinates is not None:
                 target = target_mask(x, target_coordinates)
@@ -260,7 +271,8 @@ class CompletionNet(keras.Model):
             logits.append(logit)
             targets.append(target)
             x = self.prune(x, keep)
-        return logits, targets, x
+            kept.append(x)
+        return logits, targets, kept
 
 
 def completion_loss(logits, targets):
@@ -280,12 +292,10 @@ def voxel_iou(a, b):
     return len(a & b) / union if union else 1.0
 
 
-def split_batch(coordinates):
-    """[(voxels [N_b, 3])] per batch item of batched coordinates."""
+def split_batch(coordinates, batch_size):
+    """[voxels [N_b, 3]] of each batch item of batched coordinates."""
     coordinates = np.asarray(coordinates)
-    batch = coordinates[:, 0]
-    return [coordinates[batch == b, 1:] for b in range(batch.max() + 1)] if len(
-        coordinates) else []
+    return [coordinates[coordinates[:, 0] == b, 1:] for b in range(batch_size)]
 
 
 def plot(examples, path):
@@ -295,7 +305,7 @@ def plot(examples, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     fig = plt.figure(figsize=(9, 3 * len(examples)))
-    for r, (name, half, completed, full, iou) in enumerate(examples):
+    for r, (name, half, full, completed, iou) in enumerate(examples):
         target = {tuple(v) for v in full.tolist()}
         wrong = np.array([tuple(v) not in target for v in completed.tolist()], bool)
         panels = ((half, np.zeros(len(half), bool), f"{name}: input half"),
@@ -324,7 +334,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--resolution", type=int, default=32,
                         help="voxel grid side (a power of two)")
-    parser.add_argument("--steps", type=int, default=600, help="training steps")
+    parser.add_argument("--steps", type=int, default=400, help="training steps")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--views", type=int, default=4,
@@ -335,6 +345,8 @@ def parse_args(argv=None):
                         help="use only this many training meshes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="completion.png", help="PNG path")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the steps eagerly (no tf.function tracing)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny run: 8^3, 2 steps, 2 training and 2 test meshes")
     args = parser.parse_args(argv)
@@ -352,6 +364,16 @@ def main(argv=None, meshes=None, hold_out=HOLD_OUT):
     rng = np.random.default_rng(args.seed)
     tf.random.set_seed(args.seed)
     meshes = load_meshes() if meshes is None else meshes
+    eager = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(args.eager or eager)
+    try:
+        return _run(args, meshes, hold_out, rng)
+    finally:
+        tf.config.run_functions_eagerly(eager)
+
+
+def _run(args, meshes, hold_out, rng):
+    """main() after the arguments and the meshes."""
     train_names = [n for n in meshes if n not in hold_out][:args.meshes]
     test_names = [n for n in hold_out if n in meshes][:args.meshes]
     count = args.points * args.resolution ** 2
@@ -375,38 +397,75 @@ def main(argv=None, meshes=None, hold_out=HOLD_OUT):
         optimizer.apply_gradients(zip(grads, net.trainable_variables))
         return loss
 
-    @tf.function(input_signature=signature[:2])
-    def predict(coords, feats):
-        return net(so.SparseTensor(feats, coords))[2].coordinates
+    @tf.function(input_signature=signature[:2] + [tf.TensorSpec([], tf.float32)])
+    def predict(coords, feats, threshold):
+        kept = net(so.SparseTensor(feats, coords), threshold=threshold)[2]
+        return [x.coordinates for x in kept]
 
     start = time.time()
     bar = tqdm(range(args.steps), desc="training")
-    for step in bar:
+    for _ in bar:
         names = rng.choice(train_names, args.batch_size)
         loss = train_step(*make_batch(
             [make_pair(points[n], args.resolution, rng) for n in names]))
         bar.set_postfix(loss=f"{float(loss):.4f}")
     train_time = time.time() - start
 
-    ious, baseline, examples = [], [], []
-    test_rng = np.random.default_rng(12345)  # the same views in every run
-    for name in tqdm(test_names, desc="held-out meshes"):
-        pairs = [make_pair(points[name], args.resolution, test_rng, augment=False)
-                 for _ in range(args.views)]
-        coords, feats, _ = make_batch(pairs)
-        completed = split_batch(predict(coords, feats).numpy())
-        completed += [np.zeros([0, 3], np.int32)] * (len(pairs) - len(completed))
-        for (half, full), out in zip(pairs, completed):
-            ious.append(voxel_iou(out, full))
-            baseline.append(voxel_iou(half, full))
-        examples.append((name, pairs[0][0], completed[0], pairs[0][1], ious[-len(pairs)]))
+    # The occupancy threshold that maximises IoU on training meshes (thin
+    # surfaces are uncertain: a probability below 1/2 often pays off).
+    train_eval = evaluate(predict, points, train_names[:16], args,
+                          np.random.default_rng(54321), THRESHOLDS)
+    best = max(THRESHOLDS, key=lambda t: np.mean(train_eval[0][t], 0)[-1])
+    ious, baseline, examples = evaluate(  # the same held-out views in every run
+        predict, points, test_names, args, np.random.default_rng(12345),
+        sorted({0.5, best}))
+    iou = {t: np.mean(v, 0) for t, v in ious.items()}
+    base = np.mean(baseline, 0)
     print(f"trained {args.steps} steps in {train_time:.0f} s "
           f"({train_time / max(args.steps, 1):.2f} s/step)")
-    print(f"held-out voxel IoU: completed {np.mean(ious):.3f}, input half alone "
-          f"{np.mean(baseline):.3f} ({len(ious)} shapes)")
-    plot(examples[:4], args.output)
+    print("training meshes, IoU per occupancy threshold: " + ", ".join(
+        f"{t}: {np.mean(train_eval[0][t], 0)[-1]:.3f}" for t in THRESHOLDS))
+    print(f"held-out voxel IoU per resolution ({len(baseline)} shapes, threshold "
+          f"{best}, chosen on training meshes):")
+    for i, level in enumerate(range(len(base) - 1, -1, -1)):
+        side = args.resolution >> level
+        print(f"  {side:3d}^3: input half alone {base[i]:.3f}, completed {iou[best][i]:.3f}")
+    print(f"held-out voxel IoU at {args.resolution}^3: input half alone {base[-1]:.3f}, "
+          f"completed {iou[best][-1]:.3f} (threshold {best}), {iou[0.5][-1]:.3f} "
+          "(threshold 0.5)")
+    plot([e[:3] + (e[3][best], e[4][best]) for e in examples[:4]], args.output)
     print(f"saved {args.output}")
-    return {"iou": float(np.mean(ious)), "baseline_iou": float(np.mean(baseline))}
+    return {"iou": float(iou[best][-1]), "iou_at_half": float(iou[0.5][-1]),
+            "threshold": best, "baseline_iou": float(base[-1]),
+            "iou_per_level": iou[best].tolist(), "baseline_per_level": base.tolist()}
+
+
+def evaluate(predict, points, names, args, rng, thresholds):
+    """IoU over `views` random cuts of each mesh at every decoder level.
+
+    Returns ({threshold: [[IoU per level, coarse to fine]]}, [[IoU of the
+    input half per level]], examples); level i compares the voxels at the
+    resolution of that level. Examples are (name, half, target, {threshold:
+    completed}, {threshold: IoU}) of each mesh's first view."""
+    levels = int(np.log2(args.resolution))
+    strides = [2 ** i for i in reversed(range(levels))]
+    ious = {t: [] for t in thresholds}
+    baseline, examples = [], []
+    for name in tqdm(names, desc="evaluating"):
+        pairs = [make_pair(points[name], args.resolution, rng, augment=False)
+                 for _ in range(args.views)]
+        baseline += [[voxel_iou(half // s, full // s) for s in strides]
+                     for half, full in pairs]
+        coords, feats, _ = make_batch(pairs)
+        first, first_iou = {}, {}
+        for t in thresholds:
+            kept = [split_batch(c.numpy(), len(pairs))
+                    for c in predict(coords, feats, np.float32(np.log(t / (1 - t))))]
+            ious[t] += [[voxel_iou(k[j] // s, full // s) for k, s in zip(kept, strides)]
+                        for j, (_, full) in enumerate(pairs)]
+            first[t], first_iou[t] = kept[-1][0], ious[t][-len(pairs)][-1]
+        examples.append((name, pairs[0][0], pairs[0][1], first, first_iou))
+    return ious, baseline, examples
 
 
 if __name__ == "__main__":
