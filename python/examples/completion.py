@@ -23,7 +23,10 @@ is reported on them next to the IoU of the input half alone. A PNG shows
 input half, completion and target for a few held-out shapes.
 
     python python/examples/completion.py [--resolution 32] [--steps 400]
-    python python/examples/completion.py --smoke   # a few seconds
+    python python/examples/completion.py --smoke --eager   # tiny settings
+
+The defaults train 400 steps of 8 shapes at 32^3: a minute of tracing, then
+0.3-0.5 s per step on two free cores (several times that on a shared machine).
 """
 
 import argparse
@@ -429,7 +432,8 @@ def _run(args, meshes, hold_out, rng):
           f"{best}, chosen on training meshes):")
     for i, level in enumerate(range(len(base) - 1, -1, -1)):
         side = args.resolution >> level
-        print(f"  {side:3d}^3: input half alone {base[i]:.3f}, completed {iou[best][i]:.3f}")
+        print(f"  {side:3d}^3: input half alone {base[i]:.3f}, "
+              f"completed {iou[best][i]:.3f}")
     print(f"held-out voxel IoU at {args.resolution}^3: input half alone {base[-1]:.3f}, "
           f"completed {iou[best][-1]:.3f} (threshold {best}), {iou[0.5][-1]:.3f} "
           "(threshold 0.5)")
