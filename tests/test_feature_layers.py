@@ -283,6 +283,24 @@ def test_prune(rng):
     assert y.features.shape == (0, C) and y.coordinates.shape == (0, 3)
 
 
+@pytest.mark.parametrize("extra", [-1, 1])
+def test_prune_mask_of_another_length_raises(rng, extra):
+    """A mask of the wrong length is refused, also when its length is only
+    known at run time (tf.boolean_mask alone drops the sites past a short
+    mask without a word)."""
+    x, _ = random_sparse(rng, (6, 6), C)
+    n = x.features.shape[0]
+    layer = so.layers.Prune()
+    with pytest.raises(ValueError, match="mask has .* entries but x has"):
+        layer(x, np.ones([n + extra], bool))
+    run = tf.function(lambda m: layer(x, m).coordinates,
+                      input_signature=[tf.TensorSpec([None], tf.bool)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one entry per site"):
+        run(tf.ones([n + extra], tf.bool))
+    np.testing.assert_array_equal(run(tf.ones([n], tf.bool)).numpy(),
+                                  x.coordinates.numpy())
+
+
 # -- tf.SparseTensor input ---------------------------------------------------------------
 
 def test_tf_sparse_input(rng):

@@ -372,6 +372,15 @@ class Prune(SparseLayer):
             mask = mask[:, 0]
         if mask.shape.rank is not None and mask.shape.rank != 1:
             raise ValueError(f"mask must be a bool [N] tensor, got shape {mask.shape}")
+        n, m = x.coordinates.shape[0], mask.shape[0]
+        if n is not None and m is not None and n != m:
+            raise ValueError(f"mask has {m} entries but x has {n} sites")
+        # tf.boolean_mask would silently drop the sites past a short mask.
+        check = tf.debugging.assert_equal(
+            tf.shape(mask)[0], tf.shape(x.coordinates)[0],
+            message="mask must have one entry per site of x")
+        with tf.control_dependencies([check]):
+            mask = tf.identity(mask)
         return SparseTensor(tf.boolean_mask(x.features, mask),
                             tf.boolean_mask(x.coordinates, mask), x.stride_tensor)
 
