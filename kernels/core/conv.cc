@@ -37,13 +37,18 @@ int64_t LowerBound(const int32_t* out_rows, int64_t begin, int64_t end,
 
 // Output columns per tile of the dense products (two AVX2 vectors).
 constexpr int64_t kColumnTile = 16;
-// Pairs per tile of the sparse-weight product (four AVX2 vectors).
-constexpr int64_t kPairTile = 32;
-// kAuto takes the sparse-weight product for an offset when its non-zero
-// weights are fewer than kSparseCrossover times the weights the dense
-// product would still touch (non-zero rows x non-zero column tiles).
-// Measured on the PEERS.md workload (python/benchmarks/pruning_benchmark.py).
-constexpr double kSparseCrossover = 0.5;
+// Pairs per tile of the sparse-weight product (eight AVX2 vectors).
+constexpr int64_t kPairTile = 64;
+// kAuto's cost model per pair of an offset, in units of one weight of the
+// dense product: the dense product touches every weight of its non-zero
+// rows and column tiles; the sparse-weight product costs kSparseWeightCost
+// per non-zero weight plus kTransposeCost per input and output channel (the
+// transposed gather and add). Fitted on the PEERS.md workload, 64 -> 64
+// channels, AVX2 (python/benchmarks/pruning_benchmark.py: the sparse product
+// takes 0.45-0.5x the dense one's time at filter density 0.1, 1.9x at 1):
+// the crossover there is at a filter density of about 0.45.
+constexpr double kSparseWeightCost = 1.6;
+constexpr double kTransposeCost = 9.3;
 
 }  // namespace
 
@@ -100,13 +105,14 @@ WeightPlan<T> PlanWeights(const T* w, int64_t K, int64_t c_in, int64_t c_out,
     const int64_t active_rows = plan.row_start[k + 1] - plan.row_start[k];
     const int64_t active_tiles =
         std::count(tiles, tiles + plan.n_tiles, uint8_t{1});
-    const double dense_weights = static_cast<double>(active_rows) *
-                                 std::min(c_out, active_tiles * kColumnTile);
+    const double dense_cost = static_cast<double>(active_rows) *
+                              std::min(c_out, active_tiles * kColumnTile);
+    const double sparse_cost =
+        kSparseWeightCost * nnz + kTransposeCost * (c_in + c_out);
     if (nnz == 0) {
       plan.kind[k] = WeightPlan<T>::kSkip;
     } else if (has_sparse_product &&
-               (path == WeightPath::kSparse ||
-                nnz < kSparseCrossover * dense_weights)) {
+               (path == WeightPath::kSparse || sparse_cost < dense_cost)) {
       plan.kind[k] = WeightPlan<T>::kSparse;
     }
   }
@@ -328,6 +334,10 @@ class Avx2SparseWeightProduct {
       const int n = static_cast<int>(std::min(kPairTile, m - r0));
       GatherTransposed(in, in_rows + r0, n);
       switch ((n + 7) / 8) {  // vectors of pairs in use
+        case 8: Columns<8>(cols, entry_row, entry_value); break;
+        case 7: Columns<7>(cols, entry_row, entry_value); break;
+        case 6: Columns<6>(cols, entry_row, entry_value); break;
+        case 5: Columns<5>(cols, entry_row, entry_value); break;
         case 4: Columns<4>(cols, entry_row, entry_value); break;
         case 3: Columns<3>(cols, entry_row, entry_value); break;
         case 2: Columns<2>(cols, entry_row, entry_value); break;
@@ -361,42 +371,15 @@ class Avx2SparseWeightProduct {
     }
   }
 
-  // yt[j] = sum over column j's entries of xt[row] * value, two columns at
-  // a time for more independent FMA chains.
+  // yt[j] = sum over column j's entries of xt[row] * value: kVectors
+  // independent FMA chains, one per 8 pairs.
   template <int kVectors>
   void Columns(const int64_t* cols, const int32_t* entry_row,
                const float* entry_value) {
-    const float* xt = xt_.data();
-    int64_t j = 0;
-    for (; j + 2 <= c_out_; j += 2) {
-      __m256 a[kVectors], b[kVectors];
-      for (int v = 0; v < kVectors; ++v) {
-        a[v] = _mm256_setzero_ps();
-        b[v] = _mm256_setzero_ps();
-      }
-      int64_t pa = cols[j], pb = cols[j + 1];
-      const int64_t ea = cols[j + 1], eb = cols[j + 2];
-      for (; pa < ea && pb < eb; ++pa, ++pb) {
-        const __m256 wa = _mm256_broadcast_ss(entry_value + pa);
-        const __m256 wb = _mm256_broadcast_ss(entry_value + pb);
-        const float* xa = xt + entry_row[pa];
-        const float* xb = xt + entry_row[pb];
-        for (int v = 0; v < kVectors; ++v) {
-          a[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xa + 8 * v), wa, a[v]);
-          b[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8 * v), wb, b[v]);
-        }
-      }
-      Chain<kVectors>(xt, entry_row, entry_value, pa, ea, a);
-      Chain<kVectors>(xt, entry_row, entry_value, pb, eb, b);
-      for (int v = 0; v < kVectors; ++v) {
-        _mm256_storeu_ps(yt_.data() + j * kPairTile + 8 * v, a[v]);
-        _mm256_storeu_ps(yt_.data() + (j + 1) * kPairTile + 8 * v, b[v]);
-      }
-    }
-    if (j < c_out_) {
+    for (int64_t j = 0; j < c_out_; ++j) {
       __m256 a[kVectors];
       for (int v = 0; v < kVectors; ++v) a[v] = _mm256_setzero_ps();
-      Chain<kVectors>(xt, entry_row, entry_value, cols[j], cols[j + 1], a);
+      Chain<kVectors>(xt_.data(), entry_row, entry_value, cols[j], cols[j + 1], a);
       for (int v = 0; v < kVectors; ++v) {
         _mm256_storeu_ps(yt_.data() + j * kPairTile + 8 * v, a[v]);
       }
@@ -457,22 +440,29 @@ struct NoSparseProduct {
 
 // The block loop of SparseConv: each offset's pairs in the block go to the
 // product the plan picked (or nowhere when its weights are all zero).
+// With out_cols, the products compute only those output channels (weights
+// [K, c_in, out_cols.size()]) into a per-thread block, widened into out's
+// c_out_full channels, the others zero.
 template <typename T, typename Dense, typename Sparse>
 void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 const KernelMapView& map, int64_t n_out, T* out,
-                const WeightPlan<T>& plan, const ParallelFor& parallel_for) {
+                const WeightPlan<T>& plan, const std::vector<int32_t>& out_cols,
+                int64_t c_out_full, const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   const int64_t num_blocks = (n_out + kBlockRows - 1) / kBlockRows;
   const int64_t pairs = map.splits[K];
   const int64_t cost =
       (pairs / std::max<int64_t>(num_blocks, 1) + 1) * c_in * c_out;
+  const bool compact = !out_cols.empty();
   parallel_for(num_blocks, cost, [&](int64_t begin, int64_t end) {
     Dense dense(c_in, c_out);
     Sparse sparse(c_in, c_out);
+    std::vector<T> block(compact ? kBlockRows * c_out : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o0 = b * kBlockRows;
       const int64_t rows = std::min(kBlockRows, n_out - o0);
-      T* acc = out + o0 * c_out;  // the block's rows of out, L2-resident
+      // The block's rows of out (or of the compact block), L2-resident.
+      T* acc = compact ? block.data() : out + o0 * c_out;
       std::fill(acc, acc + rows * c_out, T(0));
       for (int64_t k = 0; k < K; ++k) {
         if (plan.kind[k] == WeightPlan<T>::kSkip) continue;
@@ -494,8 +484,42 @@ void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 map.out_rows + p0, p1 - p0, o0, active, acc);
         }
       }
+      if (compact) {
+        T* dst = out + o0 * c_out_full;
+        std::fill(dst, dst + rows * c_out_full, T(0));
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t t = 0; t < c_out; ++t) {
+            dst[r * c_out_full + out_cols[t]] = acc[r * c_out + t];
+          }
+        }
+      }
     }
   });
+}
+
+// The output channels worth computing when at least a quarter of them have
+// zero weights at every offset (their outputs are zero): the others, padded
+// with zero channels to a multiple of 8 (the AVX2 products' width) where
+// c_out allows. Empty when compacting does not pay.
+template <typename T>
+std::vector<int32_t> ActiveOutputChannels(const T* w, int64_t K, int64_t c_in,
+                                          int64_t c_out) {
+  std::vector<uint8_t> active(c_out, 0);
+  for (int64_t q = 0; q < K * c_in; ++q) {
+    for (int64_t j = 0; j < c_out; ++j) active[j] |= w[q * c_out + j] != T(0);
+  }
+  const int64_t n = std::count(active.begin(), active.end(), uint8_t{1});
+  if (n == 0 || 4 * n > 3 * c_out) return {};
+  int64_t padded = c_out % 8 == 0 ? (n + 7) / 8 * 8 : n;
+  std::vector<int32_t> cols;
+  for (int64_t j = 0; j < c_out; ++j) {
+    if (active[j]) cols.push_back(static_cast<int32_t>(j));
+  }
+  for (int64_t j = 0; j < c_out && static_cast<int64_t>(cols.size()) < padded; ++j) {
+    if (!active[j]) cols.push_back(static_cast<int32_t>(j));
+  }
+  std::sort(cols.begin(), cols.end());
+  return cols;
 }
 
 template <typename T>
@@ -514,24 +538,44 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
     }
     weights = transposed.data();
   }
+  // Output channels with no weight at all are left out of the products.
+  std::vector<int32_t> out_cols;
+  std::vector<T> compact;
+  int64_t c_prod = c_out;
+  if (path != WeightPath::kDense) {
+    out_cols = ActiveOutputChannels(weights, K, c_in, c_out);
+  }
+  if (!out_cols.empty()) {
+    c_prod = out_cols.size();
+    compact.resize(K * c_in * c_prod);
+    for (int64_t q = 0; q < K * c_in; ++q) {
+      for (int64_t t = 0; t < c_prod; ++t) {
+        compact[q * c_prod + t] = weights[q * c_out + out_cols[t]];
+      }
+    }
+    weights = compact.data();
+  }
 #ifdef SPARSE_OPS_AVX2
   if constexpr (std::is_same_v<T, float>) {
-    const WeightPlan<float> plan = PlanWeights(weights, K, c_in, c_out, path,
+    const WeightPlan<float> plan = PlanWeights(weights, K, c_in, c_prod, path,
                                                /*has_sparse_product=*/true);
-    if (Avx2PairProduct::Supports(c_out)) {
+    if (Avx2PairProduct::Supports(c_prod)) {
       ConvBlocks<float, Avx2PairProduct, Avx2SparseWeightProduct>(
-          in, c_in, weights, c_out, map, n_out, out, plan, parallel_for);
+          in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+          parallel_for);
     } else {
       ConvBlocks<float, EigenPairProduct<float>, Avx2SparseWeightProduct>(
-          in, c_in, weights, c_out, map, n_out, out, plan, parallel_for);
+          in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+          parallel_for);
     }
     return;
   }
 #endif
-  const WeightPlan<T> plan = PlanWeights(weights, K, c_in, c_out, path,
+  const WeightPlan<T> plan = PlanWeights(weights, K, c_in, c_prod, path,
                                          /*has_sparse_product=*/false);
   ConvBlocks<T, EigenPairProduct<T>, NoSparseProduct<T>>(
-      in, c_in, weights, c_out, map, n_out, out, plan, parallel_for);
+      in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+      parallel_for);
 }
 
 // Outer products of a run of pairs: acc [c_in, c_out] +=

@@ -453,6 +453,51 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
   }
 }
 
+// Pruned weights: every WeightPath gives what the plain dense product gives
+// (bit for bit where both sides run AVX2 float products, c_out % 8 == 0),
+// for unstructured zeros, zero offsets and zero output channels.
+void CheckPrunedPaths(const KernelMap& map, int64_t n, int64_t c_in, int64_t c_out,
+                      std::mt19937_64* rng) {
+  const int64_t K = map.splits.size() - 1;
+  const KernelMapView view = map.view();
+  const std::vector<float> in = RandomValues<float>(rng, n * c_in);
+  std::uniform_real_distribution<double> u(0, 1);
+  for (const char* pattern : {"unstructured", "offsets", "channels", "zero"}) {
+    std::vector<float> w = RandomValues<float>(rng, K * c_in * c_out);
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t i = 0; i < c_in; ++i) {
+        for (int64_t j = 0; j < c_out; ++j) {
+          const std::string p = pattern;
+          const bool zero = (p == "unstructured" && u(*rng) > 0.1) ||
+                            (p == "offsets" && k % 3 != 0) ||
+                            (p == "channels" && j % 4 != 1) || p == "zero";
+          if (zero) w[(k * c_in + i) * c_out + j] = 0.0f;
+        }
+      }
+    }
+    std::vector<float> want(n * c_out);
+    SparseConv<float>(in.data(), c_in, w.data(), c_out, false, view, n, want.data(),
+                      SerialFor, WeightPath::kDense);
+    std::vector<double> want_d(want.begin(), want.end());
+    for (const Runner& runner : Runners()) {
+      for (WeightPath path : {WeightPath::kAuto, WeightPath::kSparse}) {
+        const std::string what = std::string("pruned ") + pattern + " " +
+                                 std::to_string(c_in) + "->" + std::to_string(c_out) +
+                                 " (" + runner.name + ")";
+        std::vector<float> out(n * c_out, -99.0f);
+        SparseConv<float>(in.data(), c_in, w.data(), c_out, false, view, n, out.data(),
+                          runner.parallel_for, path);
+        std::string where;
+        if (c_out % 8 == 0) {
+          EXPECT_MSG(BitwiseEqual(out, want), what + ": not bitwise the dense product");
+        } else {
+          EXPECT_MSG(Close(out, want_d, 1e-5, &where), what + ": " + where);
+        }
+      }
+    }
+  }
+}
+
 void TestConvolutions() {
   std::mt19937_64 rng(777);
   // ~8000 sites: many 256-row output blocks, and several segments (of at
@@ -472,6 +517,9 @@ void TestConvolutions() {
   CheckConv<float>("float", 1e-4, map, n, n, 16, 32, &rng);
   CheckConv<double>("double", 1e-11, map, n, n, 5, 7, &rng);
   CheckConv<double>("double", 1e-11, map, n, n, 1, 1, &rng);
+  CheckPrunedPaths(map, n, 64, 64, &rng);
+  CheckPrunedPaths(map, n, 13, 24, &rng);
+  CheckPrunedPaths(map, n, 9, 5, &rng);
 
   // A strided map (more output rows than paired ones; zero rows must be 0).
   std::vector<Row> coarse;
