@@ -9,6 +9,7 @@ from sparse_ops._version import __version__
 from sparse_ops import _loader
 from sparse_ops import config
 from sparse_ops import layers
+from sparse_ops import models
 from sparse_ops import ops
 from sparse_ops import utils
 from sparse_ops.geometry import kernel_offsets
@@ -18,3 +19,4 @@ _loader.check_build_version()
 
 __all__ = ["SparseTensor", "kernel_offsets", "config", "layers", "ops", "utils",
            "__version__"]
+__all__ += ["models"]
