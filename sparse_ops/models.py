@@ -115,16 +115,12 @@ class _ResidualBlock(_NetworkLayer):
 
     def build(self, input_shape):
         channels, dimension = self.input_channels(input_shape)
-        c = channels
-        for layer in self.main:
-            c = _build(layer, c, dimension)
+        _build_chain(self.main, channels, dimension)
         # ME's rule (`_make_layer`): project when the stride or width changes.
         if self.strides != 1 or channels != self.output_channels:
             self.projection = [self.conv(self.output_channels, 1, self.strides),
                                self.norm()]
-            c = channels
-            for layer in self.projection:
-                c = _build(layer, c, dimension)
+            _build_chain(self.projection, channels, dimension)
 
     def call(self, x, training=None):
         x = self.sparse_input(x)

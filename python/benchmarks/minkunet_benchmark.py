@@ -107,7 +107,15 @@ def worker(args):
         step(f, c, y)[0].numpy()
         times.append(time.perf_counter() - t)
     peak = vm_hwm_mb()
+    # Same-run reference for a shared machine: PEERS.md's shape-matched GEMM.
+    a, b = tf.random.normal([1414535, 64]), tf.random.normal([64, 64])
+    gemm = []
+    for _ in range(5):
+        t = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        gemm.append(time.perf_counter() - t)
     print(json.dumps({"library": "sparse_ops", "sites": len(c), "times": times,
+                      "gemm_ms": 1000 * sorted(gemm)[2],
                       "first": first, "peak_mb": peak, "base_mb": base,
                       "params": int(sum(np.prod(v.shape)
                                         for v in model.trainable_variables))}))
@@ -168,6 +176,11 @@ def main():
           f"{'first s':>9} {'peak MB':>9} {'+MB':>9} {'weights':>10}")
     for r in results:
         print(summary(r))
+    if "gemm_ms" in results[0]:
+        t = sorted(results[0]["times"])[len(results[0]["times"]) // 2]
+        print(f"same-run reference: tf.linalg.matmul [1.41M, 64] @ [64, 64] "
+              f"{results[0]['gemm_ms']:.0f} ms; iteration = "
+              f"{1000 * t / results[0]['gemm_ms']:.0f}x that GEMM")
     if len(results) == 2:
         ours, me = (sorted(r["times"])[len(r["times"]) // 2] for r in results)
         print(f"time ratio sparse_ops / MinkowskiEngine: {ours / me:.2f}; "
