@@ -14,6 +14,13 @@ per-point accuracy and mIoU; a PNG shows true and predicted labels from above.
 
     python python/examples/segmentation.py            # a few minutes on 2 cores
     python python/examples/segmentation.py --tiny     # smoke run, seconds
+
+Measured with the defaults (2026-11-22, on 2 cores shared with other jobs,
+11 min): held-out region of 21,129 points (18,421 voxels), per-point
+accuracy 0.823 against 0.795 for always "non-ground", mIoU 0.561 (IoU
+non-ground 0.807, ground 0.314). The labels of this scan are patchy (much
+flat open terrain is "unclassified" with ground returns interleaved, see
+the PNG); the ground class is the weak one.
 """
 
 import argparse
