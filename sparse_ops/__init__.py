@@ -10,6 +10,7 @@ from sparse_ops import _loader
 from sparse_ops import config
 from sparse_ops import export
 from sparse_ops import layers
+from sparse_ops import models
 from sparse_ops import ops
 from sparse_ops import utils
 from sparse_ops import callbacks
@@ -28,3 +29,4 @@ __all__ = ["SparseTensor", "kernel_offsets", "config", "layers", "ops", "utils",
            "callbacks", "regularizers",
            "__version__"]
 __all__ += ["export", "load_ops"]
+__all__ += ["models"]
