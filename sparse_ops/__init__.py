@@ -25,8 +25,5 @@ _loader.check_build_version()
 load_ops = _loader.load_ops
 load_ops()
 
-__all__ = ["SparseTensor", "kernel_offsets", "config", "layers", "ops", "utils",
-           "callbacks", "regularizers",
-           "__version__"]
-__all__ += ["export", "load_ops"]
-__all__ += ["models"]
+__all__ = ["SparseTensor", "kernel_offsets", "config", "layers", "models", "ops",
+           "utils", "callbacks", "regularizers", "export", "load_ops", "__version__"]
