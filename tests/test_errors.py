@@ -965,6 +965,99 @@ add("limits/conv_transpose_generative_at_limits", """
 """, OK)
 
 
+# == attention: the raw op and the public op ===================================
+
+RAW_ATTENTION = r"""
+def raw_attention(features=np.ones([3, 2]), coords=((0, 0), (1, 1), (0, 2)), k=1,
+                  dtype=tf.float32, **attrs):
+    f = features if isinstance(features, tf.Tensor) else tf.constant(features, dtype)
+    c = coords if isinstance(coords, tf.Tensor) else tf.constant(
+        np.asarray(coords, np.int64).astype(np.int32))
+    k = k if isinstance(k, tf.Tensor) else tf.constant(k, tf.int64)
+    keep, rows = lib.sparse_ops_attention(f, c, k, **attrs)
+    return keep.numpy(), rows.numpy()
+"""
+RAW_ATTENTION_BAD = {
+    "k_negative": ("k=-1", r"k must be a scalar >= 0"),
+    "k_int64_min": ("k=-2**63", r"k must be a scalar >= 0"),
+    "k_vector": ("k=tf.constant([1, 2], tf.int64)", r"k must be a scalar|rank|shape"),
+    "k_int32": ("k=tf.constant(1, tf.int32)", r"int64|int32|type"),
+    "features_rank1": ("features=tf.ones([3])", r"features|rank|shape"),
+    "features_rank3": ("features=tf.ones([3, 2, 1])", r"features|rank|shape"),
+    "rows_mismatch": ("features=np.ones([4, 2])", r"same number of rows|shape|dimension"),
+    "rows_mismatch_unknown_shapes": (
+        "features=tf.function(lambda: tf.ones([4, 2]))()", r"same number of rows|shape"),
+    "coordinates_rank1": ("coords=tf.constant([0, 1, 2])", r"coordinates|rank"),
+    "coordinates_one_column": ("coords=((0,), (1,), (0,))", r"coordinates|\[N, 1 \+ D\]"),
+    "coordinates_40_columns": ("coords=tf.zeros([3, 40], tf.int32)",
+                               r"coordinates|\[N, 1 \+ D\]"),
+    "negative_batch": ("coords=((0, 0), (-1, 1), (0, 2))", r"negative batch"),
+    "int32_min_batch": ("coords=((0, 0), (I32MIN, 1), (0, 2))", r"negative batch"),
+    "int_features": ("features=tf.ones([3, 2], tf.int32)", r"float|type|T"),
+    "mode_invalid": ("mode='max'", r"mode|value|abs"),
+    "per_invalid": ("per='batch'", r"per|channel|site"),
+}
+for label, (args, pattern) in RAW_ATTENTION_BAD.items():
+    add(f"raw_attention/{label}", RAW_ATTENTION + f"raw_attention({args})\n",
+        Raises(pattern), impls=("raw",))
+
+RAW_ATTENTION_OK = {
+    # The brute force checks are in tests/test_attention.py; here: no crash,
+    # and the shapes and a few hand-checked selections.
+    "empty": ("features=np.zeros([0, 2]), coords=np.zeros([0, 3])",
+              "keep.shape == (0, 2) and rows.shape == (0,)"),
+    "empty_per_site": ("features=np.zeros([0, 2]), coords=np.zeros([0, 3]), per='site'",
+                       "keep.shape == (0, 2) and rows.shape == (0,)"),
+    "zero_channels": ("features=np.zeros([3, 0])",
+                      "keep.shape == (3, 0) and rows.shape == (0,)"),
+    "zero_channels_per_site": ("features=np.zeros([3, 0]), per='site'",
+                               "keep.shape == (3, 0) and rows.shape == (0,)"),
+    "k_zero": ("k=0", "not keep.any() and rows.shape == (0,)"),
+    "k_int64_max": ("k=2**63 - 1", "keep.all() and list(rows) == [0, 1, 2]"),
+    "int32_max_batch": ("coords=((I32MAX, 0), (0, 1), (I32MAX, 2))",
+                        "keep.tolist() == [[True, True], [True, True], [False, False]]"),
+    "huge_batch_gaps_many_rows": (
+        "features=np.arange(64.0).reshape(32, 2), "
+        "coords=[(b * 60000000, i) for i, b in enumerate(np.arange(32) % 3)]",
+        "keep.sum() == 6 and list(rows) == [29, 30, 31]"),
+    "all_nan": ("features=np.full([3, 2], np.nan)",
+                "keep.tolist() == [[True, True], [True, True], [False, False]]"),
+    "all_nan_per_site": ("features=np.full([3, 2], np.nan), per='site'",
+                         "keep.tolist() == [[True, True], [True, True], [False, False]]"),
+    "inf_overflowing_norm": ("features=[[3e38, 3e38], [-np.inf, 0], [1, 1]], per='site'",
+                             "list(rows) == [0, 1]"),
+    "float64_abs": ("features=[[1, -5], [0, 0], [-3, 2]], dtype=tf.float64, mode='abs'",
+                    "keep.tolist() == [[False, True], [True, True], [True, False]]"),
+}
+for label, (args, check) in RAW_ATTENTION_OK.items():
+    add(f"raw_attention/{label}", RAW_ATTENTION + f"""
+keep, rows = raw_attention({args})
+assert {check}, (keep, rows)
+""", OK, impls=("raw",))
+
+add("attention/k_tensor_negative", """
+    x = sparse([[0, 0], [0, 1]])
+    to_np(so.ops.attention(x, k=tf.constant(-2)).features)
+""", Raises(r"k must be"))
+add("attention/negative_batch", """
+    x = so.SparseTensor(tf.ones([2, 1]), tf.constant([[0, 0], [-3, 1]]))
+    to_np(so.ops.attention(x, k=1).features)
+""", Raises(r"negative batch"))
+add("attention/rows_mismatch_hidden_in_tf_function", """
+    @tf.function(input_signature=[tf.TensorSpec([None, 2]),
+                                  tf.TensorSpec([None, 3], tf.int32)])
+    def f(feats, coords):
+        return so.ops.attention(so.SparseTensor(feats, coords), k=1).features
+    f(tf.ones([5, 2]), i32(SQUARE))
+""", Raises(r"same number of rows"))
+add("attention/empty_and_huge_k", """
+    x = sparse(np.zeros([0, 3]), cols=3)
+    assert to_np(so.ops.attention(x, k=5).features).shape == (0, 2)
+    y = so.ops.attention(sparse(SQUARE), k=2**62, per="site")
+    assert to_np(y.features).shape == (4, 2)
+""", OK)
+
+
 # == the runner ===============================================================
 
 def _child_env():

@@ -213,4 +213,39 @@ grad_output[o, c] over the rows o with argmax[o, c] == i, for num_in_rows
 rows. Entries of argmax must lie in [-1, num_in_rows).
 )doc");
 
+REGISTER_OP("SparseOps>Attention")
+    .Input("features: T")
+    .Input("coordinates: int32")
+    .Input("k: int64")
+    .Output("keep: bool")
+    .Output("rows: int32")
+    .Attr("T: {float, double}")
+    .Attr("mode: {'value', 'abs'} = 'value'")
+    .Attr("per: {'channel', 'site'} = 'channel'")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features, coordinates, unused;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+      TF_RETURN_IF_ERROR(CoordinatesShape(c, 1, &coordinates));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(features, 0), c->Dim(coordinates, 0),
+                                  &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(features, 1)));
+      c->set_output(1, c->Vector(c->UnknownDim()));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+k-selection attention (Hackel et al., Sec. 3.2). The rows are grouped into
+batch items by coordinates[:, 0] (rows need not be sorted). per = "channel":
+keep[i, c] is true when features[i, c] is among the k largest (mode "value")
+or largest in magnitude (mode "abs") of channel c in its batch item. per =
+"site": every entry of the k sites of largest L2 norm of each batch item is
+kept. Ties go to the lower row; NaN ranks as -inf. rows: the rows with at
+least one kept entry, ascending.
+
+features: [N, C].
+coordinates: int32 [N, 1 + D], column 0 the batch index (>= 0).
+k: int64 scalar >= 0.
+)doc");
+
 }  // namespace sparse_ops

@@ -12,3 +12,6 @@ __all__ = ["Conv", "ConvTranspose", "GlobalMaxPool", "GlobalAvgPool", "GlobalSum
            "BroadcastAdd", "BroadcastMultiply", "BroadcastConcat", "Dense",
            "Activation", "ReLU", "Dropout", "BatchNorm", "InstanceNorm", "Concat",
            "ToDense", "Prune", "MaxPool", "AvgPool", "SumPool", "Unpool"]
+from sparse_ops.layers.attention import Attention  # noqa: E402
+
+__all__ += ["Attention"]

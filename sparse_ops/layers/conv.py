@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from sparse_ops import geometry
 from sparse_ops import ops
+from sparse_ops.layers.attention import Attention
 from sparse_ops.layers.base import SparseLayer, sparse_spec
 from sparse_ops.tensor import SparseTensor, as_sparse
 
@@ -22,6 +23,19 @@ def _ints(value, name):
     if min(np.atleast_1d(out)) < 1:
         raise ValueError(f"{name} entries must be >= 1, got {value!r}")
     return out
+
+
+def _attention_options(attention):
+    """Conv's `attention` argument as the keyword arguments of
+    `ops.attention` (a JSON-serialisable dict), or None."""
+    if attention is None:
+        return None
+    if isinstance(attention, Attention):
+        return attention.options()
+    if isinstance(attention, dict):
+        return Attention(**attention).options()  # checks the arguments
+    raise TypeError("attention must be None, a sparse_ops.layers.Attention or a "
+                    f"dict of its arguments, got {attention!r}")
 
 
 def _coordinates_of(value):
@@ -127,6 +141,11 @@ class Conv(_ConvBase):
 
     The kernel is [*kernel_size, Cin, filters] for a hypercube region (Keras'
     layout), else [K, Cin, filters].
+
+    `attention`: an `Attention` layer or a dict of its arguments (e.g.
+    `{"density": 0.05, "spatial_shape": [28, 28]}`), applied to the output
+    right after the bias: the paper's k-selection, so that a batch item has at
+    most k * filters output sites. `get_config` stores it as that dict.
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, dilation_rate=1,
@@ -136,18 +155,19 @@ class Conv(_ConvBase):
         super().__init__(filters, kernel_size, strides, dilation_rate, region,
                          use_bias, kernel_initializer,
                          kernel_regularizer=kernel_regularizer, **kwargs)
-        if attention is not None:
-            raise NotImplementedError("Conv(attention=...) is not available yet")
-        self.attention = attention
+        self.attention = _attention_options(attention)
         self.masked_gradients = bool(masked_gradients)
 
     def call(self, x, out_coordinates=None):
         x = self.sparse_input(x)
         kernel, bias = self._weights_for(x)
-        return ops.conv(x, kernel, bias, strides=self.strides,
-                        dilation_rate=self.dilation_rate, region=self.region,
-                        out_coordinates=_coordinates_of(out_coordinates),
-                        masked_gradients=self.masked_gradients)
+        y = ops.conv(x, kernel, bias, strides=self.strides,
+                     dilation_rate=self.dilation_rate, region=self.region,
+                     out_coordinates=_coordinates_of(out_coordinates),
+                     masked_gradients=self.masked_gradients)
+        if self.attention is not None:
+            y = ops.attention(y, **self.attention)
+        return y
 
     def get_config(self):
         config = super().get_config()

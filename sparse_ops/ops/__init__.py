@@ -9,3 +9,6 @@ from sparse_ops.ops.pool import avg_pool, max_pool, sum_pool, unpool
 __all__ = ["conv", "conv_transpose", "kernel_map", "KernelMap",
            "strided_coordinates", "generative_coordinates", "global_pool", "broadcast",
            "instance_norm", "max_pool", "avg_pool", "sum_pool", "unpool"]
+from sparse_ops.ops.attention import attention  # noqa: E402
+
+__all__ += ["attention"]

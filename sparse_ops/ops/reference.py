@@ -163,3 +163,40 @@ def conv_backprop_input(grad_output, kernel, kmap, num_in_rows):
                                                    grad_output.dtype),
         tf.concat(rows, 0) if rows else tf.zeros([0], tf.int32), num_in_rows)
     return tf.ensure_shape(out, [None, kernel.shape[1]])
+
+
+def attention(features, coordinates, k, mode="value", per="channel"):
+    """keep [N, C] and the kept rows [S], as SparseOps>Attention: per batch
+    item (coordinates[:, 0]) and channel, the k best entries in the order
+    (key descending, row ascending); per="site" ranks sites by L2 norm.
+
+    Two stable sorts (a full sort, where the C++ op selects in O(n)): by key,
+    then by batch index, which keeps the key order within each batch item;
+    an entry's rank is then its distance from the start of its item.
+    """
+    k = tf.cast(k, tf.int64)
+    with tf.control_dependencies([
+            _check_batch(coordinates, "coordinates"),
+            tf.debugging.assert_non_negative(k, message="k must be >= 0")]):
+        features = tf.identity(features)
+    if per == "site":
+        keys = tf.reduce_sum(features * features, axis=1, keepdims=True)
+    else:
+        keys = tf.abs(features) if mode == "abs" else features
+    keys = tf.where(tf.math.is_nan(keys), tf.constant(-float("inf"), keys.dtype), keys)
+    keys = tf.transpose(keys)  # [C', N]
+    n = tf.shape(keys, out_type=tf.int64)[1]
+    # top_k puts equal keys in index order: ties go to the lower row.
+    by_key = tf.argsort(keys, axis=1, direction="DESCENDING", stable=True)
+    batch = tf.gather(tf.cast(coordinates[:, 0], tf.int64), by_key)
+    # Unique composite keys, so the second sort needs no stability.
+    order = tf.argsort(batch * n + tf.range(n), axis=1)
+    rows = tf.gather(by_key, order, batch_dims=1)
+    batch = tf.gather(batch, order, batch_dims=1)
+    rank = tf.range(n) - tf.searchsorted(batch, batch, side="left", out_type=tf.int64)
+    lanes = tf.broadcast_to(tf.range(tf.shape(rows)[0])[:, None], tf.shape(rows))
+    keep = tf.scatter_nd(tf.stack([lanes, rows], -1), tf.cast(rank < k, tf.int32),
+                         tf.shape(keys)) > 0
+    keep = tf.broadcast_to(tf.transpose(keep), tf.shape(features))
+    kept_rows = tf.where(tf.reduce_any(keep, axis=1))[:, 0]
+    return keep, tf.cast(kept_rows, tf.int32)
