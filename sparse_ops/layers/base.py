@@ -1,7 +1,12 @@
 """What every sparse layer shares: input conversion and shape reading."""
 
-import keras
+import math
 
+import keras
+import tensorflow as tf
+
+from sparse_ops import geometry
+from sparse_ops.regularizers import DensityRegularizer
 from sparse_ops.tensor import SparseTensor, as_sparse
 
 
@@ -76,6 +81,43 @@ class SparseLayer(keras.layers.Layer):
             raise ValueError(f"{self.name}: the number of input channels must be "
                              "known when the layer is built")
         return channels, dimension
+
+    def bind_density_regularizers(self):
+        """Call at the end of build(): gives each `DensityRegularizer` on this
+        layer's weights the output density the layer measures at each call
+        (a non-trainable scalar weight `measured_density`)."""
+        weights = [w for w in self.trainable_weights
+                   if isinstance(w.regularizer, DensityRegularizer)]
+        if not weights:
+            return
+        self.measured_density = self.add_weight(
+            name="measured_density", shape=(), trainable=False, autocast=False,
+            dtype="float32",
+            # rho = target gives b = 0 (plain L2) until the first call.
+            initializer=keras.initializers.Constant(
+                weights[0].regularizer.target_density))
+        for w in weights:
+            w.regularizer = w.regularizer.bind(self.measured_density)
+
+    def record_density(self, y):
+        """Stores the density of y's features in `measured_density` when a
+        density regulariser reads it: positive entries over all entries, or
+        over batch size x grid volume x channels when the layer has a
+        `spatial_shape` (the grid of its output). Returns y."""
+        if getattr(self, "measured_density", None) is None:
+            return y
+        f = y.features
+        positive = tf.cast(tf.math.count_nonzero(f > 0), tf.float32)
+        spatial_shape = getattr(self, "spatial_shape", None)
+        if spatial_shape:
+            shape = geometry.normalize_tuple(spatial_shape, y.dimension,
+                                             "spatial_shape")
+            cells = float(math.prod(shape) * f.shape[-1])
+            total = tf.cast(y.batch_size(), tf.float32) * cells
+        else:
+            total = tf.cast(tf.size(f), tf.float32)
+        self.measured_density.assign(tf.math.divide_no_nan(positive, total))
+        return y
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -102,6 +102,7 @@ class _ConvBase(SparseLayer):
             name="bias", shape=[self.filters], initializer=self.bias_initializer,
             regularizer=self.bias_regularizer,
             constraint=self.bias_constraint) if self.use_bias else None
+        self.bind_density_regularizers()
 
     def compute_output_spec(self, x, *args, **kwargs):
         """Output fields for Keras' functional API: features [N, filters],
@@ -146,17 +147,25 @@ class Conv(_ConvBase):
     `{"density": 0.05, "spatial_shape": [28, 28]}`), applied to the output
     right after the bias: the paper's k-selection, so that a batch item has at
     most k * filters output sites. `get_config` stores it as that dict.
+    `masked_gradients=True`: the paper's sparse back-propagation (no gradient
+    to zero input entries nor to exactly-zero weights). `spatial_shape`: the
+    output grid's extent per batch item, which makes the density a
+    `so.regularizers.DensityRegularizer` sees positive entries over the grid
+    volume (the paper's rho) instead of over the output entries.
     """
 
     def __init__(self, filters, kernel_size=3, strides=1, dilation_rate=1,
                  region="hypercube", use_bias=True,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None,
-                 attention=None, masked_gradients=False, **kwargs):
+                 attention=None, masked_gradients=False, spatial_shape=None,
+                 **kwargs):
         super().__init__(filters, kernel_size, strides, dilation_rate, region,
                          use_bias, kernel_initializer,
                          kernel_regularizer=kernel_regularizer, **kwargs)
         self.attention = _attention_options(attention)
         self.masked_gradients = bool(masked_gradients)
+        self.spatial_shape = None if spatial_shape is None else _ints(
+            spatial_shape, "spatial_shape")
 
     def call(self, x, out_coordinates=None):
         x = self.sparse_input(x)
@@ -167,12 +176,13 @@ class Conv(_ConvBase):
                      masked_gradients=self.masked_gradients)
         if self.attention is not None:
             y = ops.attention(y, **self.attention)
-        return y
+        return self.record_density(y)
 
     def get_config(self):
         config = super().get_config()
         config.update({"attention": self.attention,
-                       "masked_gradients": self.masked_gradients})
+                       "masked_gradients": self.masked_gradients,
+                       "spatial_shape": self.spatial_shape})
         return config
 
 
@@ -201,11 +211,10 @@ class ConvTranspose(_ConvBase):
         x = self.sparse_input(x)
         coordinates = _coordinates_of(coordinates)
         kernel, bias = self._weights_for(x)
-        return ops.conv_transpose(x, kernel, bias, strides=self.strides,
-                                  dilation_rate=self.dilation_rate,
-                                  region=self.region,
-                                  out_coordinates=coordinates,
-                                  generative=self.generative)
+        return self.record_density(ops.conv_transpose(
+            x, kernel, bias, strides=self.strides,
+            dilation_rate=self.dilation_rate, region=self.region,
+            out_coordinates=coordinates, generative=self.generative))
 
     def get_config(self):
         config = super().get_config()
