@@ -18,7 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-RESULTS = os.path.join(ROOT, "docs", "results")
+# Where tables and figures go; tests point it elsewhere.
+RESULTS = os.environ.get("SPARSE_OPS_RESULTS", os.path.join(ROOT, "docs", "results"))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "sparse_ops")
 
 
@@ -322,6 +323,17 @@ def read_wrl(path):
     return np.concatenate(tris) if tris else np.zeros((0, 3, 3))
 
 
+def _triangles(path):
+    """read_wrl, cached as float32 .npy beside the file (parsing is the slow
+    part, and every resolution needs the same triangles)."""
+    cached = path + ".tri.npy"
+    if os.path.exists(cached):
+        return np.load(cached).astype(np.float64)
+    tris = read_wrl(path)
+    np.save(cached, tris.astype(np.float32))
+    return tris
+
+
 def voxelize_mesh(triangles, resolution, rng, samples_per_cell=8):
     """Occupied cells (int [M, 3]) of the surface, scaled uniformly to fit
     the resolution^3 grid and centred."""
@@ -349,7 +361,9 @@ def kicad_shapes(resolution, categories=KICAD_DEFAULT, per_class=40, seed=0,
     stratified split. Returns (x_train, y_train, x_test, y_test, categories),
     x as float32 [n, r, r, r]. Cached as .npz in ~/.cache/sparse_ops."""
     categories = tuple(categories)
-    key = f"kicad_{resolution}_{per_class}_{seed}_{abs(hash(categories)) % 10**8}.npz"
+    import hashlib  # pylint: disable=import-outside-toplevel
+    digest = hashlib.sha1(" ".join(categories).encode()).hexdigest()[:10]
+    key = f"kicad_{resolution}_{per_class}_{seed}_{digest}.npz"
     path = os.path.join(CACHE, key)
     if os.path.exists(path):
         data = np.load(path)
@@ -366,7 +380,7 @@ def kicad_shapes(resolution, categories=KICAD_DEFAULT, per_class=40, seed=0,
         cells, labels, splits = [], [], [0]
         for file, label in progress(files, desc=f"voxelizing KiCad models at {resolution}^3",
                                     unit="model"):
-            tris = read_wrl(file)
+            tris = _triangles(file)
             if len(tris) == 0:
                 continue
             occupied = voxelize_mesh(tris, resolution, rng)

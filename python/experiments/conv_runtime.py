@@ -38,10 +38,10 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true",
-                        help="smoke run: r = 16, 32, rho_f = 0.1, 1, 2 repeats")
+                        help="smoke run: r = 8, 16, rho_f = 0.1, 1, 1 repeat")
     args = parser.parse_args()
     if args.tiny:
-        args.resolutions, args.filter_densities, args.repeats = [16, 32], [0.1, 1.0], 2
+        args.resolutions, args.filter_densities, args.repeats = [8, 16], [0.1, 1.0], 1
 
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel

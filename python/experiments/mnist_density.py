@@ -102,8 +102,9 @@ def main():
     parser.add_argument("--no-dense", action="store_true", help="skip the dense twin")
     parser.add_argument("--epochs", type=int, default=5, help="the paper trains 10")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--optimizer", default="adagrad", choices=["adagrad", "adam", "sgd"])
-    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--optimizer", default="adam", choices=["adagrad", "adam", "sgd"],
+                        help="the paper: adagrad, learning rate 0.01, 10 epochs")
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"],
                         help="full: the paper's conv with fill-in; submanifold: output "
                              "sites = input sites")

@@ -27,24 +27,25 @@ import sparse_ops as so
 CHANNELS = (8, 16, 24, 32, 40, 48)
 
 
-def attention_layer(density, spatial_shape):
-    """The paper's k-selection (mode "value") for a density bound below 1."""
+def attention_options(density, spatial_shape):
+    """Conv(attention=...) for a density bound below 1 (the paper's
+    k-selection, mode "value"), else None."""
     if density is None or density >= 1:
         return None
-    if not hasattr(so.layers, "Attention"):
-        raise RuntimeError("density bounds need so.layers.Attention (issue 4, scope 1)")
-    return so.layers.Attention(density=float(density), spatial_shape=tuple(spatial_shape),
-                               mode="value")
+    return {"density": float(density), "spatial_shape": list(spatial_shape), "mode": "value"}
 
 
 class SparseOctNet(keras.Model):
     """call((features [N, 1], coordinates [N, 1 + D])) -> logits [B, classes].
 
     densities: one density bound per sparse block (None or >= 1: unbounded).
+    regularizer_scale: lambda of the adaptive density regulariser (Sec. 3.5,
+      Eq. 6; b1 = b2 = o = 0.1) on every sparse conv kernel, with the block's
+      density bound as its target; 0 for none.
     """
 
     def __init__(self, resolution, dimension, classes, densities, dense_blocks=0,
-                 conv="full", masked_gradients=True, kernel_regularizers=None,
+                 conv="full", masked_gradients=True, regularizer_scale=0.0,
                  **kwargs):
         super().__init__(**kwargs)
         if conv not in ("full", "submanifold"):
@@ -52,16 +53,19 @@ class SparseOctNet(keras.Model):
         self.resolution, self.dimension = int(resolution), int(dimension)
         self.conv_mode = conv
         self.offsets = so.kernel_offsets(3, dimension=dimension)
-        self.blocks = []  # (pool or None, [(conv, attention or None)], grid size)
+        self.blocks = []  # (pool or None, [conv, conv, conv], grid size)
         size = self.resolution
-        regs = iter(kernel_regularizers or [])
         for i, density in enumerate(densities):
             pool = so.layers.MaxPool(2) if i else None
             size = size // 2 if i else size
             shape = (size,) * dimension
-            convs = [(so.layers.Conv(CHANNELS[i], 3, masked_gradients=masked_gradients,
-                                     kernel_regularizer=next(regs, None)),
-                      attention_layer(density, shape)) for _ in range(3)]
+            target = 1.0 if density is None else min(float(density), 1.0)
+            convs = [so.layers.Conv(
+                CHANNELS[i], 3, masked_gradients=masked_gradients, spatial_shape=shape,
+                attention=attention_options(density, shape),
+                kernel_regularizer=so.regularizers.DensityRegularizer(
+                    target, regularizer_scale) if regularizer_scale else None)
+                for _ in range(3)]
             self.blocks.append((pool, convs, size))
         self.grid = size
         self.to_dense = so.layers.ToDense((size,) * dimension)
@@ -76,7 +80,7 @@ class SparseOctNet(keras.Model):
                      keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(classes)]
 
     def sparse_convs(self):
-        return [conv for _, convs, _ in self.blocks for conv, _ in convs]
+        return [conv for _, convs, _ in self.blocks for conv in convs]
 
     def _out_sites(self, x, size):
         """Fill-in sites of a full convolution, clipped to the grid."""
@@ -91,13 +95,11 @@ class SparseOctNet(keras.Model):
         for pool, convs, size in self.blocks:
             if pool is not None:
                 x = pool(x)
-            for conv, attention in convs:
+            for conv in convs:  # conv, attention (fused), ReLU
                 if self.conv_mode == "full":
                     x = conv(x, out_coordinates=self._out_sites(x, size))
                 else:
                     x = conv(x)
-                if attention is not None:
-                    x = attention(x)
                 x = x.with_features(tf.nn.relu(x.features))
         y = self.to_dense(x)  # every batch item must keep a site (it does: k >= 1)
         for layer in self.dense_layers + self.head:
@@ -145,7 +147,7 @@ class EpochLog(keras.callbacks.Callback):
         from common import progress  # pylint: disable=import-outside-toplevel
         self.bar = progress(total=self.steps, desc=f"{self.label} epoch {epoch + 1}",
                             unit="batch", leave=False)
-        self.start, self.train_seconds = time.perf_counter(), None
+        self.start, self.train_seconds, self.test_seconds = time.perf_counter(), None, np.nan
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
@@ -155,6 +157,10 @@ class EpochLog(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         if self.train_seconds is None:
             self.train_seconds = time.perf_counter() - self.start
+        self.test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.test_seconds = time.perf_counter() - self.test_start
 
     def on_epoch_end(self, epoch, logs=None):
         from common import log  # pylint: disable=import-outside-toplevel
@@ -162,6 +168,7 @@ class EpochLog(keras.callbacks.Callback):
         if self.train_seconds is None:
             self.train_seconds = time.perf_counter() - self.start
         row = {"epoch": epoch + 1, "seconds": self.train_seconds,
+               "test_seconds": getattr(self, "test_seconds", np.nan),
                "loss": float(logs.get("loss", np.nan)),
                "train_accuracy": float(logs.get("accuracy", np.nan)),
                "test_loss": float(logs.get("val_loss", np.nan)),
@@ -212,12 +219,28 @@ def fit(model, sparse, train, test, epochs, batch_size, optimizer, label,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     epoch_log = EpochLog(steps, label, count_weights)
     # The generator's length is unknown to Keras: repeat and count steps.
-    model.fit(train_data.repeat(), steps_per_epoch=steps, validation_data=test_data,
-              epochs=epochs, verbose=0, shuffle=False,
-              callbacks=[epoch_log] + list(callbacks))
+    model.fit(train_data.repeat(), steps_per_epoch=steps, validation_data=test_data.repeat(),
+              validation_steps=-(-len(test[1]) // batch_size), epochs=epochs, verbose=0,
+              shuffle=False,
+              callbacks=list(callbacks) + [epoch_log])  # count after pruning
     return epoch_log.rows
 
 
 def make_optimizer(name, learning_rate):
     return {"adagrad": keras.optimizers.Adagrad, "adam": keras.optimizers.Adam,
             "sgd": keras.optimizers.SGD}[name](learning_rate)
+
+
+# The paper's appendix B: sparse blocks, dense blocks and density bounds of the
+# OctNet3-r^3 networks it trains on ModelNet40 (Sec. 4.3 / 4.4 b).
+SHAPE_NETWORKS = {16: (2, 0, (1.0, 1.0)), 32: (3, 0, (0.14, 0.33, 0.66)),
+                  64: (3, 1, (0.06, 0.14, 0.33)), 128: (3, 2, (0.02, 0.06, 0.14))}
+
+
+def shape_network(resolution, classes, densities=None, sparse=True, **kwargs):
+    """OctNet3-r^3 (r in 16, 32, 64, 128), sparse with the paper's bounds
+    (or `densities`), or its dense twin."""
+    blocks, dense_blocks, paper = SHAPE_NETWORKS[resolution]
+    if not sparse:
+        return dense_octnet(resolution, 3, classes, blocks, dense_blocks)
+    return SparseOctNet(resolution, 3, classes, densities or paper, dense_blocks, **kwargs)
