@@ -1,6 +1,7 @@
 #include "kernels/core/conv.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -34,7 +35,108 @@ int64_t LowerBound(const int32_t* out_rows, int64_t begin, int64_t end,
   return std::lower_bound(out_rows + begin, out_rows + end, row) - out_rows;
 }
 
+// Output columns per tile of the dense products (two AVX2 vectors).
+constexpr int64_t kColumnTile = 16;
+// Pairs per tile of the sparse-weight product (four AVX2 vectors).
+constexpr int64_t kPairTile = 32;
+// kAuto takes the sparse-weight product for an offset when its non-zero
+// weights are fewer than kSparseCrossover times the weights the dense
+// product would still touch (non-zero rows x non-zero column tiles).
+// Measured on the PEERS.md workload (python/benchmarks/pruning_benchmark.py).
+constexpr double kSparseCrossover = 0.5;
+
 }  // namespace
+
+// Where the non-zero weights of each offset are and which product takes the
+// offset. Built once per call from W [K, c_in, c_out]; small next to the
+// convolution (K * c_in * c_out reads).
+template <typename T>
+struct WeightPlan {
+  enum Kind : uint8_t { kSkip, kDense, kSparse };
+  std::vector<uint8_t> kind;  // [K]
+  // Dense product: offset k's input channels with a non-zero weight are
+  // rows[row_start[k] .. row_start[k + 1]); tiles[k * n_tiles + t] says
+  // whether column tile t has one.
+  std::vector<int32_t> rows;
+  std::vector<int64_t> row_start;
+  std::vector<uint8_t> tiles;
+  int64_t n_tiles = 0;
+  // Sparse product: offset k's non-zero weights by output column (CSC):
+  // column j's entries are [col_start[k * (c_out + 1) + j], ... + j + 1),
+  // in increasing input channel; entry_row is the channel times kPairTile
+  // (its row in the transposed tile of inputs).
+  std::vector<int64_t> col_start;
+  std::vector<int32_t> entry_row;
+  std::vector<T> entry_value;
+};
+
+template <typename T>
+WeightPlan<T> PlanWeights(const T* w, int64_t K, int64_t c_in, int64_t c_out,
+                          WeightPath path, bool has_sparse_product) {
+  WeightPlan<T> plan;
+  plan.n_tiles = (c_out + kColumnTile - 1) / kColumnTile;
+  plan.kind.assign(K, WeightPlan<T>::kDense);
+  plan.row_start.assign(K + 1, 0);
+  plan.tiles.assign(K * plan.n_tiles, 1);
+  plan.col_start.assign(K * (c_out + 1), 0);
+  for (int64_t k = 0; k < K; ++k) {
+    const T* wk = w + k * c_in * c_out;
+    uint8_t* tiles = plan.tiles.data() + k * plan.n_tiles;
+    int64_t nnz = 0;
+    if (path != WeightPath::kDense) std::fill(tiles, tiles + plan.n_tiles, 0);
+    for (int64_t i = 0; i < c_in; ++i) {
+      bool any = path == WeightPath::kDense;
+      for (int64_t j = 0; j < c_out; ++j) {
+        if (wk[i * c_out + j] != T(0)) {  // NaN counts as non-zero
+          any = true;
+          ++nnz;
+          tiles[j / kColumnTile] = 1;
+        }
+      }
+      if (any) plan.rows.push_back(static_cast<int32_t>(i));
+    }
+    plan.row_start[k + 1] = plan.rows.size();
+    if (path == WeightPath::kDense) continue;
+    const int64_t active_rows = plan.row_start[k + 1] - plan.row_start[k];
+    const int64_t active_tiles =
+        std::count(tiles, tiles + plan.n_tiles, uint8_t{1});
+    const double dense_weights = static_cast<double>(active_rows) *
+                                 std::min(c_out, active_tiles * kColumnTile);
+    if (nnz == 0) {
+      plan.kind[k] = WeightPlan<T>::kSkip;
+    } else if (has_sparse_product &&
+               (path == WeightPath::kSparse ||
+                nnz < kSparseCrossover * dense_weights)) {
+      plan.kind[k] = WeightPlan<T>::kSparse;
+    }
+  }
+  // CSC entries of the sparse offsets, columns in order, rows increasing.
+  for (int64_t k = 0; k < K; ++k) {
+    int64_t* cols = plan.col_start.data() + k * (c_out + 1);
+    cols[0] = plan.entry_row.size();
+    const T* wk = w + k * c_in * c_out;
+    for (int64_t j = 0; j < c_out; ++j) {
+      if (plan.kind[k] == WeightPlan<T>::kSparse) {
+        for (int64_t i = 0; i < c_in; ++i) {
+          if (wk[i * c_out + j] != T(0)) {
+            plan.entry_row.push_back(static_cast<int32_t>(i * kPairTile));
+            plan.entry_value.push_back(wk[i * c_out + j]);
+          }
+        }
+      }
+      cols[j + 1] = plan.entry_row.size();
+    }
+  }
+  return plan;
+}
+
+// The non-zero input channels and column tiles of one offset, for the
+// dense products.
+struct ActiveWeights {
+  const int32_t* rows;
+  int64_t n_rows;
+  const uint8_t* tiles;
+};
 
 // dst[r] = src[rows[r]] for r < m: rows of `cols` values gathered into a
 // contiguous block.
@@ -58,7 +160,8 @@ class EigenPairProduct {
         product_(kBlockRows, c_out) {}
 
   void operator()(const T* in, const T* w, const int32_t* in_rows,
-                  const int32_t* out_rows, int64_t m, int64_t o0, T* acc) {
+                  const int32_t* out_rows, int64_t m, int64_t o0,
+                  const ActiveWeights& /*all weights are used*/, T* acc) {
     GatherRows(in, c_in_, in_rows, m, gathered_.data());
     auto res = product_.topRows(m);
     res.noalias() = gathered_.topRows(m) * ConstMatrixMap<T>(w, c_in_, c_out_);
@@ -82,28 +185,42 @@ class Avx2PairProduct {
   Avx2PairProduct(int64_t c_in, int64_t c_out) : c_in_(c_in), c_out_(c_out) {}
 
   void operator()(const float* in, const float* w, const int32_t* in_rows,
-                  const int32_t* out_rows, int64_t m, int64_t o0, float* acc) {
-    const float* x[kTileRows];
-    float* dst[kTileRows];
-    int64_t r = 0;
-    for (; r + kTileRows <= m; r += kTileRows) {
-      Pointers(in, in_rows + r, out_rows + r, kTileRows, o0, acc, x, dst);
-      Rows<kTileRows>(x, w, dst);
-    }
-    const int rest = static_cast<int>(m - r);
-    Pointers(in, in_rows + r, out_rows + r, rest, o0, acc, x, dst);
-    switch (rest) {
-      case 5: Rows<5>(x, w, dst); break;
-      case 4: Rows<4>(x, w, dst); break;
-      case 3: Rows<3>(x, w, dst); break;
-      case 2: Rows<2>(x, w, dst); break;
-      case 1: Rows<1>(x, w, dst); break;
-      default: break;
+                  const int32_t* out_rows, int64_t m, int64_t o0,
+                  const ActiveWeights& active, float* acc) {
+    if (active.n_rows == c_in_) {
+      Pairs<false>(in, w, in_rows, out_rows, m, o0, active, acc);
+    } else {
+      Pairs<true>(in, w, in_rows, out_rows, m, o0, active, acc);
     }
   }
 
  private:
   static constexpr int kTileRows = 6;  // 6 x 2 accumulators + 3 = 15 ymm
+
+  // kSomeRows: only the input channels listed in active.rows (the others
+  // have zero weights in this offset).
+  template <bool kSomeRows>
+  void Pairs(const float* in, const float* w, const int32_t* in_rows,
+             const int32_t* out_rows, int64_t m, int64_t o0,
+             const ActiveWeights& active, float* acc) const {
+    const float* x[kTileRows];
+    float* dst[kTileRows];
+    int64_t r = 0;
+    for (; r + kTileRows <= m; r += kTileRows) {
+      Pointers(in, in_rows + r, out_rows + r, kTileRows, o0, acc, x, dst);
+      Rows<kTileRows, kSomeRows>(x, w, active, dst);
+    }
+    const int rest = static_cast<int>(m - r);
+    Pointers(in, in_rows + r, out_rows + r, rest, o0, acc, x, dst);
+    switch (rest) {
+      case 5: Rows<5, kSomeRows>(x, w, active, dst); break;
+      case 4: Rows<4, kSomeRows>(x, w, active, dst); break;
+      case 3: Rows<3, kSomeRows>(x, w, active, dst); break;
+      case 2: Rows<2, kSomeRows>(x, w, active, dst); break;
+      case 1: Rows<1, kSomeRows>(x, w, active, dst); break;
+      default: break;
+    }
+  }
 
   void Pointers(const float* in, const int32_t* in_rows,
                 const int32_t* out_rows, int rows, int64_t o0, float* acc,
@@ -114,21 +231,31 @@ class Avx2PairProduct {
     }
   }
 
-  template <int kRows>
-  void Rows(const float* const* x, const float* w, float* const* dst) const {
+  // Column tiles with no non-zero weight add nothing and are skipped.
+  template <int kRows, bool kSomeRows>
+  void Rows(const float* const* x, const float* w, const ActiveWeights& active,
+            float* const* dst) const {
     int64_t j = 0;
-    for (; j + 16 <= c_out_; j += 16) Tile<kRows, 2>(x, w, j, dst);
-    if (j < c_out_) Tile<kRows, 1>(x, w, j, dst);
+    for (; j + 16 <= c_out_; j += 16) {
+      if (active.tiles[j / kColumnTile]) {
+        Tile<kRows, 2, kSomeRows>(x, w, j, active, dst);
+      }
+    }
+    if (j < c_out_ && active.tiles[j / kColumnTile]) {
+      Tile<kRows, 1, kSomeRows>(x, w, j, active, dst);
+    }
   }
 
-  template <int kRows, int kVectors>
+  template <int kRows, int kVectors, bool kSomeRows>
   void Tile(const float* const* x, const float* w, int64_t j,
-            float* const* dst) const {
+            const ActiveWeights& active, float* const* dst) const {
     __m256 c[kRows][kVectors];
     for (int r = 0; r < kRows; ++r) {
       for (int v = 0; v < kVectors; ++v) c[r][v] = _mm256_setzero_ps();
     }
-    for (int64_t k = 0; k < c_in_; ++k) {
+    const int64_t n = kSomeRows ? active.n_rows : c_in_;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t k = kSomeRows ? active.rows[t] : t;
       __m256 wv[kVectors];
       for (int v = 0; v < kVectors; ++v) {
         wv[v] = _mm256_loadu_ps(w + k * c_out_ + j + 8 * v);
@@ -150,33 +277,222 @@ class Avx2PairProduct {
 
   int64_t c_in_, c_out_;
 };
+
+// In-register transpose of 8 rows of 8 floats.
+inline void Transpose8x8(__m256* r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
+  const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
+  const __m256 t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]);
+  const __m256 t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]);
+  const __m256 t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// The sparse-weight product (float, AVX2 + FMA): the paper's pruned
+// convolution, with work proportional to the non-zero weights. Tiles of up
+// to kPairTile pairs are gathered transposed (xt [c_in, kPairTile]: one
+// input channel of 32 pairs per 4 vectors), so that each non-zero weight is
+// one broadcast and FMAs over the pairs: yt[j] += xt[i] * W[i][j]. yt is
+// transposed back and added into the accumulator rows. Each output value is
+// one FMA chain over the non-zero weights in increasing input channel, i.e.
+// the dense product's chain without its zero terms: the same float sums.
+class Avx2SparseWeightProduct {
+ public:
+  Avx2SparseWeightProduct(int64_t c_in, int64_t c_out)
+      : c_in_(c_in), c_out_(c_out), xt_(c_in * kPairTile),
+        yt_(c_out * kPairTile), zero_(c_in, 0.0f), sink_(c_out) {}
+
+  // cols: the offset's column starts (c_out + 1) into entry_row/value.
+  void operator()(const float* in, const int64_t* cols, const int32_t* entry_row,
+                  const float* entry_value, const int32_t* in_rows,
+                  const int32_t* out_rows, int64_t m, int64_t o0, float* acc) {
+    for (int64_t r0 = 0; r0 < m; r0 += kPairTile) {
+      const int n = static_cast<int>(std::min(kPairTile, m - r0));
+      GatherTransposed(in, in_rows + r0, n);
+      switch ((n + 7) / 8) {  // vectors of pairs in use
+        case 4: Columns<4>(cols, entry_row, entry_value); break;
+        case 3: Columns<3>(cols, entry_row, entry_value); break;
+        case 2: Columns<2>(cols, entry_row, entry_value); break;
+        default: Columns<1>(cols, entry_row, entry_value); break;
+      }
+      AddTransposed(out_rows + r0, n, o0, acc);
+    }
+  }
+
+ private:
+  // xt[i * kPairTile + r] = in[in_rows[r]][i], zero rows past n.
+  void GatherTransposed(const float* in, const int32_t* in_rows, int n) {
+    for (int r0 = 0; r0 < n; r0 += 8) {
+      const float* x[8];
+      for (int q = 0; q < 8; ++q) {
+        x[q] = r0 + q < n ? in + static_cast<int64_t>(in_rows[r0 + q]) * c_in_
+                          : zero_.data();
+      }
+      int64_t i = 0;
+      for (; i + 8 <= c_in_; i += 8) {
+        __m256 v[8];
+        for (int q = 0; q < 8; ++q) v[q] = _mm256_loadu_ps(x[q] + i);
+        Transpose8x8(v);
+        for (int q = 0; q < 8; ++q) {
+          _mm256_storeu_ps(xt_.data() + (i + q) * kPairTile + r0, v[q]);
+        }
+      }
+      for (; i < c_in_; ++i) {
+        for (int q = 0; q < 8; ++q) xt_[i * kPairTile + r0 + q] = x[q][i];
+      }
+    }
+  }
+
+  // yt[j] = sum over column j's entries of xt[row] * value, two columns at
+  // a time for more independent FMA chains.
+  template <int kVectors>
+  void Columns(const int64_t* cols, const int32_t* entry_row,
+               const float* entry_value) {
+    const float* xt = xt_.data();
+    int64_t j = 0;
+    for (; j + 2 <= c_out_; j += 2) {
+      __m256 a[kVectors], b[kVectors];
+      for (int v = 0; v < kVectors; ++v) {
+        a[v] = _mm256_setzero_ps();
+        b[v] = _mm256_setzero_ps();
+      }
+      int64_t pa = cols[j], pb = cols[j + 1];
+      const int64_t ea = cols[j + 1], eb = cols[j + 2];
+      for (; pa < ea && pb < eb; ++pa, ++pb) {
+        const __m256 wa = _mm256_broadcast_ss(entry_value + pa);
+        const __m256 wb = _mm256_broadcast_ss(entry_value + pb);
+        const float* xa = xt + entry_row[pa];
+        const float* xb = xt + entry_row[pb];
+        for (int v = 0; v < kVectors; ++v) {
+          a[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xa + 8 * v), wa, a[v]);
+          b[v] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8 * v), wb, b[v]);
+        }
+      }
+      Chain<kVectors>(xt, entry_row, entry_value, pa, ea, a);
+      Chain<kVectors>(xt, entry_row, entry_value, pb, eb, b);
+      for (int v = 0; v < kVectors; ++v) {
+        _mm256_storeu_ps(yt_.data() + j * kPairTile + 8 * v, a[v]);
+        _mm256_storeu_ps(yt_.data() + (j + 1) * kPairTile + 8 * v, b[v]);
+      }
+    }
+    if (j < c_out_) {
+      __m256 a[kVectors];
+      for (int v = 0; v < kVectors; ++v) a[v] = _mm256_setzero_ps();
+      Chain<kVectors>(xt, entry_row, entry_value, cols[j], cols[j + 1], a);
+      for (int v = 0; v < kVectors; ++v) {
+        _mm256_storeu_ps(yt_.data() + j * kPairTile + 8 * v, a[v]);
+      }
+    }
+  }
+
+  template <int kVectors>
+  static void Chain(const float* xt, const int32_t* entry_row,
+                    const float* entry_value, int64_t p, int64_t end,
+                    __m256* a) {
+    for (; p < end; ++p) {
+      const __m256 w = _mm256_broadcast_ss(entry_value + p);
+      const float* x = xt + entry_row[p];
+      for (int v = 0; v < kVectors; ++v) {
+        a[v] = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8 * v), w, a[v]);
+      }
+    }
+  }
+
+  // acc[out_rows[r] - o0][j] += yt[j * kPairTile + r] for r < n, pairs in
+  // order (a row met twice gets both, as in the dense product).
+  void AddTransposed(const int32_t* out_rows, int n, int64_t o0, float* acc) {
+    for (int r0 = 0; r0 < n; r0 += 8) {
+      float* d[8];
+      for (int q = 0; q < 8; ++q) {
+        d[q] = r0 + q < n ? acc + (out_rows[r0 + q] - o0) * c_out_ : sink_.data();
+      }
+      int64_t j = 0;
+      for (; j + 8 <= c_out_; j += 8) {
+        __m256 v[8];
+        for (int q = 0; q < 8; ++q) {
+          v[q] = _mm256_loadu_ps(yt_.data() + (j + q) * kPairTile + r0);
+        }
+        Transpose8x8(v);
+        for (int q = 0; q < 8; ++q) {
+          _mm256_storeu_ps(d[q] + j, _mm256_add_ps(_mm256_loadu_ps(d[q] + j), v[q]));
+        }
+      }
+      for (; j < c_out_; ++j) {
+        for (int q = 0; q < 8; ++q) d[q][j] += yt_[j * kPairTile + r0 + q];
+      }
+    }
+  }
+
+  int64_t c_in_, c_out_;
+  std::vector<float> xt_, yt_, zero_, sink_;
+};
 #endif  // SPARSE_OPS_AVX2
 
-// The block loop of SparseConv with a given pair product.
-template <typename T, typename Product>
+// Stands in for the sparse-weight product where there is none (never called:
+// PlanWeights then picks no sparse offset).
+template <typename T>
+struct NoSparseProduct {
+  NoSparseProduct(int64_t, int64_t) {}
+  void operator()(const T*, const int64_t*, const int32_t*, const T*,
+                  const int32_t*, const int32_t*, int64_t, int64_t, T*) {}
+};
+
+// The block loop of SparseConv: each offset's pairs in the block go to the
+// product the plan picked (or nowhere when its weights are all zero).
+template <typename T, typename Dense, typename Sparse>
 void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 const KernelMapView& map, int64_t n_out, T* out,
-                const ParallelFor& parallel_for) {
+                const WeightPlan<T>& plan, const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   const int64_t num_blocks = (n_out + kBlockRows - 1) / kBlockRows;
   const int64_t pairs = map.splits[K];
   const int64_t cost =
       (pairs / std::max<int64_t>(num_blocks, 1) + 1) * c_in * c_out;
   parallel_for(num_blocks, cost, [&](int64_t begin, int64_t end) {
-    Product product(c_in, c_out);
+    Dense dense(c_in, c_out);
+    Sparse sparse(c_in, c_out);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o0 = b * kBlockRows;
       const int64_t rows = std::min(kBlockRows, n_out - o0);
       T* acc = out + o0 * c_out;  // the block's rows of out, L2-resident
       std::fill(acc, acc + rows * c_out, T(0));
       for (int64_t k = 0; k < K; ++k) {
+        if (plan.kind[k] == WeightPlan<T>::kSkip) continue;
         const int64_t p0 = LowerBound(map.out_rows, map.splits[k],
                                       map.splits[k + 1], o0);
         const int64_t p1 = LowerBound(map.out_rows, p0, map.splits[k + 1],
                                       o0 + rows);
         if (p1 == p0) continue;
-        product(in, weights + k * c_in * c_out, map.in_rows + p0,
-                map.out_rows + p0, p1 - p0, o0, acc);
+        if (plan.kind[k] == WeightPlan<T>::kSparse) {
+          sparse(in, plan.col_start.data() + k * (c_out + 1),
+                 plan.entry_row.data(), plan.entry_value.data(),
+                 map.in_rows + p0, map.out_rows + p0, p1 - p0, o0, acc);
+        } else {
+          const ActiveWeights active{
+              plan.rows.data() + plan.row_start[k],
+              plan.row_start[k + 1] - plan.row_start[k],
+              plan.tiles.data() + k * plan.n_tiles};
+          dense(in, weights + k * c_in * c_out, map.in_rows + p0,
+                map.out_rows + p0, p1 - p0, o0, active, acc);
+        }
       }
     }
   });
@@ -185,7 +501,8 @@ void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
 template <typename T>
 void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 bool transpose_weights, const KernelMapView& map,
-                int64_t n_out, T* out, const ParallelFor& parallel_for) {
+                int64_t n_out, T* out, const ParallelFor& parallel_for,
+                WeightPath path) {
   const int64_t K = map.num_offsets;
   std::vector<T> transposed;
   if (transpose_weights) {  // [K, c_out, c_in] -> [K, c_in, c_out]; small
@@ -199,15 +516,22 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
   }
 #ifdef SPARSE_OPS_AVX2
   if constexpr (std::is_same_v<T, float>) {
+    const WeightPlan<float> plan = PlanWeights(weights, K, c_in, c_out, path,
+                                               /*has_sparse_product=*/true);
     if (Avx2PairProduct::Supports(c_out)) {
-      ConvBlocks<float, Avx2PairProduct>(in, c_in, weights, c_out, map, n_out,
-                                         out, parallel_for);
-      return;
+      ConvBlocks<float, Avx2PairProduct, Avx2SparseWeightProduct>(
+          in, c_in, weights, c_out, map, n_out, out, plan, parallel_for);
+    } else {
+      ConvBlocks<float, EigenPairProduct<float>, Avx2SparseWeightProduct>(
+          in, c_in, weights, c_out, map, n_out, out, plan, parallel_for);
     }
+    return;
   }
 #endif
-  ConvBlocks<T, EigenPairProduct<T>>(in, c_in, weights, c_out, map, n_out,
-                                     out, parallel_for);
+  const WeightPlan<T> plan = PlanWeights(weights, K, c_in, c_out, path,
+                                         /*has_sparse_product=*/false);
+  ConvBlocks<T, EigenPairProduct<T>, NoSparseProduct<T>>(
+      in, c_in, weights, c_out, map, n_out, out, plan, parallel_for);
 }
 
 // Outer products of a run of pairs: acc [c_in, c_out] +=
@@ -388,7 +712,7 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
 #define SPARSE_OPS_INSTANTIATE(T)                                            \
   template void SparseConv<T>(const T*, int64_t, const T*, int64_t, bool,    \
                               const KernelMapView&, int64_t, T*,             \
-                              const ParallelFor&);                           \
+                              const ParallelFor&, WeightPath);               \
   template void SparseConvWeightGradient<T>(const T*, int64_t, const T*,     \
                                             int64_t, const KernelMapView&,   \
                                             T*, T*, const ParallelFor&);

@@ -13,6 +13,17 @@
 
 namespace sparse_ops {
 
+// How SparseConv treats zero (pruned) weights; every path gives the same
+// sums (with AVX2 in float, bit for bit: a zero weight adds nothing to an
+// FMA chain). kAuto: offsets whose weights are all zero are skipped; the
+// dense product skips an offset's zero input channels and zero 16-column
+// tiles; an offset with few enough non-zero weights (below a measured
+// crossover) goes to the sparse-weight product (float with AVX2), whose work
+// is proportional to its non-zero weights. kDense: the plain dense product
+// for every offset, nothing skipped. kSparse: the sparse-weight product for
+// every non-empty offset where it exists (benchmarks and tests).
+enum class WeightPath { kAuto, kDense, kSparse };
+
 // out[o] = sum over pairs (i, o) of offset k of in[i] . W_k, for all n_out
 // rows (rows without pairs get zeros). W is [K, c_in, c_out] row-major; with
 // transpose_weights it is [K, c_out, c_in] and W_k^T is used instead (the
@@ -21,7 +32,8 @@ namespace sparse_ops {
 template <typename T>
 void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 bool transpose_weights, const KernelMapView& map,
-                int64_t n_out, T* out, const ParallelFor& parallel_for);
+                int64_t n_out, T* out, const ParallelFor& parallel_for,
+                WeightPath path = WeightPath::kAuto);
 
 // grad_weights[k] = sum over pairs (i, o) of offset k of in[i]^T grad_out[o],
 // [K, c_in, c_out]. scratch holds WeightGradientScratchSize(...) elements

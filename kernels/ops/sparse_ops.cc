@@ -97,6 +97,7 @@ REGISTER_OP("SparseOps>Conv")
     .Input("num_out_rows: int64")
     .Output("output: T")
     .Attr("T: {float, double}")
+    .Attr("weight_path: {'auto', 'dense', 'sparse'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle features, kernel, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
@@ -110,7 +111,10 @@ REGISTER_OP("SparseOps>Conv")
     .Doc(R"doc(
 Sparse convolution over a kernel map: output[o] = sum over the pairs (i, o)
 of offset k of features[i] . kernel[k], for num_out_rows output rows.
-kernel is [K, C_in, C_out].
+kernel is [K, C_in, C_out]. Zero (pruned) weights are skipped; weight_path
+picks how ('auto': whole zero offsets, zero channels and, below a measured
+density, a sparse-weight product; 'dense': nothing skipped; 'sparse': the
+sparse-weight product for every offset). All give the same values.
 )doc");
 
 REGISTER_OP("SparseOps>ConvBackpropInput")
@@ -122,6 +126,7 @@ REGISTER_OP("SparseOps>ConvBackpropInput")
     .Input("num_in_rows: int64")
     .Output("grad_features: T")
     .Attr("T: {float, double}")
+    .Attr("weight_path: {'auto', 'dense', 'sparse'} = 'auto'")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle grad, kernel, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
@@ -135,7 +140,8 @@ REGISTER_OP("SparseOps>ConvBackpropInput")
     .Doc(R"doc(
 Adjoint of SparseOps>Conv in its features: grad_features[i] = sum over the
 pairs (i, o) of offset k of grad_output[o] . kernel[k]^T, for num_in_rows
-rows. Also the forward pass of the transposed convolution.
+rows. Also the forward pass of the transposed convolution. weight_path as
+in SparseOps>Conv.
 )doc");
 
 REGISTER_OP("SparseOps>ConvBackpropKernel")

@@ -1,4 +1,6 @@
 // CPU kernels of the convolution ops: validate, allocate, call the core.
+#include <string>
+
 #include "kernels/core/conv.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/tf/glue.h"
@@ -33,12 +35,22 @@ bool CheckKernel(OpKernelContext* context, const Tensor& kernel,
   return true;
 }
 
+// The weight_path attr of the ops as the core's enum.
+WeightPath GetWeightPath(OpKernelConstruction* context) {
+  std::string name;
+  if (!context->GetAttr("weight_path", &name).ok()) return WeightPath::kAuto;
+  if (name == "dense") return WeightPath::kDense;
+  if (name == "sparse") return WeightPath::kSparse;
+  return WeightPath::kAuto;
+}
+
 }  // namespace
 
 template <typename T>
 class ConvOp : public OpKernel {
  public:
-  explicit ConvOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit ConvOp(OpKernelConstruction* context)
+      : OpKernel(context), path_(GetWeightPath(context)) {}
 
   void Compute(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
@@ -54,15 +66,18 @@ class ConvOp : public OpKernel {
     if (!AllocateOutput(context, 0, {n_out, c_out}, &output)) return;
     SparseConv<T>(features.flat<T>().data(), c_in, kernel.flat<T>().data(),
                   c_out, /*transpose_weights=*/false, map, n_out,
-                  output->flat<T>().data(), IntraOpParallelFor(context));
+                  output->flat<T>().data(), IntraOpParallelFor(context), path_);
   }
+
+ private:
+  const WeightPath path_;
 };
 
 template <typename T>
 class ConvBackpropInputOp : public OpKernel {
  public:
   explicit ConvBackpropInputOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
+      : OpKernel(context), path_(GetWeightPath(context)) {}
 
   void Compute(OpKernelContext* context) override {
     const Tensor& grad = context->input(0);
@@ -102,8 +117,11 @@ class ConvBackpropInputOp : public OpKernel {
     if (!AllocateOutput(context, 0, {n_in, c_in}, &output)) return;
     SparseConv<T>(grad.flat<T>().data(), c_out, kernel.flat<T>().data(), c_in,
                   /*transpose_weights=*/true, transposed, n_in,
-                  output->flat<T>().data(), parallel_for);
+                  output->flat<T>().data(), parallel_for, path_);
   }
+
+ private:
+  const WeightPath path_;
 };
 
 template <typename T>
