@@ -37,9 +37,9 @@ def log(message):
     """A line that does not tear an active progress bar."""
     try:
         from tqdm import tqdm  # pylint: disable=import-outside-toplevel
-        tqdm.write(message)
+        tqdm.write(message, file=sys.stderr)  # stdout of a child is its result
     except ImportError:
-        print(message, flush=True)
+        print(message, file=sys.stderr, flush=True)
 
 
 # -- memory ---------------------------------------------------------------------

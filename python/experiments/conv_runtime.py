@@ -93,7 +93,8 @@ def main():
         rows.append(row)
         common.log(f"r={r} rho_f={rho_f:g}: " + ", ".join(
             f"{k} {row[f'{k}_ms']:.2f} ms" for k in args.kinds))
-    common.write_csv(common.output_name("fig3_runtime", args.tiny, "csv"), rows)
+        # Written after every configuration: the large ones take minutes.
+        common.write_csv(common.output_name("fig3_runtime", args.tiny, "csv"), rows)
     plot(rows, args)
 
 

@@ -16,6 +16,7 @@ fig5_pruning.png.
 """
 
 import argparse
+import concurrent.futures
 import os
 import sys
 
@@ -72,6 +73,8 @@ def main():
                         help="the paper: adagrad, learning rate 0.001, 90 epochs")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"])
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="lambdas trained at the same time (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: 16^3, 3 categories x 8 models, 2 epochs, 2 scales")
@@ -96,12 +99,20 @@ def main():
              "--seed", args.seed, "--categories"] + args.categories + (
                  ["--densities"] + args.densities if args.densities else [])
     results = {}
-    for scale in common.progress(args.scales, desc="lambdas", unit="net"):
-        result = common.run_child(__file__, ["--variant", f"{scale:g}"] + child)
-        if "error" in result:
-            common.log(f"lambda={scale:g}: failed ({result['error']})")
-            continue
-        results[f"{scale:g}"] = result
+    # --jobs > 1 trains the lambdas side by side: they then share the CPU
+    # equally, so their run times stay comparable with each other.
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(common.run_child, __file__,
+                               ["--variant", f"{scale:g}"] + child): f"{scale:g}"
+                   for scale in args.scales}
+        for future in common.progress(concurrent.futures.as_completed(futures),
+                                      total=len(futures), desc="lambdas", unit="net"):
+            result, scale = future.result(), futures[future]
+            if "error" in result:
+                common.log(f"lambda={scale}: failed ({result['error']})")
+                continue
+            results[scale] = result
+    results = {f"{s:g}": results[f"{s:g}"] for s in args.scales if f"{s:g}" in results}
     if not results:
         sys.exit("every variant failed")
     base = "fig5_pruning" + ("_tiny" if args.tiny else "")
