@@ -70,6 +70,8 @@ def main():
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="fig6_shapes_density",
+                        help="output base name in docs/results/")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: 3 categories x 8 models, 1 epoch, 2 variants")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -96,7 +98,7 @@ def main():
         results[variant] = result
     if not results:
         sys.exit("every variant failed")
-    base = "fig6_shapes_density" + ("_tiny" if args.tiny else "")
+    base = args.name + ("_tiny" if args.tiny else "")
     rows = [dict(variant=v, peak_mb=r["peak_bytes"] / 2**20, **row)
             for v, r in results.items() for row in r["rows"]]
     common.write_csv(base + ".csv", rows)
