@@ -164,6 +164,7 @@ def plot(rows, args):
     ax.set(xscale="log", yscale="log", xlabel="resolution r (grid r^3)",
            ylabel="peak memory of the forward pass [GB]")
     ax.set_xticks(args.resolutions, [str(r) for r in args.resolutions])
+    ax.set_xticks([], minor=True)
     ax.legend(fontsize=7)
     common.save_figure(fig, common.output_name("fig7_memory", args.tiny, "png"),
                        f"one conv layer, batch {args.batch}, 1->{args.channels} ch, "

@@ -115,6 +115,7 @@ def plot(rows, args):
         ax.set(xscale="log", yscale="log", xlabel="resolution r (grid r^3, density 1/r)",
                ylabel="forward time [ms]", title=kind)
         ax.set_xticks(args.resolutions, [str(r) for r in args.resolutions])
+        ax.set_xticks([], minor=True)
         ax.legend(fontsize=6)
     common.save_figure(fig, common.output_name("fig3_runtime", args.tiny, "png"),
                        f"one conv layer, batch 1, 1->{args.channels} ch, median of "
