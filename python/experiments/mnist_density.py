@@ -100,7 +100,7 @@ def main():
     parser.add_argument("--bounds", type=float, nargs="+", default=list(PAPER_BOUNDS),
                         help="density bounds rho21 of the first block (default: %(default)s)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense twin")
-    parser.add_argument("--epochs", type=int, default=5, help="the paper trains 10")
+    parser.add_argument("--epochs", type=int, default=3, help="the paper trains 10")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--optimizer", default="adam", choices=["adagrad", "adam", "sgd"],
                         help="the paper: adagrad, learning rate 0.01, 10 epochs")

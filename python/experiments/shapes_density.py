@@ -11,7 +11,7 @@ Each variant runs in its own process (its peak memory is its own). Writes
 docs/results/fig6_shapes_density.csv (per variant and epoch), a _summary.csv
 and fig6_shapes_density.png.
 
-    python python/experiments/shapes_density.py [--epochs 10] [--categories ...]
+    python python/experiments/shapes_density.py [--epochs 5] [--categories ...]
 """
 
 import argparse
@@ -64,7 +64,7 @@ def main():
     parser.add_argument("--resolution", type=int, default=16, choices=[16])
     parser.add_argument("--categories", nargs="+", default=list(common.KICAD_DEFAULT))
     parser.add_argument("--per-class", type=int, default=40, help="models per category")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=5, help="the paper trains 90")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--optimizer", default="adam", choices=["adagrad", "adam", "sgd"])
     parser.add_argument("--learning-rate", type=float, default=1e-3)

@@ -12,7 +12,7 @@ conv weights, training time, test (forward only) time and accuracy. Each
 lambda runs in its own process. Writes docs/results/fig5_pruning.csv and
 fig5_pruning.png.
 
-    python python/experiments/shapes_pruning.py [--resolution 16] [--epochs 8]
+    python python/experiments/shapes_pruning.py [--resolution 16] [--epochs 4] [--jobs 4]
 """
 
 import argparse
@@ -65,7 +65,7 @@ def main():
                              "the paper's for that network")
     parser.add_argument("--categories", nargs="+", default=list(common.KICAD_DEFAULT))
     parser.add_argument("--per-class", type=int, default=40, help="models per category")
-    parser.add_argument("--epochs", type=int, default=8, help="the paper trains 90")
+    parser.add_argument("--epochs", type=int, default=4, help="the paper trains 90")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epsilon", type=float, default=0.02,
                         help="pruning threshold on |w| (default %(default)s)")
@@ -73,7 +73,7 @@ def main():
                         help="the paper: adagrad, learning rate 0.001, 90 epochs")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"])
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=int, default=4,
                         help="lambdas trained at the same time (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true",
