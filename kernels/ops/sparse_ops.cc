@@ -19,6 +19,39 @@ Status CoordinatesShape(InferenceContext* c, int input, ShapeHandle* shape) {
   return c->WithRank(c->input(input), 2, shape);
 }
 
+// Shape of a pooling op over a kernel map: features [rows, C], the map, a
+// scalar row count (input 4) -> [row count, C] for every output.
+Status MapPoolShape(InferenceContext* c) {
+  ShapeHandle features, unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
+  DimensionHandle rows;
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(4, &rows));
+  for (int i = 0; i < c->num_outputs(); ++i) {
+    c->set_output(i, c->Matrix(rows, c->Dim(features, 1)));
+  }
+  return absl::OkStatus();
+}
+
+// Shape of a global pool: features [N, C], batch_index [N], num_batches.
+Status GlobalPoolShape(InferenceContext* c) {
+  ShapeHandle features, batch, unused;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &batch));
+  DimensionHandle n;
+  TF_RETURN_IF_ERROR(c->Merge(c->Dim(features, 0), c->Dim(batch, 0), &n));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
+  DimensionHandle rows;
+  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
+  for (int i = 0; i < c->num_outputs(); ++i) {
+    c->set_output(i, c->Matrix(rows, c->Dim(features, 1)));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("SparseOps>KernelMap")
@@ -176,19 +209,7 @@ REGISTER_OP("SparseOps>MaxPool")
     .Output("output: T")
     .Output("argmax: int32")
     .Attr("T: {float, double}")
-    .SetShapeFn([](InferenceContext* c) {
-      ShapeHandle features, unused;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
-      DimensionHandle rows;
-      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(4, &rows));
-      c->set_output(0, c->Matrix(rows, c->Dim(features, 1)));
-      c->set_output(1, c->Matrix(rows, c->Dim(features, 1)));
-      return absl::OkStatus();
-    })
+    .SetShapeFn(MapPoolShape)
     .Doc(R"doc(
 Sparse max pooling over a kernel map: output[o, c] = max over the pairs
 (i, o) of features[i, c], for num_out_rows output rows; argmax[o, c] = that
@@ -253,41 +274,6 @@ features: [N, C].
 coordinates: int32 [N, 1 + D], column 0 the batch index (>= 0).
 k: int64 scalar >= 0.
 )doc");
-
-namespace {
-
-// Shape of a pooling op over a kernel map: features [rows, C], the map, a
-// scalar row count (input 4) -> [row count, C].
-Status MapPoolShape(InferenceContext* c) {
-  ShapeHandle features, unused;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(3), 1, &unused));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(4), 0, &unused));
-  DimensionHandle rows;
-  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(4, &rows));
-  c->set_output(0, c->Matrix(rows, c->Dim(features, 1)));
-  return absl::OkStatus();
-}
-
-// Shape of a global pool: features [N, C], batch_index [N], num_batches.
-Status GlobalPoolShape(InferenceContext* c) {
-  ShapeHandle features, batch, unused;
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 1, &batch));
-  DimensionHandle n;
-  TF_RETURN_IF_ERROR(c->Merge(c->Dim(features, 0), c->Dim(batch, 0), &n));
-  TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
-  DimensionHandle rows;
-  TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(2, &rows));
-  for (int i = 0; i < c->num_outputs(); ++i) {
-    c->set_output(i, c->Matrix(rows, c->Dim(features, 1)));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
 
 REGISTER_OP("SparseOps>SumPool")
     .Input("features: T")
