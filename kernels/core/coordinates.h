@@ -27,6 +27,8 @@ class KeyPacker {
   explicit KeyPacker(int dims);
 
   int dims() const { return dims_; }
+  // Bits a packed key uses (after Finalize).
+  int key_bits() const { return key_bits_; }
   // Widens axis a's range to include [lo, hi].
   void Cover(int axis, int64_t lo, int64_t hi);
   // Widens every axis to include the rows of coords [n, dims].
@@ -50,6 +52,7 @@ class KeyPacker {
 
  private:
   int dims_;
+  int key_bits_ = 0;
   int64_t lo_[kMaxDims];
   int64_t hi_[kMaxDims];
   int64_t span_[kMaxDims];  // hi - lo

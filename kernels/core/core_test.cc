@@ -841,6 +841,12 @@ void TestKeys() {
   CheckStrided("strided near limits", limits, {2, 4, 5});
   CheckGenerative("generative 3x3x3", small, Cube3(1), {2, 2, 2});
   CheckGenerative("generative {0,1}^3", small, Corner2(), {1, 3, 1});
+  // Over 4,096 keys with a span across int32: the radix sort's every digit.
+  const std::vector<Row> wide = RandomRows(
+      &rng, {{0, kMin + 1, -9, -9}, {0, kMax - 20, -9, -9}},
+      {{3, kMin + 20, 9, 9}, {3, kMax - 1, 9, 9}}, 0.2);
+  CheckStrided("strided wide span (radix)", wide, {2, 3, 1});
+  CheckGenerative("generative wide span (radix)", wide, Cube3(1), {1, 1, 1});
 
   // Pack / Unpack round trip at exactly 63 bits: batch 0 .. 1 (1 bit),
   // x over all of int32 (32 bits), y over 2^30 values (30 bits), z fixed.
