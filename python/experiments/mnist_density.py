@@ -32,7 +32,7 @@ def run_variant(args):
     import keras  # pylint: disable=import-outside-toplevel
     import octnet  # pylint: disable=import-outside-toplevel
 
-    x_train, y_train, x_test, y_test = common.mnist(size=24)
+    x_train, y_train, x_test, y_test = common.mnist(size=24, train_margin=args.shift)
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
         x_test, y_test = x_test[:max(args.train_size // 4, 20)], y_test[:max(args.train_size // 4, 20)]
@@ -42,15 +42,18 @@ def run_variant(args):
         if sparse:
             bound = float(args.variant)
             model = octnet.SparseOctNet(24, 2, 10, densities=(bound, 2 * bound),
-                                        conv=args.conv)
+                                        conv=args.conv, attention_mode=args.mode)
         else:
             model = octnet.dense_octnet(24, 2, 10, sparse_blocks=2)
         label = f"rho={args.variant}" if sparse else "dense"
         rows = octnet.fit(model, sparse, (x_train, y_train), (x_test, y_test),
                           args.epochs, args.batch_size,
-                          octnet.make_optimizer(args.optimizer, args.learning_rate),
-                          label, seed=args.seed)
-    density = float(np.mean(x_train != 0))
+                          octnet.make_optimizer(args.optimizer, args.learning_rate,
+                                                args.epochs * -(-len(y_train) // args.batch_size)
+                                                if args.schedule == "cosine" else 0),
+                          label, seed=args.seed, crop=24 if args.shift else None)
+    m = args.shift  # the density of the centre 24^2 crops
+    density = float(np.mean(x_train[:, m:m + 24, m:m + 24] != 0))
     common.emit({"variant": args.variant, "rows": rows, "peak_bytes": memory.bytes,
                  "input_density": density, "train_size": len(y_train),
                  "test_size": len(y_test)})
@@ -105,9 +108,16 @@ def main():
     parser.add_argument("--optimizer", default="adam", choices=["adagrad", "adam", "sgd"],
                         help="the paper: adagrad, learning rate 0.01, 10 epochs")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--shift", type=int, default=0, choices=range(3),
+                        help="augmentation: train on random 24^2 crops of the digits "
+                             "shifted by up to this many pixels (both nets)")
+    parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                        help="learning rate: constant, or a cosine decay to 0 over the run")
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"],
                         help="full: the paper's conv with fill-in; submanifold: output "
                              "sites = input sites")
+    parser.add_argument("--mode", default="value", choices=["value", "abs"],
+                        help="k-selection by value (the paper's (i)) or by magnitude, 'abs' (ii)")
     parser.add_argument("--train-size", type=int, default=0, help="0: all 4,000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="fig4_mnist_density",
@@ -124,11 +134,12 @@ def main():
 
     variants = ([] if args.no_dense else ["dense"]) + [f"{b:g}" for b in args.bounds]
     common.log(f"OctNet3-24^2 on real MNIST, {args.epochs} epochs, batch {args.batch_size}, "
-               f"{args.optimizer} lr {args.learning_rate}, conv {args.conv}; "
+               f"{args.optimizer} lr {args.learning_rate} ({args.schedule}), conv {args.conv}, "
+               f"shift {args.shift}; "
                f"{common.machine_note()}")
     child_args = ["--epochs", args.epochs, "--batch-size", args.batch_size,
                   "--optimizer", args.optimizer, "--learning-rate", args.learning_rate,
-                  "--conv", args.conv, "--train-size", args.train_size, "--seed", args.seed]
+                  "--schedule", args.schedule, "--shift", args.shift, "--conv", args.conv, "--mode", args.mode, "--train-size", args.train_size, "--seed", args.seed]
     results = {}
     for variant in common.progress(variants, desc="variants", unit="net"):
         result = common.run_child(__file__, ["--variant", variant] + child_args)

@@ -27,18 +27,20 @@ import sparse_ops as so
 CHANNELS = (8, 16, 24, 32, 40, 48)
 
 
-def attention_options(density, spatial_shape):
+def attention_options(density, spatial_shape, mode="value"):
     """Conv(attention=...) for a density bound below 1 (the paper's
-    k-selection, mode "value"), else None."""
+    k-selection: "value" keeps the largest responses, "abs" the largest
+    absolute ones), else None."""
     if density is None or density >= 1:
         return None
-    return {"density": float(density), "spatial_shape": list(spatial_shape), "mode": "value"}
+    return {"density": float(density), "spatial_shape": list(spatial_shape), "mode": mode}
 
 
 class SparseOctNet(keras.Model):
     """call((features [N, 1], coordinates [N, 1 + D])) -> logits [B, classes].
 
     densities: one density bound per sparse block (None or >= 1: unbounded).
+    attention_mode: "value" or "abs" (magnitude): the paper's two k-selections.
     regularizer_scale: lambda of the adaptive density regulariser (Sec. 3.5,
       Eq. 6; b1 = b2 = o = 0.1) on every sparse conv kernel, with the block's
       density bound as its target; 0 for none.
@@ -46,7 +48,7 @@ class SparseOctNet(keras.Model):
 
     def __init__(self, resolution, dimension, classes, densities, dense_blocks=0,
                  conv="full", masked_gradients=True, regularizer_scale=0.0,
-                 **kwargs):
+                 attention_mode="value", **kwargs):
         super().__init__(**kwargs)
         if conv not in ("full", "submanifold"):
             raise ValueError(f"conv must be 'full' or 'submanifold', got {conv!r}")
@@ -62,7 +64,7 @@ class SparseOctNet(keras.Model):
             target = 1.0 if density is None else min(float(density), 1.0)
             convs = [so.layers.Conv(
                 CHANNELS[i], 3, masked_gradients=masked_gradients, spatial_shape=shape,
-                attention=attention_options(density, shape),
+                attention=attention_options(density, shape, attention_mode),
                 kernel_regularizer=so.regularizers.DensityRegularizer(
                     target, regularizer_scale) if regularizer_scale else None)
                 for _ in range(3)]
@@ -180,39 +182,60 @@ class EpochLog(keras.callbacks.Callback):
             f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
 
 
-def sparse_dataset(volumes, labels, batch_size, shuffle_seed=None):
-    """tf.data of ((features [N, 1], coordinates [N, 1 + D]), labels [B]) built
-    from the non-zero cells of dense single-channel volumes [n, *grid]."""
-    from common import batches, sparse_batch  # pylint: disable=import-outside-toplevel
-    d = volumes.ndim - 1
+def volume_batches(volumes, labels, batch_size, shuffle_seed=None, crop=None):
+    """A generator function over (volumes [b, *grid], labels [b]) batches:
+    shuffled anew every epoch when a seed is given; with `crop` (cells per
+    axis, smaller than the volumes), every volume is cut to a random crop:
+    a random translation, the same augmentation for sparse and dense nets."""
+    from common import batches  # pylint: disable=import-outside-toplevel
     epoch = [0]
 
     def generate():
-        rng = None if shuffle_seed is None else np.random.default_rng(
-            shuffle_seed + epoch[0])
+        rng = np.random.default_rng(None if shuffle_seed is None else shuffle_seed + epoch[0])
         epoch[0] += 1
-        for idx in batches(len(labels), batch_size, rng):
-            features, coordinates = sparse_batch(volumes[idx])
-            yield (features, coordinates), labels[idx]
+        for idx in batches(len(labels), batch_size, None if shuffle_seed is None else rng):
+            batch = volumes[idx]
+            if crop is not None:
+                margin = np.asarray(batch.shape[1:]) - crop
+                batch = np.stack([v[tuple(slice(o, o + crop) for o in offset)] for v, offset
+                                  in zip(batch, rng.integers(0, margin + 1, (len(idx), len(margin))))])
+            yield batch, labels[idx]
 
-    spec = ((tf.TensorSpec([None, 1], tf.float32), tf.TensorSpec([None, 1 + d], tf.int32)),
-            tf.TensorSpec([None], tf.int32))
-    return tf.data.Dataset.from_generator(generate, output_signature=spec).prefetch(2)
+    return generate
 
 
-def dense_dataset(volumes, labels, batch_size, shuffle_seed=None):
-    data = tf.data.Dataset.from_tensor_slices((volumes[..., None], labels))
-    if shuffle_seed is not None:
-        data = data.shuffle(len(labels), seed=shuffle_seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(2)
+def sparse_dataset(volumes, labels, batch_size, shuffle_seed=None, crop=None):
+    """tf.data of ((features [N, 1], coordinates [N, 1 + D]), labels [B]) built
+    from the non-zero cells of dense single-channel volumes [n, *grid]."""
+    from common import sparse_batch  # pylint: disable=import-outside-toplevel
+    generate = volume_batches(volumes, labels, batch_size, shuffle_seed, crop)
+
+    def to_sparse():
+        for batch, y in generate():
+            yield sparse_batch(batch), y
+
+    spec = ((tf.TensorSpec([None, 1], tf.float32),
+             tf.TensorSpec([None, volumes.ndim], tf.int32)), tf.TensorSpec([None], tf.int32))
+    return tf.data.Dataset.from_generator(to_sparse, output_signature=spec).prefetch(2)
+
+
+def dense_dataset(volumes, labels, batch_size, shuffle_seed=None, crop=None):
+    """tf.data of (volumes [B, *grid, 1], labels [B])."""
+    generate = volume_batches(volumes, labels, batch_size, shuffle_seed, crop)
+    grid = volumes.shape[1:] if crop is None else (crop,) * (volumes.ndim - 1)
+    spec = (tf.TensorSpec([None, *grid, 1], tf.float32), tf.TensorSpec([None], tf.int32))
+    return tf.data.Dataset.from_generator(
+        lambda: ((batch[..., None], y) for batch, y in generate()),
+        output_signature=spec).prefetch(2)
 
 
 def fit(model, sparse, train, test, epochs, batch_size, optimizer, label,
-        callbacks=(), count_weights=None, seed=0):
+        callbacks=(), count_weights=None, seed=0, crop=None):
     """Trains with model.fit, evaluating on the test split after every epoch.
+    crop: train on random crops of this size (the test volumes have it).
     Returns the per-epoch rows of EpochLog."""
     make = sparse_dataset if sparse else dense_dataset
-    train_data = make(*train, batch_size, shuffle_seed=seed)
+    train_data = make(*train, batch_size, shuffle_seed=seed, crop=crop)
     test_data = make(*test, batch_size)
     steps = -(-len(train[1]) // batch_size)
     model.compile(optimizer=optimizer, jit_compile=False, metrics=["accuracy"],
@@ -226,7 +249,11 @@ def fit(model, sparse, train, test, epochs, batch_size, optimizer, label,
     return epoch_log.rows
 
 
-def make_optimizer(name, learning_rate):
+def make_optimizer(name, learning_rate, decay_steps=0):
+    """The named Keras optimizer; with decay_steps, the learning rate follows
+    a cosine from learning_rate down to 0 over that many steps."""
+    if decay_steps:
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps)
     return {"adagrad": keras.optimizers.Adagrad, "adam": keras.optimizers.Adam,
             "sgd": keras.optimizers.SGD}[name](learning_rate)
 
