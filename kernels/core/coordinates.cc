@@ -35,12 +35,29 @@ void RowBounds(const int32_t* coords, int64_t n, int dims,
 }
 
 // Sorts keys[0, n), each below 2^key_bits, and moves the unique ones to the
-// front. Large arrays take an LSD radix sort (linear per 11-bit digit, digits
-// shared by all keys skipped): ~10x faster than std::sort on the 10^5-10^6
+// front. Large arrays: when the key range is small next to n (bounded grids,
+// e.g. voxelized shapes), a bitmap of the range, read out in order: no sort
+// at all; else an LSD radix sort (linear per 11-bit digit, digits shared by
+// all keys skipped). Both are ~10x faster than std::sort on the 10^5-10^7
 // candidate keys of a generative convolution.
 int64_t SortUnique(uint64_t* keys, int64_t n, int key_bits) {
   constexpr int kDigitBits = 11;
   constexpr uint64_t kDigitMask = (uint64_t{1} << kDigitBits) - 1;
+  if (n >= 4096 && key_bits < 40 &&
+      (uint64_t{1} << key_bits) <= 64 * static_cast<uint64_t>(n)) {
+    // The bitmap takes at most as many bytes as the keys themselves.
+    std::vector<uint64_t> bitmap(((uint64_t{1} << key_bits) + 63) / 64, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      bitmap[keys[i] >> 6] |= uint64_t{1} << (keys[i] & 63);
+    }
+    int64_t unique = 0;
+    for (size_t w = 0; w < bitmap.size(); ++w) {
+      for (uint64_t word = bitmap[w]; word != 0; word &= word - 1) {
+        keys[unique++] = (static_cast<uint64_t>(w) << 6) | __builtin_ctzll(word);
+      }
+    }
+    return unique;
+  }
   if (n < 4096) {
     std::sort(keys, keys + n);
   } else {

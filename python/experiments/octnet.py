@@ -70,6 +70,7 @@ class SparseOctNet(keras.Model):
                 for _ in range(3)]
             self.blocks.append((pool, convs, size))
         self.grid = size
+        self.prune = so.layers.Prune()
         self.to_dense = so.layers.ToDense((size,) * dimension)
         dense_conv = keras.layers.Conv3D if dimension == 3 else keras.layers.Conv2D
         dense_pool = keras.layers.MaxPool3D if dimension == 3 else keras.layers.MaxPool2D
@@ -91,8 +92,16 @@ class SparseOctNet(keras.Model):
         inside = tf.reduce_all((spatial >= 0) & (spatial < size * np.asarray(x.stride)), 1)
         return tf.boolean_mask(sites, inside)
 
+    def _relu(self, x):
+        """ReLU, then drop the sites left all zero: the paper's representation
+        stores non-zero entries only, so they make no fill-in and no work, and
+        a net whose activations the regulariser drives below zero gets faster."""
+        features = tf.nn.relu(x.features)
+        return self.prune(x.with_features(features), tf.reduce_any(features > 0, axis=1))
+
     def call(self, inputs, training=False):
         features, coordinates = inputs
+        batch = tf.reduce_max(coordinates[:, 0]) + 1
         x = so.SparseTensor(features, coordinates)
         for pool, convs, size in self.blocks:
             if pool is not None:
@@ -102,8 +111,12 @@ class SparseOctNet(keras.Model):
                     x = conv(x, out_coordinates=self._out_sites(x, size))
                 else:
                     x = conv(x)
-                x = x.with_features(tf.nn.relu(x.features))
-        y = self.to_dense(x)  # every batch item must keep a site (it does: k >= 1)
+                x = self._relu(x)
+        y = self.to_dense(x)
+        # The last batch items may have lost every site: zeros for them.
+        y = tf.ensure_shape(
+            tf.pad(y, [[0, batch - tf.shape(y)[0]]] + [[0, 0]] * (self.dimension + 1)),
+            [None] + [self.grid] * self.dimension + [CHANNELS[len(self.blocks) - 1]])
         for layer in self.dense_layers + self.head:
             y = layer(y, training=training) if isinstance(layer, keras.layers.Dropout) \
                 else layer(y)
