@@ -178,3 +178,7 @@ def test_shapes_pruning_tiny(tmp_path):
     for scale in ("0", "0.3"):
         counts = [int(r["nonzero_weights"]) for r in rows if r["scale"] == scale]
         assert len(counts) == 2 and counts[1] <= counts[0] <= int(rows[0]["total_weights"])
+    summary = read_csv(tmp_path / "fig5_pruning_tiny_summary.csv")
+    assert [r["scale"] for r in summary] == ["0", "0.3"]
+    for r in summary:
+        assert float(r["initial_test_seconds"]) > 0 and float(r["final_test_seconds"]) > 0

@@ -9,8 +9,10 @@ with the adaptive density regulariser (Eq. 6, b1 = b2 = o = 0.1) of
 strength lambda in {0, 0.1, 0.2, 0.3} on every sparse conv kernel and
 so.callbacks.WeightPruning on them, and reports per epoch: non-zero sparse
 conv weights, training time, test (forward only) time and accuracy. Each
-lambda runs in its own process. Writes docs/results/fig5_pruning.csv and
-fig5_pruning.png.
+lambda runs in its own process; at the end it times the test forward pass
+with the initial and with the trained (pruned) weights, alternating in the
+same process. Writes docs/results/fig5_pruning.csv (per epoch),
+fig5_pruning_summary.csv (per lambda) and fig5_pruning.png.
 
     python python/experiments/shapes_pruning.py [--resolution 16] [--epochs 4] [--jobs 4]
 """
@@ -27,6 +29,31 @@ import common  # noqa: E402
 SCALES = (0.0, 0.1, 0.2, 0.3)
 
 
+def time_pruned_forward(model, initial_weights, volumes, batch_size, rounds=3):
+    """Median seconds of a forward pass over `volumes` with the initial and
+    with the trained (pruned) weights, alternating in the same process so
+    that machine load affects both alike. Returns (initial, trained)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    trained = model.get_weights()
+    batches = [common.sparse_batch(volumes[i:i + batch_size])
+               for i in range(0, len(volumes), batch_size)]
+    forward = tf.function(lambda f, c: model((f, c)), input_signature=[
+        tf.TensorSpec([None, 1], tf.float32), tf.TensorSpec([None, volumes.ndim], tf.int32)])
+
+    def test_pass():
+        for features, coordinates in batches:
+            forward(features, coordinates).numpy()
+
+    times = {"initial": [], "trained": []}
+    for _ in range(rounds):
+        for name, weights in (("initial", initial_weights), ("trained", trained)):
+            model.set_weights(weights)
+            times[name].append(common.median_seconds(test_pass, 1))
+    model.set_weights(trained)
+    return float(np.median(times["initial"])), float(np.median(times["trained"]))
+
+
 def run_variant(args):
     import keras  # pylint: disable=import-outside-toplevel
     import numpy as np  # pylint: disable=import-outside-toplevel
@@ -41,6 +68,7 @@ def run_variant(args):
                                  densities=args.densities, regularizer_scale=scale)
     model((np.zeros((1, 1), np.float32), np.zeros((1, 4), np.int32)))  # build
     kernels = [conv.kernel for conv in model.sparse_convs()]
+    initial = model.get_weights()
     pruning = so.callbacks.WeightPruning(args.epsilon, weights=kernels)
     rows = octnet.fit(model, True, (x_train, y_train), (x_test, y_test), args.epochs,
                       args.batch_size, octnet.make_optimizer(args.optimizer,
@@ -48,7 +76,9 @@ def run_variant(args):
                       f"lambda={scale:g}", callbacks=[pruning], seed=args.seed,
                       count_weights=lambda: int(sum(np.count_nonzero(k.numpy())
                                                     for k in kernels)))
+    initial_seconds, final_seconds = time_pruned_forward(model, initial, x_test, args.batch_size)
     common.emit({"variant": args.variant, "rows": rows,
+                 "initial_test_seconds": initial_seconds, "final_test_seconds": final_seconds,
                  "total_weights": int(sum(np.prod(k.shape) for k in kernels)),
                  "input_density": float(np.mean(x_train != 0)),
                  "train_size": len(y_train), "test_size": len(y_test),
@@ -138,14 +168,22 @@ def main():
                        f"sparse OctNet3-{args.resolution}^3 + density regulariser + "
                        f"pruning, {info['classes']} KiCad categories ({info['train_size']} "
                        f"train / {info['test_size']} test)")
+    summary = [{"scale": v, "total_weights": r["total_weights"],
+                "nonzero_weights": r["rows"][-1]["nonzero_weights"],
+                "test_accuracy": r["rows"][-1]["test_accuracy"],
+                "initial_test_seconds": r["initial_test_seconds"],
+                "final_test_seconds": r["final_test_seconds"],
+                "final_over_initial": r["final_test_seconds"] / r["initial_test_seconds"]}
+               for v, r in results.items()]
+    common.write_csv(base + "_summary.csv", summary)
     print(f"\n{'lambda':>7} {'nonzero':>14} {'s/epoch first->last':>22} "
-          f"{'test s first->last':>20} {'acc':>7}")
-    for v, r in results.items():
+          f"{'test s first->last':>20} {'forward trained/initial':>24} {'acc':>7}")
+    for (v, r), row in zip(results.items(), summary):
         first, last = r["rows"][1] if len(r["rows"]) > 2 else r["rows"][0], r["rows"][-1]
         print(f"{v:>7} {last['nonzero_weights']:>7}/{r['total_weights']:<6} "
               f"{first['seconds']:10.1f} -> {last['seconds']:<8.1f} "
               f"{first['test_seconds']:8.2f} -> {last['test_seconds']:<8.2f} "
-              f"{100 * last['test_accuracy']:6.1f}%")
+              f"{row['final_over_initial']:23.2f}x {100 * last['test_accuracy']:6.1f}%")
 
 
 if __name__ == "__main__":
