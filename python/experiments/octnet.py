@@ -41,6 +41,8 @@ class SparseOctNet(keras.Model):
 
     densities: one density bound per sparse block (None or >= 1: unbounded).
     attention_mode: "value" or "abs" (magnitude): the paper's two k-selections.
+    kernel_initializer: of every convolution ("he_normal" keeps the signal
+      of the deeper 3D nets from fading at initialisation).
     regularizer_scale: lambda of the adaptive density regulariser (Sec. 3.5,
       Eq. 6; b1 = b2 = o = 0.1) on every sparse conv kernel, with the block's
       density bound as its target; 0 for none.
@@ -48,7 +50,7 @@ class SparseOctNet(keras.Model):
 
     def __init__(self, resolution, dimension, classes, densities, dense_blocks=0,
                  conv="full", masked_gradients=True, regularizer_scale=0.0,
-                 attention_mode="value", **kwargs):
+                 attention_mode="value", kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if conv not in ("full", "submanifold"):
             raise ValueError(f"conv must be 'full' or 'submanifold', got {conv!r}")
@@ -64,6 +66,7 @@ class SparseOctNet(keras.Model):
             target = 1.0 if density is None else min(float(density), 1.0)
             convs = [so.layers.Conv(
                 CHANNELS[i], 3, masked_gradients=masked_gradients, spatial_shape=shape,
+                kernel_initializer=kernel_initializer,
                 attention=attention_options(density, shape, attention_mode),
                 kernel_regularizer=so.regularizers.DensityRegularizer(
                     target, regularizer_scale) if regularizer_scale else None)
@@ -78,7 +81,9 @@ class SparseOctNet(keras.Model):
         for j in range(dense_blocks):
             self.dense_layers.append(dense_pool(2))
             self.dense_layers += [dense_conv(CHANNELS[len(densities) + j], 3, padding="same",
-                                             activation="relu") for _ in range(3)]
+                                             activation="relu",
+                                             kernel_initializer=kernel_initializer)
+                                  for _ in range(3)]
         self.head = [keras.layers.Flatten(), keras.layers.Dropout(0.5),
                      keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(classes)]
 
@@ -123,7 +128,8 @@ class SparseOctNet(keras.Model):
         return y
 
 
-def dense_octnet(resolution, dimension, classes, sparse_blocks, dense_blocks=0):
+def dense_octnet(resolution, dimension, classes, sparse_blocks, dense_blocks=0,
+                 kernel_initializer="glorot_uniform"):
     """The equivalent dense network: the same layers as keras Conv2D/Conv3D
     on the whole grid (padding "same", ReLU), input [B, *grid, 1]."""
     conv = keras.layers.Conv3D if dimension == 3 else keras.layers.Conv2D
@@ -132,8 +138,8 @@ def dense_octnet(resolution, dimension, classes, sparse_blocks, dense_blocks=0):
     for i in range(sparse_blocks + dense_blocks):
         if i:
             layers.append(pool(2))
-        layers += [conv(CHANNELS[i], 3, padding="same", activation="relu")
-                   for _ in range(3)]
+        layers += [conv(CHANNELS[i], 3, padding="same", activation="relu",
+                        kernel_initializer=kernel_initializer) for _ in range(3)]
     layers += [keras.layers.Flatten(), keras.layers.Dropout(0.5),
                keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(classes)]
     return keras.Sequential(layers)
@@ -282,5 +288,6 @@ def shape_network(resolution, classes, densities=None, sparse=True, **kwargs):
     (or `densities`), or its dense twin."""
     blocks, dense_blocks, paper = SHAPE_NETWORKS[resolution]
     if not sparse:
-        return dense_octnet(resolution, 3, classes, blocks, dense_blocks)
+        return dense_octnet(resolution, 3, classes, blocks, dense_blocks,
+                            kwargs.get("kernel_initializer", "glorot_uniform"))
     return SparseOctNet(resolution, 3, classes, densities or paper, dense_blocks, **kwargs)

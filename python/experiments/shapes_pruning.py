@@ -65,7 +65,8 @@ def run_variant(args):
     keras.utils.set_random_seed(args.seed)
     scale = float(args.variant)
     model = octnet.shape_network(args.resolution, len(cats), conv=args.conv,
-                                 densities=args.densities, regularizer_scale=scale)
+                                 densities=args.densities, regularizer_scale=scale,
+                                 kernel_initializer=args.init)
     model((np.zeros((1, 1), np.float32), np.zeros((1, 4), np.int32)))  # build
     kernels = [conv.kernel for conv in model.sparse_convs()]
     initial = model.get_weights()
@@ -103,6 +104,10 @@ def main():
                         help="the paper: adagrad, learning rate 0.001, 90 epochs")
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"])
+    parser.add_argument("--init", default="he_normal",
+                        help="conv kernel initializer (default %(default)s: with Keras' "
+                             "glorot_uniform the nine-conv 64^3 net starts with vanishing "
+                             "outputs and lambda = 0 never leaves chance level)")
     parser.add_argument("--jobs", type=int, default=4,
                         help="lambdas trained at the same time (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
@@ -125,7 +130,7 @@ def main():
     child = ["--resolution", args.resolution, "--per-class", args.per_class,
              "--epochs", args.epochs, "--batch-size", args.batch_size,
              "--epsilon", args.epsilon, "--optimizer", args.optimizer,
-             "--learning-rate", args.learning_rate, "--conv", args.conv,
+             "--learning-rate", args.learning_rate, "--conv", args.conv, "--init", args.init,
              "--seed", args.seed, "--categories"] + args.categories + (
                  ["--densities"] + args.densities if args.densities else [])
     results = {}
