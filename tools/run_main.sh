@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/setup_env.sh examples
-python python/experiments/mnist_density.py --bounds 0.035 --epochs 10 --batch-size 16 --name main_mnist "$@"
+python python/experiments/mnist_density.py --bounds 0.035 --epochs 10 --name main_mnist "$@"
