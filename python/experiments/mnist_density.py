@@ -105,7 +105,7 @@ def summary(results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bounds", type=float, nargs="+", default=list(PAPER_BOUNDS),
+    parser.add_argument("--bounds", type=float, nargs="*", default=list(PAPER_BOUNDS),
                         help="density bounds rho21 of the first block (default: %(default)s)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense twin")
     parser.add_argument("--epochs", type=int, default=20,
