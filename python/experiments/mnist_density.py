@@ -141,6 +141,8 @@ def main():
         return
 
     variants = ([] if args.no_dense else ["dense"]) + [f"{b:g}" for b in args.bounds]
+    if not variants:
+        parser.error("nothing to run: --no-dense needs at least one of --bounds")
     common.log(f"OctNet3-24^2 on real MNIST, {args.epochs} epochs, batch {args.batch_size}, "
                f"{args.optimizer} lr {args.learning_rate} ({args.schedule}), conv {args.conv}, "
                f"shift {args.shift}; "
