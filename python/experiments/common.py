@@ -106,6 +106,22 @@ def run_child(script, args, timeout=None, quiet=False):
     return json.loads(lines[-1])
 
 
+def run_variants(script, variants, child_args):
+    """Runs `script --variant V *child_args` for every variant, one process
+    each (see run_child), with a progress bar; returns {variant: result} of
+    those that succeeded, and exits when none did."""
+    results = {}
+    for variant in progress(variants, desc="variants", unit="net"):
+        result = run_child(script, ["--variant", variant] + list(child_args))
+        if "error" in result:
+            log(f"{variant}: failed ({result['error']})")
+            continue
+        results[variant] = result
+    if not results:
+        sys.exit("every variant failed")
+    return results
+
+
 def emit(result):
     """The child's side of `run_child`."""
     print(json.dumps(result), flush=True)

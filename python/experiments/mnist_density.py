@@ -149,16 +149,10 @@ def main():
                f"{common.machine_note()}")
     child_args = ["--epochs", args.epochs, "--batch-size", args.batch_size,
                   "--optimizer", args.optimizer, "--learning-rate", args.learning_rate,
-                  "--schedule", args.schedule, "--shift", args.shift, "--conv", args.conv, "--mode", args.mode, "--init", args.init, "--train-size", args.train_size, "--seed", args.seed]
-    results = {}
-    for variant in common.progress(variants, desc="variants", unit="net"):
-        result = common.run_child(__file__, ["--variant", variant] + child_args)
-        if "error" in result:
-            common.log(f"{variant}: failed ({result['error']})")
-            continue
-        results[variant] = result
-    if not results:
-        sys.exit("every variant failed")
+                  "--schedule", args.schedule, "--shift", args.shift, "--conv", args.conv,
+                  "--mode", args.mode, "--init", args.init, "--train-size", args.train_size,
+                  "--seed", args.seed]
+    results = common.run_variants(__file__, variants, child_args)
     any_result = next(iter(results.values()))
     rows = [dict(variant=v, peak_mb=r["peak_bytes"] / 2**20, **row)
             for v, r in results.items() for row in r["rows"]]

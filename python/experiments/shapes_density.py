@@ -89,15 +89,7 @@ def main():
              "--epochs", args.epochs, "--batch-size", args.batch_size,
              "--optimizer", args.optimizer, "--learning-rate", args.learning_rate,
              "--conv", args.conv, "--seed", args.seed, "--categories"] + args.categories
-    results = {}
-    for variant in common.progress(args.variants, desc="variants", unit="net"):
-        result = common.run_child(__file__, ["--variant", variant] + child)
-        if "error" in result:
-            common.log(f"{variant}: failed ({result['error']})")
-            continue
-        results[variant] = result
-    if not results:
-        sys.exit("every variant failed")
+    results = common.run_variants(__file__, args.variants, child)
     base = args.name + ("_tiny" if args.tiny else "")
     rows = [dict(variant=v, peak_mb=r["peak_bytes"] / 2**20, **row)
             for v, r in results.items() for row in r["rows"]]
