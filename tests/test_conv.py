@@ -1148,6 +1148,50 @@ def test_kernel_map_identity_and_pairs(impl, rng):
         assert got == expected, k
 
 
+def _pairs_by_offset(kmap):
+    """[{(in_row, out_row)} per offset] of a KernelMap."""
+    splits = kmap.offset_splits.numpy()
+    pairs = list(zip(kmap.in_rows.numpy().tolist(), kmap.out_rows.numpy().tolist()))
+    return [set(pairs[splits[k]:splits[k + 1]]) for k in range(len(splits) - 1)]
+
+
+@pytest.mark.parametrize("case", ["submanifold", "fill-in", "strided", "near int32 limits"])
+def test_kernel_map_same_for_sorted_and_shuffled_rows(case, rng):
+    """Sorted rows (the order every coordinate op outputs) take the C++ op's
+    merge path, rows in any other order its hash table: both give the pairs
+    of a brute-force search, whatever the order of the rows."""
+    lo, hi = (2**31 - 9, 2**31 - 1) if case == "near int32 limits" else (-6, 5)
+    n = 120
+    coords = np.unique(np.concatenate(
+        [rng.integers(0, 3, (n, 1)), rng.integers(lo, hi + 1, (n, 3))], 1), axis=0)
+    stride = [2, 1, 3] if case == "strided" else [1, 1, 1]
+    offsets = so.kernel_offsets(3, dimension=3)
+    if case == "strided":
+        coords[:, 1:] = coords[:, 1:] // stride * stride
+        coords = np.unique(coords, axis=0)
+    if case == "fill-in":
+        out = so.ops.generative_coordinates(coords.astype(np.int32), offsets, 1).numpy()
+    else:
+        out = coords
+    out = np.unique(out, axis=0)  # sorted rows
+    steps = offsets.numpy() * np.asarray(stride)
+    table = {tuple(r): i for i, r in enumerate(coords.tolist())}
+    want = [{(table[q], o) for o, r in enumerate(out.tolist())
+             if (q := (r[0],) + tuple(np.add(r[1:], step).tolist())) in table}
+            for step in steps]
+    assert sum(map(len, want)) > len(out) // 2
+    perm_in, perm_out = rng.permutation(len(coords)), rng.permutation(len(out))
+    for shuffle_in, shuffle_out in ((False, False), (True, False), (False, True),
+                                    (True, True)):
+        in_c = coords[perm_in] if shuffle_in else coords
+        out_c = out[perm_out] if shuffle_out else out
+        kmap = so.ops.kernel_map(tf.constant(in_c, tf.int32), tf.constant(out_c, tf.int32),
+                                 offsets, stride)
+        got = [{(int(perm_in[i]) if shuffle_in else i, int(perm_out[o]) if shuffle_out else o)
+                for i, o in pairs} for pairs in _pairs_by_offset(kmap)]
+        assert got == want, (shuffle_in, shuffle_out)
+
+
 def test_stride1_convs_share_kernel_map(impl, rng, kernel_map_builds):
     x, dense = random_sparse(rng, (6, 6), CIN)
     k1 = _kernel(rng, (3, 3, CIN, COUT), np.float32)

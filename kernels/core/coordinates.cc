@@ -34,6 +34,45 @@ void RowBounds(const int32_t* coords, int64_t n, int dims,
   }
 }
 
+// The step of every offset, [K, dims] with the batch step 0 first:
+// steps[k * dims + a] = offsets[k][a - 1] * stride[a - 1].
+std::vector<int64_t> OffsetSteps(const KernelGeometry& g, int dims) {
+  std::vector<int64_t> steps(g.num_offsets * dims, 0);
+  for (int64_t k = 0; k < g.num_offsets; ++k) {
+    for (int a = 1; a < dims; ++a) {
+      steps[k * dims + a] =
+          static_cast<int64_t>(g.offsets[k * (dims - 1) + a - 1]) *
+          g.stride[a - 1];
+    }
+  }
+  return steps;
+}
+
+// Widens the packer to rows [lo, hi] shifted by every step: then each probe
+// c + step of a row c in [lo, hi] packs, and KeyStep moves between them.
+// Returns the first axis whose shifted range leaves int32, or -1.
+int CoverShifted(const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
+                 const std::vector<int64_t>& steps, KeyPacker* packer) {
+  const int dims = packer->dims();
+  const int64_t K = static_cast<int64_t>(steps.size()) / dims;
+  int outside = -1;
+  if (K == 0) return outside;
+  for (int a = 0; a < dims; ++a) {
+    int64_t step_lo = steps[a], step_hi = steps[a];
+    for (int64_t k = 1; k < K; ++k) {
+      step_lo = std::min(step_lo, steps[k * dims + a]);
+      step_hi = std::max(step_hi, steps[k * dims + a]);
+    }
+    const int64_t new_lo = lo[a] + step_lo, new_hi = hi[a] + step_hi;
+    if (outside < 0 && (new_lo < std::numeric_limits<int32_t>::min() ||
+                        new_hi > std::numeric_limits<int32_t>::max())) {
+      outside = a;
+    }
+    packer->Cover(a, new_lo, new_hi);
+  }
+  return outside;
+}
+
 // Sorts keys[0, n), each below 2^key_bits, and moves the unique ones to the
 // front. Large arrays: when the key range is small next to n (bounded grids,
 // e.g. voxelized shapes), a bitmap of the range, read out in order: no sort
@@ -151,6 +190,14 @@ void KeyPacker::Unpack(uint64_t key, int32_t* c) const {
   }
 }
 
+uint64_t KeyPacker::KeyStep(const int64_t* step) const {
+  uint64_t delta = 0;
+  for (int a = 0; a < dims_; ++a) {
+    delta += static_cast<uint64_t>(step[a]) << shift_[a];
+  }
+  return delta;
+}
+
 int64_t CoordinateTable::CapacityFor(int64_t n) {
   int64_t capacity = 16;
   while (capacity < 2 * n) capacity <<= 1;
@@ -242,15 +289,7 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
   if (mirror) {
     std::fill(neighbours + (K - probed) * n_out, neighbours + K * n_out, -1);
   }
-  // Spatial steps of each probed offset.
-  std::vector<int64_t> steps(probed * dims, 0);
-  for (int64_t k = 0; k < probed; ++k) {
-    for (int a = 1; a < dims; ++a) {
-      steps[k * dims + a] =
-          static_cast<int64_t>(g.offsets[k * (dims - 1) + a - 1]) *
-          g.stride[a - 1];
-    }
-  }
+  const std::vector<int64_t> steps = OffsetSteps(g, dims);
   constexpr int64_t kRowsPerUnit = 64;
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
   std::vector<int64_t> unit_counts(units * probed, 0);
@@ -294,6 +333,133 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
     for (int64_t k = 0; k < probed; ++k) counts[K - 1 - k] = counts[k];
     if (K % 2 == 1) counts[K / 2] = n_out;
   }
+}
+
+namespace {
+
+constexpr int64_t kRowsPerUnit = 512;  // output rows per unit of work
+
+// Neighbours from a bitmap of the (strictly increasing) input keys and the
+// number of set bits before each word: a probe's input row is its rank, so
+// a probe is a bit test and a popcount, no search.
+void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
+                          const uint64_t* out_keys, int64_t n_out,
+                          int key_bits, const std::vector<uint64_t>& key_steps,
+                          int32_t* neighbours, int64_t* unit_counts,
+                          const ParallelFor& parallel_for) {
+  const int64_t K = static_cast<int64_t>(key_steps.size());
+  const uint64_t words = ((uint64_t{1} << key_bits) + 63) / 64;
+  std::vector<uint64_t> bits(words, 0);
+  for (int64_t i = 0; i < n_in; ++i) bits[in_keys[i] >> 6] |= uint64_t{1} << (in_keys[i] & 63);
+  std::vector<int32_t> rank(words);
+  int64_t before = 0;
+  for (uint64_t w = 0; w < words; ++w) {
+    rank[w] = static_cast<int32_t>(before);
+    before += __builtin_popcountll(bits[w]);
+  }
+  const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
+  parallel_for(units, 4 * K * kRowsPerUnit, [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t o_begin = u * kRowsPerUnit;
+      const int64_t o_end = std::min(n_out, o_begin + kRowsPerUnit);
+      for (int64_t k = 0; k < K; ++k) {
+        int32_t* row = neighbours + k * n_out;
+        int64_t count = 0;
+        for (int64_t o = o_begin; o < o_end; ++o) {
+          const uint64_t probe = out_keys[o] + key_steps[k];
+          const uint64_t word = bits[probe >> 6];
+          const uint64_t bit = uint64_t{1} << (probe & 63);
+          const bool found = (word & bit) != 0;
+          row[o] = found ? rank[probe >> 6] + __builtin_popcountll(word & (bit - 1)) : -1;
+          count += found;
+        }
+        unit_counts[u * K + k] = count;
+      }
+    }
+  });
+}
+
+}  // namespace
+
+bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
+                          const int32_t* out_coords, int64_t n_out, int dims,
+                          const KernelGeometry& g, int32_t* neighbours,
+                          int64_t* counts, const ParallelFor& parallel_for) {
+  const int64_t K = g.num_offsets;
+  const std::vector<int64_t> steps = OffsetSteps(g, dims);
+  // One key layout covering the inputs and every probe of every output.
+  KeyPacker packer(dims);
+  packer.CoverRows(in_coords, n_in);
+  packer.CoverRows(out_coords, n_out);
+  std::vector<int64_t> lo, hi;
+  RowBounds(out_coords, n_out, dims, &lo, &hi);
+  if (n_out > 0) CoverShifted(lo, hi, steps, &packer);
+  if (!packer.Finalize().ok()) return false;
+
+  // Keys of both sets; each must be strictly increasing.
+  auto increasing_keys = [&](const int32_t* coords, int64_t n,
+                             std::vector<uint64_t>* keys) {
+    keys->resize(n);
+    uint64_t* k = keys->data();
+    parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) packer.Pack(coords + i * dims, &k[i]);
+    });
+    for (int64_t i = 1; i < n; ++i) {
+      if (k[i] <= k[i - 1]) return false;
+    }
+    return true;
+  };
+  std::vector<uint64_t> in_keys, out_keys;
+  if (!increasing_keys(in_coords, n_in, &in_keys) ||
+      !increasing_keys(out_coords, n_out, &out_keys)) {
+    return false;
+  }
+  std::vector<uint64_t> key_steps(K);
+  for (int64_t k = 0; k < K; ++k) key_steps[k] = packer.KeyStep(&steps[k * dims]);
+  const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
+  std::vector<int64_t> unit_counts(units * K, 0);
+
+  // A bounded grid (key range at most 128 bits per row) takes the rank
+  // bitmap: ~2x faster than the merge at 64^3, memory 3/16 byte per key.
+  const int key_bits = packer.key_bits();
+  const bool small_range =
+      key_bits <= 36 &&
+      (uint64_t{1} << key_bits) <= 128 * static_cast<uint64_t>(n_in + n_out);
+  if (small_range) {
+    RankBitmapNeighbours(in_keys.data(), n_in, out_keys.data(), n_out, key_bits,
+                         key_steps, neighbours, unit_counts.data(), parallel_for);
+  } else {
+    // Else a merge per offset: its probes are sorted like the input keys.
+    const uint64_t* in_begin = in_keys.data();
+    const uint64_t* in_end = in_begin + n_in;
+    parallel_for(units, 8 * K * kRowsPerUnit, [&](int64_t begin, int64_t end) {
+      for (int64_t u = begin; u < end; ++u) {
+        const int64_t o_begin = u * kRowsPerUnit;
+        const int64_t o_end = std::min(n_out, o_begin + kRowsPerUnit);
+        for (int64_t k = 0; k < K; ++k) {
+          const uint64_t step = key_steps[k];
+          int32_t* row = neighbours + k * n_out;
+          const uint64_t* i = std::lower_bound(in_begin, in_end, out_keys[o_begin] + step);
+          int64_t count = 0;
+          for (int64_t o = o_begin; o < o_end; ++o) {
+            const uint64_t probe = out_keys[o] + step;
+            while (i != in_end && *i < probe) ++i;
+            const bool found = i != in_end && *i == probe;
+            row[o] = found ? static_cast<int32_t>(i - in_begin) : -1;
+            count += found;
+          }
+          unit_counts[u * K + k] = count;
+        }
+      }
+    });
+  }
+  if (counts != nullptr) {
+    for (int64_t k = 0; k < K; ++k) counts[k] = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      for (int64_t k = 0; k < K; ++k) counts[k] += unit_counts[u * K + k];
+    }
+  }
+  return true;
 }
 
 void SplitsFromCounts(const int64_t* counts, int64_t K, int64_t* splits) {
@@ -445,44 +611,28 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
                       uint64_t* keys, int64_t* num_unique,
                       const ParallelFor& parallel_for) {
   const int64_t K = g.num_offsets;
+  const std::vector<int64_t> steps = OffsetSteps(g, dims);
   std::vector<int64_t> lo, hi;
   RowBounds(coords, n, dims, &lo, &hi);
   if (n > 0) {
-    packer->Cover(0, lo[0], hi[0]);
-    for (int a = 1; a < dims; ++a) {
-      int64_t step_lo = 0, step_hi = 0;
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t step =
-            static_cast<int64_t>(g.offsets[k * (dims - 1) + a - 1]) *
-            g.stride[a - 1];
-        step_lo = k == 0 ? step : std::min(step_lo, step);
-        step_hi = k == 0 ? step : std::max(step_hi, step);
-      }
-      const int64_t new_lo = lo[a] + step_lo, new_hi = hi[a] + step_hi;
-      if (new_lo < std::numeric_limits<int32_t>::min() ||
-          new_hi > std::numeric_limits<int32_t>::max()) {
-        return Status::Error("generated coordinates of axis " +
-                             std::to_string(a) +
-                             " would overflow the int32 range");
-      }
-      packer->Cover(a, new_lo, new_hi);
+    // The rows themselves too: their keys plus a step give the output keys.
+    for (int a = 0; a < dims; ++a) packer->Cover(a, lo[a], hi[a]);
+    const int outside = CoverShifted(lo, hi, steps, packer);
+    if (outside >= 0) {
+      return Status::Error("generated coordinates of axis " +
+                           std::to_string(outside) +
+                           " would overflow the int32 range");
     }
   }
   Status status = packer->Finalize();
   if (!status.ok()) return status;
-  parallel_for(n, 20 * K, [&](int64_t begin, int64_t end) {
-    int64_t q[kMaxDims];
+  std::vector<uint64_t> key_steps(K);
+  for (int64_t k = 0; k < K; ++k) key_steps[k] = packer->KeyStep(&steps[k * dims]);
+  parallel_for(n, 5 * K, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      const int32_t* c = coords + i * dims;
-      q[0] = c[0];
-      for (int64_t k = 0; k < K; ++k) {
-        for (int a = 1; a < dims; ++a) {
-          q[a] = c[a] + static_cast<int64_t>(
-                            g.offsets[k * (dims - 1) + a - 1]) *
-                            g.stride[a - 1];
-        }
-        packer->Pack(q, &keys[i * K + k]);
-      }
+      uint64_t key = 0;
+      packer->Pack(coords + i * dims, &key);  // covered: cannot fail
+      for (int64_t k = 0; k < K; ++k) keys[i * K + k] = key + key_steps[k];
     }
   });
   *num_unique = SortUnique(keys, n * K, packer->key_bits());

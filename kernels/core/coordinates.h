@@ -49,6 +49,10 @@ class KeyPacker {
     return true;
   }
   void Unpack(uint64_t key, int32_t* c) const;
+  // Pack(c + step) == Pack(c) + KeyStep(step) (mod 2^64) whenever c and
+  // c + step both lie in the covered range: each axis' field then moves by
+  // its step without a borrow or carry. step has dims() entries.
+  uint64_t KeyStep(const int64_t* step) const;
 
  private:
   int dims_;
@@ -125,6 +129,18 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
                     const KernelGeometry& geometry, bool same_coordinates,
                     int32_t* neighbours, int64_t* counts,
                     const ParallelFor& parallel_for);
+
+// The same neighbour table without a hash table, for coordinates in the
+// order every coordinate op outputs (rows sorted, batch first, unique):
+// an input row is then the rank of its key. Keys of a small range (bounded
+// grids) take a rank bitmap (a bit test and a popcount per probe); others a
+// merge per offset, whose probes are sorted too (O(K (n_in + n_out))).
+// Returns false without writing when the rows are not strictly increasing
+// or their keys would need more than 63 bits; the caller then hashes.
+bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
+                          const int32_t* out_coords, int64_t n_out, int dims,
+                          const KernelGeometry& geometry, int32_t* neighbours,
+                          int64_t* counts, const ParallelFor& parallel_for);
 
 // splits[0] = 0, splits[k + 1] = splits[k] + counts[k].
 void SplitsFromCounts(const int64_t* counts, int64_t num_offsets,

@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels/core/conv.h"
@@ -125,6 +126,7 @@ struct KernelMap {
   std::vector<int64_t> splits;
   std::vector<int32_t> in_rows, out_rows, neighbours;
   std::vector<int64_t> counts;  // from FindNeighbours, where it gives them
+  bool merged = false;          // FindNeighboursSorted made the table
   KernelMapView view() const {
     return {splits.data(), in_rows.data(), out_rows.data(),
             static_cast<int64_t>(splits.size()) - 1};
@@ -163,20 +165,27 @@ Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>
                       const ParallelFor& parallel_for, KernelMap* map) {
   const int64_t n_in = in.size() / kDims, n_out = out.size() / kDims;
   const int64_t K = offsets.size() / (kDims - 1);
-  KeyPacker packer(kDims);
-  packer.CoverRows(in.data(), n_in);
-  Status status = packer.Finalize();
-  if (!status.ok()) return status;
-  const int64_t capacity = CoordinateTable::CapacityFor(n_in);
-  std::vector<uint64_t> keys(capacity);
-  std::vector<int32_t> rows(capacity, -1);
-  CoordinateTable table(keys.data(), rows.data(), capacity);
-  status = table.Build(in.data(), n_in, packer, parallel_for);
-  if (!status.ok()) return status;
   const KernelGeometry geometry{offsets.data(), K, stride.data()};
+  const int32_t* out_coords = same ? in.data() : out.data();
   map->neighbours.assign(K * n_out, -7);
-  CallFindNeighbours(&FindNeighbours, table, packer, same ? in.data() : out.data(), n_out,
-                     geometry, same, map->neighbours.data(), &map->counts, parallel_for);
+  map->counts.assign(K, -7);
+  map->merged = FindNeighboursSorted(in.data(), n_in, out_coords, n_out, kDims, geometry,
+                                     map->neighbours.data(), map->counts.data(),
+                                     parallel_for);
+  if (!map->merged) {
+    KeyPacker packer(kDims);
+    packer.CoverRows(in.data(), n_in);
+    Status status = packer.Finalize();
+    if (!status.ok()) return status;
+    const int64_t capacity = CoordinateTable::CapacityFor(n_in);
+    std::vector<uint64_t> keys(capacity);
+    std::vector<int32_t> rows(capacity, -1);
+    CoordinateTable table(keys.data(), rows.data(), capacity);
+    status = table.Build(in.data(), n_in, packer, parallel_for);
+    if (!status.ok()) return status;
+    CallFindNeighbours(&FindNeighbours, table, packer, out_coords, n_out, geometry, same,
+                       map->neighbours.data(), &map->counts, parallel_for);
+  }
   map->splits.assign(K + 1, -7);
   CountPairs(map->neighbours.data(), K, n_out, map->splits.data(), parallel_for);
   map->in_rows.assign(map->splits[K], -7);
@@ -244,7 +253,7 @@ void ExpectSameMap(const KernelMap& got, const KernelMap& want, const std::strin
 void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
                     const std::vector<Row>& out, bool same,
                     const std::vector<int32_t>& offsets,
-                    const std::vector<int32_t>& stride) {
+                    const std::vector<int32_t>& stride, bool want_merged) {
   const KernelMap want = OracleKernelMap(in, same ? in : out, offsets, stride);
   const std::vector<int32_t> in_flat = Flatten(in), out_flat = Flatten(out);
   const int64_t K = offsets.size() / (kDims - 1);
@@ -259,6 +268,8 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
         BuildKernelMap(in_flat, out_flat, same, offsets, stride, runner.parallel_for, &got);
     EXPECT_MSG(status.ok(), what + ": " + status.message());
     if (!status.ok()) continue;
+    EXPECT_MSG(got.merged == want_merged,
+               what + (want_merged ? ": the sorted path declined" : ": the sorted path ran"));
     ExpectSameMap(got, want, what);
     // Neighbour table agrees with the pairs.
     std::vector<int32_t> expected_nbr(K * n_out, -1);
@@ -314,18 +325,42 @@ void TestKernelMaps() {
   std::fprintf(stderr, "kernel maps: %zu small, %zu near-limit, %zu wide rows\n",
                small.size(), limits.size(), wide.size());
 
+  // "wide" with its corner rows: 62-bit keys, and the probes around them
+  // would need 65, more than the merge's one key layout can hold.
+  std::vector<Row> full_span = wide;
+  for (const Row& corner : {Row{0, -(1 << 19), -(1 << 19), 0},
+                            Row{3, (1 << 19) - 1, (1 << 19) - 1, (1 << 20) - 1}}) {
+    if (std::find(full_span.begin(), full_span.end(), corner) == full_span.end()) {
+      full_span.push_back(corner);
+    }
+  }
+  // Shuffled rows take the hash table; sorted rows (the coordinate ops'
+  // output order) the merge, except "full span".
+  auto sorted = [](std::vector<Row> rows) {
+    std::sort(rows.begin(), rows.end());
+    return rows;
+  };
   for (const auto& set : {std::make_pair("small", &small),
                           std::make_pair("limits", &limits),
-                          std::make_pair("wide", &wide)}) {
-    const std::string name = set.first;
-    const std::vector<Row>& rows = *set.second;
-    // Symmetric 3x3x3 on identical sets: the mirrored half-probe path.
-    CheckKernelMap(name + " 3x3x3 same", rows, rows, true, Cube3(1), unit);
-    // The same, without the mirroring shortcut.
-    CheckKernelMap(name + " 3x3x3 not-same", rows, rows, false, Cube3(1), unit);
-    // Non-symmetric {0,1}^3: every offset probed.
-    CheckKernelMap(name + " {0,1}^3 same", rows, rows, true, Corner2(), unit);
+                          std::make_pair("wide", &wide),
+                          std::make_pair("full span", &std::as_const(full_span))}) {
+    for (const bool in_order : {false, true}) {
+      const std::string name = std::string(set.first) + (in_order ? " sorted" : "");
+      const std::vector<Row> rows = in_order ? sorted(*set.second) : *set.second;
+      const bool merged = in_order && name != "full span sorted";
+      // Symmetric 3x3x3 on identical sets: the mirrored half-probe path.
+      CheckKernelMap(name + " 3x3x3 same", rows, rows, true, Cube3(1), unit, merged);
+      // The same, without the mirroring shortcut.
+      CheckKernelMap(name + " 3x3x3 not-same", rows, rows, false, Cube3(1), unit, merged);
+      // Non-symmetric {0,1}^3: every offset probed.
+      CheckKernelMap(name + " {0,1}^3 same", rows, rows, true, Corner2(), unit, merged);
+    }
   }
+  // One set sorted, the other not: the hash table.
+  CheckKernelMap("small sorted in, shuffled out", sorted(small), small, false, Cube3(1),
+                 unit, false);
+  CheckKernelMap("small shuffled in, sorted out", small, sorted(small), false, Cube3(1),
+                 unit, false);
   // Strided: output sites on a coarser grid than the input (stride 2, 1, 3),
   // a different output set, some output rows without any pair.
   std::vector<Row> coarse;
@@ -338,8 +373,13 @@ void TestKernelMaps() {
     }
     for (int i = 0; i < 20; ++i) coarse.push_back({1, 1000 + i, 0, 0});  // no pairs
   }
-  CheckKernelMap("small strided 3x3x3", small, coarse, false, Cube3(1), {2, 1, 3});
-  CheckKernelMap("small strided {0,1}^3", small, coarse, false, Corner2(), {2, 1, 3});
+  CheckKernelMap("small strided 3x3x3", small, coarse, false, Cube3(1), {2, 1, 3}, false);
+  CheckKernelMap("small strided {0,1}^3", small, coarse, false, Corner2(), {2, 1, 3},
+                 false);
+  CheckKernelMap("small strided 3x3x3 sorted", sorted(small), sorted(coarse), false,
+                 Cube3(1), {2, 1, 3}, true);
+  CheckKernelMap("small strided {0,1}^3 sorted", sorted(small), sorted(coarse), false,
+                 Corner2(), {2, 1, 3}, true);
 }
 
 // --- Convolutions ------------------------------------------------------------

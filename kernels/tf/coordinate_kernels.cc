@@ -88,41 +88,21 @@ class KernelMapOp : public OpKernel {
     const int32_t* in_coords = in.flat<int32_t>().data();
     const int32_t* out_coords = out.flat<int32_t>().data();
     const ParallelFor parallel_for = IntraOpParallelFor(context);
-
-    // One key layout for both sets: the input range is all a probe can hit.
-    KeyPacker packer(dims);
-    packer.CoverRows(in_coords, n_in);
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(context, packer.Finalize());
-
-    const int64_t capacity = CoordinateTable::CapacityFor(n_in);
-    Tensor table_keys, table_rows, neighbours;
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT64,
-                                                   TensorShape({capacity}),
-                                                   &table_keys));
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
-                                                   TensorShape({capacity}),
-                                                   &table_rows));
+    const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
+                                  stride.flat<int32_t>().data()};
+    Tensor neighbours;
     if (!AllocateTemp(context, tensorflow::DT_INT32, {K, n_out}, &neighbours)) {
       return;
     }
-    CoordinateTable table(table_keys.flat<uint64_t>().data(),
-                          table_rows.flat<int32_t>().data(), capacity);
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, table.Build(in_coords, n_in, packer, parallel_for));
-
-    // The same tensor passed twice (a submanifold convolution) lets a
-    // symmetric kernel probe half its offsets.
-    const bool same = in_coords == out_coords && n_in == n_out;
-    if (!same &&
-        !CheckUnique(context, out_coords, n_out, dims, "out_coordinates")) {
-      return;
-    }
-    const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
-                                  stride.flat<int32_t>().data()};
     int32_t* nbr = neighbours.flat<int32_t>().data();
     std::vector<int64_t> counts(K);
-    FindNeighbours(table, packer, out_coords, n_out, geometry, same, nbr,
-                   counts.data(), parallel_for);
+    // Sorted rows (what every coordinate op outputs) merge without a table.
+    if (!FindNeighboursSorted(in_coords, n_in, out_coords, n_out, dims,
+                              geometry, nbr, counts.data(), parallel_for)) {
+      HashNeighbours(context, in_coords, n_in, out_coords, n_out, dims,
+                     geometry, nbr, counts.data());
+      if (!context->status().ok()) return;
+    }
 
     Tensor* splits = nullptr;
     OP_REQUIRES_OK(context,
@@ -136,6 +116,41 @@ class KernelMapOp : public OpKernel {
                                                      &out_rows));
     FillPairs(nbr, K, n_out, s, in_rows->flat<int32_t>().data(),
               out_rows->flat<int32_t>().data(), parallel_for);
+  }
+
+ private:
+  // The neighbour table of rows in any order, from a hash table of the
+  // input rows; fails the op on duplicate rows.
+  void HashNeighbours(OpKernelContext* context, const int32_t* in_coords,
+                      int64_t n_in, const int32_t* out_coords, int64_t n_out,
+                      int dims, const KernelGeometry& geometry, int32_t* nbr,
+                      int64_t* counts) {
+    // One key layout for both sets: the input range is all a probe can hit.
+    KeyPacker packer(dims);
+    packer.CoverRows(in_coords, n_in);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(context, packer.Finalize());
+    const int64_t capacity = CoordinateTable::CapacityFor(n_in);
+    Tensor table_keys, table_rows;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT64,
+                                                   TensorShape({capacity}),
+                                                   &table_keys));
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
+                                                   TensorShape({capacity}),
+                                                   &table_rows));
+    CoordinateTable table(table_keys.flat<uint64_t>().data(),
+                          table_rows.flat<int32_t>().data(), capacity);
+    const ParallelFor parallel_for = IntraOpParallelFor(context);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, table.Build(in_coords, n_in, packer, parallel_for));
+    // The same tensor passed twice (a submanifold convolution) lets a
+    // symmetric kernel probe half its offsets.
+    const bool same = in_coords == out_coords && n_in == n_out;
+    if (!same &&
+        !CheckUnique(context, out_coords, n_out, dims, "out_coordinates")) {
+      return;
+    }
+    FindNeighbours(table, packer, out_coords, n_out, geometry, same, nbr,
+                   counts, parallel_for);
   }
 };
 
