@@ -6,6 +6,7 @@ Learning and Attention Mechanisms that Exploit and Preserve Sparsity in
 Convolutional Networks"); see docs/RESULTS.md for the numbers side by side.
 """
 
+import concurrent.futures
 import csv
 import json
 import os
@@ -106,20 +107,26 @@ def run_child(script, args, timeout=None, quiet=False):
     return json.loads(lines[-1])
 
 
-def run_variants(script, variants, child_args):
+def run_variants(script, variants, child_args, jobs=1):
     """Runs `script --variant V *child_args` for every variant, one process
-    each (see run_child), with a progress bar; returns {variant: result} of
-    those that succeeded, and exits when none did."""
+    each (see run_child), `jobs` at a time, with a progress bar; returns
+    {variant: result} in the order of `variants` for those that succeeded,
+    and exits when none did. Variants run side by side share the CPU
+    equally, so their run times stay comparable with each other."""
     results = {}
-    for variant in progress(variants, desc="variants", unit="net"):
-        result = run_child(script, ["--variant", variant] + list(child_args))
-        if "error" in result:
-            log(f"{variant}: failed ({result['error']})")
-            continue
-        results[variant] = result
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        futures = {pool.submit(run_child, script, ["--variant", v] + list(child_args)): v
+                   for v in variants}
+        for future in progress(concurrent.futures.as_completed(futures),
+                               total=len(futures), desc="variants", unit="net"):
+            variant, result = futures[future], future.result()
+            if "error" in result:
+                log(f"{variant}: failed ({result['error']})")
+                continue
+            results[variant] = result
     if not results:
         sys.exit("every variant failed")
-    return results
+    return {v: results[v] for v in variants if v in results}
 
 
 def emit(result):

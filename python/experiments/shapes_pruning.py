@@ -18,7 +18,6 @@ fig5_pruning_summary.csv (per lambda) and fig5_pruning.png.
 """
 
 import argparse
-import concurrent.futures
 import os
 import sys
 
@@ -133,23 +132,8 @@ def main():
              "--learning-rate", args.learning_rate, "--conv", args.conv, "--init", args.init,
              "--seed", args.seed, "--categories"] + args.categories + (
                  ["--densities"] + args.densities if args.densities else [])
-    results = {}
-    # --jobs > 1 trains the lambdas side by side: they then share the CPU
-    # equally, so their run times stay comparable with each other.
-    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(common.run_child, __file__,
-                               ["--variant", f"{scale:g}"] + child): f"{scale:g}"
-                   for scale in args.scales}
-        for future in common.progress(concurrent.futures.as_completed(futures),
-                                      total=len(futures), desc="lambdas", unit="net"):
-            result, scale = future.result(), futures[future]
-            if "error" in result:
-                common.log(f"lambda={scale}: failed ({result['error']})")
-                continue
-            results[scale] = result
-    results = {f"{s:g}": results[f"{s:g}"] for s in args.scales if f"{s:g}" in results}
-    if not results:
-        sys.exit("every variant failed")
+    variants = [f"{scale:g}" for scale in args.scales]
+    results = common.run_variants(__file__, variants, child, jobs=args.jobs)
     base = "fig5_pruning" + ("_tiny" if args.tiny else "")
     rows = [dict(scale=v, total_weights=r["total_weights"], **row)
             for v, r in results.items() for row in r["rows"]]
