@@ -419,8 +419,9 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
   std::vector<int64_t> unit_counts(units * K, 0);
 
-  // A bounded grid (key range at most 128 bits per row) takes the rank
-  // bitmap: ~2x faster than the merge at 64^3, memory 3/16 byte per key.
+  // A bounded grid (key range at most 128 per row) takes the rank bitmap:
+  // ~2x faster than the merge at 64^3; it holds 3/16 byte per key of the
+  // range (bitmap + ranks), at most 24 bytes per row.
   const int key_bits = packer.key_bits();
   const bool small_range =
       key_bits <= 36 &&
