@@ -48,13 +48,15 @@ std::vector<int64_t> OffsetSteps(const KernelGeometry& g, int dims) {
   return steps;
 }
 
-// Widens the packer to rows [lo, hi] shifted by every step: then each probe
-// c + step of a row c in [lo, hi] packs, and KeyStep moves between them.
-// Returns the first axis whose shifted range leaves int32, or -1.
+// Widens the packer to rows [lo, hi] and to them shifted by every step:
+// then a row c in [lo, hi] and each probe c + step pack, and KeyStep moves
+// between their keys. Returns the first axis whose shifted range leaves
+// int32, or -1.
 int CoverShifted(const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
                  const std::vector<int64_t>& steps, KeyPacker* packer) {
   const int dims = packer->dims();
   const int64_t K = static_cast<int64_t>(steps.size()) / dims;
+  for (int a = 0; a < dims; ++a) packer->Cover(a, lo[a], hi[a]);
   int outside = -1;
   if (K == 0) return outside;
   for (int a = 0; a < dims; ++a) {
@@ -73,6 +75,13 @@ int CoverShifted(const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
   return outside;
 }
 
+// A bitmap of the key range [0, 2^key_bits) with the bits of keys[0, n) set.
+std::vector<uint64_t> KeyBitmap(const uint64_t* keys, int64_t n, int key_bits) {
+  std::vector<uint64_t> bits(((uint64_t{1} << key_bits) + 63) / 64, 0);
+  for (int64_t i = 0; i < n; ++i) bits[keys[i] >> 6] |= uint64_t{1} << (keys[i] & 63);
+  return bits;
+}
+
 // Sorts keys[0, n), each below 2^key_bits, and moves the unique ones to the
 // front. Large arrays: when the key range is small next to n (bounded grids,
 // e.g. voxelized shapes), a bitmap of the range, read out in order: no sort
@@ -85,10 +94,7 @@ int64_t SortUnique(uint64_t* keys, int64_t n, int key_bits) {
   if (n >= 4096 && key_bits < 40 &&
       (uint64_t{1} << key_bits) <= 64 * static_cast<uint64_t>(n)) {
     // The bitmap takes at most as many bytes as the keys themselves.
-    std::vector<uint64_t> bitmap(((uint64_t{1} << key_bits) + 63) / 64, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      bitmap[keys[i] >> 6] |= uint64_t{1} << (keys[i] & 63);
-    }
+    const std::vector<uint64_t> bitmap = KeyBitmap(keys, n, key_bits);
     int64_t unique = 0;
     for (size_t w = 0; w < bitmap.size(); ++w) {
       for (uint64_t word = bitmap[w]; word != 0; word &= word - 1) {
@@ -348,12 +354,10 @@ void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
                           int32_t* neighbours, int64_t* unit_counts,
                           const ParallelFor& parallel_for) {
   const int64_t K = static_cast<int64_t>(key_steps.size());
-  const uint64_t words = ((uint64_t{1} << key_bits) + 63) / 64;
-  std::vector<uint64_t> bits(words, 0);
-  for (int64_t i = 0; i < n_in; ++i) bits[in_keys[i] >> 6] |= uint64_t{1} << (in_keys[i] & 63);
-  std::vector<int32_t> rank(words);
+  const std::vector<uint64_t> bits = KeyBitmap(in_keys, n_in, key_bits);
+  std::vector<int32_t> rank(bits.size());
   int64_t before = 0;
-  for (uint64_t w = 0; w < words; ++w) {
+  for (size_t w = 0; w < bits.size(); ++w) {
     rank[w] = static_cast<int32_t>(before);
     before += __builtin_popcountll(bits[w]);
   }
@@ -390,7 +394,6 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
   // One key layout covering the inputs and every probe of every output.
   KeyPacker packer(dims);
   packer.CoverRows(in_coords, n_in);
-  packer.CoverRows(out_coords, n_out);
   std::vector<int64_t> lo, hi;
   RowBounds(out_coords, n_out, dims, &lo, &hi);
   if (n_out > 0) CoverShifted(lo, hi, steps, &packer);
@@ -616,8 +619,6 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
   std::vector<int64_t> lo, hi;
   RowBounds(coords, n, dims, &lo, &hi);
   if (n > 0) {
-    // The rows themselves too: their keys plus a step give the output keys.
-    for (int a = 0; a < dims; ++a) packer->Cover(a, lo[a], hi[a]);
     const int outside = CoverShifted(lo, hi, steps, packer);
     if (outside >= 0) {
       return Status::Error("generated coordinates of axis " +
