@@ -5,29 +5,39 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
+from sparse_ops import _checks
+
 REGIONS = ("hypercube", "hypercross")
-MAX_OFFSETS = 1 << 20  # kernel maps hold a table of offsets x sites
+MAX_OFFSETS = _checks.MAX_OFFSETS  # kernel maps hold a table of offsets x sites
+MAX_OFFSET = 2**30 - 1  # |offset| of a custom region, after dilation
 
 
-def normalize_tuple(value, dimension, name):
-    """An int or a length-`dimension` sequence of ints -> tuple of ints."""
-    if isinstance(value, (int, np.integer)):
-        values = (int(value),) * dimension
-    else:
-        try:
-            values = tuple(int(v) for v in value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an int or a sequence of {dimension} "
-                             f"ints, got {value!r}") from None
-        if len(values) != dimension:
-            raise ValueError(f"{name} must have {dimension} entries (one per "
-                             f"spatial axis), got {value!r}")
-    return values
+def normalize_tuple(value, dimension, name, minimum=1):
+    """An int or a length-`dimension` sequence of ints -> tuple of ints, each
+    in [minimum, 2^31 - 1]."""
+    return _checks.int_tuple(value, dimension, name, minimum=minimum)
+
+
+def _hypercross(size, dil):
+    """Offsets of a hypercross: the centre plus (n - 1) / 2 steps along each
+    axis in both directions, row-major (symmetric under negation)."""
+    dimension = len(size)
+    offsets = {(0,) * dimension}
+    for axis, (n, d) in enumerate(zip(size, dil)):
+        for step in range(1, (n - 1) // 2 + 1):
+            for sign in (-1, 1):
+                o = [0] * dimension
+                o[axis] = sign * step * d
+                offsets.add(tuple(o))
+    return sorted(offsets)
 
 
 def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
                   stride=1):
     """:func:`kernel_offsets` as a numpy int32 array."""
+    if dimension is not None:
+        dimension = _checks.int_value(dimension, "dimension", minimum=1,
+                                      maximum=_checks.MAX_DIMENSION)
     if isinstance(region, str):
         if region not in REGIONS:
             raise ValueError(f"region must be one of {REGIONS} or an int array "
@@ -35,61 +45,55 @@ def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
         if kernel_size is None:
             raise ValueError(f"a {region} region needs kernel_size")
         if dimension is None:
-            if isinstance(kernel_size, (int, np.integer)):
+            if np.ndim(kernel_size) == 0:
                 raise ValueError("dimension is needed when kernel_size is an int")
-            dimension = len(kernel_size)
-        if dimension < 1:
-            raise ValueError(f"dimension must be >= 1, got {dimension}")
+            dimension = _checks.int_value(len(kernel_size), "len(kernel_size)",
+                                          minimum=1, maximum=_checks.MAX_DIMENSION)
         size = normalize_tuple(kernel_size, dimension, "kernel_size")
         dil = normalize_tuple(dilation, dimension, "dilation")
         strides = normalize_tuple(stride, dimension, "stride")
-        if any(k < 1 for k in size):
-            raise ValueError(f"kernel_size entries must be >= 1, got {kernel_size!r}")
-        if any(d < 1 for d in dil):
-            raise ValueError(f"dilation entries must be >= 1, got {dilation!r}")
-        if any(s < 1 for s in strides):
-            raise ValueError(f"stride entries must be >= 1, got {stride!r}")
         if region == "hypercube":
-            if int(np.prod(size, dtype=np.float64)) > MAX_OFFSETS:
-                raise ValueError(f"a kernel of size {size} has {np.prod(size, dtype=np.float64):.0f} "
-                                 f"offsets; at most {MAX_OFFSETS} are supported")
+            _checks.kernel_volume(size)
             # TensorFlow's SAME padding: the window of output j starts at
             # j * s - pad_before, pad_before = max((K - 1) * d + 1 - s, 0) // 2.
             axes = [[k * d - max((n - 1) * d + 1 - s, 0) // 2 for k in range(n)]
                     for n, d, s in zip(size, dil, strides)]
-            offsets = list(itertools.product(*axes))
+            offsets = np.asarray(list(itertools.product(*axes)), np.int64)
         else:
             if any(k % 2 == 0 for k in size):
                 raise ValueError("a hypercross kernel needs odd kernel sizes, got "
                                  f"{kernel_size!r}")
-            offsets = {(0,) * dimension}
-            for axis, (n, d) in enumerate(zip(size, dil)):
-                for step in range(1, (n - 1) // 2 + 1):
-                    for sign in (-1, 1):
-                        o = [0] * dimension
-                        o[axis] = sign * step * d
-                        offsets.add(tuple(o))
-            offsets = sorted(offsets)  # row-major; symmetric under negation
-        return np.asarray(offsets, np.int32).reshape(-1, dimension)
-    offsets = np.asarray(region)
-    if offsets.ndim == 2 and offsets.shape[0] >= 1 and np.issubdtype(
-            offsets.dtype, np.integer):
-        # Dilation scales a custom region too (never silently ignored).
-        dil = normalize_tuple(dilation, offsets.shape[1], "dilation")
-        if any(d < 1 for d in dil):
-            raise ValueError(f"dilation entries must be >= 1, got {dilation!r}")
-        offsets = offsets.astype(np.int64) * np.asarray(dil, np.int64)
-    if offsets.ndim != 2 or offsets.shape[0] < 1 or not np.issubdtype(
-            offsets.dtype, np.integer):
+            if 1 + sum(k - 1 for k in size) > MAX_OFFSETS:
+                raise ValueError(f"a hypercross of size {size} has more than "
+                                 f"{MAX_OFFSETS} offsets, the most supported")
+            offsets = np.asarray(_hypercross(size, dil), np.int64)
+        offsets = offsets.reshape(-1, dimension)
+        if offsets.size and np.abs(offsets).max() > _checks.INT32_MAX:
+            raise ValueError(f"kernel offsets of size {size} and dilation {dil} do "
+                             "not fit into int32")
+        return offsets.astype(np.int32)
+    offsets = _checks.int_array(region, "region (custom offsets)")
+    if offsets.ndim != 2 or offsets.shape[0] < 1 or offsets.shape[1] < 1:
         raise ValueError("a custom region must be an int array of offsets [K, D], "
-                         f"got {offsets.dtype} array of shape {offsets.shape}")
+                         f"got an array of shape {offsets.shape}")
+    if offsets.shape[1] > _checks.MAX_DIMENSION:
+        raise ValueError(f"custom region has {offsets.shape[1]} columns; at most "
+                         f"{_checks.MAX_DIMENSION} spatial axes are supported")
     if dimension is not None and offsets.shape[1] != dimension:
         raise ValueError(f"custom region has {offsets.shape[1]} columns but the "
                          f"dimension is {dimension}")
+    if offsets.shape[0] > MAX_OFFSETS:
+        raise ValueError(f"a custom region has {offsets.shape[0]} offsets; at most "
+                         f"{MAX_OFFSETS} are supported")
+    # Dilation scales a custom region too (never silently ignored); offsets
+    # and dilations are int32, so the products fit int64.
+    dil = normalize_tuple(dilation, offsets.shape[1], "dilation")
+    offsets = offsets * np.asarray(dil, np.int64)
     if len({tuple(o) for o in offsets.tolist()}) != len(offsets):
         raise ValueError("a custom region must not repeat an offset")
-    if np.abs(offsets).max() >= 2**30:
-        raise ValueError("custom region offsets must be below 2^30 in magnitude")
+    if np.abs(offsets).max() > MAX_OFFSET:
+        raise ValueError(f"custom region offsets times dilation must be at most "
+                         f"{MAX_OFFSET} in magnitude")
     return offsets.astype(np.int32)
 
 

@@ -142,7 +142,8 @@ class _ResidualBlock(_NetworkLayer):
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs
         return sparse_spec(x, self.output_channels, self.compute_dtype,
-                           same_rows=self.strides == 1)
+                           same_rows=self.strides == 1,
+                           link="same" if self.strides == 1 else "push")
 
     def get_config(self):
         config = super().get_config()

@@ -13,6 +13,8 @@ import collections
 import numpy as np
 import tensorflow as tf
 
+from sparse_ops import _checks
+
 _FLOAT_TYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 
@@ -21,71 +23,47 @@ def _is_symbolic_keras(x):
     return type(x).__name__ == "KerasTensor"
 
 
-def _invalid(message):
-    return tf.errors.InvalidArgumentError(None, None, message)
+def as_coordinates(coordinates, name="coordinates", dimension=None):
+    """int32 [N, 1 + D] coordinates from ints, or from floats with whole values.
 
-
-def _require(condition, message):
-    """Raises now in eager mode; returns a graph assertion otherwise."""
-    if tf.executing_eagerly():
-        if not bool(condition):
-            raise _invalid(message)
-        return None
-    return tf.debugging.Assert(condition, [message])
-
-
-def _in_int32_range(c):
-    c = tf.cast(c, tf.float64)  # exact for every int32 and whole float32
-    return tf.reduce_all((c >= -2.0**31) & (c <= 2.0**31 - 1))
-
-
-def as_coordinates(coordinates, name="coordinates"):
-    """int32 [N, 1 + D] coordinates from ints, or from floats with whole values."""
+    `dimension` (D), when given, is checked against the number of columns:
+    [N, 3] points passed without a batch column are then an error instead of
+    2-D data with batch = x.
+    """
     if _is_symbolic_keras(coordinates):
         return coordinates
-    c = coordinates if isinstance(coordinates, tf.Tensor) else tf.convert_to_tensor(
-        coordinates)
-    if c.dtype.is_integer and c.dtype != tf.int32:
-        check = _require(_in_int32_range(c), f"{name} do not fit into int32")
-    elif c.dtype.is_floating:
-        check = _require(tf.reduce_all(tf.equal(c, tf.round(c))),
-                         f"{name} must be integers; got float values that are "
-                         "not whole numbers")
-        with tf.control_dependencies([check] if check is not None else []):
-            check = _require(_in_int32_range(c), f"{name} do not fit into int32")
-    elif c.dtype == tf.int32:
-        check = None
-    else:
-        raise TypeError(f"{name} must be an integer tensor, got {c.dtype.name}")
-    if c.dtype != tf.int32:
-        with tf.control_dependencies([check] if check is not None else []):
-            c = tf.cast(c, tf.int32)
+    c = _checks.int32_tensor(coordinates, name)
     if c.shape.rank is not None and c.shape.rank != 2:
         raise ValueError(f"{name} must be [N, 1 + D] (column 0 the batch index), "
                          f"got shape {c.shape}")
-    if c.shape.rank == 2 and c.shape[1] is not None and c.shape[1] < 2:
+    cols = c.shape[1] if c.shape.rank == 2 else None
+    if cols is not None and cols < 2:
         raise ValueError(f"{name} must have at least 2 columns (batch + one "
                          f"spatial axis), got shape {c.shape}")
+    if cols is not None and cols - 1 > _checks.MAX_DIMENSION:
+        raise ValueError(f"{name} has {cols} columns ({cols - 1} spatial axes); at "
+                         f"most {_checks.MAX_DIMENSION} spatial axes are supported")
+    if dimension is not None and cols is not None and cols != dimension + 1:
+        raise ValueError(
+            f"{name} must be [N, 1 + {dimension}] for {dimension}-D data (column 0 "
+            f"the batch index), got shape {c.shape}"
+            + ("; add a batch column, e.g. so.utils.batched_coordinates([points])"
+               if cols == dimension else ""))
     return c
 
 
 def _as_stride(stride, dimension):
-    if isinstance(stride, tf.Tensor) or _is_symbolic_keras(stride):
-        return tf.cast(stride, tf.int32) if stride.dtype != tf.int32 else stride
-    values = np.asarray(stride)
-    if not np.issubdtype(values.dtype, np.integer):
-        raise TypeError(f"stride must be an int, a sequence of ints or an int32 "
-                        f"tensor, got {stride!r}")
-    if values.ndim == 0:
-        if dimension is None:
-            raise ValueError("an int stride needs coordinates with a static number "
-                             "of columns")
-        values = np.full([dimension], int(values))
-    if values.ndim != 1 or (dimension is not None and values.shape[0] != dimension):
-        raise ValueError(f"stride must be an int or {dimension} ints, got {stride!r}")
-    if np.any(values < 1):
-        raise ValueError(f"stride entries must be >= 1, got {stride!r}")
-    return tf.constant(values.astype(np.int32))
+    if isinstance(stride, (tf.Tensor, tf.Variable)) or _is_symbolic_keras(stride):
+        if _is_symbolic_keras(stride) or stride.dtype == tf.int32:
+            return stride  # the ops check the entries (>= 1)
+        return _checks.int32_tensor(stride, "stride")
+    if dimension is None and np.ndim(stride) == 0:
+        raise ValueError("an int stride needs coordinates with a static number "
+                         "of columns")
+    if dimension is None:
+        dimension = len(stride)
+    values = _checks.int_tuple(stride, dimension, "stride", minimum=1)
+    return tf.constant(values, tf.int32)
 
 
 def _is_data(x):
@@ -99,8 +77,31 @@ def _is_data(x):
                           int, float))
 
 
+def batch_size(coordinates):
+    """Scalar int32: max batch index + 1 of int32 coordinates (0 without
+    rows). A batch index of 2^31 - 1 raises instead of wrapping."""
+    top = tf.reduce_max(tf.concat([coordinates[:, 0], [-1]], 0))
+    check = _checks.require(
+        top <= _checks.MAX_BATCH_INDEX,
+        f"coordinates: batch indices must be <= {_checks.MAX_BATCH_INDEX} (the "
+        "batch size is an int32)")
+    return _checks.with_checks([check], top + 1)
+
+
+def _as_link(finer):
+    """The `finer` field: () or (coordinates, stride_tensor, finer), from
+    tuples or lists (Keras hands back lists after reloading a model)."""
+    if finer is None or (isinstance(finer, (list, tuple)) and len(finer) == 0):
+        return ()
+    if not isinstance(finer, (list, tuple)) or len(finer) != 3:
+        raise TypeError("finer must be () or (coordinates, stride, finer) of the "
+                        f"tensor this one was strided from, got {type(finer).__name__}")
+    coordinates, stride, rest = finer
+    return (coordinates, stride, _as_link(rest))
+
+
 class SparseTensor(collections.namedtuple(
-        "SparseTensor", ["features", "coordinates", "stride_tensor"])):
+        "SparseTensor", ["features", "coordinates", "stride_tensor", "finer"])):
     """A sparse tensor: features [N, C] at coordinates [N, 1 + D] (batch first).
 
     Args:
@@ -110,20 +111,36 @@ class SparseTensor(collections.namedtuple(
         accepted, and floats whose values are whole numbers.
       stride: int or D ints (or an int32 [D] tensor), the tensor stride:
         coordinates of a stride-s tensor are multiples of s.
+      finer: the link to the finer tensor this one was strided from, set by
+        the strided ops: `(coordinates, stride_tensor, finer)` of that tensor,
+        or () (a tensor made from data). A transposed convolution or
+        unpooling without explicit output sites goes back to those
+        coordinates. It travels with the tensor (eager, `tf.function`,
+        `tf.cond`, Keras), so no hidden state is involved.
+      dimension: optional D, checked against the coordinates' columns (an
+        [N, 3] array of points without a batch column is then an error).
     """
 
     __slots__ = ()
 
-    def __new__(cls, features, coordinates, stride=1, stride_tensor=None):
+    def __new__(cls, features, coordinates, stride=1, finer=(), stride_tensor=None,
+                dimension=None):
         # Keras rebuilds namedtuples by field name: stride_tensor=...
         if stride_tensor is not None:
             stride = stride_tensor
         if not (_is_data(features) and _is_data(coordinates)):
             # Keras and tf.nest rebuild the tuple from shapes or specs.
-            return super().__new__(cls, features, coordinates, stride)
-        coordinates = as_coordinates(coordinates)
+            return super().__new__(cls, features, coordinates, stride,
+                                   () if finer is None else finer)
+        if dimension is not None:
+            dimension = _checks.int_value(dimension, "dimension", minimum=1,
+                                          maximum=_checks.MAX_DIMENSION)
+        coordinates = as_coordinates(coordinates, dimension=dimension)
         if not isinstance(features, tf.Tensor):
-            features = tf.convert_to_tensor(features)
+            try:
+                features = tf.convert_to_tensor(features)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"features must be a float tensor [N, C]: {e}") from None
         if features.dtype.is_integer:
             features = tf.cast(features, tf.float32)
         if features.dtype not in _FLOAT_TYPES:
@@ -137,7 +154,7 @@ class SparseTensor(collections.namedtuple(
                              "they must match (one feature row per site)")
         dimension = coordinates.shape[1] - 1 if coordinates.shape[1] is not None else None
         stride = _as_stride(stride, dimension)
-        return super().__new__(cls, features, coordinates, stride)
+        return super().__new__(cls, features, coordinates, stride, _as_link(finer))
 
     # -- properties ---------------------------------------------------------
     @property
@@ -176,11 +193,12 @@ class SparseTensor(collections.namedtuple(
 
     def batch_size(self):
         """Scalar int32 tensor: max batch index + 1 (0 for no sites)."""
-        return tf.reduce_max(tf.concat([self.coordinates[:, 0] + 1, [0]], 0))
+        return batch_size(self.coordinates)
 
     def with_features(self, features):
-        """Same coordinates (so the same cached kernel maps), new features."""
-        return SparseTensor(features, self.coordinates, self.stride_tensor)
+        """Same coordinates (so the same cached kernel maps) and link, new
+        features."""
+        return SparseTensor(features, self.coordinates, self.stride_tensor, self.finer)
 
     def __repr__(self):
         if not isinstance(self.features, tf.Tensor):  # a structure Keras rebuilt
@@ -190,10 +208,48 @@ class SparseTensor(collections.namedtuple(
 
     # -- dense interop ------------------------------------------------------
     def _grid_indices(self, min_coordinate):
-        spatial = self.coordinates[:, 1:]
+        """int64 [N, D] grid cells: (c - min_coordinate) / stride (int64, so
+        that no difference of int32 coordinates wraps)."""
+        spatial = tf.cast(self.coordinates[:, 1:], tf.int64)
         if min_coordinate is not None:
-            spatial = spatial - tf.cast(min_coordinate, tf.int32)
-        return tf.math.floordiv(spatial, self.stride_tensor)
+            origin = _checks.int_tuple(min_coordinate, self.dimension, "min_coordinate",
+                                       minimum=_checks.INT32_MIN)
+            spatial = spatial - tf.constant(origin, tf.int64)
+        return tf.math.floordiv(spatial, tf.cast(self.stride_tensor, tf.int64))
+
+    def _full_shape(self, shape, method):
+        """[B, *spatial] as an int64 tensor from `shape`: D
+        spatial entries, or [B, *spatial] / [B, *spatial, C]."""
+        d = self.dimension
+        if np.ndim(shape) != 1 or len(shape) not in (d, d + 1, d + 2):
+            raise ValueError(f"{method}: shape must have {d} spatial entries, or "
+                             f"[B, *spatial] / [B, *spatial, C]; got {shape!r}")
+        values = list(_checks.int_tuple(shape, len(shape), "shape", minimum=0,
+                                        maximum=2**62))
+        if len(values) == d + 2:
+            channels = self.features.shape[1]
+            if channels is not None and values[-1] != channels:
+                raise ValueError(f"{method}: shape has {values[-1]} channels but the "
+                                 f"features have {channels}")
+            values = values[:-1]
+        if len(values) == d:
+            values = [self.batch_size()] + values
+        return tf.stack([tf.cast(v, tf.int64) for v in values])
+
+    def _checked_sites(self, min_coordinate, full_shape, method):
+        """int64 [N, 1 + D] (batch, cells), asserted to lie inside full_shape
+        ([B, *spatial] int64) and above the origin."""
+        idx = self._grid_indices(min_coordinate)
+        sites = tf.concat([tf.cast(self.coordinates[:, :1], tf.int64), idx], 1)
+        checks = [tf.debugging.assert_greater_equal(
+            idx, tf.constant(0, tf.int64),
+            message=f"{method}: sites lie below min_coordinate (tf.SparseTensor and "
+            "dense indices must be >= 0)")]
+        if full_shape is not None:
+            checks.append(tf.debugging.assert_less(
+                sites, full_shape[tf.newaxis],
+                message=f"{method}: sites lie outside shape"))
+        return _checks.with_checks(checks, sites)
 
     def dense(self, shape=None, min_coordinate=None):
         """Dense tensor [B, *spatial, C]; inactive sites are zeros.
@@ -204,32 +260,15 @@ class SparseTensor(collections.namedtuple(
           min_coordinate: D ints, the coordinate of grid cell 0 (default 0).
         Raises InvalidArgumentError for sites outside the grid.
         """
-        d = self.dimension
-        idx = self._grid_indices(min_coordinate)
-        batch = self.coordinates[:, :1]
-        b = self.batch_size()
-        channels = tf.shape(self.features)[1]
+        channels = tf.shape(self.features, out_type=tf.int64)[1:]
         if shape is None:
-            spatial = tf.reduce_max(tf.concat([idx + 1, tf.zeros([1, d], tf.int32)], 0), 0)
+            sites = self._checked_sites(min_coordinate, None, "dense()")
+            full = tf.reduce_max(tf.concat(
+                [sites + 1, tf.zeros([1, self.dimension + 1], tf.int64)], 0), 0)
         else:
-            shape = [int(s) for s in shape]
-            if len(shape) == d + 2:
-                shape = shape[:-1]
-            if len(shape) == d + 1:
-                b = tf.constant(shape[0], tf.int32)
-                shape = shape[1:]
-            if len(shape) != d:
-                raise ValueError(f"shape must have {d} spatial entries, got {shape}")
-            spatial = tf.constant(shape, tf.int32)
-        checks = [tf.debugging.assert_greater_equal(
-            idx, 0, message="dense(): sites lie below min_coordinate"),
-                  tf.debugging.assert_less(
-            idx, spatial[tf.newaxis], message="dense(): sites lie outside shape"),
-                  tf.debugging.assert_less(
-            batch[:, 0], b, message="dense(): batch index outside shape")]
-        with tf.control_dependencies(checks):
-            full = tf.concat([[b], spatial, [channels]], 0)
-            return tf.scatter_nd(tf.concat([batch, idx], 1), self.features, full)
+            full = self._full_shape(shape, "dense()")
+            sites = self._checked_sites(min_coordinate, full, "dense()")
+        return tf.scatter_nd(sites, self.features, tf.concat([full, channels], 0))
 
     @classmethod
     def from_dense(cls, x, mask=None):
@@ -240,40 +279,38 @@ class SparseTensor(collections.namedtuple(
             raise ValueError(f"x must be [B, *spatial, C], got shape {x.shape}")
         if mask is None:
             mask = tf.reduce_any(tf.not_equal(x, 0), axis=-1)
-        coordinates = tf.cast(tf.where(mask), tf.int32)
+        else:
+            mask = tf.convert_to_tensor(mask)
+            if mask.dtype != tf.bool:
+                raise TypeError(f"mask must be a bool tensor, got {mask.dtype.name}")
+            if mask.shape.rank is not None and x.shape.rank is not None and (
+                    mask.shape.rank != x.shape.rank - 1
+                    or not mask.shape.is_compatible_with(x.shape[:-1])):
+                raise ValueError(f"mask must be [B, *spatial] = {x.shape[:-1]} (x's "
+                                 f"shape without the channels), got shape {mask.shape}")
+            mask = _checks.with_checks([tf.debugging.assert_equal(
+                tf.shape(mask), tf.shape(x)[:-1],
+                message="mask must have x's shape without the channels")], mask)
+        coordinates = tf.where(mask)  # int64: checked against the int32 range
         return cls(tf.gather_nd(x, coordinates), coordinates)
 
     def to_tf_sparse(self, shape=None):
         """`tf.SparseTensor` [B, *spatial, C] with one element per non-zero
-        feature value; coordinates divided by the stride."""
-        dense_shape = None
-        d = self.dimension
-        idx = self._grid_indices(None)
-        with tf.control_dependencies([tf.debugging.assert_greater_equal(
-                idx, 0, message="to_tf_sparse(): negative coordinates cannot be "
-                "indices of a tf.SparseTensor")]):
-            sites = tf.concat([self.coordinates[:, :1], idx], 1)
-        nonzero = tf.where(tf.not_equal(self.features, 0))
-        indices = tf.concat([tf.gather(tf.cast(sites, tf.int64), nonzero[:, 0]),
-                             nonzero[:, 1:]], 1)
-        values = tf.gather_nd(self.features, nonzero)
+        feature value; coordinates divided by the stride. Sites outside
+        `shape` (or below 0) raise InvalidArgumentError."""
         channels = tf.shape(self.features, out_type=tf.int64)[1:]
         if shape is None:
+            sites = self._checked_sites(None, None, "to_tf_sparse()")
             extent = tf.reduce_max(tf.concat(
-                [tf.cast(sites, tf.int64) + 1, tf.zeros([1, d + 1], tf.int64)], 0), 0)
-            dense_shape = tf.concat([extent, channels], 0)
+                [sites + 1, tf.zeros([1, self.dimension + 1], tf.int64)], 0), 0)
         else:
-            shape = [int(s) for s in shape]
-            if len(shape) == d:
-                dense_shape = tf.concat([[tf.cast(self.batch_size(), tf.int64)],
-                                         tf.constant(shape, tf.int64), channels], 0)
-            elif len(shape) == d + 1:
-                dense_shape = tf.concat([tf.constant(shape, tf.int64), channels], 0)
-            elif len(shape) == d + 2:
-                dense_shape = tf.constant(shape, tf.int64)
-            else:
-                raise ValueError(f"shape must have {d}, {d + 1} or {d + 2} entries")
-        return tf.sparse.reorder(tf.SparseTensor(indices, values, dense_shape))
+            extent = self._full_shape(shape, "to_tf_sparse()")
+            sites = self._checked_sites(None, extent, "to_tf_sparse()")
+        nonzero = tf.where(tf.not_equal(self.features, 0))
+        indices = tf.concat([tf.gather(sites, nonzero[:, 0]), nonzero[:, 1:]], 1)
+        values = tf.gather_nd(self.features, nonzero)
+        return tf.sparse.reorder(tf.SparseTensor(indices, values,
+                                                 tf.concat([extent, channels], 0)))
 
     @classmethod
     def from_tf_sparse(cls, sp):
@@ -290,6 +327,15 @@ class SparseTensor(collections.namedtuple(
             sites.set_shape([None, sp.shape.rank - 1])
         num_sites = tf.shape(sites, out_type=tf.int64)[0]
         channels = sp.shape[-1] if sp.shape[-1] is not None else sp.dense_shape[-1]
+        if isinstance(channels, int):
+            if channels > _checks.MAX_CHANNELS:
+                raise ValueError(f"a tf.SparseTensor input has {channels} channels; "
+                                 f"at most {_checks.MAX_CHANNELS} are supported")
+        else:
+            channels = _checks.with_checks([tf.debugging.assert_less_equal(
+                channels, tf.constant(_checks.MAX_CHANNELS, tf.int64),
+                message=f"a tf.SparseTensor input has more than "
+                f"{_checks.MAX_CHANNELS} channels")], channels)
         values = sp.values
         if not values.dtype.is_floating:
             values = tf.cast(values, tf.float32)
@@ -307,11 +353,12 @@ def as_sparse(x, name="x"):
         return x
     if isinstance(x, tf.SparseTensor):
         return SparseTensor.from_tf_sparse(x)
-    if isinstance(x, (list, tuple)) and len(x) in (2, 3):
+    if isinstance(x, (list, tuple)) and len(x) in (2, 3, 4):
         return SparseTensor(*x)
     if isinstance(x, dict) and {"features", "coordinates"} <= set(x):
         return SparseTensor(x["features"], x["coordinates"],
-                            x.get("stride_tensor", x.get("stride", 1)))
+                            x.get("stride_tensor", x.get("stride", 1)),
+                            x.get("finer", ()))
     raise TypeError(f"{name} must be a sparse_ops.SparseTensor, a tf.SparseTensor "
                     f"[B, *spatial, C], or (features, coordinates[, stride]); got "
                     f"{type(x).__name__}")

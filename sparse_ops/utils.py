@@ -6,12 +6,31 @@ import tensorflow as tf
 _MODES = ("average", "sum", "max", "first", "random")
 
 
-def _numpy(x, name):
+def _numpy(x, name, required=False):
+    """x as a numpy array (None stays None unless required); TypeError naming
+    the argument for values that are not arrays of numbers."""
     if x is None:
+        if required:
+            raise TypeError(f"{name} must be an array, got None")
         return None
-    if isinstance(x, tf.Tensor):
+    if isinstance(x, (tf.Tensor, tf.Variable)):
         x = x.numpy()
-    return np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be an array of numbers: {e}") from None
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be an array of numbers, got {a.dtype} values")
+    return a
+
+
+def _sequence(x, name):
+    """A list from a list, tuple or other sequence of arrays (not a string,
+    an array or a scalar)."""
+    if isinstance(x, (str, bytes, np.ndarray, tf.Tensor)) or not hasattr(x, "__len__"):
+        raise TypeError(f"{name} must be a list of arrays (one per sample), got "
+                        f"{type(x).__name__}")
+    return list(x)
 
 
 def sparse_quantize(points, features=None, labels=None, voxel_size=1.0,
@@ -37,14 +56,21 @@ def sparse_quantize(points, features=None, labels=None, voxel_size=1.0,
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
-    pts = _numpy(points, "points")
+    pts = _numpy(points, "points", required=True)
     if pts.ndim != 2:
         raise ValueError(f"points must be [N, D], got shape {pts.shape}")
     n, d = pts.shape
-    size = np.broadcast_to(np.asarray(voxel_size, np.float64), [d])
-    if np.any(size <= 0):
-        raise ValueError(f"voxel_size must be positive, got {voxel_size!r}")
-    grid = np.floor(pts.astype(np.float64) / size)
+    size = _numpy(voxel_size, "voxel_size", required=True).astype(np.float64)
+    if size.ndim > 1 or size.size not in (1, d):
+        raise ValueError(f"voxel_size must be a scalar or {d} sizes, got {voxel_size!r}")
+    size = np.broadcast_to(size.reshape(-1), [d])
+    if not np.all(np.isfinite(size) & (size > 0)):
+        raise ValueError(f"voxel_size must be finite and positive, got {voxel_size!r}")
+    pts = pts.astype(np.float64)
+    if not np.all(np.isfinite(pts)):
+        bad = int(np.argmax(~np.all(np.isfinite(pts), axis=1)))
+        raise ValueError(f"points must be finite; point {bad} is {pts[bad].tolist()}")
+    grid = np.floor(pts / size)
     if grid.size and (grid.min() < -2**31 or grid.max() >= 2**31):
         raise ValueError("points / voxel_size do not fit into int32 coordinates; "
                          "use a larger voxel_size")
@@ -102,14 +128,16 @@ def sparse_quantize(points, features=None, labels=None, voxel_size=1.0,
 
 def batched_coordinates(list_of_coords):
     """[coords_0 [N0, D], coords_1, ...] -> int32 [sum N, 1 + D], batch first."""
-    arrays = [_numpy(c, "coordinates") for c in list_of_coords]
+    arrays = [_numpy(c, f"list_of_coords[{i}]", required=True)
+              for i, c in enumerate(_sequence(list_of_coords, "list_of_coords"))]
     if not arrays:
         raise ValueError("list_of_coords must not be empty")
     d = arrays[0].shape[1] if arrays[0].ndim == 2 else None
     for i, a in enumerate(arrays):
-        if a.ndim != 2 or a.shape[1] != d:
-            raise ValueError(f"list_of_coords[{i}] must be [N, {d}], got {a.shape}")
-        if np.issubdtype(a.dtype, np.floating) and not np.all(a == np.floor(a)):
+        if a.ndim != 2 or a.shape[1] != d or d < 1:
+            raise ValueError(f"list_of_coords[{i}] must be [N, D] (D >= 1, the same "
+                             f"for every sample), got shape {a.shape}")
+        if a.dtype.kind == "f" and not np.all(np.isfinite(a) & (a == np.floor(a))):
             raise ValueError(f"list_of_coords[{i}] has non-integer coordinates; "
                              "voxelize with sparse_quantize first")
     batch = np.concatenate([np.full(len(a), i, np.int32) for i, a in enumerate(arrays)])
@@ -122,22 +150,30 @@ def batched_coordinates(list_of_coords):
 def sparse_collate(coords_list, feats_list, labels_list=None):
     """Batches per-sample (coords, feats[, labels]) into (coordinates, features[,
     labels]) with the batch index in coordinates' column 0."""
+    coords_list = _sequence(coords_list, "coords_list")
+    feats_list = _sequence(feats_list, "feats_list")
+    if labels_list is not None:
+        labels_list = _sequence(labels_list, "labels_list")
     if len(coords_list) != len(feats_list) or (
             labels_list is not None and len(labels_list) != len(coords_list)):
         raise ValueError("coords_list, feats_list and labels_list must have the same "
                          "length")
     coordinates = batched_coordinates(coords_list)
-    feats = [_numpy(f, "features") for f in feats_list]
-    for i, (c, f) in enumerate(zip(coords_list, feats)):
-        if len(f) != len(c):
-            raise ValueError(f"feats_list[{i}] has {len(f)} rows but coords_list[{i}] "
-                             f"has {len(c)}")
+    feats = [_numpy(f, f"feats_list[{i}]", required=True)
+             for i, f in enumerate(feats_list)]
+    sizes = [len(c) for c in coords_list]  # batched_coordinates checked them
+    for i, (n, f) in enumerate(zip(sizes, feats)):
+        if f.ndim < 1 or len(f) != n or f.shape[1:] != feats[0].shape[1:]:
+            raise ValueError(f"feats_list[{i}] must be [{n}, C] (one row per "
+                             f"coordinate, C the same for every sample), got shape "
+                             f"{f.shape}")
     features = np.concatenate(feats)
     if labels_list is None:
         return coordinates, features
-    labels = [_numpy(l, "labels") for l in labels_list]
-    for i, (c, l) in enumerate(zip(coords_list, labels)):
-        if len(l) != len(c):
-            raise ValueError(f"labels_list[{i}] has {len(l)} rows but coords_list[{i}] "
-                             f"has {len(c)}")
+    labels = [_numpy(l, f"labels_list[{i}]", required=True)
+              for i, l in enumerate(labels_list)]
+    for i, (n, l) in enumerate(zip(sizes, labels)):
+        if l.ndim < 1 or len(l) != n:
+            raise ValueError(f"labels_list[{i}] must have {n} rows (one per "
+                             f"coordinate), got shape {l.shape}")
     return coordinates, features, np.concatenate(labels)

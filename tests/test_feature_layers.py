@@ -20,7 +20,7 @@ C = 3
 
 
 def fields(x):
-    return [x.features, x.coordinates, x.stride_tensor]
+    return [x.features, x.coordinates, x.stride_tensor, list(x.finer)]
 
 
 def _with_empty_item(rng, dtype=np.float32, spatial=(5, 5), channels=C):

@@ -26,7 +26,7 @@ KERAS_CONV_TRANSPOSE = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DT
 
 def fields(x):
     """The plain-list form of a SparseTensor that Keras hands layers."""
-    return [x.features, x.coordinates, x.stride_tensor]
+    return [x.features, x.coordinates, x.stride_tensor, list(x.finer)]
 
 
 def _uniform(rng, shape, dtype=np.float32):

@@ -37,9 +37,44 @@ def fields_spec(x):
     return (None, shape[-1]), len(shape) - 1
 
 
-def sparse_spec(x, channels, dtype, same_rows=False):
+def _fresh(structure):
+    """New KerasTensors with the shapes and dtypes of those in `structure`
+    (a layer's outputs must be its own tensors, not its inputs')."""
+    if isinstance(structure, (list, tuple)):
+        return tuple(_fresh(v) for v in structure)
+    return keras.KerasTensor(tuple(structure.shape), dtype=structure.dtype)
+
+
+def _link_of(x):
+    """The `finer` link structure of a symbolic input (() for a sparse
+    KerasTensor or fields without one)."""
+    if isinstance(x, (list, tuple)) and len(x) == 4:
+        return tuple(x[3]) if x[3] is not None else ()
+    return ()
+
+
+def link_spec(x, link):
+    """The output's `finer` link, mirroring what the ops do at run time:
+    "same" (sites at x's stride: x's link), "push" (a strided op: x's own
+    sites on top of x's link), "pop" (back to a finer stride: x's link
+    without its top), or a sparse tensor structure whose link to copy."""
+    if isinstance(link, str):
+        own = _link_of(x)
+        if link == "same":
+            return _fresh(own)
+        if link == "pop":
+            return _fresh(own[2]) if own else ()
+        _, cols = fields_spec(x)
+        return (keras.KerasTensor((None, cols), dtype="int32"),
+                keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"),
+                _fresh(own))
+    return _fresh(_link_of(link))
+
+
+def sparse_spec(x, channels, dtype, same_rows=False, link="same"):
     """A SparseTensor of KerasTensors with `channels` feature channels (the
-    input's when None) and the input's coordinate columns."""
+    input's when None), the input's coordinate columns and the output link
+    `link` (see `link_spec`)."""
     features_shape, cols = fields_spec(x)
     if channels is None:
         channels = features_shape[-1]
@@ -47,7 +82,8 @@ def sparse_spec(x, channels, dtype, same_rows=False):
     return SparseTensor(
         keras.KerasTensor((rows, channels), dtype=dtype),
         keras.KerasTensor((rows, cols), dtype="int32"),
-        keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"))
+        keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"),
+        link_spec(x, link))
 
 
 _OPTION_MODULES = {"initializer": keras.initializers,

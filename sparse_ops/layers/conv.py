@@ -2,27 +2,22 @@
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from sparse_ops import _checks
 from sparse_ops import geometry
 from sparse_ops import ops
 from sparse_ops.layers.attention import Attention
 from sparse_ops.layers.base import SparseLayer, sparse_spec
-from sparse_ops.tensor import SparseTensor, as_sparse
 
 
 def _ints(value, name):
-    """An int or a tuple of ints >= 1, as plain Python ints."""
+    """An int or a tuple of ints in [1, 2^31 - 1], as plain Python ints (so
+    that get_config is JSON-serialisable)."""
     if value is None and name == "kernel_size":
         return None  # custom regions need no kernel size
-    try:
-        out = int(value) if np.ndim(value) == 0 else tuple(int(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an int or a sequence of ints, got "
-                         f"{value!r}") from None
-    if min(np.atleast_1d(out)) < 1:
-        raise ValueError(f"{name} entries must be >= 1, got {value!r}")
-    return out
+    if np.ndim(value) == 0:
+        return _checks.int_value(value, name, minimum=1)
+    return _checks.int_tuple(value, len(value), name)
 
 
 def _attention_options(attention):
@@ -38,18 +33,6 @@ def _attention_options(attention):
                     f"dict of its arguments, got {attention!r}")
 
 
-def _coordinates_of(value):
-    """Coordinates from a SparseTensor, a tf.SparseTensor, a SparseTensor's
-    fields as a list, or int coordinates themselves."""
-    if value is None:
-        return None
-    if isinstance(value, (SparseTensor, tf.SparseTensor)) or (
-            isinstance(value, (list, tuple)) and len(value) in (2, 3)
-            and hasattr(value[0], "dtype")):
-        return as_sparse(value).coordinates
-    return value
-
-
 class _ConvBase(SparseLayer):
     transposed = False
 
@@ -59,9 +42,7 @@ class _ConvBase(SparseLayer):
                  kernel_regularizer=None, bias_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        if int(filters) < 1:
-            raise ValueError(f"filters must be a positive int, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = _checks.int_value(filters, "filters", minimum=1)
         # Plain ints (or tuples of them) so get_config is JSON-serialisable.
         self.kernel_size = _ints(kernel_size, "kernel_size")
         self.strides = _ints(strides, "strides")
@@ -104,11 +85,20 @@ class _ConvBase(SparseLayer):
             constraint=self.bias_constraint) if self.use_bias else None
         self.bind_density_regularizers()
 
-    def compute_output_spec(self, x, *args, **kwargs):
+    def strided(self):
+        return any(s != 1 for s in np.atleast_1d(self.strides))
+
+    def output_link(self, x, sites=None):
+        """How the output's link to finer sites follows from the input's (see
+        `sparse_spec`), as the ops make it."""
+        return "push" if self.strided() else "same"
+
+    def compute_output_spec(self, x, sites=None, *args, **kwargs):
         """Output fields for Keras' functional API: features [N, filters],
-        coordinates [N, 1 + D], stride [D]."""
+        coordinates [N, 1 + D], stride [D], and the link to finer sites."""
         del args, kwargs
-        return sparse_spec(x, self.filters, self.compute_dtype)
+        return sparse_spec(x, self.filters, self.compute_dtype,
+                           link=self.output_link(x, sites))
 
     def _weights_for(self, x):
         kernel = keras.ops.cast(self.kernel, x.features.dtype)
@@ -172,7 +162,7 @@ class Conv(_ConvBase):
         kernel, bias = self._weights_for(x)
         y = ops.conv(x, kernel, bias, strides=self.strides,
                      dilation_rate=self.dilation_rate, region=self.region,
-                     out_coordinates=_coordinates_of(out_coordinates),
+                     out_coordinates=out_coordinates,
                      masked_gradients=self.masked_gradients)
         if self.attention is not None:
             y = ops.attention(y, **self.attention)
@@ -207,9 +197,15 @@ class ConvTranspose(_ConvBase):
                          use_bias, kernel_initializer, **kwargs)
         self.generative = bool(generative)
 
+    def output_link(self, x, sites=None):
+        if isinstance(sites, (list, tuple)):  # a SparseTensor: its link
+            return sites
+        if getattr(sites, "sparse", False):  # a tf.SparseTensor has no link
+            return ()
+        return "pop" if self.strided() else "same"
+
     def call(self, x, coordinates=None):
         x = self.sparse_input(x)
-        coordinates = _coordinates_of(coordinates)
         kernel, bias = self._weights_for(x)
         return self.record_density(ops.conv_transpose(
             x, kernel, bias, strides=self.strides,

@@ -1,9 +1,13 @@
 """Layers that act on features only (same sites), global pooling, and a few
 structural layers (Concat, ToDense, Prune)."""
 
+import numbers
+
 import keras
+import numpy as np
 import tensorflow as tf
 
+from sparse_ops import _checks
 from sparse_ops import ops
 from sparse_ops.layers.base import SparseLayer, fields_spec, sparse_spec
 from sparse_ops.tensor import SparseTensor, as_sparse
@@ -100,9 +104,7 @@ class Dense(_FeatureLayer):
                  kernel_regularizer=None, bias_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        if int(units) < 1:
-            raise ValueError(f"units must be a positive int, got {units!r}")
-        self.units = int(units)
+        self.units = _checks.int_value(units, "units", minimum=1)
         self.activation = keras.activations.get(activation)
         self.use_bias = bool(use_bias)
         self.set_weight_options(
@@ -182,8 +184,9 @@ class Dropout(_FeatureLayer):
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if not 0 <= float(rate) <= 1:
-            raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not (
+                0 <= float(rate) <= 1):
+            raise ValueError(f"rate must be a float in [0, 1], got {rate!r}")
         self.rate = float(rate)
         self.seed = seed
         self.dropout = keras.layers.Dropout(self.rate, seed=seed,
@@ -251,7 +254,7 @@ class InstanceNorm(_FeatureLayer):
                  beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
                  gamma_constraint=None, **kwargs):
         super().__init__(**kwargs)
-        self.epsilon = float(epsilon)
+        self.epsilon = ops.features.check_epsilon(epsilon)
         self.center = bool(center)
         self.scale = bool(scale)
         self.set_weight_options(
@@ -336,9 +339,13 @@ class ToDense(SparseLayer):
 
     def __init__(self, shape, min_coordinate=None, **kwargs):
         super().__init__(**kwargs)
-        self.shape = tuple(int(s) for s in shape)
-        self.min_coordinate = None if min_coordinate is None else tuple(
-            int(v) for v in min_coordinate)
+        if np.ndim(shape) != 1:
+            raise ValueError(f"shape must be a sequence of ints (the spatial shape), "
+                             f"got {shape!r}")
+        self.shape = _checks.int_tuple(shape, len(shape), "shape", minimum=1)
+        self.min_coordinate = None if min_coordinate is None else _checks.int_tuple(
+            min_coordinate, len(self.shape), "min_coordinate",
+            minimum=_checks.INT32_MIN)
 
     def call(self, x):
         x = self.sparse_input(x)
@@ -382,7 +389,8 @@ class Prune(SparseLayer):
         with tf.control_dependencies([check]):
             mask = tf.identity(mask)
         return SparseTensor(tf.boolean_mask(x.features, mask),
-                            tf.boolean_mask(x.coordinates, mask), x.stride_tensor)
+                            tf.boolean_mask(x.coordinates, mask), x.stride_tensor,
+                            x.finer)
 
     def compute_output_spec(self, x, mask=None, *args, **kwargs):
         del mask, args, kwargs

@@ -1,6 +1,7 @@
 """Sparse pooling layers: MaxPool, AvgPool, SumPool and Unpool."""
 
 import keras
+import numpy as np
 
 from sparse_ops import ops
 from sparse_ops.layers.base import SparseLayer, sparse_spec
@@ -21,10 +22,16 @@ class _Pool(SparseLayer):
     def call(self, x):
         return type(self).op(self.sparse_input(x), self.pool_size, self.strides)
 
+    link = "push"  # a strided op links its output back to its input
+
     def compute_output_spec(self, x, *args, **kwargs):
-        """Output fields: features [N, C], coordinates [N, 1 + D], stride [D]."""
+        """Output fields: features [N, C], coordinates [N, 1 + D], stride [D]
+        and the link to finer sites."""
         del args, kwargs
-        return sparse_spec(x, None, self.compute_dtype)
+        strides = self.pool_size if self.strides is None else self.strides
+        strided = any(s != 1 for s in np.atleast_1d(strides))
+        return sparse_spec(x, None, self.compute_dtype,
+                           link=self.link if strided else "same")
 
     def get_config(self):
         config = super().get_config()
@@ -58,4 +65,5 @@ class Unpool(_Pool):
     reaches from each input site (generative), each receiving the sum of the
     inputs whose window covers it; with pool_size == strides every child gets
     its parent's features."""
+    link = "pop"  # back to the finer stride
     op = staticmethod(ops.unpool)

@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_ops import _loader
-from sparse_ops.ops import coordinates as coords_ops
+from sparse_ops import config
+from sparse_ops.ops import _common
 from sparse_ops.ops import reference
-from sparse_ops.ops.conv import _rows_match
 from sparse_ops.tensor import SparseTensor, as_sparse
 
 MODES = ("value", "abs")
@@ -58,6 +58,10 @@ def attention_options(k=None, density=None, spatial_shape=None, mode="value",
                              "ceil(density * volume)); it cannot be given with k")
         if isinstance(k, bool) or not isinstance(k, (numbers.Integral, tf.Tensor)):
             raise TypeError(f"k must be an int >= 0, got {k!r}")
+        if isinstance(k, tf.Tensor) and (k.shape.rank not in (None, 0)
+                                         or not k.dtype.is_integer):
+            raise ValueError(f"k must be an int scalar >= 0, got a {k.dtype.name} "
+                             f"tensor of shape {k.shape}")
         if not isinstance(k, tf.Tensor):
             if k < 0:
                 raise ValueError(f"k must be >= 0, got {k}")
@@ -125,11 +129,11 @@ def attention(x, k=None, density=None, spatial_shape=None, mode="value",
     if k is None:
         k = density_to_k(options["density"], options["spatial_shape"])
     x = as_sparse(x)
-    features = _rows_match(x)
-    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
-    keep, rows = _keep(features, x.coordinates, k, mode, per, use_reference)
+    features = _common.rows_match(x)
+    keep, rows = _keep(features, x.coordinates, k, mode, per, config.use_reference())
     # Gather the surviving sites first: the masking then touches k * C rows
     # at most per batch item, not N.
     features = tf.gather(features, rows)
     features = tf.where(tf.gather(keep, rows), features, tf.zeros_like(features))
-    return SparseTensor(features, tf.gather(x.coordinates, rows), x.stride_tensor)
+    return SparseTensor(features, tf.gather(x.coordinates, rows), x.stride_tensor,
+                        x.finer)

@@ -1,22 +1,16 @@
 """Sparse convolution and transposed convolution, with their gradients."""
 
-import numpy as np
 import tensorflow as tf
 
 from sparse_ops import _loader
+from sparse_ops import config
 from sparse_ops import geometry
+from sparse_ops.ops import _common
 from sparse_ops.ops import coordinates as coords_ops
 from sparse_ops.ops import reference
-from sparse_ops.tensor import SparseTensor, as_coordinates, as_sparse
-
-_COMPUTE_TYPES = (tf.float32, tf.float64)
-
+from sparse_ops.tensor import SparseTensor
 
 # -- raw feature ops (custom or reference), gradients registered beside them --
-
-def _num_rows(t):
-    return tf.shape(t, out_type=tf.int64)[0]
-
 
 def _conv_features(features, kernel, kmap, num_out_rows, use_reference):
     if use_reference:
@@ -39,7 +33,7 @@ def _conv_backprop_kernel(features, grad, kmap):
 def _conv_grad(op, grad):
     features, kernel, splits, in_rows, out_rows, _ = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_conv_backprop_input(grad, kernel, kmap, _num_rows(features), False),
+    return (_conv_backprop_input(grad, kernel, kmap, _common.num_rows(features), False),
             _conv_backprop_kernel(features, grad, kmap), None, None, None, None)
 
 
@@ -48,7 +42,7 @@ def _conv_backprop_input_grad(op, grad):
     # z[i] = sum g[o] W_k^T: dg = conv(dz, W), dW_k = sum dz[i]^T g[o].
     g, kernel, splits, in_rows, out_rows, _ = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_conv_features(grad, kernel, kmap, _num_rows(g), False),
+    return (_conv_features(grad, kernel, kmap, _common.num_rows(g), False),
             _conv_backprop_kernel(grad, g, kmap), None, None, None, None)
 
 
@@ -57,8 +51,8 @@ def _conv_backprop_kernel_grad(op, grad):
     # w_k = sum x[i]^T g[o]: dx = backprop_input(g, dw), dg = conv(x, dw).
     x, g, splits, in_rows, out_rows = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_conv_backprop_input(g, grad, kmap, _num_rows(x), False),
-            _conv_features(x, grad, kmap, _num_rows(g), False), None, None, None)
+    return (_conv_backprop_input(g, grad, kmap, _common.num_rows(x), False),
+            _conv_features(x, grad, kmap, _common.num_rows(g), False), None, None, None)
 
 
 @tf.custom_gradient
@@ -103,72 +97,25 @@ def _check_kernel(kernel, offsets, channels_in, axis, layout):
                          f"but the features have {channels_in}")
 
 
-def _rows_match(x):
-    """x's features, checked at run time to have one row per site when the
-    row counts are not known while tracing."""
-    n_f, n_c = x.features.shape[0], x.coordinates.shape[0]
-    if n_f is not None and n_c is not None:
-        return x.features  # SparseTensor() checked them
-    check = tf.debugging.assert_equal(
-        tf.shape(x.features)[0], tf.shape(x.coordinates)[0],
-        message="features and coordinates must have the same number of rows")
-    with tf.control_dependencies([check]):
-        return tf.identity(x.features)
-
-
-def _prepare(x, kernel, name):
-    x = as_sparse(x)
-    if x.dimension is None:
-        raise ValueError("coordinates must have a static number of columns")
-    x = x.with_features(_rows_match(x))
-    features = x.features
-    kernel = tf.convert_to_tensor(kernel)
-    if not kernel.dtype.is_floating:
-        raise TypeError(f"{name} must be a float tensor, got {kernel.dtype.name}")
-    if kernel.dtype != features.dtype:
-        raise TypeError(f"{name} dtype {kernel.dtype.name} does not match the "
-                        f"features dtype {features.dtype.name}")
-    return x, kernel
-
-
-def _compute_dtype(features, kernel):
-    """float16/bfloat16 run in float32 and are cast back."""
-    if features.dtype in _COMPUTE_TYPES:
-        return features, kernel, None
-    return tf.cast(features, tf.float32), tf.cast(kernel, tf.float32), features.dtype
+def _prepare(x, kernel, bias, name="kernel"):
+    x = _common.sparse_input(x)
+    kernel = _common.float_weight(kernel, x.features.dtype, name)
+    if bias is not None:
+        bias = _common.float_weight(bias, x.features.dtype, "bias")
+        if bias.shape.rank != 1:
+            raise ValueError(f"bias must be a vector [Cout], got shape {bias.shape}")
+    return x, kernel, bias
 
 
 def _finish(y, bias, out_dtype):
-    if out_dtype is not None:
-        y = tf.cast(y, out_dtype)
+    y = _common.from_compute(y, out_dtype)
     if bias is not None:
-        y = tf.nn.bias_add(y, tf.cast(bias, y.dtype))
+        if bias.shape[0] is not None and y.shape[-1] is not None and (
+                bias.shape[0] != y.shape[-1]):
+            raise ValueError(f"bias has {bias.shape[0]} entries but the output has "
+                             f"{y.shape[-1]} channels")
+        y = tf.nn.bias_add(y, bias)
     return y
-
-
-def _times(stride_tensor, strides):
-    """The output tensor stride t * s, refusing to wrap around int32."""
-    static = tf.get_static_value(stride_tensor)
-    if static is not None:
-        product = np.asarray(static, np.int64) * np.asarray(strides, np.int64)
-        if np.any(product >= 2**31):
-            raise ValueError(f"tensor stride {tuple(static)} times strides {strides} "
-                             "overflows int32; the chain of strided layers is too long")
-        return tf.constant(product.astype(np.int32))
-    return stride_tensor * tf.constant(np.asarray(strides, np.int32))
-
-
-def _check_finer_stride(coordinates, finer_stride, out_stride):
-    """The finer coordinates when their stride is the transpose's output
-    stride: None when they differ statically, else checked at run time."""
-    a, b = tf.get_static_value(finer_stride), tf.get_static_value(out_stride)
-    if a is not None and b is not None:
-        return coordinates if np.array_equal(a, b) else None
-    check = tf.debugging.assert_equal(
-        finer_stride, out_stride, message="conv_transpose: the tensor was strided "
-        "from a tensor of another stride; pass out_coordinates=")
-    with tf.control_dependencies([check]):
-        return tf.identity(coordinates)
 
 
 # -- public ops ------------------------------------------------------------
@@ -187,35 +134,40 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
         stride t, output stride s * t.
       dilation_rate: int or D ints.
       region: "hypercube", "hypercross" or an int array of offsets [K, D].
-      out_coordinates: optional int32 [M, 1 + D] output sites instead.
+      out_coordinates: optional output sites instead: int32 [M, 1 + D]
+        coordinates, or a `SparseTensor` (its coordinates; its stride must be
+        the output's).
       masked_gradients: no gradient to zero input entries nor to pruned
         (exactly zero) weights: the paper's sparse back-propagation (Eq. 3-4).
     Returns:
       `SparseTensor` [M, Cout] with stride t * strides. At every output site
       the value equals `tf.nn.convolution(padding="SAME")` of the dense input
       (for strided convolutions: of a dense input whose extent is a multiple
-      of the strides).
+      of the strides). A strided output links back to x's sites (see
+      `SparseTensor`'s `finer`), for `conv_transpose`.
     """
-    x, kernel = _prepare(x, kernel, "kernel")
+    x, kernel, bias = _prepare(x, kernel, bias)
     d = x.dimension
     strides = geometry.normalize_tuple(strides, d, "strides")
     k3, offsets = _kernel_geometry(kernel, d, region, False, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 1, "[K, Cin, Cout]")
-    out_stride = _times(x.stride_tensor, strides)
+    out_stride = _common.times(x.stride_tensor, strides)
+    strided = any(s != 1 for s in strides)
+    link = _common.push_link(x) if strided else x.finer
     if out_coordinates is not None:
-        out_c = as_coordinates(out_coordinates, "out_coordinates")
-    elif all(s == 1 for s in strides):
+        out_c, _ = _common.output_sites(out_coordinates, "out_coordinates", out_stride)
+    elif not strided:
         out_c = x.coordinates
     else:
-        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride,
-                                               finer_stride=x.stride_tensor)
-    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
+        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
+    use_reference = config.use_reference()
     kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
-    features, k3c, out_dtype = _compute_dtype(x.features, k3)
+    features, out_dtype = _common.to_compute(x.features)
+    k3c = tf.cast(k3, features.dtype)
     if masked_gradients:
         features, k3c = _mask_gradient(features), _mask_gradient(k3c)
-    y = _conv_features(features, k3c, kmap, _num_rows(out_c), use_reference)
-    return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride)
+    y = _conv_features(features, k3c, kmap, _common.num_rows(out_c), use_reference)
+    return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)
 
 
 def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
@@ -227,48 +179,38 @@ def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
       kernel: [*kernel_size, Cout, Cin] for a hypercube region (Keras'
         ConvNDTranspose layout), else [K, Cout, Cin].
       strides: int or D ints; the output stride is t / strides.
-      out_coordinates: output sites (e.g. a skip connection's coordinates);
-        otherwise, if `generative`, every site the kernel reaches; otherwise
-        the finer coordinates x was strided from (x's own sites for stride 1).
+      out_coordinates: output sites, int32 coordinates or a `SparseTensor`
+        (e.g. a skip connection; its stride must be t / strides); otherwise,
+        if `generative`, every site the kernel reaches; otherwise the finer
+        sites x was strided from (x's `finer` link; x's own sites for stride 1).
     Returns:
       `SparseTensor` [M, Cout] equal at its sites to
       `tf.nn.conv_transpose(padding="SAME")` of the dense input.
     """
-    x, kernel = _prepare(x, kernel, "kernel")
+    x, kernel, bias = _prepare(x, kernel, bias)
     d = x.dimension
     strides = geometry.normalize_tuple(strides, d, "strides")
     k3, offsets = _kernel_geometry(kernel, d, region, True, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 2, "[K, Cout, Cin]")
-    stride = x.stride
-    if isinstance(stride, tuple):
-        if any(t % s for t, s in zip(stride, strides)):
-            raise ValueError(f"tensor stride {stride} is not divisible by strides "
-                             f"{strides}")
-        out_stride = tf.constant([t // s for t, s in zip(stride, strides)], tf.int32)
-    else:
-        out_stride = tf.math.floordiv(x.stride_tensor,
-                                      tf.constant(strides, tf.int32))
+    out_stride = _common.divided(x, strides)
+    strided = any(s != 1 for s in strides)
+    link = _common.pop_link(x) if strided else x.finer
     if out_coordinates is not None:
-        out_c = as_coordinates(out_coordinates, "out_coordinates")
-    elif all(s == 1 for s in strides) and not generative:
-        out_c = x.coordinates
+        out_c, given_link = _common.output_sites(out_coordinates, "out_coordinates",
+                                                 out_stride)
+        link = link if given_link is None else given_link
     elif generative:
         # Fine sites c + offset * t_fine; the map below pairs each with the
         # coarse sites whose window reaches it.
-        out_c = coords_ops.generative_coordinates(
-            x.coordinates, offsets, out_stride)
+        out_c = coords_ops.generative_coordinates(x.coordinates, offsets, out_stride)
+    elif not strided:
+        out_c = x.coordinates
     else:
-        finer = coords_ops.finer_coordinates(x.coordinates)
-        out_c = None if finer is None else _check_finer_stride(*finer, out_stride)
-        if out_c is None:
-            raise ValueError(
-                "conv_transpose does not know the output sites: x was not made "
-                "from a tensor of stride t / strides by a strided op in this "
-                "program (or graph). Pass out_coordinates= (e.g. a skip "
-                "connection's coordinates) or generative=True.")
-    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
+        out_c = _common.finer_sites(x, out_stride, "conv_transpose")
+    use_reference = config.use_reference()
     # The map of the strided conv from the fine sites to x's sites.
     kmap = coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride)
-    features, k3c, out_dtype = _compute_dtype(x.features, k3)
-    y = _conv_backprop_input(features, k3c, kmap, _num_rows(out_c), use_reference)
-    return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride)
+    features, out_dtype = _common.to_compute(x.features)
+    y = _conv_backprop_input(features, tf.cast(k3, features.dtype), kmap,
+                             _common.num_rows(out_c), use_reference)
+    return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)

@@ -1,11 +1,11 @@
 """Coordinate ops: kernel maps, strided and generative output coordinates."""
 
 import collections
-import weakref
 
 import numpy as np
 import tensorflow as tf
 
+from sparse_ops import _checks
 from sparse_ops import config
 from sparse_ops import _loader
 from sparse_ops.ops import cache
@@ -27,10 +27,6 @@ def _static_key(t):
         "tensor", id(t))
 
 
-def _use_reference():
-    return config.use_reference()
-
-
 def kernel_map(in_coordinates, out_coordinates, offsets, stride=1):
     """The kernel map between two coordinate sets.
 
@@ -48,10 +44,10 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride=1):
     in_c = as_coordinates(in_coordinates, "in_coordinates")
     out_c = in_c if out_coordinates is in_coordinates else as_coordinates(
         out_coordinates, "out_coordinates")
-    offsets = tf.convert_to_tensor(offsets, tf.int32)
+    offsets = _offsets(offsets)
     stride = _stride_vector(stride, in_c)
     _check_columns(in_c, out_c, offsets, stride)
-    use_reference = _use_reference()
+    use_reference = config.use_reference()
     key = ("kernel_map", _static_key(offsets), _static_key(stride), use_reference)
     cached = cache.lookup((in_c, out_c), key)
     if cached is not None:
@@ -80,54 +76,43 @@ def _check_columns(in_c, out_c, offsets, stride):
 
 
 def _stride_vector(stride, coordinates):
-    if isinstance(stride, tf.Tensor):
-        return tf.cast(stride, tf.int32)
-    stride = np.asarray(stride, np.int32)
-    if stride.ndim == 0:
-        d = coordinates.shape[1]
-        if d is None:
-            raise ValueError("an int stride needs coordinates with a static "
-                             "number of columns")
-        stride = np.full([d - 1], stride, np.int32)
-    return tf.constant(stride)
+    """The stride as an int32 [D] tensor, each entry in [1, 2^31 - 1]
+    (checked here for Python values; the ops check tensors)."""
+    if isinstance(stride, (tf.Tensor, tf.Variable)):
+        return _checks.int32_tensor(stride, "stride")
+    cols = coordinates.shape[1]
+    if np.ndim(stride) == 0 and cols is None:
+        raise ValueError("an int stride needs coordinates with a static "
+                         "number of columns")
+    d = cols - 1 if cols is not None else len(stride)
+    return tf.constant(_checks.int_tuple(stride, d, "stride"), tf.int32)
 
 
-def strided_coordinates(coordinates, stride, finer_stride=None):
-    """unique(floor(c / stride) * stride) per spatial axis, batch kept, sorted.
+def _offsets(offsets):
+    """Kernel offsets as an int32 [K, D] tensor (never wrapped or truncated)."""
+    return _checks.int32_tensor(offsets, "offsets")
 
-    The result remembers its finer coordinates and their tensor stride
-    `finer_stride` (see `finer_coordinates`).
-    """
+
+def strided_coordinates(coordinates, stride):
+    """unique(floor(c / stride) * stride) per spatial axis, batch kept, sorted."""
     stride = _stride_vector(stride, coordinates)
-    use_reference = _use_reference()
+    use_reference = config.use_reference()
     key = ("strided", _static_key(stride), use_reference)
-    # Coarse -> fine is held strongly (a transposed convolution needs the fine
-    # sites even when nothing else keeps them); fine -> coarse weakly, so the
-    # two entries never keep each other alive.
     cached = cache.lookup((coordinates,), key)
-    if cached is not None and cached() is not None:
-        return cached()
+    if cached is not None:
+        return cached
     if use_reference:
         out = reference.strided_coordinates(coordinates, stride)
     else:
         out = _loader.library().sparse_ops_strided_coordinates(coordinates, stride)
-    if finer_stride is not None:
-        cache.store((out,), ("finer",), (coordinates, finer_stride))
-    cache.store((coordinates,), key, weakref.ref(out))
-    return out
-
-
-def finer_coordinates(coordinates):
-    """(coordinates, tensor stride) that `coordinates` were strided from, or
-    None when unknown."""
-    return cache.lookup((coordinates,), ("finer",))
+    return cache.store((coordinates,), key, out)
 
 
 def generative_coordinates(coordinates, offsets, stride):
     """Every site c + offsets[k] * stride, unique and sorted."""
-    offsets = tf.convert_to_tensor(offsets, tf.int32)
+    offsets = _offsets(offsets)
     stride = _stride_vector(stride, coordinates)
-    use_reference = _use_reference()
+    use_reference = config.use_reference()
     key = ("generative", _static_key(offsets), _static_key(stride), use_reference)
     cached = cache.lookup((coordinates,), key)
     if cached is not None:

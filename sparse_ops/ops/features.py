@@ -6,8 +6,12 @@ coordinates). Global pooling runs as custom ops (gradients registered here)
 or, in the reference implementation, as TensorFlow segment ops.
 """
 
+import math
+import numbers
+
 import tensorflow as tf
 
+from sparse_ops import _checks
 from sparse_ops import _loader
 from sparse_ops import config
 from sparse_ops.ops import reference
@@ -15,6 +19,26 @@ from sparse_ops.tensor import as_sparse
 
 GLOBAL_POOL_MODES = ("max", "avg", "sum")
 BROADCAST_OPS = ("add", "multiply", "concat")
+
+
+def check_epsilon(epsilon):
+    """epsilon as a float >= 0 (finite)."""
+    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        raise TypeError(f"epsilon must be a float >= 0, got {epsilon!r}")
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"epsilon must be a finite float >= 0, got {epsilon!r}")
+    return float(epsilon)
+
+
+def _as_float(value, dtype, name):
+    """A tensor of `dtype` from a float or int value; TypeError otherwise."""
+    try:
+        t = tf.convert_to_tensor(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be a float tensor: {e}") from None
+    if not (t.dtype.is_floating or t.dtype.is_integer):
+        raise TypeError(f"{name} must be a float tensor, got {t.dtype.name}")
+    return t if t.dtype == dtype else tf.cast(t, dtype)
 
 
 def _segments(x):
@@ -38,14 +62,17 @@ def global_pool(x, mode="max"):
     x = as_sparse(x)
     batch, num = _segments(x)
     f = x.features
-    if config.use_reference() or f.dtype not in (tf.float32, tf.float64):
-        return reference.global_pool(f, batch, num, mode)
-    lib = _loader.library()
-    num = tf.cast(num, tf.int64)
-    if mode == "max":
-        out, _ = lib.sparse_ops_global_max_pool(f, batch, num)
-        return out
-    return lib.sparse_ops_global_sum_pool(f, batch, num, average=mode == "avg")
+    # float16 / bfloat16 pool in float32 (exact for max and sum of few sites).
+    compute = f if f.dtype in (tf.float32, tf.float64) else tf.cast(f, tf.float32)
+    if config.use_reference():
+        out = reference.global_pool(compute, batch, num, mode)
+    elif mode == "max":
+        out, _ = _loader.library().sparse_ops_global_max_pool(
+            compute, batch, tf.cast(num, tf.int64))
+    else:
+        out = _loader.library().sparse_ops_global_sum_pool(
+            compute, batch, tf.cast(num, tf.int64), average=mode == "avg")
+    return tf.cast(out, f.dtype)
 
 
 @tf.RegisterGradient("SparseOps>GlobalMaxPool")
@@ -76,17 +103,27 @@ def broadcast(x, g, op="add"):
     """Combines dense g [B, C'] with every site of batch item b.
 
     op "add" and "multiply" need C' == C (or 1); "concat" appends g's
-    channels after x's. Returns a SparseTensor with x's coordinates.
+    channels after x's. Returns a SparseTensor with x's coordinates. Every
+    batch index of x must be a row of g.
     """
     if op not in BROADCAST_OPS:
         raise ValueError(f"op must be one of {BROADCAST_OPS}, got {op!r}")
     x = as_sparse(x)
-    g = tf.convert_to_tensor(g)
-    if g.dtype != x.features.dtype:
-        g = tf.cast(g, x.features.dtype)
+    g = _as_float(g, x.features.dtype, "g")
     if g.shape.rank is not None and g.shape.rank != 2:
         raise ValueError(f"g must be a dense [B, C] tensor, got shape {g.shape}")
-    per_site = tf.gather(g, x.coordinates[:, 0])
+    c, c_g = x.features.shape[-1], g.shape[-1]
+    checks = []
+    if op != "concat":
+        if c is not None and c_g is not None and c_g not in (c, 1):
+            raise ValueError(f"g has {c_g} channels but x has {c}: broadcast {op} "
+                             "needs g with the same number of channels or 1")
+        if c is None or c_g is None:
+            channels = tf.shape(g)[1]
+            checks.append(tf.debugging.Assert(
+                (channels == tf.shape(x.features)[1]) | (channels == 1),
+                [f"broadcast {op}: g must have x's number of channels or 1"]))
+    per_site = _checks.with_checks(checks, tf.gather(g, x.coordinates[:, 0]))
     if op == "add":
         out = x.features + per_site
     elif op == "multiply":
@@ -99,8 +136,12 @@ def broadcast(x, g, op="add"):
 def instance_norm(x, epsilon=1e-5, gamma=None, beta=None):
     """Normalises each channel of each batch item over its sites:
     (f - mean) / sqrt(var + epsilon), then * gamma + beta when given."""
+    epsilon = check_epsilon(epsilon)
     x = as_sparse(x)
-    batch, num = _segments(x)
+    # Segments over the batch items present (not up to the largest batch
+    # index): memory follows the number of sites whatever the indices.
+    items, batch = tf.unique(x.coordinates[:, 0])
+    num = tf.shape(items)[0]
     f = x.features
     counts = _counts(batch, num, f.dtype)
     counts = tf.maximum(counts, tf.ones_like(counts))[:, tf.newaxis]

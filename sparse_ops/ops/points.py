@@ -143,7 +143,7 @@ def union(tensors):
     out = tf.add_n([tf.math.unsorted_segment_sum(f, r, n)
                     for f, r in zip(features, rows)])
     out = tf.ensure_shape(out, [None, channels[0]])
-    return SparseTensor(out, coordinates, xs[0].stride_tensor)
+    return SparseTensor(out, coordinates, xs[0].stride_tensor, xs[0].finer)
 
 
 # -- interpolation -------------------------------------------------------------

@@ -9,13 +9,12 @@ with convolutions of the same geometry.
 import tensorflow as tf
 
 from sparse_ops import _loader
+from sparse_ops import config
 from sparse_ops import geometry
+from sparse_ops.ops import _common
 from sparse_ops.ops import coordinates as coords_ops
 from sparse_ops.ops import reference
-from sparse_ops.ops.conv import _num_rows, _rows_match, _times
-from sparse_ops.tensor import SparseTensor, as_sparse
-
-_COMPUTE_TYPES = (tf.float32, tf.float64)
+from sparse_ops.tensor import SparseTensor
 
 
 # -- raw feature ops (custom or reference), gradients registered beside them --
@@ -52,7 +51,7 @@ def _max_pool_grad(grad, argmax, num_in_rows):
 def _max_pool_op_grad(op, grad, unused_argmax_grad):
     features = op.inputs[0]
     argmax = op.outputs[1]
-    return (_max_pool_grad(grad, argmax, _num_rows(features)),
+    return (_max_pool_grad(grad, argmax, _common.num_rows(features)),
             None, None, None, None)
 
 
@@ -74,7 +73,7 @@ def _max_pool_grad_op_grad(op, grad):
 @tf.RegisterGradient("SparseOps>SumPool")
 def _sum_pool_op_grad(op, grad):
     features, splits, in_rows, out_rows, _ = op.inputs
-    return (_sum_pool_transpose(grad, (splits, in_rows, out_rows), _num_rows(features),
+    return (_sum_pool_transpose(grad, (splits, in_rows, out_rows), _common.num_rows(features),
                                 op.get_attr("average"), False),
             None, None, None, None)
 
@@ -82,7 +81,7 @@ def _sum_pool_op_grad(op, grad):
 @tf.RegisterGradient("SparseOps>SumPoolTranspose")
 def _sum_pool_transpose_op_grad(op, grad):
     features, splits, in_rows, out_rows, _ = op.inputs
-    return (_sum_pool_features(grad, (splits, in_rows, out_rows), _num_rows(features),
+    return (_sum_pool_features(grad, (splits, in_rows, out_rows), _common.num_rows(features),
                                op.get_attr("average"), False),
             None, None, None, None)
 
@@ -90,54 +89,34 @@ def _sum_pool_transpose_op_grad(op, grad):
 # -- geometry --------------------------------------------------------------
 
 def _prepare(x, pool_size, strides, name):
-    x = as_sparse(x)
-    if x.dimension is None:
-        raise ValueError("coordinates must have a static number of columns")
-    x = x.with_features(_rows_match(x))
+    x = _common.sparse_input(x)
     d = x.dimension
-    pool_size = geometry.normalize_tuple(pool_size, d, "pool_size")
+    pool_size = geometry.normalize_tuple(pool_size, d, f"{name}: pool_size")
     strides = pool_size if strides is None else geometry.normalize_tuple(
-        strides, d, "strides")
-    if min(pool_size) < 1 or min(strides) < 1:
-        raise ValueError(f"{name}: pool_size and strides must be >= 1, got "
-                         f"{pool_size} and {strides}")
+        strides, d, f"{name}: strides")
     offsets = geometry.offsets_array(pool_size, 1, "hypercube", d, strides)
     return x, strides, offsets
 
 
-def _compute(features):
-    if features.dtype in _COMPUTE_TYPES:
-        return features, None
-    if not features.dtype.is_floating:
-        raise TypeError(f"pooling needs float features, got {features.dtype.name}")
-    return tf.cast(features, tf.float32), features.dtype
-
-
-def _pooled_sites(x, strides, offsets):
-    out_stride = _times(x.stride_tensor, strides)
-    if all(s == 1 for s in strides):
-        out_c = x.coordinates
-    else:
-        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride,
-                                               finer_stride=x.stride_tensor)
-    kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
-    return out_c, out_stride, tuple(kmap)
-
-
 def _pool(x, pool_size, strides, mode):
     x, strides, offsets = _prepare(x, pool_size, strides, f"{mode}_pool")
-    out_c, out_stride, kmap = _pooled_sites(x, strides, offsets)
-    features, out_dtype = _compute(x.features)
-    n_out = _num_rows(out_c)
-    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
+    out_stride = _common.times(x.stride_tensor, strides)
+    strided = any(s != 1 for s in strides)
+    if strided:
+        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
+    else:
+        out_c = x.coordinates
+    kmap = tuple(coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor))
+    features, out_dtype = _common.to_compute(x.features)
+    n_out = _common.num_rows(out_c)
+    use_reference = config.use_reference()
     if mode == "max":
         y = _max_pool_features(features, kmap, n_out, use_reference)
     else:
         y = _sum_pool_features(features, kmap, n_out, mode == "avg", use_reference)
     y = tf.ensure_shape(y, [None, x.features.shape[1]])
-    if out_dtype is not None:
-        y = tf.cast(y, out_dtype)
-    return SparseTensor(y, out_c, out_stride)
+    return SparseTensor(_common.from_compute(y, out_dtype), out_c, out_stride,
+                        _common.push_link(x) if strided else x.finer)
 
 
 # -- public ops ------------------------------------------------------------
@@ -179,21 +158,14 @@ def unpool(x, pool_size, strides=None):
     parent's features.
     """
     x, strides, offsets = _prepare(x, pool_size, strides, "unpool")
-    stride = x.stride
-    if isinstance(stride, tuple):
-        if any(t % s for t, s in zip(stride, strides)):
-            raise ValueError(f"tensor stride {stride} is not divisible by strides "
-                             f"{strides}")
-        out_stride = tf.constant([t // s for t, s in zip(stride, strides)], tf.int32)
-    else:
-        out_stride = tf.math.floordiv(x.stride_tensor, tf.constant(strides, tf.int32))
+    out_stride = _common.divided(x, strides)
     out_c = coords_ops.generative_coordinates(x.coordinates, offsets, out_stride)
     # The map of the pooling from the fine sites to x's sites, transposed.
     kmap = tuple(coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride))
-    features, out_dtype = _compute(x.features)
-    use_reference = coords_ops._use_reference()  # pylint: disable=protected-access
-    y = _sum_pool_transpose(features, kmap, _num_rows(out_c), False, use_reference)
+    features, out_dtype = _common.to_compute(x.features)
+    y = _sum_pool_transpose(features, kmap, _common.num_rows(out_c), False,
+                            config.use_reference())
     y = tf.ensure_shape(y, [None, x.features.shape[1]])
-    if out_dtype is not None:
-        y = tf.cast(y, out_dtype)
-    return SparseTensor(y, out_c, out_stride)
+    strided = any(s != 1 for s in strides)
+    return SparseTensor(_common.from_compute(y, out_dtype), out_c, out_stride,
+                        _common.pop_link(x) if strided else x.finer)

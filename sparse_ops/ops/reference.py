@@ -47,6 +47,10 @@ def _check_batch(coordinates, name):
         coordinates[:, 0], message=f"{name} has a negative batch index")
 
 
+def _check_stride(stride):
+    return tf.debugging.assert_positive(stride, message="stride entries must be >= 1")
+
+
 def _pad_batch(steps):
     """[K, D] spatial steps -> [K, 1 + D] with a zero batch column."""
     return tf.pad(steps, [[0, 0], [1, 0]])
@@ -56,7 +60,7 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride):
     with tf.control_dependencies([
             _check_batch(in_coordinates, "in_coordinates"),
             _check_batch(out_coordinates, "out_coordinates"),
-            tf.debugging.assert_positive(stride, message="stride entries must be >= 1")]):
+            _check_stride(stride)]):
         in_c = tf.cast(in_coordinates, tf.int64)
         out_c = tf.cast(out_coordinates, tf.int64)
     lo, hi, mult = _layout(in_c)
@@ -114,8 +118,8 @@ def _check_int32(rows, what):
 
 
 def strided_coordinates(coordinates, stride):
-    with tf.control_dependencies([tf.debugging.assert_positive(
-            stride, message="stride entries must be >= 1")]):
+    with tf.control_dependencies([_check_batch(coordinates, "coordinates"),
+                                  _check_stride(stride)]):
         c = tf.cast(coordinates, tf.int64)
     s = tf.cast(stride, tf.int64)
     strided = tf.concat([c[:, :1], tf.math.floordiv(c[:, 1:], s) * s], 1)
@@ -124,7 +128,9 @@ def strided_coordinates(coordinates, stride):
 
 
 def generative_coordinates(coordinates, offsets, stride):
-    c = tf.cast(coordinates, tf.int64)
+    with tf.control_dependencies([_check_batch(coordinates, "coordinates"),
+                                  _check_stride(stride)]):
+        c = tf.cast(coordinates, tf.int64)
     steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
     rows = tf.reshape(c[:, tf.newaxis] + steps[tf.newaxis], [-1, tf.shape(c)[1]])
     with tf.control_dependencies([_check_int32(rows, "generated coordinates")]):
@@ -242,6 +248,11 @@ def sum_pool_transpose(features, kmap, num_in_rows, average=False):
 def global_pool(features, batch_index, num_batches, mode):
     """[B, C] max / avg / sum over the rows of each batch item; 0 for items
     without rows."""
+    with tf.control_dependencies([tf.debugging.assert_equal(
+            tf.reduce_all((batch_index >= 0) & (batch_index < tf.cast(
+                num_batches, batch_index.dtype))), True,
+            message="batch index out of range [0, num_batches)")]):
+        features = tf.identity(features)
     if mode == "max":
         out = tf.math.unsorted_segment_max(features, batch_index, num_batches)
         present = _pair_counts(batch_index, num_batches, tf.int32) > 0
