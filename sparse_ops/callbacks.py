@@ -52,10 +52,27 @@ class WeightPruning(keras.callbacks.Callback):
     def _watched(self):
         if self._weights is not None:
             return self._weights
+        if self.model is None:
+            return []
         return [v for v in self.model.trainable_weights
                 if v.name.split("/")[-1].split(":")[0] == "kernel"]
 
+    def set_model(self, model):
+        """Keras calls it under `fit`; call it yourself in a custom training
+        loop before the first (traced) training step: it puts the pruning
+        masks on the model's weights, so that an `optimizer.apply_gradients`
+        step keeps pruned weights at zero."""
+        super().set_model(model)
+        self._install()
+
     def on_train_begin(self, logs=None):
+        if self._install() and self.model.train_function is not None:
+            # A train step traced before knows nothing of the new constraints.
+            self.model.make_train_function(force=True)
+
+    def _install(self):
+        """Puts a mask constraint on every watched weight that has none yet;
+        True if it installed any (weights of an unbuilt model come later)."""
         installed = False
         for v in self._watched():
             if id(v) in self._masks:
@@ -65,11 +82,13 @@ class WeightPruning(keras.callbacks.Callback):
             self._warned[id(v)] = np.zeros(v.shape, bool)
             v.constraint = _KeepPruned(mask, v.constraint)
             installed = True
-        if installed and self.model.train_function is not None:
-            # A train step traced before knows nothing of the new constraints.
-            self.model.make_train_function(force=True)
+        return installed
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.model is None and self._weights is None:
+            raise ValueError("WeightPruning: call set_model(model) before "
+                             "on_epoch_end (Keras does it under fit)")
+        self._install()
         nonzero = 0
         for v in self._watched():
             mask = self._masks[id(v)]

@@ -354,3 +354,57 @@ def test_link_in_a_functional_keras_model_and_after_reload(tmp_path):
     model.save(path)
     again = keras.models.load_model(path)
     np.testing.assert_allclose(again(sp), want, rtol=1e-6, atol=1e-6)
+
+
+# -- WeightPruning driven by hand from a custom training loop -------------------------
+
+def test_weight_pruning_by_hand_in_a_traced_custom_loop():
+    import keras  # pylint: disable=import-outside-toplevel
+
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = so.layers.Conv(3, 3)
+            self.pool = so.layers.GlobalSumPool()
+
+        def call(self, x):
+            return self.pool(self.conv(x))
+
+    rng = np.random.default_rng(0)
+    x = so.SparseTensor(rng.normal(size=[6, 2]).astype(np.float32),
+                        [[0, 0, 0], [0, 1, 0], [0, 1, 1], [1, 2, 2], [1, 3, 2], [1, 0, 4]])
+    model = Net()
+    model(x)
+    kernel = model.conv.kernel
+    w = rng.choice([-1.0, 1.0], size=kernel.shape) * rng.uniform(0.2, 1.0, kernel.shape)
+    w = w.astype(np.float32)
+    small = rng.random(kernel.shape) < 0.3
+    w[small] = 1e-4
+    kernel.assign(w)
+    pruning = so.callbacks.WeightPruning(epsilon=0.01)
+    pruning.set_model(model)  # before the first traced step
+    optimizer = keras.optimizers.Adam(1e-3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(model(x) - 1.0))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+    step()
+    pruning.on_epoch_end(0)  # first warning: nothing pruned yet
+    assert np.all(kernel.numpy() != 0)
+    step()
+    pruning.on_epoch_end(1)  # small twice: pruned
+    assert np.all(kernel.numpy()[small] == 0)
+    assert pruning.nonzero_weights == int((~small).sum())
+    for _ in range(5):  # Adam's momentum and gradients would move them
+        step()
+    assert np.all(kernel.numpy()[small] == 0)
+    assert np.all(kernel.numpy()[~small] != 0)
+
+
+def test_weight_pruning_on_epoch_end_without_a_model_says_what_to_do():
+    with pytest.raises(ValueError, match="set_model"):
+        so.callbacks.WeightPruning(0.1).on_epoch_end(0)

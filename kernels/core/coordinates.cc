@@ -571,6 +571,56 @@ Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
   return Status::Ok();
 }
 
+bool TransposeUsesTable(const KernelMapView& map, int64_t n_in) {
+  // The budget follows the pairs, not n_in: a row count is all it takes to
+  // ask for many input rows.
+  return map.num_offsets <= OffsetsPerChunk(map.num_offsets, n_in,
+                                           TableBudget(map.splits[map.num_offsets]));
+}
+
+Status TransposeKernelMap(const KernelMapView& map, int64_t n_in,
+                          int32_t* table, uint64_t* pairs, int64_t* t_splits,
+                          int32_t* t_in, int32_t* t_out,
+                          const ParallelFor& parallel_for) {
+  const int64_t K = map.num_offsets;
+  if (table != nullptr) {
+    const Status status = TransposedNeighbours(map, n_in, table, parallel_for);
+    if (!status.ok()) return status;
+    CountPairs(table, K, n_in, t_splits, parallel_for);
+    FillPairs(table, K, n_in, t_splits, t_in, t_out, parallel_for);
+    return Status::Ok();
+  }
+  // Each offset's pairs as (in row, out row) keys, sorted: memory follows
+  // the pairs, not K * n_in.
+  std::copy(map.splits, map.splits + K + 1, t_splits);
+  std::atomic<int64_t> repeated{-1};
+  parallel_for(K, 1000, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t first = map.splits[k], last = map.splits[k + 1];
+      for (int64_t p = first; p < last; ++p) {
+        pairs[p] = (static_cast<uint64_t>(map.in_rows[p]) << 32) |
+                   static_cast<uint32_t>(map.out_rows[p]);
+      }
+      std::sort(pairs + first, pairs + last);
+      for (int64_t p = first; p < last; ++p) {
+        t_out[p] = static_cast<int32_t>(pairs[p] >> 32);
+        t_in[p] = static_cast<int32_t>(pairs[p] & 0xffffffffu);
+        if (p > first && t_out[p] == t_out[p - 1]) {
+          int64_t none = -1;
+          repeated.compare_exchange_strong(none, p);
+        }
+      }
+    }
+  });
+  if (repeated >= 0) {
+    const int64_t p = repeated;
+    return Status::Error("kernel map repeats input row " + std::to_string(t_out[p]) +
+                         " within one offset; a kernel map pairs each input row "
+                         "at most once per offset");
+  }
+  return Status::Ok();
+}
+
 Status StridedKeys(const int32_t* coords, int64_t n, int dims,
                    const int32_t* stride, KeyPacker* packer, uint64_t* keys,
                    int64_t* num_unique) {
@@ -611,8 +661,8 @@ Status StridedKeys(const int32_t* coords, int64_t n, int dims,
 }
 
 Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
-                      const KernelGeometry& g, KeyPacker* packer,
-                      uint64_t* keys, int64_t* num_unique,
+                      const KernelGeometry& g, int64_t budget, KeyPacker* packer,
+                      std::vector<uint64_t>* keys,
                       const ParallelFor& parallel_for) {
   const int64_t K = g.num_offsets;
   const std::vector<int64_t> steps = OffsetSteps(g, dims);
@@ -630,14 +680,31 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
   if (!status.ok()) return status;
   std::vector<uint64_t> key_steps(K);
   for (int64_t k = 0; k < K; ++k) key_steps[k] = packer->KeyStep(&steps[k * dims]);
-  parallel_for(n, 5 * K, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      uint64_t key = 0;
-      packer->Pack(coords + i * dims, &key);  // covered: cannot fail
-      for (int64_t k = 0; k < K; ++k) keys[i * K + k] = key + key_steps[k];
+  const int64_t chunk = OffsetsPerChunk(K, n, budget);
+  std::vector<uint64_t> candidates(n * std::min(chunk, K)), merged;
+  keys->clear();
+  for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+    const int64_t kc = std::min(chunk, K - k0);
+    parallel_for(n, 5 * kc, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        uint64_t key = 0;
+        packer->Pack(coords + i * dims, &key);  // covered: cannot fail
+        for (int64_t k = 0; k < kc; ++k) {
+          candidates[i * kc + k] = key + key_steps[k0 + k];
+        }
+      }
+    });
+    const int64_t unique = SortUnique(candidates.data(), n * kc, packer->key_bits());
+    if (k0 == 0) {
+      keys->assign(candidates.begin(), candidates.begin() + unique);
+      continue;
     }
-  });
-  *num_unique = SortUnique(keys, n * K, packer->key_bits());
+    merged.resize(keys->size() + unique);
+    merged.resize(std::set_union(keys->begin(), keys->end(), candidates.begin(),
+                                 candidates.begin() + unique, merged.begin()) -
+                  merged.begin());
+    keys->swap(merged);
+  }
   return Status::Ok();
 }
 

@@ -8,7 +8,9 @@
 #ifndef SPARSE_OPS_KERNELS_CORE_COORDINATES_H_
 #define SPARSE_OPS_KERNELS_CORE_COORDINATES_H_
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/core/parallel.h"
 #include "kernels/core/status.h"
@@ -17,6 +19,25 @@ namespace sparse_ops {
 
 constexpr int kMaxDims = 32;       // batch + up to 31 spatial axes
 constexpr int kMaxKeyBits = 63;    // all-ones is the hash table's empty mark
+
+// Temporary tables (neighbour tables [offsets, rows], candidate keys) hold
+// at most TableBudget(rows) entries for an op on `rows` input and output
+// rows: larger ones are built in chunks of offsets or replaced by sorting.
+// So no op's temporary memory exceeds a fixed floor (256 MB of int32) or a
+// constant factor of its inputs and outputs, whatever sizes it is handed.
+constexpr int64_t kMinTableEntries = int64_t{1} << 26;
+constexpr int64_t kTableEntriesPerRow = 64;
+inline int64_t TableBudget(int64_t rows) {
+  return std::max(kMinTableEntries, kTableEntriesPerRow * rows);
+}
+// Offsets per chunk of a table with rows_per_offset entries per offset
+// within `budget` entries: in [1, num_offsets] (all of them when it fits).
+inline int64_t OffsetsPerChunk(int64_t num_offsets, int64_t rows_per_offset,
+                               int64_t budget) {
+  const int64_t all = std::max<int64_t>(num_offsets, 1);
+  if (rows_per_offset <= 0) return all;
+  return std::min(all, std::max<int64_t>(1, budget / rows_per_offset));
+}
 
 // Packs a coordinate row into one uint64: each axis contributes
 // (c - min) in just enough bits for its range [min, max]. The range is taken
@@ -177,6 +198,20 @@ Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
 Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
                             int32_t* table, const ParallelFor& parallel_for);
 
+// Whether TransposeKernelMap builds a [K, n_in] neighbour table (within
+// the TableBudget of the pair count) or sorts each offset's pairs.
+bool TransposeUsesTable(const KernelMapView& map, int64_t n_in);
+
+// The transposed map of a valid map: the same pair counts per offset
+// (t_splits = map.splits), t_in = the map's out rows and t_out = its in
+// rows, sorted by t_out within each offset (the order the core's kernels
+// need). Scratch: `table` [K, n_in] when TransposeUsesTable, else `pairs`
+// [P]. Fails when an input row occurs twice within one offset.
+Status TransposeKernelMap(const KernelMapView& map, int64_t n_in,
+                          int32_t* table, uint64_t* pairs, int64_t* t_splits,
+                          int32_t* t_in, int32_t* t_out,
+                          const ParallelFor& parallel_for);
+
 // Keys of the output sites of a strided convolution: floor(c / s) * s per
 // spatial axis, batch kept. Writes n keys, sorts them and returns the
 // number of unique ones in *num_unique. `packer` is set up for Unpack.
@@ -184,11 +219,12 @@ Status StridedKeys(const int32_t* coords, int64_t n, int dims,
                    const int32_t* stride, KeyPacker* packer, uint64_t* keys,
                    int64_t* num_unique);
 
-// Keys of every site c + offsets[k] * stride (generative transposed
-// convolution): writes n * K keys, sorts, returns the unique count.
+// The sorted unique keys of every site c + offsets[k] * stride (generative
+// transposed convolution) in *keys. The n * K candidates are made in chunks
+// of offsets of at most `budget` keys (TableBudget(n)), merged as they come.
 Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
-                      const KernelGeometry& geometry, KeyPacker* packer,
-                      uint64_t* keys, int64_t* num_unique,
+                      const KernelGeometry& geometry, int64_t budget,
+                      KeyPacker* packer, std::vector<uint64_t>* keys,
                       const ParallelFor& parallel_for);
 
 void UnpackKeys(const KeyPacker& packer, const uint64_t* keys, int64_t n,

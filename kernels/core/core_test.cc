@@ -646,18 +646,31 @@ void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
         avg_got(n_out * C, T(-7)), t_got(n_in * C, T(-7)), t_avg_got(n_in * C, T(-7)),
         grad_got(n_in * C, T(-7)), inverse(n_out);
     std::vector<int32_t> arg_got(n_out * C, -7), table(K * n_in, -7);
+    std::vector<uint64_t> pair_scratch(map.splits.back());
     SparseMaxPool<T>(in.data(), C, map.view(), n_out, max_got.data(), arg_got.data(),
                      runner.parallel_for);
     SparseSumPool<T>(in.data(), C, map.view(), n_out, false, sum_got.data(),
                      runner.parallel_for);
     SparseSumPool<T>(in.data(), C, map.view(), n_out, true, avg_got.data(),
                      runner.parallel_for);
-    const Status status =
-        TransposedNeighbours(map.view(), n_in, table.data(), runner.parallel_for);
+    // The transposed map through a table and by sorting: the same map.
+    const int64_t P = map.splits.back();
+    std::vector<int64_t> t_splits(K + 1), s_splits(K + 1);
+    std::vector<int32_t> t_in(P), t_out(P), s_in(P), s_out(P);
+    Status status = TransposeKernelMap(map.view(), n_in, table.data(), nullptr,
+                                       t_splits.data(), t_in.data(), t_out.data(),
+                                       runner.parallel_for);
     EXPECT_MSG(status.ok(), what + ": " + status.message());
-    SparseSumPoolTranspose<T>(up.data(), C, map.view(), table.data(), n_in, n_out, false,
+    status = TransposeKernelMap(map.view(), n_in, nullptr, pair_scratch.data(),
+                                s_splits.data(), s_in.data(), s_out.data(),
+                                runner.parallel_for);
+    EXPECT_MSG(status.ok(), what + ": " + status.message());
+    EXPECT_MSG(t_splits == s_splits && t_in == s_in && t_out == s_out,
+               what + ": transposed map by table != by sorting");
+    const KernelMapView transposed{t_splits.data(), t_in.data(), t_out.data(), K};
+    SparseSumPoolTranspose<T>(up.data(), C, map.view(), transposed, n_in, n_out, false,
                               inverse.data(), t_got.data(), runner.parallel_for);
-    SparseSumPoolTranspose<T>(up.data(), C, map.view(), table.data(), n_in, n_out, true,
+    SparseSumPoolTranspose<T>(up.data(), C, map.view(), transposed, n_in, n_out, true,
                               inverse.data(), t_avg_got.data(), runner.parallel_for);
     EXPECT_MSG(ValidateArgmax(arg_got.data(), arg_got.size(), n_in, runner.parallel_for).ok(),
                what + ": argmax out of range");
@@ -855,17 +868,21 @@ void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
   const KernelGeometry geometry{offsets.data(), K, stride.data()};
   for (const Runner& runner : Runners()) {
     const std::string what = name + " (" + runner.name + ")";
-    KeyPacker packer(kDims);
-    std::vector<uint64_t> keys(rows.size() * K);
-    int64_t unique = -1;
-    const Status status = GenerativeKeys(flat.data(), rows.size(), kDims, geometry,
-                                         &packer, keys.data(), &unique, runner.parallel_for);
-    EXPECT_MSG(status.ok(), what + ": " + status.message());
-    if (!status.ok()) continue;
-    std::vector<int32_t> got(unique * kDims, -7);
-    UnpackKeys(packer, keys.data(), unique, got.data(), runner.parallel_for);
-    std::vector<Row> want_rows(want.begin(), want.end());
-    EXPECT_MSG(got == Flatten(want_rows), what + ": generated sites");
+    // All offsets at once, and in chunks of 1 and 5 offsets merged.
+    for (const int64_t budget : {TableBudget(rows.size()), int64_t(rows.size()),
+                                 int64_t(5 * rows.size())}) {
+      KeyPacker packer(kDims);
+      std::vector<uint64_t> keys;
+      const Status status = GenerativeKeys(flat.data(), rows.size(), kDims, geometry,
+                                           budget, &packer, &keys, runner.parallel_for);
+      EXPECT_MSG(status.ok(), what + ": " + status.message());
+      if (!status.ok()) continue;
+      std::vector<int32_t> got(keys.size() * kDims, -7);
+      UnpackKeys(packer, keys.data(), keys.size(), got.data(), runner.parallel_for);
+      std::vector<Row> want_rows(want.begin(), want.end());
+      EXPECT_MSG(got == Flatten(want_rows),
+                 what + ": generated sites, budget " + std::to_string(budget));
+    }
   }
 }
 
@@ -966,9 +983,10 @@ void TestErrors() {
     KeyPacker gen_packer(kDims);
     const std::vector<int32_t> offsets = Cube3(1), stride = {1, 1, 1};
     const KernelGeometry geometry{offsets.data(), 27, stride.data()};
-    std::vector<uint64_t> gen_keys(27 * wide.size());
-    status = GenerativeKeys(wide_flat.data(), wide.size(), kDims, geometry, &gen_packer,
-                            gen_keys.data(), &unique, runner.parallel_for);
+    std::vector<uint64_t> gen_keys;
+    status = GenerativeKeys(wide_flat.data(), wide.size(), kDims, geometry,
+                            TableBudget(wide.size()), &gen_packer, &gen_keys,
+                            runner.parallel_for);
     EXPECT_MSG(!status.ok(), "GenerativeKeys overflowed int32" + who);
   }
 
@@ -1024,6 +1042,24 @@ void TestErrors() {
     EXPECT(!ValidateKernelMap(bad.view(), pairs, n, n, SerialFor).ok());
     bad = map;
     EXPECT(!ValidateKernelMap(bad.view(), pairs + 1, n, n, SerialFor).ok());
+    // An input row twice within one offset (valid in range and order) is
+    // refused by both ways of transposing the map.
+    bad = map;
+    const int64_t first = map.splits[13];
+    bad.in_rows[first + 1] = bad.in_rows[first];
+    EXPECT(ValidateKernelMap(bad.view(), pairs, n, n, SerialFor).ok());
+    std::vector<int32_t> table(27 * n), t_in(pairs), t_out(pairs);
+    std::vector<uint64_t> scratch(pairs);
+    std::vector<int64_t> t_splits(28);
+    Status repeated = TransposeKernelMap(bad.view(), n, table.data(), nullptr,
+                                         t_splits.data(), t_in.data(), t_out.data(),
+                                         SerialFor);
+    EXPECT_MSG(!repeated.ok() && Contains(repeated.message(), "repeats input row"),
+               repeated.message());
+    repeated = TransposeKernelMap(bad.view(), n, nullptr, scratch.data(), t_splits.data(),
+                                  t_in.data(), t_out.data(), SerialFor);
+    EXPECT_MSG(!repeated.ok() && Contains(repeated.message(), "repeats input row"),
+               repeated.message());
   }
 }
 

@@ -170,10 +170,10 @@ void SparseSumPool(const T* in, int64_t channels, const KernelMapView& map,
 
 template <typename T>
 void SparseSumPoolTranspose(const T* in, int64_t channels,
-                            const KernelMapView& map, const int32_t* table,
-                            int64_t n_in, int64_t n_out, bool average,
-                            T* inverse_counts, T* out,
-                            const ParallelFor& parallel_for) {
+                            const KernelMapView& map,
+                            const KernelMapView& transposed, int64_t n_in,
+                            int64_t n_out, bool average, T* inverse_counts,
+                            T* out, const ParallelFor& parallel_for) {
   const int64_t C = channels, K = map.num_offsets;
   if (average) {
     ForOutputBlocks(map, n_out, 1, parallel_for,
@@ -190,28 +190,23 @@ void SparseSumPoolTranspose(const T* in, int64_t channels,
       }
     });
   }
-  // Blocks of rows of `out`; each adds its rows' terms offset by offset.
-  const int64_t cost = (map.splits[K] / std::max<int64_t>(n_in, 1) + 1) * C *
-                           kBlockRows + K * kBlockRows;
-  parallel_for(NumBlocks(n_in, kBlockRows), cost, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t i0 = b * kBlockRows;
-      const int64_t rows = std::min(kBlockRows, n_in - i0);
-      T* acc = out + i0 * C;
-      std::fill(acc, acc + rows * C, T(0));
-      for (int64_t k = 0; k < K; ++k) {
-        const int32_t* t = table + k * n_in + i0;
-        for (int64_t r = 0; r < rows; ++r) {
-          const int32_t o = t[r];
-          if (o < 0) continue;
-          const T* src = in + int64_t{o} * C;
-          T* dst = acc + r * C;
-          if (average) {
-            const T s = inverse_counts[o];
-            for (int64_t c = 0; c < C; ++c) dst[c] += src[c] * s;
-          } else {
-            for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-          }
+  // Blocks of rows of `out`; each adds its rows' terms offset by offset (at
+  // most one per offset and row).
+  ForOutputBlocks(transposed, n_in, C, parallel_for,
+                  [&](int64_t i0, int64_t rows, const int64_t* pair_begin,
+                      const int64_t* pair_end) {
+    T* acc = out + i0 * C;
+    std::fill(acc, acc + rows * C, T(0));
+    for (int64_t k = 0; k < K; ++k) {
+      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
+        const int32_t o = transposed.in_rows[p];
+        const T* src = in + int64_t{o} * C;
+        T* dst = acc + (transposed.out_rows[p] - i0) * C;
+        if (average) {
+          const T s = inverse_counts[o];
+          for (int64_t c = 0; c < C; ++c) dst[c] += src[c] * s;
+        } else {
+          for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
         }
       }
     }
@@ -384,7 +379,7 @@ void GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch,
   template void SparseSumPool<T>(const T*, int64_t, const KernelMapView&,     \
                                  int64_t, bool, T*, const ParallelFor&);      \
   template void SparseSumPoolTranspose<T>(                                    \
-      const T*, int64_t, const KernelMapView&, const int32_t*, int64_t,       \
+      const T*, int64_t, const KernelMapView&, const KernelMapView&, int64_t, \
       int64_t, bool, T*, T*, const ParallelFor&);                             \
   template void GlobalMaxPool<T>(const T*, int64_t, const int64_t*,           \
                                  const int32_t*, const int64_t*, int64_t, T*, \

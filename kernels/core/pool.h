@@ -52,15 +52,15 @@ void SparseSumPool(const T* in, int64_t channels, const KernelMapView& map,
 // The transpose of SparseSumPool (unpooling; the input gradient of sum and
 // average pooling): out[i] = sum over the pairs (i, o) of in[o], in offset
 // order, with `average` each term times 1 / (number of pairs of o).
-// in is [n_out, channels], out [n_in, channels]. `table` is the
-// TransposedNeighbours table [K, n_in] of a valid map; `inverse_counts` is
-// scratch of n_out values (used only with `average`).
+// in is [n_out, channels], out [n_in, channels]. `transposed` is
+// TransposeKernelMap of a valid `map`; `inverse_counts` is scratch of n_out
+// values (used only with `average`).
 template <typename T>
 void SparseSumPoolTranspose(const T* in, int64_t channels,
-                            const KernelMapView& map, const int32_t* table,
-                            int64_t n_in, int64_t n_out, bool average,
-                            T* inverse_counts, T* out,
-                            const ParallelFor& parallel_for);
+                            const KernelMapView& map,
+                            const KernelMapView& transposed, int64_t n_in,
+                            int64_t n_out, bool average, T* inverse_counts,
+                            T* out, const ParallelFor& parallel_for);
 
 // Groups rows by batch item: rows of item b are order[starts[b]] ..
 // order[starts[b + 1] - 1], increasing. batch is [n]; starts has

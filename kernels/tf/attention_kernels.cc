@@ -11,15 +11,14 @@
 namespace sparse_ops {
 
 using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
 template <typename T>
-class AttentionOp : public OpKernel {
+class AttentionOp : public SparseOpKernel {
  public:
-  explicit AttentionOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit AttentionOp(OpKernelConstruction* context) : SparseOpKernel(context) {
     std::string mode, per;
     OP_REQUIRES_OK(context, context->GetAttr("mode", &mode));
     OP_REQUIRES_OK(context, context->GetAttr("per", &per));
@@ -27,7 +26,7 @@ class AttentionOp : public OpKernel {
     per_ = per == "site" ? AttentionPer::kSite : AttentionPer::kChannel;
   }
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     const Tensor& coordinates = context->input(1);
     const Tensor& k_tensor = context->input(2);

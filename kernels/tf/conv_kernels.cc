@@ -9,7 +9,6 @@
 namespace sparse_ops {
 
 using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
@@ -47,12 +46,12 @@ WeightPath GetWeightPath(OpKernelConstruction* context) {
 }  // namespace
 
 template <typename T>
-class ConvOp : public OpKernel {
+class ConvOp : public SparseOpKernel {
  public:
   explicit ConvOp(OpKernelConstruction* context)
-      : OpKernel(context), path_(GetWeightPath(context)) {}
+      : SparseOpKernel(context), path_(GetWeightPath(context)) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     const Tensor& kernel = context->input(1);
     if (!CheckMatrix(context, features, "features")) return;
@@ -74,12 +73,12 @@ class ConvOp : public OpKernel {
 };
 
 template <typename T>
-class ConvBackpropInputOp : public OpKernel {
+class ConvBackpropInputOp : public SparseOpKernel {
  public:
   explicit ConvBackpropInputOp(OpKernelConstruction* context)
-      : OpKernel(context), path_(GetWeightPath(context)) {}
+      : SparseOpKernel(context), path_(GetWeightPath(context)) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& grad = context->input(0);
     const Tensor& kernel = context->input(1);
     if (!CheckMatrix(context, grad, "grad_output")) return;
@@ -89,35 +88,15 @@ class ConvBackpropInputOp : public OpKernel {
     if (!GetKernelMap(context, 2, n_in, grad.dim_size(0), &map)) return;
     if (!CheckKernel(context, kernel, map, grad, 2, "grad_output")) return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
-    const int64_t K = map.num_offsets, pairs = map.splits[K];
-    const ParallelFor parallel_for = IntraOpParallelFor(context);
-
     // The transposed map, sorted by input row, as the core needs.
-    Tensor table, t_splits, t_in, t_out;
-    if (!AllocateTemp(context, tensorflow::DT_INT32, {K, n_in}, &table)) return;
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT64,
-                                                   TensorShape({K + 1}),
-                                                   &t_splits));
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
-                                                   TensorShape({pairs}), &t_in));
-    OP_REQUIRES_OK(context, context->allocate_temp(
-                                tensorflow::DT_INT32, TensorShape({pairs}),
-                                &t_out));
-    int32_t* nbr = table.flat<int32_t>().data();
-    int64_t* s = t_splits.flat<int64_t>().data();
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, TransposedNeighbours(map, n_in, nbr, parallel_for));
-    CountPairs(nbr, K, n_in, s, parallel_for);
-    FillPairs(nbr, K, n_in, s, t_in.flat<int32_t>().data(),
-              t_out.flat<int32_t>().data(), parallel_for);
-    const KernelMapView transposed{s, t_in.flat<int32_t>().data(),
-                                   t_out.flat<int32_t>().data(), K};
+    TransposedMap transposed;
+    if (!TransposeMap(context, map, n_in, &transposed)) return;
 
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c_in}, &output)) return;
     SparseConv<T>(grad.flat<T>().data(), c_out, kernel.flat<T>().data(), c_in,
-                  /*transpose_weights=*/true, transposed, n_in,
-                  output->flat<T>().data(), parallel_for, path_);
+                  /*transpose_weights=*/true, transposed.view, n_in,
+                  output->flat<T>().data(), IntraOpParallelFor(context), path_);
   }
 
  private:
@@ -125,12 +104,12 @@ class ConvBackpropInputOp : public OpKernel {
 };
 
 template <typename T>
-class ConvBackpropKernelOp : public OpKernel {
+class ConvBackpropKernelOp : public SparseOpKernel {
  public:
   explicit ConvBackpropKernelOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
+      : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     const Tensor& grad = context->input(1);
     if (!CheckMatrix(context, features, "features")) return;

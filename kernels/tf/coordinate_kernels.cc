@@ -1,4 +1,5 @@
 // CPU kernels of the coordinate ops: validate, allocate, call the core.
+#include <memory>
 #include <vector>
 
 #include "kernels/core/coordinates.h"
@@ -8,7 +9,6 @@
 namespace sparse_ops {
 
 using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
@@ -63,11 +63,87 @@ bool CheckUnique(OpKernelContext* context, const int32_t* coords, int64_t n,
 
 }  // namespace
 
-class KernelMapOp : public OpKernel {
+// Neighbour tables of chunks of offsets: by merging sorted rows where they
+// are sorted (what every coordinate op outputs), else through a hash table
+// of the input rows, built once.
+class NeighbourFinder {
  public:
-  explicit KernelMapOp(OpKernelConstruction* context) : OpKernel(context) {}
+  NeighbourFinder(OpKernelContext* context, const Tensor& in, const Tensor& out,
+                  const Tensor& offsets, const Tensor& stride)
+      : context_(context),
+        in_(in.flat<int32_t>().data()),
+        out_(out.flat<int32_t>().data()),
+        n_in_(in.dim_size(0)),
+        n_out_(out.dim_size(0)),
+        dims_(in.dim_size(1)),
+        offsets_(offsets.flat<int32_t>().data()),
+        stride_(stride.flat<int32_t>().data()),
+        packer_(dims_) {}
 
-  void Compute(OpKernelContext* context) override {
+  // nbr [count, n_out] and counts [count] of offsets [first, first + count);
+  // false when the op failed (duplicate rows, keys beyond 63 bits).
+  bool Find(int64_t first, int64_t count, int32_t* nbr, int64_t* counts) {
+    const KernelGeometry geometry{offsets_ + first * (dims_ - 1), count, stride_};
+    const ParallelFor parallel_for = IntraOpParallelFor(context_);
+    if (try_sorted_) {
+      if (FindNeighboursSorted(in_, n_in_, out_, n_out_, dims_, geometry, nbr,
+                               counts, parallel_for)) {
+        return true;
+      }
+      try_sorted_ = false;  // rows out of order: hash from now on
+    }
+    if (table_ == nullptr && !BuildTable()) return false;
+    // The same tensor passed twice (a submanifold convolution) lets a
+    // symmetric kernel probe half its offsets.
+    const bool same = in_ == out_ && n_in_ == n_out_;
+    FindNeighbours(*table_, packer_, out_, n_out_, geometry, same, nbr, counts,
+                   parallel_for);
+    return true;
+  }
+
+ private:
+  bool BuildTable() {
+    // One key layout for both sets: the input range is all a probe can hit.
+    packer_.CoverRows(in_, n_in_);
+    Status status = packer_.Finalize();
+    const int64_t capacity = CoordinateTable::CapacityFor(n_in_);
+    if (status.ok()) {
+      status = AllocateTempStatus(context_, tensorflow::DT_UINT64, capacity, &keys_);
+    }
+    if (status.ok()) {
+      status = AllocateTempStatus(context_, tensorflow::DT_INT32, capacity, &rows_);
+    }
+    if (!status.ok()) {
+      context_->CtxFailure(absl::InvalidArgumentError(status.message()));
+      return false;
+    }
+    table_ = std::make_unique<CoordinateTable>(
+        keys_.flat<uint64_t>().data(), rows_.flat<int32_t>().data(), capacity);
+    status = table_->Build(in_, n_in_, packer_, IntraOpParallelFor(context_));
+    if (!status.ok()) {
+      context_->CtxFailure(absl::InvalidArgumentError(status.message()));
+      return false;
+    }
+    const bool same = in_ == out_ && n_in_ == n_out_;
+    return same || CheckUnique(context_, out_, n_out_, dims_, "out_coordinates");
+  }
+
+  OpKernelContext* context_;
+  const int32_t *in_, *out_;
+  const int64_t n_in_, n_out_;
+  const int dims_;
+  const int32_t *offsets_, *stride_;
+  bool try_sorted_ = true;
+  KeyPacker packer_;
+  Tensor keys_, rows_;
+  std::unique_ptr<CoordinateTable> table_;
+};
+
+class KernelMapOp : public SparseOpKernel {
+ public:
+  explicit KernelMapOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
+
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& in = context->input(0);
     const Tensor& out = context->input(1);
     const Tensor& offsets = context->input(2);
@@ -85,81 +161,45 @@ class KernelMapOp : public OpKernel {
 
     const int64_t n_in = in.dim_size(0), n_out = out.dim_size(0);
     const int64_t K = offsets.dim_size(0);
-    const int32_t* in_coords = in.flat<int32_t>().data();
-    const int32_t* out_coords = out.flat<int32_t>().data();
     const ParallelFor parallel_for = IntraOpParallelFor(context);
-    const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
-                                  stride.flat<int32_t>().data()};
+    // The neighbour table [K, n_out], in chunks of offsets when it would
+    // exceed the table budget (then each chunk is searched twice: to count
+    // the pairs, then to write them once the outputs are allocated).
+    const int64_t chunk = OffsetsPerChunk(K, n_out, TableBudget(n_in + n_out));
     Tensor neighbours;
-    if (!AllocateTemp(context, tensorflow::DT_INT32, {K, n_out}, &neighbours)) {
+    if (!AllocateTemp(context, tensorflow::DT_INT32, {std::min(chunk, K), n_out},
+                      &neighbours)) {
       return;
     }
     int32_t* nbr = neighbours.flat<int32_t>().data();
+    NeighbourFinder finder(context, in, out, offsets, stride);
     std::vector<int64_t> counts(K);
-    // Sorted rows (what every coordinate op outputs) merge without a table.
-    if (!FindNeighboursSorted(in_coords, n_in, out_coords, n_out, dims,
-                              geometry, nbr, counts.data(), parallel_for)) {
-      HashNeighbours(context, in_coords, n_in, out_coords, n_out, dims,
-                     geometry, nbr, counts.data());
-      if (!context->status().ok()) return;
+    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+      if (!finder.Find(k0, std::min(chunk, K - k0), nbr, counts.data() + k0)) return;
     }
 
     Tensor* splits = nullptr;
-    OP_REQUIRES_OK(context,
-                   context->allocate_output(0, TensorShape({K + 1}), &splits));
+    if (!AllocateOutput(context, 0, {K + 1}, &splits)) return;
     int64_t* s = splits->flat<int64_t>().data();
     SplitsFromCounts(counts.data(), K, s);
     Tensor *in_rows = nullptr, *out_rows = nullptr;
-    OP_REQUIRES_OK(context,
-                   context->allocate_output(1, TensorShape({s[K]}), &in_rows));
-    OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({s[K]}),
-                                                     &out_rows));
-    FillPairs(nbr, K, n_out, s, in_rows->flat<int32_t>().data(),
-              out_rows->flat<int32_t>().data(), parallel_for);
-  }
-
- private:
-  // The neighbour table of rows in any order, from a hash table of the
-  // input rows; fails the op on duplicate rows.
-  void HashNeighbours(OpKernelContext* context, const int32_t* in_coords,
-                      int64_t n_in, const int32_t* out_coords, int64_t n_out,
-                      int dims, const KernelGeometry& geometry, int32_t* nbr,
-                      int64_t* counts) {
-    // One key layout for both sets: the input range is all a probe can hit.
-    KeyPacker packer(dims);
-    packer.CoverRows(in_coords, n_in);
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(context, packer.Finalize());
-    const int64_t capacity = CoordinateTable::CapacityFor(n_in);
-    Tensor table_keys, table_rows;
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT64,
-                                                   TensorShape({capacity}),
-                                                   &table_keys));
-    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_INT32,
-                                                   TensorShape({capacity}),
-                                                   &table_rows));
-    CoordinateTable table(table_keys.flat<uint64_t>().data(),
-                          table_rows.flat<int32_t>().data(), capacity);
-    const ParallelFor parallel_for = IntraOpParallelFor(context);
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, table.Build(in_coords, n_in, packer, parallel_for));
-    // The same tensor passed twice (a submanifold convolution) lets a
-    // symmetric kernel probe half its offsets.
-    const bool same = in_coords == out_coords && n_in == n_out;
-    if (!same &&
-        !CheckUnique(context, out_coords, n_out, dims, "out_coordinates")) {
-      return;
+    if (!AllocateOutput(context, 1, {s[K]}, &in_rows)) return;
+    if (!AllocateOutput(context, 2, {s[K]}, &out_rows)) return;
+    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+      const int64_t count = std::min(chunk, K - k0);
+      if (chunk < K && !finder.Find(k0, count, nbr, counts.data() + k0)) return;
+      FillPairs(nbr, count, n_out, s + k0, in_rows->flat<int32_t>().data(),
+                out_rows->flat<int32_t>().data(), parallel_for);
     }
-    FindNeighbours(table, packer, out_coords, n_out, geometry, same, nbr,
-                   counts, parallel_for);
   }
 };
 
-class StridedCoordinatesOp : public OpKernel {
+class StridedCoordinatesOp : public SparseOpKernel {
  public:
   explicit StridedCoordinatesOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
+      : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& in = context->input(0);
     const Tensor& stride = context->input(1);
     if (!CheckCoordinates(context, in, "coordinates")) return;
@@ -179,12 +219,12 @@ class StridedCoordinatesOp : public OpKernel {
   }
 };
 
-class GenerativeCoordinatesOp : public OpKernel {
+class GenerativeCoordinatesOp : public SparseOpKernel {
  public:
   explicit GenerativeCoordinatesOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
+      : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& in = context->input(0);
     const Tensor& offsets = context->input(1);
     const Tensor& stride = context->input(2);
@@ -192,22 +232,20 @@ class GenerativeCoordinatesOp : public OpKernel {
     const int dims = in.dim_size(1);
     if (!CheckOffsets(context, offsets, dims - 1)) return;
     if (!CheckStride(context, stride, dims - 1)) return;
-    const int64_t n = in.dim_size(0), K = offsets.dim_size(0);
-    Tensor keys;
-    if (!AllocateTemp(context, tensorflow::DT_UINT64, {n, K}, &keys)) return;
+    const int64_t K = offsets.dim_size(0);
     KeyPacker packer(dims);
-    int64_t unique = 0;
+    std::vector<uint64_t> keys;
     const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
                                   stride.flat<int32_t>().data()};
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context,
-        GenerativeKeys(in.flat<int32_t>().data(), n, dims, geometry, &packer,
-                       keys.flat<uint64_t>().data(), &unique,
-                       IntraOpParallelFor(context)));
+        context, GenerativeKeys(in.flat<int32_t>().data(), in.dim_size(0), dims,
+                                geometry, TableBudget(in.dim_size(0)), &packer,
+                                &keys, IntraOpParallelFor(context)));
+    const int64_t unique = static_cast<int64_t>(keys.size());
     OP_REQUIRES(context, unique < (int64_t{1} << 31) - 1,
                 absl::InvalidArgumentError(
                     "generative convolution would create too many sites"));
-    OutputCoordinates(context, packer, keys.flat<uint64_t>().data(), unique);
+    OutputCoordinates(context, packer, keys.data(), unique);
   }
 };
 

@@ -3,6 +3,7 @@
 #ifndef SPARSE_OPS_KERNELS_TF_GLUE_H_
 #define SPARSE_OPS_KERNELS_TF_GLUE_H_
 
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,6 +25,27 @@ inline ParallelFor IntraOpParallelFor(tensorflow::OpKernelContext* context) {
     workers->ParallelFor(n, cost, fn);
   };
 }
+
+// Base of every kernel: Compute runs ComputeChecked and turns a failed host
+// allocation (std::bad_alloc from a core buffer) into ResourceExhausted
+// instead of terminating the process. Core buffers allocated inside
+// parallel-for units are bounded by the inputs' sizes and are not covered.
+class SparseOpKernel : public tensorflow::OpKernel {
+ public:
+  using tensorflow::OpKernel::OpKernel;
+
+  void Compute(tensorflow::OpKernelContext* context) final {
+    try {
+      ComputeChecked(context);
+    } catch (const std::bad_alloc&) {
+      context->CtxFailure(absl::ResourceExhaustedError(
+          name() + ": out of host memory for a temporary buffer"));
+    }
+  }
+
+ protected:
+  virtual void ComputeChecked(tensorflow::OpKernelContext* context) = 0;
+};
 
 #define SPARSE_OPS_RETURN_IF_CORE_ERROR(context, expr)            \
   do {                                                            \
@@ -159,6 +181,42 @@ inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_
     context->CtxFailure(absl::InvalidArgumentError(status.message()));
     return false;
   }
+  return true;
+}
+
+// The transposed map of a checked map (TransposeKernelMap), in
+// temporaries that live as long as this struct.
+struct TransposedMap {
+  tensorflow::Tensor splits, in_rows, out_rows;
+  KernelMapView view;
+};
+
+inline bool TransposeMap(tensorflow::OpKernelContext* context,
+                         const KernelMapView& map, int64_t n_in,
+                         TransposedMap* transposed) {
+  const int64_t K = map.num_offsets, pairs = map.splits[K];
+  // Scratch within TableBudget: a [K, n_in] table, or the pairs to sort.
+  const bool table = TransposeUsesTable(map, n_in);
+  tensorflow::Tensor scratch;
+  if (!AllocateTemp(context, table ? tensorflow::DT_INT32 : tensorflow::DT_UINT64,
+                    {table ? K * n_in : pairs}, &scratch) ||
+      !AllocateTemp(context, tensorflow::DT_INT64, {K + 1}, &transposed->splits) ||
+      !AllocateTemp(context, tensorflow::DT_INT32, {pairs}, &transposed->in_rows) ||
+      !AllocateTemp(context, tensorflow::DT_INT32, {pairs}, &transposed->out_rows)) {
+    return false;
+  }
+  int64_t* splits = transposed->splits.flat<int64_t>().data();
+  int32_t* in_rows = transposed->in_rows.flat<int32_t>().data();
+  int32_t* out_rows = transposed->out_rows.flat<int32_t>().data();
+  const Status status = TransposeKernelMap(
+      map, n_in, table ? scratch.flat<int32_t>().data() : nullptr,
+      table ? nullptr : scratch.flat<uint64_t>().data(), splits, in_rows,
+      out_rows, IntraOpParallelFor(context));
+  if (!status.ok()) {
+    context->CtxFailure(absl::InvalidArgumentError(status.message()));
+    return false;
+  }
+  transposed->view = KernelMapView{splits, in_rows, out_rows, K};
   return true;
 }
 

@@ -12,19 +12,18 @@ namespace sparse_ops {
 
 using tensorflow::DEVICE_CPU;
 using tensorflow::OpInputList;
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::OpOutputList;
 using tensorflow::Tensor;
 using tensorflow::TensorShape;
 
-class CoordinateLookupOp : public OpKernel {
+class CoordinateLookupOp : public SparseOpKernel {
  public:
   explicit CoordinateLookupOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
+      : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& coordinates = context->input(0);
     const Tensor& queries = context->input(1);
     if (!CheckCoordinates(context, coordinates, "coordinates")) return;
@@ -60,12 +59,12 @@ class CoordinateLookupOp : public OpKernel {
   }
 };
 
-class CoordinateUnionOp : public OpKernel {
+class CoordinateUnionOp : public SparseOpKernel {
  public:
   explicit CoordinateUnionOp(OpKernelConstruction* context)
-      : OpKernel(context) {}
+      : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     OpInputList inputs;
     OP_REQUIRES_OK(context, context->input_list("coordinates", &inputs));
     const int num_inputs = inputs.size();

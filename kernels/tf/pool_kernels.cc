@@ -7,17 +7,16 @@
 namespace sparse_ops {
 
 using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
 template <typename T>
-class MaxPoolOp : public OpKernel {
+class MaxPoolOp : public SparseOpKernel {
  public:
-  explicit MaxPoolOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit MaxPoolOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     if (!CheckMatrix(context, features, "features")) return;
     int64_t n_out;
@@ -38,11 +37,11 @@ class MaxPoolOp : public OpKernel {
 };
 
 template <typename T>
-class MaxPoolGradOp : public OpKernel {
+class MaxPoolGradOp : public SparseOpKernel {
  public:
-  explicit MaxPoolGradOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit MaxPoolGradOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& grad = context->input(0);
     const Tensor& argmax = context->input(1);
     if (!CheckMatrix(context, grad, "grad_output")) return;
@@ -69,13 +68,13 @@ class MaxPoolGradOp : public OpKernel {
 };
 
 template <typename T>
-class SumPoolOp : public OpKernel {
+class SumPoolOp : public SparseOpKernel {
  public:
-  explicit SumPoolOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit SumPoolOp(OpKernelConstruction* context) : SparseOpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     if (!CheckMatrix(context, features, "features")) return;
     int64_t n_out;
@@ -94,14 +93,14 @@ class SumPoolOp : public OpKernel {
 };
 
 template <typename T>
-class SumPoolTransposeOp : public OpKernel {
+class SumPoolTransposeOp : public SparseOpKernel {
  public:
   explicit SumPoolTransposeOp(OpKernelConstruction* context)
-      : OpKernel(context) {
+      : SparseOpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     if (!CheckMatrix(context, features, "features")) return;
     int64_t n_in;
@@ -109,26 +108,20 @@ class SumPoolTransposeOp : public OpKernel {
     const int64_t n_out = features.dim_size(0), c = features.dim_size(1);
     KernelMapView map;
     if (!GetKernelMap(context, 1, n_in, n_out, &map)) return;
-    const ParallelFor parallel_for = IntraOpParallelFor(context);
-    // Which output row each input row meets through each offset.
-    Tensor table, inverse_counts;
-    if (!AllocateTemp(context, tensorflow::DT_INT32, {map.num_offsets, n_in},
-                      &table)) {
-      return;
-    }
+    // The pairs by input row: the rows each input row receives from.
+    TransposedMap transposed;
+    if (!TransposeMap(context, map, n_in, &transposed)) return;
+    Tensor inverse_counts;
     if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
                       {average_ ? n_out : 0}, &inverse_counts)) {
       return;
     }
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, TransposedNeighbours(map, n_in, table.flat<int32_t>().data(),
-                                      parallel_for));
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c}, &output)) return;
-    SparseSumPoolTranspose<T>(features.flat<T>().data(), c, map,
-                              table.flat<int32_t>().data(), n_in, n_out,
-                              average_, inverse_counts.flat<T>().data(),
-                              output->flat<T>().data(), parallel_for);
+    SparseSumPoolTranspose<T>(features.flat<T>().data(), c, map, transposed.view,
+                              n_in, n_out, average_,
+                              inverse_counts.flat<T>().data(),
+                              output->flat<T>().data(), IntraOpParallelFor(context));
   }
 
  private:
@@ -184,11 +177,11 @@ bool GroupRows(OpKernelContext* context, const Tensor& batch, int64_t rows,
 }
 
 template <typename T>
-class GlobalMaxPoolOp : public OpKernel {
+class GlobalMaxPoolOp : public SparseOpKernel {
  public:
-  explicit GlobalMaxPoolOp(OpKernelConstruction* context) : OpKernel(context) {}
+  explicit GlobalMaxPoolOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     if (!CheckMatrix(context, features, "features")) return;
     const int64_t n = features.dim_size(0), c = features.dim_size(1);
@@ -220,13 +213,13 @@ class GlobalMaxPoolOp : public OpKernel {
 };
 
 template <typename T>
-class GlobalSumPoolOp : public OpKernel {
+class GlobalSumPoolOp : public SparseOpKernel {
  public:
-  explicit GlobalSumPoolOp(OpKernelConstruction* context) : OpKernel(context) {
+  explicit GlobalSumPoolOp(OpKernelConstruction* context) : SparseOpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
     if (!CheckMatrix(context, features, "features")) return;
     const int64_t n = features.dim_size(0), c = features.dim_size(1);
@@ -255,14 +248,14 @@ class GlobalSumPoolOp : public OpKernel {
 };
 
 template <typename T>
-class GlobalSumPoolGradOp : public OpKernel {
+class GlobalSumPoolGradOp : public SparseOpKernel {
  public:
   explicit GlobalSumPoolGradOp(OpKernelConstruction* context)
-      : OpKernel(context) {
+      : SparseOpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void Compute(OpKernelContext* context) override {
+  void ComputeChecked(OpKernelContext* context) override {
     const Tensor& grad = context->input(0);
     const Tensor& batch = context->input(1);
     if (!CheckMatrix(context, grad, "grad_output")) return;
