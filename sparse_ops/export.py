@@ -59,6 +59,38 @@ def _named_outputs(outputs, prefix="output"):
     return {prefix: outputs}
 
 
+def _every_value(features, coordinates):
+    """A `tf.SparseTensor` [B, *spatial, C] holding every (site, channel)
+    value, zeros included, sites in row order: what a model on
+    `keras.Input(sparse=True)` reads back as exactly these sites (its layers
+    group the elements by site in order of first appearance)."""
+    n = tf.shape(features, out_type=tf.int64)[0]
+    c = tf.shape(features, out_type=tf.int64)[1]
+    sites = tf.cast(coordinates, tf.int64)
+    indices = tf.concat([tf.repeat(sites, c, axis=0),
+                         tf.tile(tf.range(c)[:, tf.newaxis], [n, 1])], 1)
+    extent = tf.reduce_max(tf.concat([sites + 1, tf.ones_like(sites[:1])], 0), 0)
+    return tf.SparseTensor(indices, tf.reshape(features, [-1]),
+                           tf.concat([extent, [c]], 0))
+
+
+def default_call(model):
+    """`call(features, coordinates)` for each style of model: a functional
+    model on `keras.Input(sparse=True)` gets a `tf.SparseTensor` of every
+    value; one on two inputs [features, coordinates] those two; any other
+    model (on `so.layers.Input`, subclassed) or layer a `SparseTensor`."""
+    struct = getattr(model, "_inputs_struct", None)
+    flat = keras.tree.flatten(struct) if struct is not None else []
+    if len(flat) == 1 and getattr(flat[0], "sparse", False):
+        return lambda features, coordinates: model(
+            _every_value(features, coordinates), training=False)
+    if len(flat) == 2 and not isinstance(struct, SparseTensor):
+        return lambda features, coordinates: model([features, coordinates],
+                                                   training=False)
+    return lambda features, coordinates: model(SparseTensor(features, coordinates),
+                                               training=False)
+
+
 def custom_ops(graph_def):
     """The `SparseOps>*` op types a graph needs: a sorted list, empty for a
     pure-TF graph. `graph_def` is a tf.compat.v1.GraphDef, a concrete
@@ -96,9 +128,11 @@ def save_serving(model, path, dimension, channels, dtype="float32", pure_tf=Fals
         needs no custom ops (for a stock TF Serving binary). Raises
         ValueError if some op has no reference path.
       call: optional `call(features, coordinates) -> outputs`; by default
-        `model([features, coordinates], training=False)`, the fields of a
-        SparseTensor, which every sparse_ops layer and a functional model
-        on `keras.Input`s (features, coordinates) accept.
+        the model is called the way its inputs ask (`default_call`): a
+        functional model on `keras.Input(sparse=True)` with a
+        `tf.SparseTensor` of every (site, channel) value, one on
+        `so.layers.Input` or a subclassed model or layer with a
+        `SparseTensor`, one on two inputs with [features, coordinates].
     Returns:
       `path`. The signature `serving_default` (also `serve`) returns a dict:
       a dense output as "output"; a SparseTensor output as
@@ -108,8 +142,7 @@ def save_serving(model, path, dimension, channels, dtype="float32", pure_tf=Fals
     if isinstance(model, keras.layers.Layer) and not model.built:
         raise ValueError("save_serving: the model is not built; call it on data first")
     if call is None:
-        def call(features, coordinates):
-            return model([features, coordinates], training=False)
+        call = default_call(model)
 
     def serve(coordinates, features):
         return _named_outputs(call(features, coordinates))

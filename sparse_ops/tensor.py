@@ -69,8 +69,8 @@ def _as_stride(stride, dimension):
 def _is_data(x):
     """Tensor data, as opposed to what Keras and tf.nest rebuild the tuple
     with: shapes (tuples of ints or None), specs, KerasTensors, configs."""
-    if _is_symbolic_keras(x):
-        return False
+    if _is_symbolic_keras(x) or isinstance(x, (bool, np.bool_)):
+        return False  # Keras maps structures to flags, e.g. "is a tensor"
     if isinstance(x, tuple):  # nested tuples of numbers are data, a shape not
         return not all(v is None or isinstance(v, int) for v in x)
     return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray, np.generic, list,

@@ -232,3 +232,54 @@ def test_save_serving_rejects_an_unbuilt_model(tmp_path):
         so.export.save_serving(so.layers.Dense(2), tmp_path / "m", D, C)
     with pytest.raises(ValueError, match="dimension and channels"):
         so.export.serving_signature(0, C)
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = so.layers.Conv(4, 3)
+        self.down = so.layers.Conv(4, 2, strides=2)
+        self.up = so.layers.ConvTranspose(4, 2, strides=2)
+        self.pool = so.layers.GlobalMaxPool()
+
+    def call(self, x):
+        return self.pool(self.up(self.down(self.conv(x))))
+
+
+@pytest.mark.parametrize("style", ["keras_sparse_input", "so_input", "subclassed"])
+def test_save_serving_works_by_default_for_each_model_style(style, tmp_path):
+    """The README's model styles export with save_serving's defaults and
+    serve what the model computes on the same sites (negative coordinates,
+    zero features and an empty batch item included)."""
+    keras.utils.set_random_seed(3)
+    layers = [so.layers.Conv(4, 3), so.layers.Conv(4, 2, strides=2),
+              so.layers.ConvTranspose(4, 2, strides=2), so.layers.GlobalMaxPool()]
+
+    def chain(x):
+        for layer in layers:
+            x = layer(x)
+        return x
+
+    if style == "keras_sparse_input":
+        inputs = keras.Input(shape=(None,) * D + (C,), sparse=True)
+        model = keras.Model(inputs, chain(inputs))
+    elif style == "so_input":
+        inputs = so.layers.Input(C, D)
+        model = keras.Model(inputs, chain(inputs))
+    else:
+        model = SubclassedNet()
+        layers = [model.conv, model.down, model.up, model.pool]
+    rng = np.random.default_rng(5)
+    coordinates = np.array([[0, -3, 2], [0, -2, 2], [0, 4, 4], [2, 0, 0], [2, 1, -7]],
+                           np.int32)
+    features = rng.normal(size=[5, C]).astype(np.float32)
+    features[1] = 0.0  # a site with zero features stays a site
+    x = so.SparseTensor(features, coordinates)
+    if style == "subclassed":
+        model(x)
+    want = chain(x).numpy()
+    path = so.export.save_serving(model, tmp_path / style, D, C)
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](
+        coordinates=tf.constant(coordinates), features=tf.constant(features))
+    np.testing.assert_allclose(served["output"].numpy(), want, rtol=1e-6, atol=1e-6)
+    assert want.shape == (3, 4)

@@ -331,6 +331,7 @@ def plot(examples, path):
             ax.set_title(title, fontsize=9)
             ax.set_axis_off()
     fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -351,7 +352,10 @@ def parse_args(argv=None):
     parser.add_argument("--meshes", type=int, default=None,
                         help="use only this many training meshes")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="completion.png", help="PNG path")
+    parser.add_argument("--output", default=os.path.join(
+        os.environ.get("SPARSE_OPS_RESULTS", os.path.join(os.path.expanduser("~"),
+                                                          "sparse_ops_results")),
+        "completion.png"), help="PNG path (default ~/sparse_ops_results/completion.png)")
     parser.add_argument("--eager", action="store_true",
                         help="run the steps eagerly (no tf.function tracing)")
     parser.add_argument("--smoke", action="store_true",
@@ -442,7 +446,7 @@ def _run(args, meshes, hold_out, rng):
           f"completed {iou[best][-1]:.3f} (threshold {best}), {iou[0.5][-1]:.3f} "
           "(threshold 0.5)")
     plot([e[:3] + (e[3][best], e[4][best]) for e in examples[:4]], args.output)
-    print(f"saved {args.output}")
+    print(f"saved {os.path.abspath(args.output)}")
     return {"iou": float(iou[best][-1]), "iou_at_half": float(iou[0.5][-1]),
             "threshold": best, "baseline_iou": float(base[-1]),
             "iou_per_level": iou[best].tolist(), "baseline_per_level": base.tolist()}

@@ -170,6 +170,7 @@ def save_png(path, xyz, true, pred, title):
                for i, n in enumerate(CLASS_NAMES)]
     fig.legend(handles=handles, loc="lower center", ncol=2)
     fig.suptitle(title)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -186,7 +187,10 @@ def parse_args(argv=None):
     p.add_argument("--test-fraction", type=float, default=0.25,
                    help="eastern fraction of the scene held out for testing")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default="segmentation.png", help="PNG path")
+    p.add_argument("--output", default=os.path.join(
+        os.environ.get("SPARSE_OPS_RESULTS", os.path.join(os.path.expanduser("~"),
+                                                          "sparse_ops_results")),
+        "segmentation.png"), help="PNG path (default ~/sparse_ops_results/segmentation.png)")
     p.add_argument("--data", default=None, help="a .laz/.las file instead of autzen")
     p.add_argument("--eager", action="store_true", help="no tf.function")
     p.add_argument("--tiny", action="store_true",
@@ -283,7 +287,7 @@ def main(argv=None):
     save_png(args.output, xyz[test], true, pred,
              f"MinkUNet14 (width {args.width}) on autzen, held-out region: "
              f"accuracy {result['accuracy']:.3f}, mIoU {result['miou']:.3f}")
-    print(f"saved {args.output}")
+    print(f"saved {os.path.abspath(args.output)}")
     result.update({"pred": pred, "point_logits": point_logits.numpy(),
                    "voxel_logits": logits.numpy(), "inverse": inverse, "true": true})
     return result

@@ -1,5 +1,6 @@
 """What the experiment programs share: data, networks, timing, peak memory,
-and writing CSV / PNG into docs/results/.
+and writing CSV / PNG into the results folder (--out; docs/results/ holds the
+published runs).
 
 The experiments reproduce Sections 4.1-4.4 of Hackel et al. ("Inference,
 Learning and Attention Mechanisms that Exploit and Preserve Sparsity in
@@ -19,8 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Where tables and figures go; tests point it elsewhere.
-RESULTS = os.environ.get("SPARSE_OPS_RESULTS", os.path.join(ROOT, "docs", "results"))
+# Where tables and figures go: --out, else $SPARSE_OPS_RESULTS, else a folder
+# in the home directory (never the source tree: docs/results holds the
+# published runs, rewritten only with --out docs/results).
+RESULTS = os.environ.get("SPARSE_OPS_RESULTS",
+                         os.path.join(os.path.expanduser("~"), "sparse_ops_results"))
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "sparse_ops")
 
 
@@ -156,6 +160,23 @@ def machine_note():
 
 # -- output ---------------------------------------------------------------------
 
+def add_output_argument(parser):
+    parser.add_argument("--out", default=None,
+                        help=f"folder for the CSV and PNG files (default {RESULTS}, "
+                        "or $SPARSE_OPS_RESULTS)")
+
+
+def use_output(args):
+    """Applies --out (to this process and the variant processes it starts)
+    and says where the results go."""
+    global RESULTS
+    if getattr(args, "out", None):
+        RESULTS = os.path.abspath(args.out)
+        os.environ["SPARSE_OPS_RESULTS"] = RESULTS
+    if not getattr(args, "variant", None):
+        log(f"results go to {RESULTS}")
+
+
 def result_path(name):
     os.makedirs(RESULTS, exist_ok=True)
     return os.path.join(RESULTS, name)
@@ -172,7 +193,7 @@ def write_csv(name, rows):
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row.get(k, "")) for k in keys})
-    log(f"wrote {os.path.relpath(path, ROOT)}")
+    log(f"wrote {path}")
     return path
 
 
@@ -198,12 +219,12 @@ def save_figure(fig, name, suptitle=None):
     path = result_path(name)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    log(f"wrote {os.path.relpath(path, ROOT)}")
+    log(f"wrote {path}")
     return path
 
 
 def output_name(base, tiny, ext):
-    """docs/results/<base>.<ext>, or <base>_tiny.<ext> for smoke runs so that
+    """<base>.<ext>, or <base>_tiny.<ext> for smoke runs so that
     they never overwrite the real results."""
     return f"{base}{'_tiny' if tiny else ''}.{ext}"
 

@@ -13,7 +13,7 @@ Each configuration runs in its own process; the number reported is the
 process' peak resident memory (VmHWM) during the forward pass minus what was
 resident before it, with the input already built (the paper neglects the
 input too). Configurations whose dense output alone would exceed
---max-gb are not run and say so. Writes docs/results/table1_memory.csv and
+--max-gb are not run and say so. Writes (into --out) table1_memory.csv and
 fig7_memory.png.
 
     python python/experiments/conv_memory.py [--resolutions 32 64 128 256 512]
@@ -100,7 +100,9 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="smoke run: r = 16, 32, batch 2")
     parser.add_argument("--r", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
+    common.add_output_argument(parser)
     args = parser.parse_args()
+    common.use_output(args)
     if args.tiny:
         args.resolutions, args.batch = [16, 32], 2
     if args.r:

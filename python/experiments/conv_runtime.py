@@ -12,7 +12,7 @@ to zero):
   reaches, then the attention).
 Reports the median forward time and the ratio dense / sparse from the same
 run, and the mean number of neighbours per site. Writes
-docs/results/fig3_runtime.csv and fig3_runtime.png.
+fig3_runtime.csv and fig3_runtime.png (into --out).
 
     python python/experiments/conv_runtime.py [--resolutions 16 32 64 128 256]
 """
@@ -39,7 +39,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: r = 8, 16, rho_f = 0.1, 1, 1 repeat")
+    common.add_output_argument(parser)
     args = parser.parse_args()
+    common.use_output(args)
     if args.tiny:
         args.resolutions, args.filter_densities, args.repeats = [8, 16], [0.1, 1.0], 1
 

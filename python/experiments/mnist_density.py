@@ -10,7 +10,7 @@ alike: Adam with a cosine learning-rate decay, batch 16, random 24x24 crops
 of the 28x28 digits (shifts of up to 2 pixels: with 4,000 training images
 instead of the paper's 60,000, augmentation stands in for data). Each
 variant runs in its own process, so that its peak memory is its own. Writes
-docs/results/<name>.csv (one row per variant and epoch) and <name>.png
+<name>.csv (one row per variant and epoch) and <name>.png in --out
 (training loss per epoch, time per epoch and test accuracy per bound).
 
     python python/experiments/mnist_density.py --bounds 0.035 --jobs 2 \
@@ -133,11 +133,13 @@ def main():
     parser.add_argument("--jobs", type=int, default=1,
                         help="nets trained at the same time (default %(default)s)")
     parser.add_argument("--name", default="fig4_mnist_density",
-                        help="output base name in docs/results/")
+                        help="output base name (files <name>.csv / .png in --out)")
     parser.add_argument("--tiny", action="store_true", help="smoke run: 2 bounds, 1 epoch, "
                         "200 images")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    common.add_output_argument(parser)
     args = parser.parse_args()
+    common.use_output(args)
     if args.tiny:
         args.bounds, args.epochs, args.train_size = [0.035, 0.095], 1, 200
     if args.variant:

@@ -8,7 +8,7 @@ sparse back-propagation, and the same network built from keras Conv3D, on
 KiCad 3D component models (the offline stand-in for ModelNet40, see
 /work/shared/DATA.md) voxelized at 16^3, a stratified 20% held out.
 Each variant runs in its own process (its peak memory is its own). Writes
-docs/results/fig6_shapes_density.csv (per variant and epoch), a _summary.csv
+fig6_shapes_density.csv (in --out) (per variant and epoch), a _summary.csv
 and fig6_shapes_density.png.
 
     python python/experiments/shapes_density.py [--epochs 5] [--categories ...]
@@ -71,11 +71,13 @@ def main():
     parser.add_argument("--conv", default="full", choices=["full", "submanifold"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="fig6_shapes_density",
-                        help="output base name in docs/results/")
+                        help="output base name (files <name>.csv / .png in --out)")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: 3 categories x 8 models, 1 epoch, 2 variants")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    common.add_output_argument(parser)
     args = parser.parse_args()
+    common.use_output(args)
     if args.tiny:
         args.categories, args.per_class, args.epochs = args.categories[:3], 8, 1
         args.variants = ["dense", "0.06"]

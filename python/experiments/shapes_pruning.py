@@ -11,7 +11,7 @@ so.callbacks.WeightPruning on them, and reports per epoch: non-zero sparse
 conv weights, training time, test (forward only) time and accuracy. Each
 lambda runs in its own process; at the end it times the test forward pass
 with the initial and with the trained (pruned) weights, alternating in the
-same process. Writes docs/results/fig5_pruning.csv (per epoch),
+same process. Writes (into --out) fig5_pruning.csv (per epoch),
 fig5_pruning_summary.csv (per lambda) and fig5_pruning.png.
 
     python python/experiments/shapes_pruning.py [--resolution 16] [--epochs 4] [--jobs 4]
@@ -113,7 +113,9 @@ def main():
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: 16^3, 3 categories x 8 models, 2 epochs, 2 scales")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
+    common.add_output_argument(parser)
     args = parser.parse_args()
+    common.use_output(args)
     if args.tiny:
         args.resolution, args.categories, args.per_class = 16, args.categories[:3], 8
         args.epochs, args.scales = 2, [0.0, 0.3]

@@ -5,6 +5,7 @@ import math
 import keras
 import tensorflow as tf
 
+from sparse_ops import _checks
 from sparse_ops import geometry
 from sparse_ops.regularizers import DensityRegularizer
 from sparse_ops.tensor import SparseTensor, as_sparse
@@ -84,6 +85,32 @@ def sparse_spec(x, channels, dtype, same_rows=False, link="same"):
         keras.KerasTensor((rows, cols), dtype="int32"),
         keras.KerasTensor((None if cols is None else cols - 1,), dtype="int32"),
         link_spec(x, link))
+
+
+def Input(channels, dimension, dtype="float32", name=None):  # pylint: disable=invalid-name
+    """A symbolic `SparseTensor` input for Keras' functional API: features
+    [N, channels], coordinates int32 [N, 1 + dimension] and the stride [D].
+
+        x = so.layers.Input(channels=1, dimension=3)
+        y = so.layers.Conv(16, 3)(x)
+        model = keras.Model(x, so.layers.GlobalMaxPool()(y))
+        model(so.SparseTensor(features, coordinates))      # a SparseTensor in
+
+    The model takes a `so.SparseTensor` as it is (whereas a model on
+    `keras.Input(sparse=True)` takes a `tf.SparseTensor`), in `fit` from a
+    `tf.data.Dataset` of `(SparseTensor, labels)` and in
+    `so.export.save_serving`. Knowing the dimension, it refuses
+    coordinates without their batch column.
+    """
+    channels = _checks.int_value(channels, "channels", minimum=1,
+                                 maximum=_checks.MAX_CHANNELS)
+    dimension = _checks.int_value(dimension, "dimension", minimum=1,
+                                  maximum=_checks.MAX_DIMENSION)
+    prefix = f"{name}_" if name else ""
+    return SparseTensor(
+        keras.Input((channels,), dtype=dtype, name=prefix + "features"),
+        keras.Input((1 + dimension,), dtype="int32", name=prefix + "coordinates"),
+        keras.Input((), dtype="int32", name=prefix + "stride"))
 
 
 _OPTION_MODULES = {"initializer": keras.initializers,
