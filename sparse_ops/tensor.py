@@ -128,8 +128,10 @@ class SparseTensor(collections.namedtuple(
         # Keras rebuilds namedtuples by field name: stride_tensor=...
         if stride_tensor is not None:
             stride = stride_tensor
-        if not (_is_data(features) and _is_data(coordinates)):
-            # Keras and tf.nest rebuild the tuple from shapes or specs.
+        if not (_is_data(features) or _is_data(coordinates)) or (
+                _is_symbolic_keras(features) or _is_symbolic_keras(coordinates)):
+            # Keras and tf.nest rebuild the tuple from shapes, specs, names or
+            # flags; data in one field only is a user's mistake, named below.
             return super().__new__(cls, features, coordinates, stride,
                                    () if finer is None else finer)
         if dimension is not None:

@@ -40,9 +40,8 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride=1):
     Returns:
       KernelMap(offset_splits int64 [K + 1], in_rows int32 [P], out_rows int32 [P]).
     """
-    from sparse_ops.tensor import as_coordinates  # pylint: disable=import-outside-toplevel
-    in_c = as_coordinates(in_coordinates, "in_coordinates")
-    out_c = in_c if out_coordinates is in_coordinates else as_coordinates(
+    in_c = _coordinates(in_coordinates, "in_coordinates")
+    out_c = in_c if out_coordinates is in_coordinates else _coordinates(
         out_coordinates, "out_coordinates")
     offsets = _offsets(offsets)
     stride = _stride_vector(stride, in_c)
@@ -88,6 +87,11 @@ def _stride_vector(stride, coordinates):
     return tf.constant(_checks.int_tuple(stride, d, "stride"), tf.int32)
 
 
+def _coordinates(coordinates, name="coordinates"):
+    from sparse_ops.tensor import as_coordinates  # pylint: disable=import-outside-toplevel
+    return as_coordinates(coordinates, name)
+
+
 def _offsets(offsets):
     """Kernel offsets as an int32 [K, D] tensor (never wrapped or truncated)."""
     return _checks.int32_tensor(offsets, "offsets")
@@ -95,6 +99,7 @@ def _offsets(offsets):
 
 def strided_coordinates(coordinates, stride):
     """unique(floor(c / stride) * stride) per spatial axis, batch kept, sorted."""
+    coordinates = _coordinates(coordinates)
     stride = _stride_vector(stride, coordinates)
     use_reference = config.use_reference()
     key = ("strided", _static_key(stride), use_reference)
@@ -110,6 +115,7 @@ def strided_coordinates(coordinates, stride):
 
 def generative_coordinates(coordinates, offsets, stride):
     """Every site c + offsets[k] * stride, unique and sorted."""
+    coordinates = _coordinates(coordinates)
     offsets = _offsets(offsets)
     stride = _stride_vector(stride, coordinates)
     use_reference = config.use_reference()
