@@ -1,7 +1,5 @@
 """Kernel geometry: the offsets a sparse convolution kernel covers."""
 
-import itertools
-
 import numpy as np
 import tensorflow as tf
 
@@ -56,9 +54,11 @@ def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
             _checks.kernel_volume(size)
             # TensorFlow's SAME padding: the window of output j starts at
             # j * s - pad_before, pad_before = max((K - 1) * d + 1 - s, 0) // 2.
-            axes = [[k * d - max((n - 1) * d + 1 - s, 0) // 2 for k in range(n)]
+            axes = [np.arange(n, dtype=np.int64) * d - max((n - 1) * d + 1 - s, 0) // 2
                     for n, d, s in zip(size, dil, strides)]
-            offsets = np.asarray(list(itertools.product(*axes)), np.int64)
+            # Row-major over the axes (the order of itertools.product).
+            offsets = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")],
+                               axis=1)
         else:
             if any(k % 2 == 0 for k in size):
                 raise ValueError("a hypercross kernel needs odd kernel sizes, got "

@@ -234,12 +234,14 @@ class GenerativeCoordinatesOp : public SparseOpKernel {
     if (!CheckStride(context, stride, dims - 1)) return;
     const int64_t K = offsets.dim_size(0);
     KeyPacker packer(dims);
+    // Candidate keys in chunks of a quarter of the table budget: 8 bytes
+    // each, and the radix sort needs a second buffer.
     std::vector<uint64_t> keys;
     const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
                                   stride.flat<int32_t>().data()};
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
         context, GenerativeKeys(in.flat<int32_t>().data(), in.dim_size(0), dims,
-                                geometry, TableBudget(in.dim_size(0)), &packer,
+                                geometry, TableBudget(in.dim_size(0)) / 4, &packer,
                                 &keys, IntraOpParallelFor(context)));
     const int64_t unique = static_cast<int64_t>(keys.size());
     OP_REQUIRES(context, unique < (int64_t{1} << 31) - 1,
