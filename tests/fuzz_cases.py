@@ -323,18 +323,29 @@ def _conv_args(case, x, transposed):
 
 
 def _with_gradient(case, op, x, **kwargs):
-    """op(x, ...) and, sometimes, the gradient w.r.t. the features."""
+    """op(x, ...) and, sometimes, the gradient w.r.t. the features; sometimes
+    traced in a tf.function whose inputs have unknown row counts and a
+    stride tensor known only at run time (the ops' run-time checks)."""
     gradient = case.chance(0.3)
+    traced = case.chance(0.3) and all(isinstance(t, tf.Tensor) for t in x[:3])
 
-    def run():
+    def apply(features, coordinates, stride):
+        x2 = type(x)(features, coordinates, stride, x.finer)
         if not gradient:
-            return op(x, **kwargs)
+            return op(x2, **kwargs)
         with tf.GradientTape() as tape:
-            tape.watch(x.features)
-            y = op(x, **kwargs)
+            tape.watch(features)
+            y = op(x2, **kwargs)
             loss = tf.reduce_sum(tf.cast(y.features, tf.float32))
-        return y, tape.gradient(loss, x.features)
-    return run
+        return y, tape.gradient(loss, features)
+
+    if not traced:
+        return lambda: apply(x.features, x.coordinates, x.stride_tensor)
+    signature = [tf.TensorSpec([None, x.features.shape[1]], x.features.dtype),
+                 tf.TensorSpec([None, x.coordinates.shape[1]], x.coordinates.dtype),
+                 tf.TensorSpec([None], x.stride_tensor.dtype)]
+    return lambda: tf.function(apply, input_signature=signature, autograph=False)(
+        x.features, x.coordinates, x.stride_tensor)
 
 
 def entry_conv(case):
