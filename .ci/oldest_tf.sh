@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OLDEST=$(sed -n 's/^OLDEST_TESTED_TF = "\(.*\)"/\1/p' sparse_ops/_version.py)
 WORK="${OLDEST_TF_WORKDIR:-$(mktemp -d)}"
+mkdir -p "$WORK"
 echo "== TensorFlow $OLDEST in $WORK"
 git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$WORK"
 cd "$WORK"

@@ -141,6 +141,23 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def test_results_go_outside_the_source_tree_and_out_overrides(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "SPARSE_OPS_RESULTS"}
+    default = subprocess.run(
+        [sys.executable, "-c", "import common; print(common.RESULTS)"], cwd=EXPERIMENTS,
+        env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert not os.path.abspath(default).startswith(ROOT + os.sep), default
+    # --out reaches this process and the variant processes it starts.
+    out = subprocess.run(
+        [sys.executable, os.path.join(EXPERIMENTS, "conv_runtime.py"), "--tiny", "--kinds",
+         "dense", "--out", str(tmp_path / "out")], env=dict(
+             env, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")),
+        capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "out" / "fig3_runtime_tiny.csv").exists()
+    assert str(tmp_path / "out") in out.stderr  # says where the results go
+
+
 def test_conv_runtime_tiny(tmp_path):
     run("conv_runtime.py", tmp_path, "--kinds", "dense", "sparse")
     rows = read_csv(tmp_path / "fig3_runtime_tiny.csv")

@@ -408,3 +408,20 @@ def test_weight_pruning_by_hand_in_a_traced_custom_loop():
 def test_weight_pruning_on_epoch_end_without_a_model_says_what_to_do():
     with pytest.raises(ValueError, match="set_model"):
         so.callbacks.WeightPruning(0.1).on_epoch_end(0)
+
+
+# -- first use ----------------------------------------------------------------------
+
+def test_stating_the_dimension_refuses_points_without_a_batch_column():
+    points = np.random.default_rng(0).integers(-5, 5, (10, 3))
+    with pytest.raises(ValueError, match="batch column.*batched_coordinates"):
+        so.SparseTensor(tf.ones([10, 1]), points, dimension=3)
+    x = so.SparseTensor(tf.ones([10, 1]), so.utils.batched_coordinates([points]),
+                        dimension=3)
+    assert x.dimension == 3
+    import keras  # pylint: disable=import-outside-toplevel
+    inputs = so.layers.Input(1, dimension=3)
+    model = keras.Model(inputs, so.layers.GlobalSumPool()(so.layers.Conv(2, 3)(inputs)))
+    with pytest.raises(ValueError, match="coordinates"):
+        model(so.SparseTensor(tf.ones([10, 1]), points))
+    assert model(x).shape == (1, 2)
