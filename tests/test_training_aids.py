@@ -21,12 +21,13 @@ CIN, COUT = 3, 4
 
 
 def eq6_bias(rho, target, b1=0.1, b2=0.1, offset=0.1):
-    """b of Eq. 6, written out. rho and the target compare as float32 (the
+    """b of Eq. 6, written out in float32 as the layer computes it (the
     measured density is a float32 variable; rho == target gives b = 0), not
-    by numpy's version-dependent promotion of a float32 against a float."""
-    if np.float32(rho) > np.float32(target):
-        return offset + b1 * (rho - target)
-    return -b2 * (target - rho)
+    by numpy's version-dependent promotion of float32 against Python floats."""
+    rho, target = np.float32(rho), np.float32(target)
+    if rho > target:
+        return np.float32(offset) + np.float32(b1) * (rho - target)
+    return -np.float32(b2) * (target - rho)
 
 
 def fields(x):
