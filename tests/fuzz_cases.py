@@ -377,6 +377,15 @@ def entry_conv_transpose(case):
 
 def entry_coordinate_ops(case):
     so = _so()
+    if case.chance(0.03):
+        # Many sites times many offsets: neighbour tables and candidate keys
+        # beyond the table budget, built in chunks on both paths.
+        coords = case.coordinates(n=2048, cols=3)
+        big = tf.constant(case.rng.integers(-300, 300, size=(2**16, 2)), tf.int32)
+        which = case.pick(["kernel_map", "generative"])
+        if which == "kernel_map":
+            return _both(lambda: so.ops.kernel_map(coords, coords, big))
+        return _both(lambda: so.ops.generative_coordinates(coords, big[:2**12], 1))
     coords = case.coordinates()
     d = (np.shape(coords)[1] - 1) if np.ndim(coords) == 2 else 2
     offsets = case.pick([so.kernel_offsets(3, dimension=max(d, 1)),

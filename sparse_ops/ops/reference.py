@@ -10,12 +10,23 @@ import tensorflow as tf
 _MAX_KEY_BITS = 63
 
 
+# Probes (or candidate sites) the pure-TF kernel map and generative
+# coordinates hold at once: more are taken in blocks of offsets, so their
+# memory follows the data (a few hundred MB at most), not offsets x sites.
+_BLOCK_PROBES = 1 << 22
+
+
 def _layout(coordinates):
     """Mixed-radix key layout (lo, hi, multipliers) over the rows' range."""
     c = tf.cast(coordinates, tf.int64)
     nonempty = tf.shape(c)[0] > 0
     lo = tf.where(nonempty, tf.reduce_min(c, 0), 0)
     hi = tf.where(nonempty, tf.reduce_max(c, 0), 0)
+    return _layout_of_range(lo, hi)
+
+
+def _layout_of_range(lo, hi):
+    """The layout of keys for rows in [lo, hi] per axis (int64 vectors)."""
     span = hi - lo + 1
     # Exact bit widths, as the C++ KeyPacker: bits of (hi - lo) per axis.
     shifts = tf.range(64, dtype=tf.int64)
@@ -29,6 +40,28 @@ def _layout(coordinates):
     with tf.control_dependencies([check]):
         multipliers = tf.math.cumprod(span, reverse=True, exclusive=True)
     return lo, hi, multipliers
+
+
+def _offset_blocks(num_offsets, rows, body, outputs):
+    """Runs body(first, count) -> tensors for blocks of offsets of at most
+    _BLOCK_PROBES probes (rows each), and concatenates each output over the
+    blocks (a tf.while_loop over TensorArrays: memory per block)."""
+    block = tf.maximum(tf.constant(_BLOCK_PROBES, tf.int64) // tf.maximum(rows, 1), 1)
+    num_blocks = (num_offsets + block - 1) // block
+    arrays = [tf.TensorArray(dtype, size=0, dynamic_size=True, infer_shape=False)
+              for dtype in outputs]
+
+    def step(b, *arrays):
+        first = b * block
+        parts = body(first, tf.minimum(block, num_offsets - first))
+        return (b + 1,) + tuple(a.write(tf.cast(b, tf.int32), part)
+                                for a, part in zip(arrays, parts))
+
+    _, *arrays = tf.while_loop(lambda b, *_: b < num_blocks, step,
+                               (tf.constant(0, tf.int64), *arrays))
+    return [tf.cond(num_blocks > 0, a.concat,
+                    lambda dtype=dtype: tf.zeros([0], dtype))
+            for a, dtype in zip(arrays, outputs)]
 
 
 def _pack(q, lo, hi, multipliers):
@@ -71,22 +104,30 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride):
     if out_coordinates is not in_coordinates:
         checks.append(_check_unique(out_c, "out_coordinates"))
     steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
-    q = out_c[tf.newaxis] + steps[:, tf.newaxis]  # [K, M, dims]
-    keys, valid = _pack(q, lo, hi, mult)
     num_in = tf.shape(sorted_keys)[0]
-    pos = tf.searchsorted(sorted_keys[tf.newaxis], tf.reshape(keys, [1, -1]))[0]
-    pos = tf.reshape(tf.minimum(pos, tf.maximum(num_in - 1, 0)), tf.shape(keys))
     with tf.control_dependencies(checks):
-        hit = tf.gather(tf.concat([sorted_keys, [-1]], 0),
-                        tf.where(num_in > 0, pos, num_in))
-    found = valid & tf.equal(hit, keys)
-    k_o = tf.where(found)  # (k, o) pairs, sorted by offset then output row
-    in_rows = tf.gather(order, tf.gather_nd(pos, k_o))
-    counts = tf.math.bincount(tf.cast(k_o[:, 0], tf.int32),
-                              minlength=tf.shape(offsets)[0],
-                              maxlength=tf.shape(offsets)[0], dtype=tf.int64)
+        table = tf.concat([sorted_keys, [-1]], 0)
+
+    def block(first, count):
+        """(offset, in row, out row) of the pairs of offsets [first, first + count)."""
+        q = out_c[tf.newaxis] + tf.slice(steps, [first, 0], [count, -1])[:, tf.newaxis]
+        keys, valid = _pack(q, lo, hi, mult)  # [count, M]
+        pos = tf.searchsorted(sorted_keys[tf.newaxis], tf.reshape(keys, [1, -1]))[0]
+        pos = tf.reshape(tf.minimum(pos, tf.maximum(num_in - 1, 0)), tf.shape(keys))
+        hit = tf.gather(table, tf.where(num_in > 0, pos, num_in))
+        k_o = tf.where(valid & tf.equal(hit, keys))  # by offset, then output row
+        in_rows = tf.cast(tf.gather(order, tf.gather_nd(pos, k_o)), tf.int64)
+        return (k_o[:, 0] + first, in_rows, k_o[:, 1])
+
+    num_offsets = tf.shape(offsets, out_type=tf.int64)[0]
+    pair_offsets, in_rows, out_rows = _offset_blocks(
+        num_offsets, tf.shape(out_c, out_type=tf.int64)[0], block,
+        (tf.int64, tf.int64, tf.int64))
+    counts = tf.math.bincount(tf.cast(pair_offsets, tf.int32),
+                              minlength=tf.cast(num_offsets, tf.int32),
+                              maxlength=tf.cast(num_offsets, tf.int32), dtype=tf.int64)
     splits = tf.concat([[0], tf.cumsum(counts)], 0)
-    return splits, tf.cast(in_rows, tf.int32), tf.cast(k_o[:, 1], tf.int32)
+    return splits, tf.cast(in_rows, tf.int32), tf.cast(out_rows, tf.int32)
 
 
 def _check_sorted_unique(sorted_keys, name):
@@ -132,9 +173,24 @@ def generative_coordinates(coordinates, offsets, stride):
                                   _check_stride(stride)]):
         c = tf.cast(coordinates, tf.int64)
     steps = _pad_batch(tf.cast(offsets, tf.int64) * tf.cast(stride, tf.int64))
-    rows = tf.reshape(c[:, tf.newaxis] + steps[tf.newaxis], [-1, tf.shape(c)[1]])
-    with tf.control_dependencies([_check_int32(rows, "generated coordinates")]):
-        return _unique_sorted_rows(rows)
+    n = tf.shape(c, out_type=tf.int64)[0]
+    # One layout for every block: the rows' range widened by the steps.
+    nonempty = (n > 0) & (tf.shape(steps)[0] > 0)
+    lo = tf.where(nonempty, tf.reduce_min(c, 0) + tf.reduce_min(
+        tf.concat([steps, tf.zeros_like(steps[:1])], 0), 0), 0)
+    hi = tf.where(nonempty, tf.reduce_max(c, 0) + tf.reduce_max(
+        tf.concat([steps, tf.zeros_like(steps[:1])], 0), 0), 0)
+    with tf.control_dependencies([_check_int32(tf.stack([lo, hi]),
+                                               "generated coordinates")]):
+        lo, hi, mult = _layout_of_range(lo, hi)
+
+    def block(first, count):
+        rows = c[:, tf.newaxis] + tf.slice(steps, [first, 0], [count, -1])[tf.newaxis]
+        keys, _ = _pack(rows, lo, hi, mult)
+        return (tf.unique(tf.reshape(keys, [-1])).y,)
+
+    keys, = _offset_blocks(tf.shape(steps, out_type=tf.int64)[0], n, block, (tf.int64,))
+    return _unpack(tf.sort(tf.unique(keys).y), lo, hi, mult)
 
 
 def _pairs(kmap, k):
