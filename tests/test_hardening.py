@@ -120,6 +120,9 @@ def test_custom_region_times_dilation_cannot_overflow():
         so.kernel_offsets(None, dilation=2**30, region=np.array([[2**30, 0]]))
     with pytest.raises(ValueError):
         so.kernel_offsets(None, dilation=2**40, region=np.array([[1, 0]]))
+    # 2^33 * 2^31 = 2^64 wrapped to 0 in int64 (once accepted as offset 0).
+    with pytest.raises(ValueError, match="region|dilation"):
+        so.kernel_offsets(None, dilation=[2**31, 1], region=np.array([[2**33, 0]]))
     # The product is exact when it fits.
     np.testing.assert_array_equal(
         so.kernel_offsets(None, dilation=[3, 1], region=[[1, 0], [0, -2]]),
