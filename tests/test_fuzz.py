@@ -24,7 +24,7 @@ import pytest
 from sparse_ops import _loader
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "150"))
+FUZZ_CASES = int(os.environ.get("FUZZ_CASES", "200"))
 FUZZ_SLOW_CASES = int(os.environ.get("FUZZ_SLOW_CASES", "1000"))
 CASE_TIMEOUT_S = 60  # a case that takes longer is a hang
 CLEAN = ("ok", "InvalidArgumentError", "ValueError", "TypeError")
