@@ -53,6 +53,12 @@ def whole_number(value, name):
     """`value` as a Python int: an int, a numpy integer or a float with a
     whole value. Raises TypeError for anything else (bools, 1.5, None,
     strings), so that nothing is silently truncated."""
+    if isinstance(value, tf.Tensor) and value.shape.rank == 0:
+        static = tf.get_static_value(value)  # a scalar constant
+        if static is not None:
+            value = np.asarray(static).item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if isinstance(value, numbers.Integral):
@@ -135,8 +141,11 @@ def _in_int32_range(t):
 def int32_tensor(value, name):
     """An int32 tensor from ints, int tensors or whole floats, never wrapped
     or truncated: other integer types and floats are checked (now in eager
-    mode, by a graph assertion otherwise); other dtypes raise TypeError."""
-    if not isinstance(value, (tf.Tensor, tf.Variable)):
+    mode, by a graph assertion otherwise); other dtypes raise TypeError.
+    A tf.Variable is read (the result is a tensor, never the variable)."""
+    if not isinstance(value, tf.Tensor):
+        # Variables are read: what is cached by the identity of a tensor
+        # must not change under it.
         try:
             value = tf.convert_to_tensor(value)
         except (TypeError, ValueError) as e:

@@ -53,10 +53,17 @@ def as_coordinates(coordinates, name="coordinates", dimension=None):
 
 
 def _as_stride(stride, dimension):
-    if isinstance(stride, (tf.Tensor, tf.Variable)) or _is_symbolic_keras(stride):
-        if _is_symbolic_keras(stride) or stride.dtype == tf.int32:
-            return stride  # the ops check the entries (>= 1)
-        return _checks.int32_tensor(stride, "stride")
+    if _is_symbolic_keras(stride):
+        return stride
+    if isinstance(stride, (tf.Tensor, tf.Variable)):
+        stride = _checks.int32_tensor(stride, "stride")  # the ops check >= 1
+        if stride.shape.rank == 0 and dimension is not None:
+            return tf.fill([dimension], stride)
+        if stride.shape.rank not in (None, 1) or (
+                dimension is not None and stride.shape[0] not in (None, dimension)):
+            raise ValueError(f"stride must be an int or {dimension} ints, got a "
+                             f"tensor of shape {stride.shape}")
+        return stride
     if dimension is None and np.ndim(stride) == 0:
         raise ValueError("an int stride needs coordinates with a static number "
                          "of columns")
@@ -68,13 +75,25 @@ def _as_stride(stride, dimension):
 
 def _is_data(x):
     """Tensor data, as opposed to what Keras and tf.nest rebuild the tuple
-    with: shapes (tuples of ints or None), specs, KerasTensors, configs."""
+    with: shapes (tuples of ints or None), specs, KerasTensors, configs,
+    flags, names and node references (lists holding strings)."""
     if _is_symbolic_keras(x) or isinstance(x, (bool, np.bool_)):
         return False  # Keras maps structures to flags, e.g. "is a tensor"
     if isinstance(x, tuple):  # nested tuples of numbers are data, a shape not
         return not all(v is None or isinstance(v, int) for v in x)
-    return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray, np.generic, list,
-                          int, float))
+    if isinstance(x, list):  # a saved model's ['layer', node, index]
+        return not any(isinstance(v, str) for v in x)
+    return isinstance(x, (tf.Tensor, tf.Variable, np.ndarray, np.generic, int, float))
+
+
+def _is_rebuild(features, coordinates):
+    """Whether SparseTensor(features, coordinates, ...) is Keras or tf.nest
+    rebuilding the tuple with something other than data."""
+    if features is None or coordinates is None:
+        return True  # e.g. a gradient: a tensor for features, None elsewhere
+    if _is_symbolic_keras(features) or _is_symbolic_keras(coordinates):
+        return True
+    return not (_is_data(features) or _is_data(coordinates))
 
 
 def batch_size(coordinates):
@@ -128,17 +147,22 @@ class SparseTensor(collections.namedtuple(
         # Keras rebuilds namedtuples by field name: stride_tensor=...
         if stride_tensor is not None:
             stride = stride_tensor
-        if not (_is_data(features) or _is_data(coordinates)) or (
-                _is_symbolic_keras(features) or _is_symbolic_keras(coordinates)):
-            # Keras and tf.nest rebuild the tuple from shapes, specs, names or
-            # flags; data in one field only is a user's mistake, named below.
+        if _is_rebuild(features, coordinates):
+            # Keras and tf.nest rebuild the tuple from shapes, specs, names,
+            # flags or gradients (None where a field has none); the ops
+            # validate such a tuple when it reaches them (as_sparse).
             return super().__new__(cls, features, coordinates, stride,
                                    () if finer is None else finer)
+        return cls._validated(features, coordinates, stride, finer, dimension)
+
+    @classmethod
+    def _validated(cls, features, coordinates, stride=1, finer=(), dimension=None):
+        """A SparseTensor from data, every field checked and converted."""
         if dimension is not None:
             dimension = _checks.int_value(dimension, "dimension", minimum=1,
                                           maximum=_checks.MAX_DIMENSION)
         coordinates = as_coordinates(coordinates, dimension=dimension)
-        if not isinstance(features, tf.Tensor):
+        if isinstance(features, tf.Variable) or not isinstance(features, tf.Tensor):
             try:
                 features = tf.convert_to_tensor(features)
             except (TypeError, ValueError) as e:
@@ -167,10 +191,15 @@ class SparseTensor(collections.namedtuple(
     def C(self):  # pylint: disable=invalid-name
         return self.coordinates
 
+    # A tuple that Keras or tf.nest rebuilt (a gradient, a structure of
+    # specs) may hold None or names in its fields: the properties then say
+    # None instead of failing; the ops validate it (as_sparse).
     @property
     def stride(self):
         """Tuple of D ints when known statically, else an int32 [D] tensor
         (the field `stride_tensor`)."""
+        if not isinstance(self.stride_tensor, (tf.Tensor, tf.Variable)):
+            return self.stride_tensor
         value = tf.get_static_value(self.stride_tensor)
         if value is None:
             return self.stride_tensor
@@ -178,8 +207,10 @@ class SparseTensor(collections.namedtuple(
 
     @property
     def dimension(self):
-        cols = self.coordinates.shape[1]
-        return None if cols is None else int(cols) - 1
+        shape = getattr(self.coordinates, "shape", None)
+        if shape is None or len(shape) != 2 or shape[1] is None:
+            return None
+        return int(shape[1]) - 1
 
     @property
     def D(self):  # pylint: disable=invalid-name
@@ -187,11 +218,12 @@ class SparseTensor(collections.namedtuple(
 
     @property
     def num_channels(self):
-        return self.features.shape[-1]
+        shape = getattr(self.features, "shape", None)
+        return None if shape is None or len(shape) == 0 else shape[-1]
 
     @property
     def dtype(self):
-        return self.features.dtype
+        return getattr(self.features, "dtype", None)
 
     def batch_size(self):
         """Scalar int32 tensor: max batch index + 1 (0 for no sites)."""
@@ -244,9 +276,9 @@ class SparseTensor(collections.namedtuple(
         idx = self._grid_indices(min_coordinate)
         sites = tf.concat([tf.cast(self.coordinates[:, :1], tf.int64), idx], 1)
         checks = [tf.debugging.assert_greater_equal(
-            idx, tf.constant(0, tf.int64),
-            message=f"{method}: sites lie below min_coordinate (tf.SparseTensor and "
-            "dense indices must be >= 0)")]
+            sites, tf.constant(0, tf.int64),
+            message=f"{method}: sites lie below min_coordinate or have a negative "
+            "batch index (tf.SparseTensor and dense indices must be >= 0)")]
         if full_shape is not None:
             checks.append(tf.debugging.assert_less(
                 sites, full_shape[tf.newaxis],
@@ -352,6 +384,10 @@ class SparseTensor(collections.namedtuple(
 def as_sparse(x, name="x"):
     """Accepts a SparseTensor, a tf.SparseTensor, or its fields as a list."""
     if isinstance(x, SparseTensor):
+        if not all(isinstance(t, (tf.Tensor, tf.Variable)) or _is_symbolic_keras(t)
+                   for t in x[:2]):
+            # Built from something that is not data (None, a name): say what.
+            return SparseTensor._validated(*x)  # pylint: disable=protected-access
         return x
     if isinstance(x, tf.SparseTensor):
         return SparseTensor.from_tf_sparse(x)

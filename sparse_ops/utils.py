@@ -25,9 +25,11 @@ def _numpy(x, name, required=False):
 
 
 def _sequence(x, name):
-    """A list from a list, tuple or other sequence of arrays (not a string,
-    an array or a scalar)."""
-    if isinstance(x, (str, bytes, np.ndarray, tf.Tensor)) or not hasattr(x, "__len__"):
+    """A list of the samples in x: a list or tuple of arrays, or an array
+    (or tensor) stacking equal-sized samples along its first axis."""
+    if isinstance(x, (np.ndarray, tf.Tensor)) and np.ndim(x) >= 1:
+        return list(x)
+    if isinstance(x, (str, bytes)) or not isinstance(x, (list, tuple)):
         raise TypeError(f"{name} must be a list of arrays (one per sample), got "
                         f"{type(x).__name__}")
     return list(x)

@@ -428,3 +428,69 @@ def test_stating_the_dimension_refuses_points_without_a_batch_column():
     with pytest.raises(ValueError, match="coordinates"):
         model(so.SparseTensor(tf.ones([10, 1]), points))
     assert model(x).shape == (1, 2)
+
+
+# -- found by review ------------------------------------------------------------------
+
+def test_conv_transpose_spec_reads_coordinates_given_by_keyword():
+    """A skip connection passed as coordinates= (not positionally): the Keras
+    spec must carry the skip's link, as the op's output does."""
+    import keras  # pylint: disable=import-outside-toplevel
+    inputs = so.layers.Input(2, dimension=2)
+    a = so.layers.Conv(3, 3)(inputs)
+    c = so.layers.Conv(3, 2, strides=2)(so.layers.Conv(3, 2, strides=2)(a))
+    u = so.layers.ConvTranspose(3, 4, strides=4)(c, coordinates=a)
+    model = keras.Model(inputs, u)  # the link's structure must match
+    x = so.SparseTensor(np.ones([4, 2], np.float32), [[0, 0, 0], [0, 1, 3], [0, 5, 5],
+                                                      [1, 2, 2]])
+    y = model(x)
+    np.testing.assert_array_equal(y.coordinates, x.coordinates)
+
+
+def test_gradient_with_respect_to_a_sparse_tensor():
+    x = _x()
+    with tf.GradientTape() as tape:
+        tape.watch(x.features)
+        loss = tf.reduce_sum(so.ops.conv(x, tf.ones([3, 3, 2, 2])).features)
+    grad = tape.gradient(loss, x)
+    assert isinstance(grad, so.SparseTensor) and grad.features.shape == (3, 2)
+    assert grad.coordinates is None
+
+
+def test_a_model_on_so_layers_input_saves_and_reloads(tmp_path):
+    import keras  # pylint: disable=import-outside-toplevel
+    inputs = so.layers.Input(2, dimension=2)
+    model = keras.Model(inputs, so.layers.GlobalMaxPool()(so.layers.Conv(3, 3)(inputs)))
+    x = _x()
+    model.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(again(x), model(x))
+
+
+def test_variables_are_read_not_cached_by_identity():
+    coords = tf.Variable([[0, 0], [0, 1], [0, 2]])
+    x = so.SparseTensor(tf.ones([3, 1]), coords)
+    first = so.ops.conv(x, tf.ones([3, 1, 1])).features.numpy()[:, 0]
+    coords.assign([[0, 0], [0, 5], [0, 10]])  # nobody is a neighbour now
+    second = so.ops.conv(so.SparseTensor(tf.ones([3, 1]), coords),
+                         tf.ones([3, 1, 1])).features.numpy()[:, 0]
+    np.testing.assert_array_equal(first, [2, 3, 2])
+    np.testing.assert_array_equal(second, [1, 1, 1])
+
+
+def test_zero_dimensional_arrays_and_constants_are_ints():
+    assert _x(stride=np.array(2)).stride == (2, 2)
+    assert so.layers.Conv(2, np.array(3)).kernel_size == 3
+    assert so.SparseTensor(tf.ones([1, 1]), [[0, 1]], dimension=tf.constant(1)).dimension == 1
+
+
+def test_to_tf_sparse_refuses_a_negative_batch_index():
+    x = so.SparseTensor(tf.ones([2, 1]), [[0, 0, 0], [-1, 1, 1]])
+    with pytest.raises(INVALID, match="batch"):
+        x.to_tf_sparse()
+
+
+def test_batched_coordinates_of_a_stacked_array():
+    stacked = np.arange(12).reshape(2, 3, 2)
+    np.testing.assert_array_equal(so.utils.batched_coordinates(stacked),
+                                  so.utils.batched_coordinates(list(stacked)))

@@ -44,16 +44,47 @@ STAMP_FILE="$VENV/.sparse_ops_build"
 STAMP=$(build_stamp)
 EXTRAS_FILE="$VENV/.sparse_ops_extras.$EXTRAS"
 EXTRAS_STAMP=$(sha256sum pyproject.toml | cut -d' ' -f1)
-if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] &&
-    compgen -G "sparse_ops/_sparse_ops*.so" >/dev/null; then
+# The library in the source tree, built here for this TensorFlow (another
+# environment may have rebuilt it since).
+library_matches() {
+  compgen -G "sparse_ops/_sparse_ops*.so" >/dev/null && python - <<'EOF'
+import importlib.metadata as m, re, sys
+try:
+    built = re.search(r"TF_VERSION = '(.*)'", open("sparse_ops/_build_info.py").read())[1]
+except (OSError, TypeError):
+    sys.exit(1)
+versions = []
+for name in ("tensorflow", "tensorflow-cpu"):
+    try:
+        versions.append(m.version(name))
+    except m.PackageNotFoundError:
+        pass
+sys.exit(0 if built in versions else 1)
+EOF
+}
+# The requirements of the extras (comma-separated names), read from
+# pyproject.toml without installing the package.
+extras_requirements() {
+  python - "$EXTRAS" <<'EOF'
+import re, sys
+text = open("pyproject.toml").read()
+table = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+for extra in sys.argv[1].split(","):
+    found = re.search(r"^" + re.escape(extra.strip()) + r"\s*=\s*\[(.*?)\]\s*(?:#[^\n]*)?$",
+                      table, re.M | re.S)
+    if found:
+        print(" ".join(re.findall(r'"([^"]+)"', found[1])))
+EOF
+}
+if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && library_matches; then
   echo "== sparse_ops is up to date in $VENV (no rebuild)"
   if [ ! -f "$EXTRAS_FILE" ] || [ "$(cat "$EXTRAS_FILE")" != "$EXTRAS_STAMP" ]; then
-    echo "== installing the [$EXTRAS] extras"
-    # shellcheck disable=SC2046
-    python -m pip install -q $(python -c 'import sys, tomllib
-with open("pyproject.toml", "rb") as f:
-    print(" ".join(tomllib.load(f)["project"]["optional-dependencies"][sys.argv[1]]))' \
-      "$EXTRAS")
+    REQUIREMENTS=$(extras_requirements)
+    if [ -n "$REQUIREMENTS" ]; then
+      echo "== installing the [$EXTRAS] extras"
+      # shellcheck disable=SC2086
+      python -m pip install -q $REQUIREMENTS
+    fi
     echo "$EXTRAS_STAMP" > "$EXTRAS_FILE"
   fi
 else

@@ -660,9 +660,28 @@ Status StridedKeys(const int32_t* coords, int64_t n, int dims,
   return Status::Ok();
 }
 
+namespace {
+
+// How many of the sorted unique keys b[0, n) are in the sorted unique a.
+int64_t CountCommon(const std::vector<uint64_t>& a, const uint64_t* b, int64_t n) {
+  int64_t common = 0;
+  for (int64_t i = 0, j = 0; i < static_cast<int64_t>(a.size()) && j < n;) {
+    if (a[i] < b[j]) {
+      ++i;
+    } else if (b[j] < a[i]) {
+      ++j;
+    } else {
+      ++common, ++i, ++j;
+    }
+  }
+  return common;
+}
+
+}  // namespace
+
 Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
-                      const KernelGeometry& g, int64_t budget, KeyPacker* packer,
-                      std::vector<uint64_t>* keys,
+                      const KernelGeometry& g, int64_t budget, int64_t max_sites,
+                      KeyPacker* packer, std::vector<uint64_t>* keys,
                       const ParallelFor& parallel_for) {
   const int64_t K = g.num_offsets;
   const std::vector<int64_t> steps = OffsetSteps(g, dims);
@@ -695,6 +714,13 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
       }
     });
     const int64_t unique = SortUnique(candidates.data(), n * kc, packer->key_bits());
+    // Stop before the keys outgrow what the output may hold.
+    const int64_t have = static_cast<int64_t>(keys->size());
+    if (have + unique >= max_sites &&
+        have + unique - CountCommon(*keys, candidates.data(), unique) >= max_sites) {
+      return Status::Error("generative convolution would create too many sites (" +
+                           std::to_string(max_sites) + " or more)");
+    }
     if (k0 == 0) {
       keys->assign(candidates.begin(), candidates.begin() + unique);
       continue;

@@ -26,6 +26,9 @@ constexpr int kMaxKeyBits = 63;    // all-ones is the hash table's empty mark
 // So no op's temporary memory exceeds a fixed floor (256 MB of int32) or a
 // constant factor of its inputs and outputs, whatever sizes it is handed.
 constexpr int64_t kMinTableEntries = int64_t{1} << 26;
+// Row counts must be below kMaxRows: row indices are int32, and -1 marks
+// "no row".
+constexpr int64_t kMaxRows = (int64_t{1} << 31) - 1;
 constexpr int64_t kTableEntriesPerRow = 64;
 inline int64_t TableBudget(int64_t rows) {
   return std::max(kMinTableEntries, kTableEntriesPerRow * rows);
@@ -221,11 +224,12 @@ Status StridedKeys(const int32_t* coords, int64_t n, int dims,
 
 // The sorted unique keys of every site c + offsets[k] * stride (generative
 // transposed convolution) in *keys. The n * K candidates are made in chunks
-// of offsets of at most `budget` keys (TableBudget(n)), merged as they come.
+// of offsets of at most `budget` keys (TableBudget(n)), merged as they come;
+// fails as soon as there would be `max_sites` sites (kMaxRows) or more.
 Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
                       const KernelGeometry& geometry, int64_t budget,
-                      KeyPacker* packer, std::vector<uint64_t>* keys,
-                      const ParallelFor& parallel_for);
+                      int64_t max_sites, KeyPacker* packer,
+                      std::vector<uint64_t>* keys, const ParallelFor& parallel_for);
 
 void UnpackKeys(const KeyPacker& packer, const uint64_t* keys, int64_t n,
                 int32_t* coords, const ParallelFor& parallel_for);

@@ -853,6 +853,10 @@ void CheckStrided(const std::string& name, const std::vector<Row>& rows,
   }
 }
 
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
 void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
                      const std::vector<int32_t>& offsets, const std::vector<int32_t>& stride) {
   const int64_t K = offsets.size() / (kDims - 1);
@@ -874,7 +878,8 @@ void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
       KeyPacker packer(kDims);
       std::vector<uint64_t> keys;
       const Status status = GenerativeKeys(flat.data(), rows.size(), kDims, geometry,
-                                           budget, &packer, &keys, runner.parallel_for);
+                                           budget, kMaxRows, &packer, &keys,
+                                           runner.parallel_for);
       EXPECT_MSG(status.ok(), what + ": " + status.message());
       if (!status.ok()) continue;
       std::vector<int32_t> got(keys.size() * kDims, -7);
@@ -882,6 +887,13 @@ void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
       std::vector<Row> want_rows(want.begin(), want.end());
       EXPECT_MSG(got == Flatten(want_rows),
                  what + ": generated sites, budget " + std::to_string(budget));
+      // One site fewer allowed than there are: refused, whatever the chunks.
+      KeyPacker small_packer(kDims);
+      const Status too_many = GenerativeKeys(
+          flat.data(), rows.size(), kDims, geometry, budget,
+          static_cast<int64_t>(want.size()), &small_packer, &keys, runner.parallel_for);
+      EXPECT_MSG(!too_many.ok() && Contains(too_many.message(), "too many sites"),
+                 what + ": max_sites not enforced, budget " + std::to_string(budget));
     }
   }
 }
@@ -936,10 +948,6 @@ void TestKeys() {
 
 // --- Errors ------------------------------------------------------------------
 
-bool Contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 void TestErrors() {
   std::mt19937_64 rng(5);
   for (const Runner& runner : Runners()) {
@@ -985,7 +993,7 @@ void TestErrors() {
     const KernelGeometry geometry{offsets.data(), 27, stride.data()};
     std::vector<uint64_t> gen_keys;
     status = GenerativeKeys(wide_flat.data(), wide.size(), kDims, geometry,
-                            TableBudget(wide.size()), &gen_packer, &gen_keys,
+                            TableBudget(wide.size()), kMaxRows, &gen_packer, &gen_keys,
                             runner.parallel_for);
     EXPECT_MSG(!status.ok(), "GenerativeKeys overflowed int32" + who);
   }

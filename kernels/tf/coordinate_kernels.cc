@@ -241,13 +241,10 @@ class GenerativeCoordinatesOp : public SparseOpKernel {
                                   stride.flat<int32_t>().data()};
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
         context, GenerativeKeys(in.flat<int32_t>().data(), in.dim_size(0), dims,
-                                geometry, TableBudget(in.dim_size(0)) / 4, &packer,
+                                geometry, TableBudget(in.dim_size(0)) / 4, kMaxRows,
+                                &packer,
                                 &keys, IntraOpParallelFor(context)));
-    const int64_t unique = static_cast<int64_t>(keys.size());
-    OP_REQUIRES(context, unique < (int64_t{1} << 31) - 1,
-                absl::InvalidArgumentError(
-                    "generative convolution would create too many sites"));
-    OutputCoordinates(context, packer, keys.data(), unique);
+    OutputCoordinates(context, packer, keys.data(), static_cast<int64_t>(keys.size()));
   }
 };
 

@@ -100,7 +100,7 @@ inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
         "shape " + t.shape().DebugString()));
     return false;
   }
-  if (t.dim_size(0) >= (int64_t{1} << 31) - 1) {
+  if (t.dim_size(0) >= kMaxRows) {
     context->CtxFailure(absl::InvalidArgumentError(
         std::string(name) + " has too many rows for int32 row indices: " +
         std::to_string(t.dim_size(0))));
@@ -229,7 +229,7 @@ inline bool CheckMatrix(tensorflow::OpKernelContext* context, const tensorflow::
         t.shape().DebugString()));
     return false;
   }
-  if (t.dim_size(0) >= (int64_t{1} << 31) - 1) {
+  if (t.dim_size(0) >= kMaxRows) {
     context->CtxFailure(absl::InvalidArgumentError(
         std::string(name) + " has too many rows for int32 row indices: " +
         std::to_string(t.dim_size(0))));
@@ -250,7 +250,7 @@ inline bool GetRowCount(tensorflow::OpKernelContext* context, int index, const c
                  int64_t* rows) {
   const tensorflow::Tensor& t = context->input(index);
   if (t.dims() != 0 || t.scalar<int64_t>()() < 0 ||
-      t.scalar<int64_t>()() >= (int64_t{1} << 31) - 1) {
+      t.scalar<int64_t>()() >= kMaxRows) {
     context->CtxFailure(absl::InvalidArgumentError(
         std::string(name) + " must be a scalar in [0, 2^31 - 1), got " +
         (t.dims() == 0 ? std::to_string(t.scalar<int64_t>()())

@@ -84,7 +84,7 @@ class CoordinateUnionOp : public SparseOpKernel {
       sizes[i] = inputs[i].dim_size(0);
       total += sizes[i];
     }
-    OP_REQUIRES(context, total < (int64_t{1} << 31) - 1,
+    OP_REQUIRES(context, total < kMaxRows,
                 absl::InvalidArgumentError(
                     "the coordinates inputs have too many rows together for "
                     "int32 row indices: " + std::to_string(total)));

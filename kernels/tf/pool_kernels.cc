@@ -259,7 +259,7 @@ class GlobalSumPoolGradOp : public SparseOpKernel {
     const Tensor& grad = context->input(0);
     const Tensor& batch = context->input(1);
     if (!CheckMatrix(context, grad, "grad_output")) return;
-    if (batch.dims() != 1 || batch.dim_size(0) >= (int64_t{1} << 31) - 1) {
+    if (batch.dims() != 1 || batch.dim_size(0) >= kMaxRows) {
       context->CtxFailure(absl::InvalidArgumentError(
           "batch_index must be a vector of fewer than 2^31 - 1 entries, got "
           "shape " + batch.shape().DebugString()));

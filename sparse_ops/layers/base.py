@@ -100,7 +100,9 @@ def Input(channels, dimension, dtype="float32", name=None):  # pylint: disable=i
     `keras.Input(sparse=True)` takes a `tf.SparseTensor`), in `fit` from a
     `tf.data.Dataset` of `(SparseTensor, labels)` and in
     `so.export.save_serving`. Knowing the dimension, it refuses
-    coordinates without their batch column.
+    coordinates without their batch column. The tensor passed must be one
+    without a link to finer sites (made from data, not by a strided op):
+    Keras counts the link's tensors as inputs.
     """
     channels = _checks.int_value(channels, "channels", minimum=1,
                                  maximum=_checks.MAX_CHANNELS)

@@ -93,10 +93,13 @@ class _ConvBase(SparseLayer):
         `sparse_spec`), as the ops make it."""
         return "push" if self.strided() else "same"
 
-    def compute_output_spec(self, x, sites=None, *args, **kwargs):
+    def compute_output_spec(self, x, *args, **kwargs):
         """Output fields for Keras' functional API: features [N, filters],
-        coordinates [N, 1 + D], stride [D], and the link to finer sites."""
-        del args, kwargs
+        coordinates [N, 1 + D], stride [D], and the link to finer sites.
+        Keras passes call's arguments: the output sites come positionally or
+        as coordinates= (ConvTranspose) / out_coordinates= (Conv)."""
+        sites = args[0] if args else kwargs.get(
+            "coordinates", kwargs.get("out_coordinates"))
         return sparse_spec(x, self.filters, self.compute_dtype,
                            link=self.output_link(x, sites))
 

@@ -184,13 +184,26 @@ def generative_coordinates(coordinates, offsets, stride):
                                                "generated coordinates")]):
         lo, hi, mult = _layout_of_range(lo, hi)
 
-    def block(first, count):
-        rows = c[:, tf.newaxis] + tf.slice(steps, [first, 0], [count, -1])[tf.newaxis]
-        keys, _ = _pack(rows, lo, hi, mult)
-        return (tf.unique(tf.reshape(keys, [-1])).y,)
+    # Blocks of offsets of at most _BLOCK_PROBES candidates, merged into the
+    # unique keys so far: memory follows the output, not n * K.
+    num_offsets = tf.shape(steps, out_type=tf.int64)[0]
+    block = tf.maximum(tf.constant(_BLOCK_PROBES, tf.int64) // tf.maximum(n, 1), 1)
 
-    keys, = _offset_blocks(tf.shape(steps, out_type=tf.int64)[0], n, block, (tf.int64,))
-    return _unpack(tf.sort(tf.unique(keys).y), lo, hi, mult)
+    def step(first, keys):
+        rows = c[:, tf.newaxis] + tf.slice(
+            steps, [first, 0], [tf.minimum(block, num_offsets - first), -1])[tf.newaxis]
+        new, _ = _pack(rows, lo, hi, mult)
+        keys = tf.unique(tf.concat([keys, tf.reshape(new, [-1])], 0)).y
+        check = tf.debugging.assert_less(
+            tf.size(keys, out_type=tf.int64), tf.constant(2**31 - 1, tf.int64),
+            message="generative convolution would create too many sites")
+        with tf.control_dependencies([check]):
+            return first + block, tf.identity(keys)
+
+    _, keys = tf.while_loop(lambda first, _: first < num_offsets, step,
+                            (tf.constant(0, tf.int64), tf.zeros([0], tf.int64)),
+                            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None])))
+    return _unpack(tf.sort(keys), lo, hi, mult)
 
 
 def _pairs(kmap, k):
