@@ -15,8 +15,9 @@
 #
 # Environment:
 #   PYTHON_BIN_PATH       Python whose TensorFlow to build against (python3).
-#   SPARSE_OPS_MARCH      -march= for our sources (native). Empty or "none"
-#                         leaves -march out (a portable build).
+#   SPARSE_OPS_MARCH      -march= for our sources, as setup.py's default:
+#                         x86-64-v3 (AVX2 + FMA) on x86-64, else native.
+#                         Empty or "none" leaves -march out (portable).
 #   SPARSE_OPS_BAZEL_ROOT Bazel --output_user_root
 #                         ($HOME/.cache/bazel-sparse-ops).
 #   SPARSE_OPS_NVCC       nvcc for --config=cuda (default $CUDA_PATH/bin/nvcc
@@ -31,7 +32,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")"
 ROOT="$(pwd -P)"
 
 PYTHON="${PYTHON_BIN_PATH:-python3}"
-MARCH="${SPARSE_OPS_MARCH-native}"
+# The pip build's default: -march=native on a CPU with AVX512-FP16 also
+# breaks Eigen's FP16 packets under g++ 12.
+case "$(uname -m)" in
+  x86_64 | amd64) DEFAULT_MARCH=x86-64-v3 ;;
+  *) DEFAULT_MARCH=native ;;
+esac
+MARCH="${SPARSE_OPS_MARCH-$DEFAULT_MARCH}"
 BAZEL_ROOT="${SPARSE_OPS_BAZEL_ROOT:-${HOME:-/tmp}/.cache/bazel-sparse-ops}"
 # nvcc: as setup.py finds it (PATH, then /usr/local/cuda), CUDA_PATH first.
 if [[ -n "${SPARSE_OPS_NVCC:-}" ]]; then
