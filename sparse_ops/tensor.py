@@ -235,7 +235,7 @@ class SparseTensor(collections.namedtuple(
         return SparseTensor(features, self.coordinates, self.stride_tensor, self.finer)
 
     def __repr__(self):
-        if not isinstance(self.features, tf.Tensor):  # a structure Keras rebuilt
+        if not all(isinstance(t, tf.Tensor) for t in self[:3]):  # a rebuilt structure
             return super().__repr__()
         return (f"SparseTensor(features={self.features.shape} {self.features.dtype.name}, "
                 f"coordinates={self.coordinates.shape}, stride={self.stride})")

@@ -494,3 +494,16 @@ def test_batched_coordinates_of_a_stacked_array():
     stacked = np.arange(12).reshape(2, 3, 2)
     np.testing.assert_array_equal(so.utils.batched_coordinates(stacked),
                                   so.utils.batched_coordinates(list(stacked)))
+
+
+def test_kernel_map_without_offsets_still_checks_the_coordinates(impl):
+    del impl
+    valid = tf.constant([[0, 0, 0], [0, 5, 5], [1, 2, 2]])
+    keys_64 = tf.constant([[0] + [-2**30] * 4, [2**31 - 2] + [2**30] * 4], tf.int32)
+    with pytest.raises(INVALID, match="64-bit key"):
+        so.ops.kernel_map(keys_64, keys_64, tf.zeros([0, 4], tf.int32), 2)
+    twice = tf.constant([[0, 1, 1], [0, 1, 1]])
+    with pytest.raises(INVALID, match="duplicate"):
+        so.ops.kernel_map(twice, twice, tf.zeros([0, 2], tf.int32))
+    splits, in_rows, _ = so.ops.kernel_map(valid, valid, tf.zeros([0, 2], tf.int32))
+    assert splits.numpy().tolist() == [0] and in_rows.shape == (0,)

@@ -174,7 +174,9 @@ class KernelMapOp : public SparseOpKernel {
     int32_t* nbr = neighbours.flat<int32_t>().data();
     NeighbourFinder finder(context, in, out, offsets, stride);
     std::vector<int64_t> counts(K);
-    for (int64_t k0 = 0; k0 < K; k0 += chunk) {
+    // At least one search, so that the coordinates are checked (duplicate
+    // sites, key width) even without offsets.
+    for (int64_t k0 = 0; k0 < std::max<int64_t>(K, 1); k0 += chunk) {
       if (!finder.Find(k0, std::min(chunk, K - k0), nbr, counts.data() + k0)) return;
     }
 
