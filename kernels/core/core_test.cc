@@ -21,6 +21,7 @@
 
 #include "kernels/core/conv.h"
 #include "kernels/core/coordinates.h"
+#include "kernels/core/kernel_map.h"
 #include "kernels/core/parallel.h"
 #include "kernels/core/pool.h"
 #include "kernels/core/status.h"
@@ -271,6 +272,31 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
     EXPECT_MSG(got.merged == want_merged,
                what + (want_merged ? ": the sorted path declined" : ": the sorted path ran"));
     ExpectSameMap(got, want, what);
+    // KernelMapSearch (what the op runs): one table, and chunks of 1 and 5
+    // offsets (each searched twice), give the same map.
+    for (const int64_t budget : {int64_t{0}, n_out, 5 * n_out}) {
+      std::vector<std::vector<char>> memory;
+      const Allocate allocate = [&memory](int64_t bytes) -> void* {
+        memory.emplace_back(bytes + 64);
+        return reinterpret_cast<void*>(
+            (reinterpret_cast<uintptr_t>(memory.back().data()) + 63) & ~uintptr_t{63});
+      };
+      KernelMapSearch search(in_flat.data(), in.size(), same ? in_flat.data() : out_flat.data(),
+                             n_out, kDims, KernelGeometry{offsets.data(), K, stride.data()},
+                             allocate, runner.parallel_for, budget);
+      KernelMap searched;
+      searched.counts.assign(K, -7);
+      Status s2 = search.Count(searched.counts.data());
+      EXPECT_MSG(s2.ok(), what + ": KernelMapSearch: " + s2.message());
+      searched.splits.assign(K + 1, -7);
+      SplitsFromCounts(searched.counts.data(), K, searched.splits.data());
+      searched.in_rows.assign(searched.splits[K], -7);
+      searched.out_rows.assign(searched.splits[K], -7);
+      s2 = search.Fill(searched.splits.data(), searched.in_rows.data(),
+                       searched.out_rows.data());
+      EXPECT_MSG(s2.ok(), what + ": KernelMapSearch: " + s2.message());
+      ExpectSameMap(searched, want, what + ", KernelMapSearch budget " + std::to_string(budget));
+    }
     // Neighbour table agrees with the pairs.
     std::vector<int32_t> expected_nbr(K * n_out, -1);
     for (int64_t k = 0; k < K; ++k) {

@@ -3,12 +3,14 @@
 #ifndef SPARSE_OPS_KERNELS_TF_GLUE_H_
 #define SPARSE_OPS_KERNELS_TF_GLUE_H_
 
+#include <deque>
 #include <new>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "kernels/core/coordinates.h"
+#include "kernels/core/kernel_map.h"
 #include "kernels/core/parallel.h"
 #include "kernels/core/status.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -47,12 +49,38 @@ class SparseOpKernel : public tensorflow::OpKernel {
   virtual void ComputeChecked(tensorflow::OpKernelContext* context) = 0;
 };
 
-#define SPARSE_OPS_RETURN_IF_CORE_ERROR(context, expr)            \
-  do {                                                            \
-    const ::sparse_ops::Status _status = (expr);                  \
-    OP_REQUIRES(context, _status.ok(),                            \
-                absl::InvalidArgumentError(_status.message()));   \
-  } while (0)
+// Temporary memory for the core's Allocate callback: TensorFlow's
+// allocator, the tensors kept alive as long as this object.
+class TempAllocator {
+ public:
+  explicit TempAllocator(tensorflow::OpKernelContext* context) : context_(context) {}
+
+  Allocate callback() {
+    return [this](int64_t bytes) -> void* {
+      tensorflow::Tensor tensor;
+      if (!context_->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
+                                   &tensor).ok()) {
+        return nullptr;
+      }
+      tensors_.push_back(std::move(tensor));
+      return tensors_.back().flat<int8_t>().data();
+    };
+  }
+
+ private:
+  tensorflow::OpKernelContext* context_;
+  std::deque<tensorflow::Tensor> tensors_;  // stable addresses
+};
+
+// The TensorFlow error of a failed core Status.
+inline absl::Status ToTfStatus(const Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return status.out_of_memory() ? absl::ResourceExhaustedError(status.message())
+                                : absl::InvalidArgumentError(status.message());
+}
+
+#define SPARSE_OPS_RETURN_IF_CORE_ERROR(context, expr) \
+  OP_REQUIRES_OK(context, ::sparse_ops::ToTfStatus(expr))
 
 // Builds a shape, failing the op (instead of aborting the process) when the
 // element count overflows.
@@ -89,9 +117,8 @@ inline bool AllocateTemp(tensorflow::OpKernelContext* context,
   return status.ok();
 }
 
-// Checks a coordinates input: int32 [N, 1 + D] with N below 2^31 and no
-// negative batch index.
-inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
+// Checks a coordinates input's shape: int32 [N, 1 + D] with N below 2^31.
+inline bool CheckCoordinatesShape(tensorflow::OpKernelContext* context,
                              const tensorflow::Tensor& t, const char* name) {
   if (t.dims() != 2 || t.dim_size(1) < 2 || t.dim_size(1) > kMaxDims) {
     context->CtxFailure(absl::InvalidArgumentError(
@@ -106,6 +133,14 @@ inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
         std::to_string(t.dim_size(0))));
     return false;
   }
+  return true;
+}
+
+// CheckCoordinatesShape, then the values on the host: no negative batch
+// index.
+inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
+                             const tensorflow::Tensor& t, const char* name) {
+  if (!CheckCoordinatesShape(context, t, name)) return false;
   const int64_t bad = FindNegativeBatch(t.flat<int32_t>().data(),
                                         t.dim_size(0), t.dim_size(1));
   if (bad >= 0) {
@@ -158,8 +193,9 @@ constexpr int64_t kMaxChannels = 1 << 16;
 // Checks the kernel map inputs (offset_splits, in_rows, out_rows at
 // `first`, `first` + 1, `first` + 2) against the row counts and returns a
 // view of them; the map may come from a user, so every index is checked.
-inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_t n_in,
-                  int64_t n_out, KernelMapView* map) {
+// The shapes of a kernel map's inputs (offset_splits, in_rows, out_rows at
+// `first`, `first` + 1, `first` + 2); the values are checked by the device.
+inline bool CheckKernelMapShapes(tensorflow::OpKernelContext* context, int first) {
   const tensorflow::Tensor& splits = context->input(first);
   const tensorflow::Tensor& in_rows = context->input(first + 1);
   const tensorflow::Tensor& out_rows = context->input(first + 2);
@@ -171,6 +207,15 @@ inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_
         in_rows.shape().DebugString() + ", " + out_rows.shape().DebugString()));
     return false;
   }
+  return true;
+}
+
+inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_t n_in,
+                  int64_t n_out, KernelMapView* map) {
+  if (!CheckKernelMapShapes(context, first)) return false;
+  const tensorflow::Tensor& splits = context->input(first);
+  const tensorflow::Tensor& in_rows = context->input(first + 1);
+  const tensorflow::Tensor& out_rows = context->input(first + 2);
   *map = KernelMapView{splits.flat<int64_t>().data(),
                        in_rows.flat<int32_t>().data(),
                        out_rows.flat<int32_t>().data(),
@@ -178,7 +223,7 @@ inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_
   const Status status = ValidateKernelMap(*map, in_rows.dim_size(0), n_in,
                                           n_out, IntraOpParallelFor(context));
   if (!status.ok()) {
-    context->CtxFailure(absl::InvalidArgumentError(status.message()));
+    context->CtxFailure(ToTfStatus(status));
     return false;
   }
   return true;
@@ -213,7 +258,7 @@ inline bool TransposeMap(tensorflow::OpKernelContext* context,
       table ? nullptr : scratch.flat<uint64_t>().data(), splits, in_rows,
       out_rows, IntraOpParallelFor(context));
   if (!status.ok()) {
-    context->CtxFailure(absl::InvalidArgumentError(status.message()));
+    context->CtxFailure(ToTfStatus(status));
     return false;
   }
   transposed->view = KernelMapView{splits, in_rows, out_rows, K};

@@ -169,7 +169,7 @@ bool GroupRows(OpKernelContext* context, const Tensor& batch, int64_t rows,
   const Status status = GroupByBatch(
       b, rows, B, starts, groups->order.flat<int32_t>().data(), chunk_first);
   if (!status.ok()) {
-    context->CtxFailure(absl::InvalidArgumentError(status.message()));
+    context->CtxFailure(ToTfStatus(status));
     return false;
   }
   groups->num_chunks = GlobalPoolChunks(starts, B, chunk_first);
