@@ -23,7 +23,8 @@
 #   SPARSE_OPS_NVCC       nvcc for --config=cuda (default $CUDA_PATH/bin/nvcc
 #                         if CUDA_PATH is set, else nvcc on PATH, else
 #                         /usr/local/cuda/bin/nvcc).
-#   SPARSE_OPS_NVCC_FLAGS extra nvcc flags, e.g. "-arch=sm_80".
+#   SPARSE_OPS_NVCC_FLAGS extra nvcc flags (after kernels/cuda/nvcc_flags.txt).
+#   SPARSE_OPS_CUDA_ARCHS GPU architectures, e.g. "90", instead of the file's.
 #   RULES_JAVA_PATH       rules_java to use (/usr/share/bazel/rules/java, from
 #                         Debian's bazel-rules-java).
 set -euo pipefail
@@ -50,7 +51,19 @@ elif command -v nvcc >/dev/null 2>&1; then
 else
   NVCC=/usr/local/cuda/bin/nvcc
 fi
-NVCC_FLAGS="${SPARSE_OPS_NVCC_FLAGS:-}"
+# nvcc flags: kernels/cuda/nvcc_flags.txt (as setup.py reads it), the
+# -gencode lines replaced by SPARSE_OPS_CUDA_ARCHS when set, then
+# SPARSE_OPS_NVCC_FLAGS.
+NVCC_FLAGS=""
+while IFS= read -r line; do
+  [[ -z "$line" || "$line" == \#* ]] && continue
+  if [[ -n "${SPARSE_OPS_CUDA_ARCHS:-}" && "$line" == -gencode* ]]; then continue; fi
+  NVCC_FLAGS+="$line "
+done <kernels/cuda/nvcc_flags.txt
+for arch in ${SPARSE_OPS_CUDA_ARCHS:-}; do
+  NVCC_FLAGS+="-gencode=arch=compute_$arch,code=sm_$arch "
+done
+NVCC_FLAGS+="${SPARSE_OPS_NVCC_FLAGS:-}"
 RULES_JAVA="${RULES_JAVA_PATH:-/usr/share/bazel/rules/java}"
 
 die() { echo "configure.sh: error: $*" >&2; exit 1; }

@@ -8,6 +8,10 @@ library is compiled with its `tf.sysconfig` flags. Environment variables:
                      FMA, which every x86-64 CPU of the last decade has and
                      the fast kernels use; "native" tunes for this CPU)
   SPARSE_OPS_CUDA=1  also compile the CUDA kernels in kernels/cuda with nvcc
+                     (flags: kernels/cuda/nvcc_flags.txt) and register the
+                     GPU kernels; build against the `tensorflow` GPU wheel
+  SPARSE_OPS_CUDA_ARCHS  GPU architectures, e.g. "90" (default 75 80 86 89 90)
+  SPARSE_OPS_NVCC_FLAGS  extra nvcc flags
   SPARSE_OPS_CXXFLAGS extra compiler flags
 """
 
@@ -93,7 +97,7 @@ class BuildOpLibrary(build_ext):
                         [c for c in cmd if c not in ("-g", "-O2", "-O3", "-Wstrict-prototypes")])
         extra_objects = []
         if os.environ.get("SPARSE_OPS_CUDA") == "1":
-            extra_objects = self._build_cuda(info["cflags"])
+            extra_objects = self._build_cuda()
             cflags.append("-DGOOGLE_CUDA=1")
         for ext in self.extensions:
             ext.extra_compile_args = cflags
@@ -102,7 +106,7 @@ class BuildOpLibrary(build_ext):
         self._write_build_info(info, march)
         super().build_extensions()
 
-    def _build_cuda(self, tf_cflags):
+    def _build_cuda(self):
         nvcc = shutil.which("nvcc") or (
             "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc")
             else None)
@@ -111,11 +115,9 @@ class BuildOpLibrary(build_ext):
                      "/usr/local/cuda/bin")
         objects = []
         os.makedirs(self.build_temp, exist_ok=True)
-        sources = sorted(glob.glob(os.path.join(HERE, "kernels", "cuda", "*.cu.cc")))
-        for source in [s for s in sources if not s.endswith("_test.cu.cc")]:
+        for source in CUDA_SOURCES:
             obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
-            cmd = [nvcc, "-c", "-x", "cu", "-std=c++17", "-O3", "--expt-relaxed-constexpr",
-                   "-Xcompiler", "-fPIC", "-DGOOGLE_CUDA=1", "-I" + HERE, source, "-o", obj]
+            cmd = [nvcc, "-c", *nvcc_flags(), source, "-o", obj]
             print(" ".join(cmd))
             subprocess.check_call(cmd)
             objects.append(obj)
@@ -134,9 +136,24 @@ class BuildOpLibrary(build_ext):
                 f.write(text)
 
 
+def nvcc_flags():
+    """kernels/cuda/nvcc_flags.txt (shared with configure.sh for Bazel)."""
+    with open(os.path.join(HERE, "kernels", "cuda", "nvcc_flags.txt")) as f:
+        lines = [line.strip() for line in f]
+    flags = [line for line in lines if line and not line.startswith("#")]
+    archs = os.environ.get("SPARSE_OPS_CUDA_ARCHS", "").split()
+    if archs:
+        flags = [f for f in flags if not f.startswith("-gencode")]
+        flags += [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    flags = [part for flag in flags for part in flag.split(" ")]  # "-x cu"
+    return flags + ["-I" + HERE] + os.environ.get("SPARSE_OPS_NVCC_FLAGS", "").split()
+
+
 SOURCES = sorted(glob.glob("kernels/core/*.cc") + glob.glob("kernels/ops/*.cc")
                  + glob.glob("kernels/tf/*.cc"))
 SOURCES = [s for s in SOURCES if not s.endswith("_test.cc")]
+CUDA_SOURCES = sorted(s for s in glob.glob(os.path.join(HERE, "kernels", "cuda", "*.cu.cc"))
+                      if not s.endswith("_test.cu.cc"))
 
 setup(
     version=VERSION["__version__"],

@@ -333,7 +333,7 @@ template <int D>
 __global__ void ProbeKernel(const int32_t* __restrict__ out_coords,
                             int64_t n_out, int dims,
                             const int32_t* __restrict__ offsets, int64_t K,
-                            const int32_t* __restrict__ stride,
+                            const Stride stride,
                             const KernelMapInfo* info,
                             const uint64_t* __restrict__ keys,
                             const int32_t* __restrict__ rows, uint64_t mask,
@@ -367,7 +367,7 @@ __global__ void ProbeKernel(const int32_t* __restrict__ out_coords,
     for (int a = 1; a < (D > 0 ? D : kMaxDims); ++a) {
       if (D == 0 && a >= dims) break;
       q[a] = c[a] + static_cast<int64_t>(offsets[k * (dims - 1) + a - 1]) *
-                        stride[a - 1];
+                        stride.v[a - 1];
     }
     uint64_t key;
     const int32_t i =
@@ -1396,6 +1396,14 @@ Status KernelMapInfoStatus(const KernelMapInfo& info) {
                          std::to_string(info.error));
   }
   return Status::Ok();
+}
+
+Status CopyToHost(void* host, const void* device, size_t bytes, GpuStream stream) {
+  const cudaError_t e =
+      cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) return Status::Ok();
+  return Status::Error(std::string("CUDA error in sparse_ops CopyToHost: ") +
+                       cudaGetErrorString(e));
 }
 
 size_t KernelMapWorkspaceBytes(int64_t n_in, int64_t n_out,

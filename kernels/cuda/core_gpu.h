@@ -85,13 +85,23 @@ struct KernelMapInfo {
 // then duplicate sites.
 Status KernelMapInfoStatus(const KernelMapInfo& info);
 
-// Kernel geometry with device pointers: offsets int32 [K, dims - 1] (in
-// units of the stride), stride int32 [dims - 1].
+// The stride of a kernel map's input, passed by value (it is a host input
+// of the op, checked there): entries [0, dims - 1), each >= 1.
+struct Stride {
+  int32_t v[kMaxDims];
+};
+
+// Kernel geometry: offsets int32 [K, dims - 1] on the device (in units of
+// the stride), and the stride.
 struct DeviceGeometry {
   const int32_t* offsets;
   int64_t num_offsets;
-  const int32_t* stride;
+  Stride stride;
 };
+
+// Copies `bytes` from the device to (page-locked) host memory on `stream`,
+// without waiting: the way an op reads back a result struct.
+Status CopyToHost(void* host, const void* device, size_t bytes, GpuStream stream);
 
 // --- Kernel map --------------------------------------------------------------
 // Two phases around one host sync (the pair count sizes the outputs):

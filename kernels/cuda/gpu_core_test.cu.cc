@@ -301,7 +301,8 @@ struct GpuMapRunner {
   const Coords* out;
   bool same;
   int64_t K;
-  DevBuf<int32_t> d_in, d_out, d_offsets, d_stride;
+  DevBuf<int32_t> d_in, d_out, d_offsets;
+  sg::Stride stride_{};
   DevBuf<sg::KernelMapInfo> d_info;
   DevBuf<unsigned char> ws;
   DevBuf<int64_t> splits;
@@ -318,7 +319,7 @@ struct GpuMapRunner {
     d_in.Upload(in_c.rows);
     d_out.Upload(out_c.rows);
     d_offsets.Upload(offsets);
-    d_stride.Upload(stride);
+    std::copy(stride.begin(), stride.end(), stride_.v);
     d_info.Alloc(1);
     ws_bytes = sg::KernelMapWorkspaceBytes(in_c.n(), out_c.n(), K);
     ws.Alloc(ws_bytes);
@@ -329,7 +330,7 @@ struct GpuMapRunner {
 
   // Count, read the info back, size the outputs, fill. Returns the status.
   Status Run(cudaStream_t stream) {
-    const sg::DeviceGeometry g{d_offsets.get(), K, d_stride.get()};
+    const sg::DeviceGeometry g{d_offsets.get(), K, stride_};
     CORE_OK(sg::KernelMapCount(d_in.get(), in->n(),
                                same ? d_in.get() : d_out.get(), out->n(),
                                in->dims, g, same, d_info.get(), ws.get(),

@@ -16,24 +16,6 @@ using tensorflow::TensorShape;
 
 namespace {
 
-// Checks a kernel [K, c_in, c_out] against the map and a features input.
-bool CheckKernel(OpKernelContext* context, const Tensor& kernel,
-                 const KernelMapView& map, const Tensor& features,
-                 int features_dim, const char* features_name) {
-  if (kernel.dims() != 3 || kernel.dim_size(0) != map.num_offsets ||
-      kernel.dim_size(features_dim) != features.dim_size(1) ||
-      kernel.dim_size(3 - features_dim) > kMaxChannels) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "kernel must be [K, C_in, C_out] with K = " +
-        std::to_string(map.num_offsets) + " kernel offsets and " +
-        (features_dim == 1 ? "C_in" : "C_out") + " = " +
-        std::to_string(features.dim_size(1)) + " channels of " +
-        features_name + ", got shape " + kernel.shape().DebugString()));
-    return false;
-  }
-  return true;
-}
-
 // The weight_path attr of the ops as the core's enum.
 WeightPath GetWeightPath(OpKernelConstruction* context) {
   std::string name;
@@ -59,7 +41,7 @@ class ConvOp : public SparseOpKernel {
     if (!GetRowCount(context, 5, "num_out_rows", &n_out)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, features.dim_size(0), n_out, &map)) return;
-    if (!CheckKernel(context, kernel, map, features, 1, "features")) return;
+    if (!CheckConvKernel(context, kernel, map.num_offsets, features, 1, "features")) return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_out, c_out}, &output)) return;
@@ -86,7 +68,7 @@ class ConvBackpropInputOp : public SparseOpKernel {
     if (!GetRowCount(context, 5, "num_in_rows", &n_in)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, n_in, grad.dim_size(0), &map)) return;
-    if (!CheckKernel(context, kernel, map, grad, 2, "grad_output")) return;
+    if (!CheckConvKernel(context, kernel, map.num_offsets, grad, 2, "grad_output")) return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     // The transposed map, sorted by input row, as the core needs.
     TransposedMap transposed;

@@ -290,6 +290,26 @@ inline bool CheckMatrix(tensorflow::OpKernelContext* context, const tensorflow::
   return true;
 }
 
+// Checks a conv kernel [K, c_in, c_out] against the map's offset count and a
+// features input (its channels are dimension features_dim of the kernel).
+inline bool CheckConvKernel(tensorflow::OpKernelContext* context,
+                            const tensorflow::Tensor& kernel, int64_t num_offsets,
+                            const tensorflow::Tensor& features, int features_dim,
+                            const char* features_name) {
+  if (kernel.dims() != 3 || kernel.dim_size(0) != num_offsets ||
+      kernel.dim_size(features_dim) != features.dim_size(1) ||
+      kernel.dim_size(3 - features_dim) > kMaxChannels) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "kernel must be [K, C_in, C_out] with K = " +
+        std::to_string(num_offsets) + " kernel offsets and " +
+        (features_dim == 1 ? "C_in" : "C_out") + " = " +
+        std::to_string(features.dim_size(1)) + " channels of " +
+        features_name + ", got shape " + kernel.shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
 // Reads a scalar row count input.
 inline bool GetRowCount(tensorflow::OpKernelContext* context, int index, const char* name,
                  int64_t* rows) {

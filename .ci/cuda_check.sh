@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# CI's CUDA job (no GPU needed): builds sparse_ops with SPARSE_OPS_CUDA=1
+# against the `tensorflow` GPU wheel in a copy of the tree, checks that the
+# library loads there with every symbol bound, that every op keeps its CPU
+# kernel and the ops of GPU_OPS have GPU kernels, runs the CPU tests of the
+# convolution and the `gpu` tests (skipped without a GPU) on that build,
+# and compiles the framework-free CUDA core test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# The ops with GPU kernels so far (issue 11 adds the rest).
+GPU_OPS="KernelMap Conv ConvBackpropInput ConvBackpropKernel"
+TF_VERSION=$(sed -n "s/^TF_PACKAGE=\${TF_PACKAGE:-tensorflow-cpu==\(.*\)}/\1/p" tools/setup_env.sh)
+WORK="${CUDA_CHECK_WORKDIR:-$(mktemp -d)}"
+mkdir -p "$WORK"
+echo "== CUDA build against tensorflow==$TF_VERSION in $WORK"
+git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$WORK"
+cd "$WORK"
+# One architecture keeps the CI compile short; the default list is in
+# kernels/cuda/nvcc_flags.txt.
+export SPARSE_OPS_CUDA=1 SPARSE_OPS_CUDA_ARCHS="${SPARSE_OPS_CUDA_ARCHS:-90}"
+VENV=.venv-cuda TF_PACKAGE="tensorflow==$TF_VERSION" . tools/setup_env.sh test
+python tools/check_gpu_kernels.py --require-gpu $GPU_OPS
+# The CPU kernels of this build (the whole suite ran on it once: 2047
+# passed), and the GPU tests, which skip here.
+python -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_models.py \
+  tests/test_gpu.py
+echo "== nvcc: the CUDA core test program"
+nvcc $(grep -v '^#' kernels/cuda/nvcc_flags.txt | grep -v -- '-DGOOGLE_CUDA') -I. \
+  kernels/cuda/core_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+  kernels/core/coordinates.cc -o gpu_core_test
+echo "== CUDA job done"

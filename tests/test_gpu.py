@@ -1,0 +1,141 @@
+"""The GPU kernels against the CPU kernels (marked `gpu`; skipped where
+TensorFlow sees no GPU, e.g. in CI, which only compiles the CUDA build).
+
+Each op with a GPU kernel runs on /GPU:0 and /CPU:0 on the same inputs: the
+kernel map must be identical, the convolutions equal to rounding (float64
+to 1e-12), the errors the same InvalidArgumentError; gradients through
+so.ops.conv too, and a MinkUNet14 training step.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import sparse_ops as so
+from sparse_ops import _loader
+
+from conftest import random_sparse
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not tf.config.list_physical_devices("GPU"),
+                       reason="no GPU visible to TensorFlow"),
+]
+
+CUBE = np.array([[x, y, z] for x in (-1, 0, 1) for y in (-1, 0, 1) for z in (-1, 0, 1)],
+                np.int32)
+
+
+def _on(device, fn, *args):
+    with tf.device(device):
+        out = fn(*args)
+    return tf.nest.map_structure(lambda t: t.numpy(), out)
+
+
+def _both(fn, *args):
+    return _on("/CPU:0", fn, *args), _on("/GPU:0", fn, *args)
+
+
+def _sites(rng, n=400, extent=12, batch=2):
+    coords = np.unique(np.concatenate(
+        [rng.integers(0, batch, (n, 1)), rng.integers(-extent, extent, (n, 3))], 1), axis=0)
+    return tf.constant(coords, tf.int32)
+
+
+def test_kernel_map_is_identical():
+    rng = np.random.default_rng(0)
+    lib = _loader.library()
+    coords = _sites(rng)
+    other = _sites(rng, n=300)
+    stride = tf.constant([2, 1, 3], tf.int32)
+    box = tf.constant(CUBE[:18], tf.int32)  # not symmetric
+    for a, b, offsets in [(coords, coords, tf.constant(CUBE)),  # submanifold, mirrored
+                          (coords, other, box), (coords[:0], other, box)]:
+        cpu, gpu = _both(lib.sparse_ops_kernel_map, a, b, offsets, stride)
+        for c, g in zip(cpu, gpu):
+            np.testing.assert_array_equal(c, g)
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_conv_and_gradients_match_cpu(dtype, tol):
+    rng = np.random.default_rng(1)
+    lib = _loader.library()
+    coords = _sites(rng)
+    offsets = tf.constant(CUBE)
+    splits, in_rows, out_rows = lib.sparse_ops_kernel_map(
+        coords, coords, offsets, tf.constant([1, 1, 1], tf.int32))
+    n = int(coords.shape[0])
+    features = tf.constant(rng.normal(size=(n, 37)), dtype)
+    kernel = tf.constant(rng.normal(size=(27, 37, 70)), dtype)
+    grad = tf.constant(rng.normal(size=(n, 70)), dtype)
+    rows = tf.constant(n, tf.int64)
+    cases = [
+        (lib.sparse_ops_conv, (features, kernel, splits, in_rows, out_rows, rows)),
+        (lib.sparse_ops_conv_backprop_input, (grad, kernel, splits, in_rows, out_rows, rows)),
+        (lib.sparse_ops_conv_backprop_kernel, (features, grad, splits, in_rows, out_rows)),
+    ]
+    for op, args in cases:
+        cpu, gpu = _both(op, *args)
+        np.testing.assert_allclose(gpu, cpu, rtol=tol, atol=tol * np.abs(cpu).max())
+        again = _on("/GPU:0", op, *args)
+        np.testing.assert_array_equal(again, gpu)  # deterministic
+
+
+def test_gradients_through_conv_match_cpu():
+    rng = np.random.default_rng(2)
+    x, _ = random_sparse(rng, (8, 8, 8), 5, dtype=np.float64, origin=-3)
+    kernel = tf.Variable(rng.normal(size=(3, 3, 3, 5, 6)))
+
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x.features)
+            y = so.ops.conv(x, kernel, strides=2)
+            loss = tf.reduce_sum(y.features ** 2)
+        return tape.gradient(loss, [x.features, kernel])
+
+    cpu, gpu = _both(step)
+    for c, g in zip(cpu, gpu):
+        np.testing.assert_allclose(g, c, rtol=1e-10, atol=1e-10)
+
+
+def test_gpu_errors_match_cpu():
+    lib = _loader.library()
+    duplicate = tf.constant([[0, 1, 1, 1], [0, 2, 2, 2], [0, 1, 1, 1]], tf.int32)
+    messages = []
+    for device in ("/CPU:0", "/GPU:0"):
+        with tf.device(device), pytest.raises(tf.errors.InvalidArgumentError) as error:
+            lib.sparse_ops_kernel_map(duplicate, duplicate, CUBE, tf.constant([1, 1, 1]))
+        messages.append(error.value.message)
+    assert messages[0] == messages[1]
+    assert "duplicate sites" in messages[0]
+    # A map whose rows point outside the features: an error, never a fault.
+    features = tf.ones([4, 2])
+    kernel = tf.ones([1, 2, 3])
+    bad_map = (tf.constant([0, 2], tf.int64), tf.constant([0, 9]), tf.constant([0, 1]))
+    for device in ("/CPU:0", "/GPU:0"):
+        with tf.device(device), pytest.raises(tf.errors.InvalidArgumentError,
+                                              match="out of range"):
+            lib.sparse_ops_conv(features, kernel, *bad_map, tf.constant(4, tf.int64))
+
+
+def test_minkunet14_training_step_matches_cpu():
+    rng = np.random.default_rng(3)
+    x, _ = random_sparse(rng, (10, 10, 10), 3, batch=2, density=0.3, origin=-4)
+    labels = tf.constant(rng.integers(0, 2, x.features.shape[0]))
+
+    def train_step():
+        tf.keras.utils.set_random_seed(7)
+        net = so.models.MinkUNet14(2, planes=(4, 6, 8, 8, 6, 6, 4, 4), init_dim=4)
+        optimizer = tf.keras.optimizers.SGD(0.1)
+        with tf.GradientTape() as tape:
+            logits = net(x, training=True).features
+            loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True))
+        grads = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply_gradients(zip(grads, net.trainable_variables))
+        return loss, [v for v in net.trainable_variables]
+
+    (cpu_loss, cpu_vars), (gpu_loss, gpu_vars) = _both(train_step)
+    np.testing.assert_allclose(gpu_loss, cpu_loss, rtol=1e-4)
+    for c, g in zip(cpu_vars, gpu_vars):
+        np.testing.assert_allclose(g, c, rtol=1e-3, atol=1e-4)
