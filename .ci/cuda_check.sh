@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The ops with GPU kernels so far (issue 11 adds the rest).
-GPU_OPS="KernelMap Conv ConvBackpropInput ConvBackpropKernel"
+GPU_OPS="KernelMap Conv ConvBackpropInput ConvBackpropKernel MaxPool MaxPoolGrad SumPool
+  SumPoolTranspose GlobalMaxPool GlobalSumPool GlobalSumPoolGrad"
 TF_VERSION=$(sed -n "s/^TF_PACKAGE=\${TF_PACKAGE:-tensorflow-cpu==\(.*\)}/\1/p" tools/setup_env.sh)
 WORK="${CUDA_CHECK_WORKDIR:-$(mktemp -d)}"
 mkdir -p "$WORK"
@@ -24,8 +25,11 @@ python tools/check_gpu_kernels.py --require-gpu $GPU_OPS
 # passed), and the GPU tests, which skip here.
 python -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_models.py \
   tests/test_gpu.py
-echo "== nvcc: the CUDA core test program"
-nvcc $(grep -v '^#' kernels/cuda/nvcc_flags.txt | grep -v -- '-DGOOGLE_CUDA') -I. \
-  kernels/cuda/core_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+echo "== nvcc: the CUDA core's test programs (run on a GPU by kernels/cuda/device_check.sh)"
+NVCC_TEST_FLAGS=(-std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 -I. -x cu)
+nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/core_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
   kernels/core/coordinates.cc -o gpu_core_test
+nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/core_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
+  kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc kernels/core/kernel_map.cc \
+  kernels/core/pool.cc -o pool_gpu_test
 echo "== CUDA job done"

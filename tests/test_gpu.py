@@ -2,10 +2,13 @@
 TensorFlow sees no GPU, e.g. in CI, which only compiles the CUDA build).
 
 Each op with a GPU kernel runs on /GPU:0 and /CPU:0 on the same inputs: the
-kernel map must be identical, the convolutions equal to rounding (float64
-to 1e-12), the errors the same InvalidArgumentError; gradients through
-so.ops.conv too, and a MinkUNet14 training step.
+kernel map and the pooling ops must be identical (averaged unpooling to
+rounding), the convolutions equal to rounding (float64 to 1e-12), the
+errors the same InvalidArgumentError; gradients through so.ops.conv too,
+and a MinkUNet14 training step.
 """
+
+import re
 
 import numpy as np
 import pytest
@@ -34,6 +37,18 @@ def _on(device, fn, *args):
 
 def _both(fn, *args):
     return _on("/CPU:0", fn, *args), _on("/GPU:0", fn, *args)
+
+
+def _errors(fn, *args):
+    """The InvalidArgumentError messages of fn on the CPU and on the GPU,
+    without TensorFlow's device-specific wrapping."""
+    messages = []
+    for device in ("/CPU:0", "/GPU:0"):
+        with tf.device(device), pytest.raises(tf.errors.InvalidArgumentError) as error:
+            fn(*args)
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", error.value.message)
+        messages.append(re.sub(r"\s*\[Op:.*$", "", message, flags=re.S))
+    return messages
 
 
 def _sites(rng, n=400, extent=12, batch=2):
@@ -81,6 +96,55 @@ def test_conv_and_gradients_match_cpu(dtype, tol):
         np.testing.assert_array_equal(again, gpu)  # deterministic
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooling_ops_match_cpu(dtype):
+    rng = np.random.default_rng(4)
+    lib = _loader.library()
+    fine = _sites(rng, n=900, extent=9, batch=3)
+    one = tf.constant([1, 1, 1], tf.int32)
+    coarse = lib.sparse_ops_strided_coordinates(fine, tf.constant([2, 2, 2], tf.int32))
+    box = tf.constant(CUBE[CUBE.min(axis=1) >= 0])  # 2x2x2
+    kmap = lib.sparse_ops_kernel_map(fine, coarse, box, one)
+    n_in, n_out = int(fine.shape[0]), int(coarse.shape[0])
+    # Ties (small integers) and a NaN: max pooling's tie and NaN rules.
+    values = rng.integers(-3, 4, (n_in, 13)).astype(dtype) / 3
+    values[5, 2] = np.nan
+    features = tf.constant(values)
+    grad_out = tf.constant(rng.normal(size=(n_out, 13)), dtype)
+    batch = fine[:, 0]
+    rows_in, rows_out = tf.constant(n_in, tf.int64), tf.constant(n_out, tf.int64)
+    exact = [
+        (lib.sparse_ops_max_pool, (features, *kmap, rows_out), {}),
+        (lib.sparse_ops_sum_pool, (features, *kmap, rows_out), {"average": False}),
+        (lib.sparse_ops_sum_pool, (features, *kmap, rows_out), {"average": True}),
+        (lib.sparse_ops_sum_pool_transpose, (grad_out, *kmap, rows_in), {"average": False}),
+        (lib.sparse_ops_global_max_pool, (features, batch, tf.constant(4, tf.int64)), {}),
+        (lib.sparse_ops_global_sum_pool, (features, batch, tf.constant(4, tf.int64)),
+         {"average": True}),
+        (lib.sparse_ops_global_sum_pool_grad, (grad_out[:4], batch), {"average": True}),
+    ]
+    for op, args, attrs in exact:
+        cpu, gpu = _both(lambda: op(*args, **attrs))
+        for c, g in zip(tf.nest.flatten(cpu), tf.nest.flatten(gpu)):
+            np.testing.assert_array_equal(g, c, err_msg=op.__name__)
+    _, argmax = _on("/CPU:0", lib.sparse_ops_max_pool, features, *kmap, rows_out)
+    cpu, gpu = _both(lib.sparse_ops_max_pool_grad, grad_out, argmax, rows_in)
+    np.testing.assert_array_equal(gpu, cpu)
+    cpu, gpu = _both(lambda: lib.sparse_ops_sum_pool_transpose(grad_out, *kmap, rows_in,
+                                                               average=True))
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    # Bad index inputs: the CPU's error.
+    bad_argmax = argmax.copy()
+    bad_argmax[3, 1] = n_in
+    bad_batch = batch.numpy().copy()
+    bad_batch[7] = 9
+    cpu, gpu = _errors(lib.sparse_ops_max_pool_grad, grad_out, bad_argmax, rows_in)
+    assert cpu == gpu and cpu.startswith("argmax entry 40 is")
+    cpu, gpu = _errors(lib.sparse_ops_global_max_pool, features, bad_batch,
+                       tf.constant(4, tf.int64))
+    assert cpu == gpu and cpu.startswith("batch index of row 7 is 9")
+
+
 def test_gradients_through_conv_match_cpu():
     rng = np.random.default_rng(2)
     x, _ = random_sparse(rng, (8, 8, 8), 5, dtype=np.float64, origin=-3)
@@ -101,13 +165,24 @@ def test_gradients_through_conv_match_cpu():
 def test_gpu_errors_match_cpu():
     lib = _loader.library()
     duplicate = tf.constant([[0, 1, 1, 1], [0, 2, 2, 2], [0, 1, 1, 1]], tf.int32)
-    messages = []
+    one = tf.constant([1, 1, 1])
+    cpu, gpu = _errors(lib.sparse_ops_kernel_map, duplicate, duplicate, CUBE, one)
+    assert cpu == gpu and cpu.startswith("coordinates has duplicate sites: rows 0 and 2")
+    # Duplicates among separate output sites: the CPU's "out_coordinates:" error.
+    sites = tf.constant([[0, 0, 0, 0], [0, 4, 4, 4]], tf.int32)
+    cpu, gpu = _errors(lib.sparse_ops_kernel_map, sites, duplicate, CUBE, one)
+    assert cpu == gpu and cpu.startswith("out_coordinates: coordinates has duplicate")
+    # A map that repeats an input row within an offset: fine forwards,
+    # refused by the transposing ops on both devices.
+    repeated = (tf.constant([0, 2], tf.int64), tf.constant([1, 1]), tf.constant([0, 1]))
+    grad = tf.ones([2, 3])
     for device in ("/CPU:0", "/GPU:0"):
-        with tf.device(device), pytest.raises(tf.errors.InvalidArgumentError) as error:
-            lib.sparse_ops_kernel_map(duplicate, duplicate, CUBE, tf.constant([1, 1, 1]))
-        messages.append(error.value.message)
-    assert messages[0] == messages[1]
-    assert "duplicate sites" in messages[0]
+        with tf.device(device):
+            with pytest.raises(tf.errors.InvalidArgumentError, match="repeats input row 1"):
+                lib.sparse_ops_conv_backprop_input(grad, tf.ones([1, 2, 3]), *repeated,
+                                                   tf.constant(4, tf.int64))
+            with pytest.raises(tf.errors.InvalidArgumentError, match="repeats input row 1"):
+                lib.sparse_ops_sum_pool_transpose(grad, *repeated, tf.constant(4, tf.int64))
     # A map whose rows point outside the features: an error, never a fault.
     features = tf.ones([4, 2])
     kernel = tf.ones([1, 2, 3])
@@ -116,6 +191,11 @@ def test_gpu_errors_match_cpu():
         with tf.device(device), pytest.raises(tf.errors.InvalidArgumentError,
                                               match="out of range"):
             lib.sparse_ops_conv(features, kernel, *bad_map, tf.constant(4, tf.int64))
+    # validate_map=False: the GPU skips the check and stays in bounds.
+    with tf.device("/GPU:0"):
+        out = lib.sparse_ops_conv(features, kernel, *bad_map, tf.constant(4, tf.int64),
+                                  validate_map=False)
+    assert out.shape == (4, 3)
 
 
 def test_minkunet14_training_step_matches_cpu():

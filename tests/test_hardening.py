@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 import sparse_ops as so
+from sparse_ops import _loader
 from sparse_ops.ops import cache as so_cache
 
 from conftest import brute_force_conv_transpose, same_offsets, site_set
@@ -507,3 +508,27 @@ def test_kernel_map_without_offsets_still_checks_the_coordinates(impl):
         so.ops.kernel_map(twice, twice, tf.zeros([0, 2], tf.int32))
     splits, in_rows, _ = so.ops.kernel_map(valid, valid, tf.zeros([0, 2], tf.int32))
     assert splits.numpy().tolist() == [0] and in_rows.shape == (0,)
+
+
+@pytest.mark.skipif(_loader.try_library() is None, reason="op library not built")
+def test_validate_map_false_never_switches_off_the_cpu_check():
+    """validate_map=False only lets GPU kernels skip their round trip; the
+    CPU kernels check every map, so a bad map is still an error here."""
+    lib = _loader.library()
+    bad = (tf.constant([0, 2], tf.int64), tf.constant([0, 9]), tf.constant([0, 1]))
+    features, kernel = tf.ones([4, 2]), tf.ones([1, 2, 3])
+    rows = tf.constant(4, tf.int64)
+    calls = [
+        lambda: lib.sparse_ops_conv(features, kernel, *bad, rows, validate_map=False),
+        lambda: lib.sparse_ops_conv_backprop_input(tf.ones([4, 3]), kernel, *bad, rows,
+                                                   validate_map=False),
+        lambda: lib.sparse_ops_conv_backprop_kernel(features, tf.ones([4, 3]), *bad,
+                                                    validate_map=False),
+        lambda: lib.sparse_ops_max_pool(features, *bad, rows, validate_map=False),
+        lambda: lib.sparse_ops_sum_pool(features, *bad, rows, validate_map=False),
+        lambda: lib.sparse_ops_sum_pool_transpose(features, *bad, rows, validate_map=False),
+    ]
+    for call in calls:
+        with tf.device("/CPU:0"), pytest.raises(tf.errors.InvalidArgumentError,
+                                                match="out of range"):
+            call()

@@ -25,6 +25,8 @@
 
 #include <cuda_runtime.h>
 
+#include "kernels/cuda/launch.cu.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -33,52 +35,13 @@ namespace sparse_ops {
 namespace gpu {
 namespace {
 
-using ull = unsigned long long;
-
 constexpr uint64_t kEmptyKey = ~uint64_t{0};
-constexpr ull kNone = ~0ull;
 constexpr int kInt32Max = 2147483647;
 constexpr int kInt32Min = -2147483647 - 1;
-constexpr int kThreads = 256;
 // Compaction: each block takes kItems entries per thread.
 constexpr int kItems = 16;
 constexpr int64_t kTile = int64_t{kThreads} * kItems;
 constexpr int kWarps = kThreads / 32;
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Carves one workspace into 256-byte aligned buffers; with a null base it
-// only counts bytes (the *WorkspaceBytes functions).
-class Carver {
- public:
-  explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
-  template <typename U>
-  U* Take(int64_t n) {
-    U* p = base_ == nullptr ? nullptr : reinterpret_cast<U*>(base_ + used_);
-    used_ += (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(U) + 255) &
-             ~size_t{255};
-    return p;
-  }
-  size_t used() const { return used_; }
-
- private:
-  char* base_;
-  size_t used_ = 0;
-};
-
-Status LaunchStatus(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  if (e == cudaSuccess) return Status::Ok();
-  return Status::Error(std::string("CUDA error in sparse_ops ") + what +
-                       ": " + cudaGetErrorString(e));
-}
-
-Status CheckWorkspace(size_t have, size_t need, const char* what) {
-  if (have >= need) return Status::Ok();
-  return Status::Error(std::string("sparse_ops ") + what + " needs " +
-                       std::to_string(need) + " bytes of workspace, got " +
-                       std::to_string(have));
-}
 
 // Slots for n rows: a power of two, load factor <= 1/2 (as the CPU table).
 int64_t TableCapacity(int64_t n) {
@@ -616,11 +579,6 @@ MapBuffers CarveMap(void* workspace, int64_t n_in, int64_t n_out, int64_t K) {
   return b;
 }
 
-int GridFor(int64_t n, int64_t max_blocks = 4096) {
-  return static_cast<int>(std::max<int64_t>(
-      1, std::min<int64_t>(CeilDiv(n, kThreads), max_blocks)));
-}
-
 Status CheckSizes(int64_t n_in, int64_t n_out, int64_t K) {
   const int64_t kMaxRows = (int64_t{1} << 31) - 1;
   if (n_in < 0 || n_out < 0 || n_in >= kMaxRows || n_out >= kMaxRows ||
@@ -656,27 +614,12 @@ Status CheckSizes(int64_t n_in, int64_t n_out, int64_t K) {
 
 // --- Kernel map checks and transposition ----------------------------------------------
 
-// The offset of pair p: the largest k with splits[k] <= p (clamped).
-__device__ __forceinline__ int64_t OffsetOf(const int64_t* __restrict__ splits,
-                                            int64_t K, int64_t p) {
-  int64_t lo = 0, hi = K;  // answer in [lo, hi)
-  while (hi - lo > 1) {
-    const int64_t mid = (lo + hi) / 2;
-    if (splits[mid] <= p) {
-      lo = mid;
-    } else {
-      hi = mid;
-    }
-  }
-  return lo;
-}
-
 __global__ void CheckSplitsKernel(const int64_t* __restrict__ splits,
                                   int64_t K, int64_t P,
                                   KernelMapCheck* check) {
   check->bad_pair = kNone;
-  check->in_row = check->out_row = 0;
-  check->pad = 0;
+  check->repeated_pair = kNone;
+  check->in_row = check->out_row = check->repeated_row = 0;
   int bad = (splits[0] != 0 || splits[K] != P) ? 1 : 0;
   for (int64_t k = 0; k < K && !bad; ++k) {
     if (splits[k + 1] < splits[k]) bad = 2;
@@ -729,6 +672,42 @@ __global__ void TransposeScatterKernel(const int64_t* __restrict__ splits,
     const int32_t i = in_rows[p];
     if (i >= 0 && i < n_in) table[k * n_in + i] = out_rows[p];
   }
+}
+
+// Repeated input rows within an offset (refused by the CPU's transposition):
+// count the pairs of each (offset, input row), then report the smallest pair
+// of a slot with more than one (the same pair on every run).
+__global__ void CountSlotsKernel(const int64_t* __restrict__ splits,
+                                 const int32_t* __restrict__ in_rows, int64_t K,
+                                 int64_t P, int64_t n_in, int32_t* counts) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       p < P; p += step) {
+    const int64_t k = OffsetOf(splits, K, p);
+    const int32_t i = in_rows[p];
+    if (i >= 0 && i < n_in) atomicAdd(&counts[k * n_in + i], 1);
+  }
+}
+
+__global__ void RepeatedSlotsKernel(const int64_t* __restrict__ splits,
+                                    const int32_t* __restrict__ in_rows, int64_t K,
+                                    int64_t P, int64_t n_in,
+                                    const int32_t* __restrict__ counts,
+                                    KernelMapCheck* check) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       p < P; p += step) {
+    const int64_t k = OffsetOf(splits, K, p);
+    const int32_t i = in_rows[p];
+    if (i >= 0 && i < n_in && counts[k * n_in + i] > 1) {
+      atomicMin(reinterpret_cast<ull*>(&check->repeated_pair), static_cast<ull>(p));
+    }
+  }
+}
+
+__global__ void RepeatedRowKernel(const int32_t* __restrict__ in_rows,
+                                  KernelMapCheck* check) {
+  if (check->repeated_pair != kNone) check->repeated_row = in_rows[check->repeated_pair];
 }
 
 struct TransposeBuffers {
@@ -1402,8 +1381,8 @@ Status CopyToHost(void* host, const void* device, size_t bytes, GpuStream stream
   const cudaError_t e =
       cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream);
   if (e == cudaSuccess) return Status::Ok();
-  return Status::Error(std::string("CUDA error in sparse_ops CopyToHost: ") +
-                       cudaGetErrorString(e));
+  return Status::Internal(std::string("CUDA error in sparse_ops CopyToHost: ") +
+                          cudaGetErrorString(e));
 }
 
 size_t KernelMapWorkspaceBytes(int64_t n_in, int64_t n_out,
@@ -1528,6 +1507,12 @@ Status KernelMapCheckStatus(const KernelMapCheck& check, int64_t num_pairs,
         std::to_string(n_in) + " input and " + std::to_string(n_out) +
         " output rows, or out rows are not increasing within an offset");
   }
+  if (check.repeated_pair != kNone) {
+    return Status::Error("kernel map pair " + std::to_string(check.repeated_pair) +
+                         " repeats input row " + std::to_string(check.repeated_row) +
+                         " within one offset; a kernel map pairs each input row at "
+                         "most once per offset");
+  }
   return Status::Ok();
 }
 
@@ -1540,9 +1525,19 @@ size_t TransposeKernelMapWorkspaceBytes(int64_t n_in, int64_t num_offsets) {
 namespace {
 Status LaunchTranspose(const DeviceKernelMap& map, int64_t n_in,
                        int32_t* t_in_rows, int32_t* t_out_rows,
-                       const TransposeBuffers& b, cudaStream_t stream) {
+                       const TransposeBuffers& b, KernelMapCheck* check,
+                       cudaStream_t stream) {
   const int64_t K = map.num_offsets, E = K * n_in;
   if (E == 0) return Status::Ok();
+  if (check != nullptr && map.num_pairs > 0) {
+    cudaMemsetAsync(b.table, 0, E * sizeof(int32_t), stream);
+    const int grid = GridFor(map.num_pairs, 8192);
+    CountSlotsKernel<<<grid, kThreads, 0, stream>>>(map.splits, map.in_rows, K,
+                                                    map.num_pairs, n_in, b.table);
+    RepeatedSlotsKernel<<<grid, kThreads, 0, stream>>>(
+        map.splits, map.in_rows, K, map.num_pairs, n_in, b.table, check);
+    RepeatedRowKernel<<<1, 1, 0, stream>>>(map.in_rows, check);
+  }
   cudaMemsetAsync(b.table, 0xff, E * sizeof(int32_t), stream);
   if (map.num_pairs > 0) {
     TransposeScatterKernel<<<GridFor(map.num_pairs, 8192), kThreads, 0,
@@ -1559,13 +1554,13 @@ Status LaunchTranspose(const DeviceKernelMap& map, int64_t n_in,
 Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
                           int32_t* t_in_rows, int32_t* t_out_rows,
                           void* workspace, size_t workspace_bytes,
-                          GpuStream stream) {
+                          GpuStream stream, KernelMapCheck* check) {
   Carver c(workspace);
   const TransposeBuffers b = CarveTranspose(&c, n_in, map.num_offsets);
   const Status status =
       CheckWorkspace(workspace_bytes, c.used(), "TransposeKernelMap");
   if (!status.ok()) return status;
-  return LaunchTranspose(map, n_in, t_in_rows, t_out_rows, b, stream);
+  return LaunchTranspose(map, n_in, t_in_rows, t_out_rows, b, check, stream);
 }
 
 template <typename T>
@@ -1609,7 +1604,7 @@ Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
                          const T* weights, int64_t c_in,
                          const DeviceKernelMap& map, int64_t n_in, T* grad_in,
                          void* workspace, size_t workspace_bytes,
-                         GpuStream stream) {
+                         GpuStream stream, KernelMapCheck* check) {
   Status status = CheckChannels(c_in, c_out);
   if (!status.ok()) return status;
   const int64_t K = map.num_offsets, P = map.num_pairs;
@@ -1621,7 +1616,7 @@ Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
   status = CheckWorkspace(workspace_bytes, c.used(), "ConvBackpropInput");
   if (!status.ok()) return status;
   if (n_in == 0 || c_in == 0) return Status::Ok();
-  status = LaunchTranspose(map, n_in, t_in, t_out, tb, stream);
+  status = LaunchTranspose(map, n_in, t_in, t_out, tb, check, stream);
   if (!status.ok()) return status;
   const DeviceKernelMap transposed{map.splits, t_in, t_out, K, P};
   return LaunchConv<T>(grad_out, n_out, c_out, weights, c_in,
@@ -1679,7 +1674,8 @@ Status ConvBackpropKernel(const T* in, int64_t n_in, int64_t c_in,
                                                      int64_t);                 \
   template Status ConvBackpropInput<T>(const T*, int64_t, int64_t, const T*,   \
                                        int64_t, const DeviceKernelMap&,        \
-                                       int64_t, T*, void*, size_t, GpuStream); \
+                                       int64_t, T*, void*, size_t, GpuStream,  \
+                                       KernelMapCheck*); \
   template size_t ConvBackpropKernelWorkspaceBytes<T>(int64_t, int64_t,        \
                                                       int64_t, int64_t);       \
   template Status ConvBackpropKernel<T>(const T*, int64_t, int64_t, const T*,  \

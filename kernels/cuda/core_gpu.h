@@ -151,11 +151,15 @@ struct DeviceKernelMap {
 // within each offset. The conv kernels never read or write out of bounds
 // even on a bad map, but their results are then meaningless.
 struct KernelMapCheck {
-  uint64_t bad_pair;     // first bad pair (all ones: none)
-  int32_t bad_splits;    // 1 when offset_splits is malformed
-  int32_t in_row;        // the bad pair's rows
+  uint64_t bad_pair;       // first bad pair (all ones: none)
+  int32_t bad_splits;      // 1 when offset_splits is malformed
+  int32_t in_row;          // the bad pair's rows
   int32_t out_row;
-  int32_t pad;
+  int32_t repeated_row;    // the input row of repeated_pair
+  // Set by a transposition given this struct: the smallest pair whose input
+  // row occurs twice within its offset (all ones: none), which the CPU's
+  // transposition refuses.
+  uint64_t repeated_pair;
 };
 Status CheckKernelMap(const DeviceKernelMap& map, int64_t n_in, int64_t n_out,
                       KernelMapCheck* check, GpuStream stream);
@@ -167,10 +171,12 @@ Status KernelMapCheckStatus(const KernelMapCheck& check, int64_t num_pairs,
 // original's, so only the rows are written: t_in_rows[P] (original output
 // rows) and t_out_rows[P] (original input rows).
 size_t TransposeKernelMapWorkspaceBytes(int64_t n_in, int64_t num_offsets);
+// With `check` (after CheckKernelMap into it, on the same stream), input
+// rows repeated within an offset are reported there.
 Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
                           int32_t* t_in_rows, int32_t* t_out_rows,
                           void* workspace, size_t workspace_bytes,
-                          GpuStream stream);
+                          GpuStream stream, KernelMapCheck* check = nullptr);
 
 // --- Convolution ---------------------------------------------------------------
 
@@ -190,7 +196,7 @@ Status Conv(const T* in, int64_t n_in, int64_t c_in, const T* weights,
 
 // grad_in[i] = sum over pairs (i, o) of offset k of grad_out[o] . W_k^T,
 // W [K, c_in, c_out]: builds the transposed map in the workspace and runs
-// Conv on it with transposed weights.
+// Conv on it with transposed weights; `check` as in TransposeKernelMap.
 template <typename T>
 size_t ConvBackpropInputWorkspaceBytes(int64_t num_offsets, int64_t num_pairs,
                                        int64_t n_in, int64_t c_in,
@@ -200,7 +206,7 @@ Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
                          const T* weights, int64_t c_in,
                          const DeviceKernelMap& map, int64_t n_in, T* grad_in,
                          void* workspace, size_t workspace_bytes,
-                         GpuStream stream);
+                         GpuStream stream, KernelMapCheck* check = nullptr);
 
 // grad_weights[k] = sum over pairs (i, o) of offset k of
 // in[i]^T grad_out[o], [K, c_in, c_out]. Each offset's pairs are cut into

@@ -40,89 +40,12 @@
 
 #include "kernels/core/coordinates.h"
 #include "kernels/cuda/core_gpu.h"
+#include "kernels/cuda/gpu_test_harness.h"
 
 namespace {
 
 namespace sg = sparse_ops::gpu;
 using sparse_ops::Status;
-
-#define CUDA_OK(expr)                                                   \
-  do {                                                                  \
-    const cudaError_t e_ = (expr);                                      \
-    if (e_ != cudaSuccess) {                                            \
-      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr,    \
-                  cudaGetErrorString(e_));                              \
-      std::exit(2);                                                     \
-    }                                                                   \
-  } while (0)
-
-#define CORE_OK(expr)                                                   \
-  do {                                                                  \
-    const Status s_ = (expr);                                           \
-    if (!s_.ok()) {                                                     \
-      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr,    \
-                  s_.message().c_str());                                \
-      std::exit(2);                                                     \
-    }                                                                   \
-  } while (0)
-
-int g_checks = 0;
-int g_failures = 0;
-
-void Expect(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-// --- Device buffers ------------------------------------------------------------
-
-template <typename T>
-class DevBuf {
- public:
-  DevBuf() = default;
-  explicit DevBuf(size_t n) { Alloc(n); }
-  explicit DevBuf(const std::vector<T>& v) { Upload(v); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  ~DevBuf() { Free(); }
-  void Alloc(size_t n) {
-    Free();
-    n_ = n;
-    CUDA_OK(cudaMalloc(&p_, std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  void Free() {
-    if (p_ != nullptr) cudaFree(p_);
-    p_ = nullptr;
-    n_ = 0;
-  }
-  void Upload(const std::vector<T>& v) {
-    Alloc(v.size());
-    if (!v.empty()) {
-      CUDA_OK(cudaMemcpy(p_, v.data(), v.size() * sizeof(T),
-                         cudaMemcpyHostToDevice));
-    }
-  }
-  std::vector<T> Download() const {
-    std::vector<T> v(n_);
-    if (n_ > 0) {
-      CUDA_OK(cudaMemcpy(v.data(), p_, n_ * sizeof(T),
-                         cudaMemcpyDeviceToHost));
-    }
-    return v;
-  }
-  void Poison() {  // all ones: NaN for floats, -1 for ints
-    CUDA_OK(cudaMemset(p_, 0xff, std::max<size_t>(n_, 1) * sizeof(T)));
-  }
-  T* get() const { return p_; }
-  size_t size() const { return n_; }
-
- private:
-  T* p_ = nullptr;
-  size_t n_ = 0;
-};
 
 // --- Host helpers ----------------------------------------------------------------
 
@@ -744,6 +667,26 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
                 .ok(),
            "non-monotone splits accepted");
   }
+  // A map that repeats an input row within an offset (valid for the
+  // forward pass) is refused by the transposition given a check, naming
+  // the smallest pair involved, as the CPU refuses it.
+  {
+    const std::vector<int64_t> splits = {0, 3, 4};
+    const std::vector<int32_t> in_rows = {1, 0, 1, 2}, out_rows = {0, 1, 2, 0};
+    DevBuf<int64_t> sp(splits);
+    DevBuf<int32_t> ir(in_rows), orr(out_rows), t_in(4), t_out(4);
+    DevBuf<sg::KernelMapCheck> check(1);
+    const sg::DeviceKernelMap view{sp.get(), ir.get(), orr.get(), 2, 4};
+    DevBuf<unsigned char> ws(sg::TransposeKernelMapWorkspaceBytes(3, 2));
+    for (int run = 0; run < 2; ++run) {
+      CORE_OK(sg::CheckKernelMap(view, 3, 3, check.get(), s));
+      CORE_OK(sg::TransposeKernelMap(view, 3, t_in.get(), t_out.get(), ws.get(), ws.size(),
+                                     s, check.get()));
+      const Status st = sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 3);
+      Expect(!st.ok() && Contains(st.message(), "pair 0 repeats input row 1"),
+             "repeated input row: " + st.message());
+    }
+  }
 }
 
 // --- Timing ----------------------------------------------------------------------------
@@ -881,8 +824,7 @@ int main(int argc, char** argv) {
 
   if (shell_only) {
     ShellWorkload(&rng, s);
-    std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
-    return g_failures == 0 ? 0 : 1;
+    return Report();
   }
   std::printf("small cases:\n");
   {
@@ -892,8 +834,7 @@ int main(int argc, char** argv) {
     SmallCase("subm 3x3x3 mirrored", c, c, true, cube, {1, 1, 1}, 37, 70,
               &rng, s);
     if (tiny) {
-      std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
-      return g_failures == 0 ? 0 : 1;
+      return Report();
     }
     SmallCase("subm 3x3x3 general", c, c, false, cube, {1, 1, 1}, 64, 64,
               &rng, s);
@@ -917,8 +858,7 @@ int main(int argc, char** argv) {
   ErrorCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
-  std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return Report();
 }
 
 #endif  // !GOOGLE_CUDA

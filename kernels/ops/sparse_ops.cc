@@ -131,6 +131,7 @@ REGISTER_OP("SparseOps>Conv")
     .Output("output: T")
     .Attr("T: {float, double}")
     .Attr("weight_path: {'auto', 'dense', 'sparse'} = 'auto'")
+    .Attr("validate_map: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle features, kernel, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
@@ -148,6 +149,9 @@ kernel is [K, C_in, C_out]. Zero (pruned) weights are skipped; weight_path
 picks how ('auto': whole zero offsets, zero channels and, below a measured
 density, a sparse-weight product; 'dense': nothing skipped; 'sparse': the
 sparse-weight product for every offset). All give the same values.
+validate_map: check the map's values against the row counts (the CPU
+always does; on the GPU false skips the check and its host round trip, for
+maps made by SparseOps>KernelMap; the GPU kernels stay in bounds on any map).
 )doc");
 
 REGISTER_OP("SparseOps>ConvBackpropInput")
@@ -160,6 +164,7 @@ REGISTER_OP("SparseOps>ConvBackpropInput")
     .Output("grad_features: T")
     .Attr("T: {float, double}")
     .Attr("weight_path: {'auto', 'dense', 'sparse'} = 'auto'")
+    .Attr("validate_map: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle grad, kernel, unused;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
@@ -175,6 +180,9 @@ Adjoint of SparseOps>Conv in its features: grad_features[i] = sum over the
 pairs (i, o) of offset k of grad_output[o] . kernel[k]^T, for num_in_rows
 rows. Also the forward pass of the transposed convolution. weight_path as
 in SparseOps>Conv.
+validate_map: check the map's values against the row counts (the CPU
+always does; on the GPU false skips the check and its host round trip, for
+maps made by SparseOps>KernelMap; the GPU kernels stay in bounds on any map).
 )doc");
 
 REGISTER_OP("SparseOps>ConvBackpropKernel")
@@ -185,6 +193,7 @@ REGISTER_OP("SparseOps>ConvBackpropKernel")
     .Input("out_rows: int32")
     .Output("grad_kernel: T")
     .Attr("T: {float, double}")
+    .Attr("validate_map: bool = true")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle features, grad, splits;
       TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
@@ -198,6 +207,9 @@ REGISTER_OP("SparseOps>ConvBackpropKernel")
     .Doc(R"doc(
 Gradient of SparseOps>Conv in its kernel: grad_kernel[k] = sum over the pairs
 (i, o) of offset k of features[i]^T grad_output[o], [K, C_in, C_out].
+validate_map: check the map's values against the row counts (the CPU
+always does; on the GPU false skips the check and its host round trip, for
+maps made by SparseOps>KernelMap; the GPU kernels stay in bounds on any map).
 )doc");
 
 REGISTER_OP("SparseOps>MaxPool")
@@ -209,12 +221,16 @@ REGISTER_OP("SparseOps>MaxPool")
     .Output("output: T")
     .Output("argmax: int32")
     .Attr("T: {float, double}")
+    .Attr("validate_map: bool = true")
     .SetShapeFn(MapPoolShape)
     .Doc(R"doc(
 Sparse max pooling over a kernel map: output[o, c] = max over the pairs
 (i, o) of features[i, c], for num_out_rows output rows; argmax[o, c] = that
 input row (ties: the first in offset order), or -1 (and output 0) for an
 output row without pairs.
+validate_map: check the map's values against the row counts (the CPU
+always does; on the GPU false skips the check and its host round trip, for
+maps made by SparseOps>KernelMap; the GPU kernels stay in bounds on any map).
 )doc");
 
 REGISTER_OP("SparseOps>MaxPoolGrad")
@@ -284,11 +300,15 @@ REGISTER_OP("SparseOps>SumPool")
     .Output("output: T")
     .Attr("T: {float, double}")
     .Attr("average: bool = false")
+    .Attr("validate_map: bool = true")
     .SetShapeFn(MapPoolShape)
     .Doc(R"doc(
 Sparse sum pooling over a kernel map: output[o] = sum over the pairs (i, o)
 of features[i] (in offset order), divided by the number of pairs of o when
 `average`; 0 for output rows without pairs.
+validate_map: check the map's values against the row counts (the CPU
+always does; on the GPU false skips the check and its host round trip, for
+maps made by SparseOps>KernelMap; the GPU kernels stay in bounds on any map).
 )doc");
 
 REGISTER_OP("SparseOps>SumPoolTranspose")
@@ -300,12 +320,16 @@ REGISTER_OP("SparseOps>SumPoolTranspose")
     .Output("output: T")
     .Attr("T: {float, double}")
     .Attr("average: bool = false")
+    .Attr("validate_map: bool = true")
     .SetShapeFn(MapPoolShape)
     .Doc(R"doc(
 Adjoint of SparseOps>SumPool (unpooling): output[i] = sum over the pairs
 (i, o) of features[o] (in offset order), each divided by the number of pairs
 of o when `average`; features has one row per output row of the map. An
 input row may occur at most once per offset.
+validate_map: check the map's values against the row counts (the CPU
+always does; on the GPU false skips the check and its host round trip, for
+maps made by SparseOps>KernelMap; the GPU kernels stay in bounds on any map).
 )doc");
 
 REGISTER_OP("SparseOps>GlobalMaxPool")

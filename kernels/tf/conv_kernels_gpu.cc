@@ -18,63 +18,12 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
-namespace {
-
-// The kernel map inputs at `first` as the core's view; shapes checked.
-gpu::DeviceKernelMap DeviceMap(OpKernelContext* context, int first) {
-  const Tensor& splits = context->input(first);
-  const Tensor& in_rows = context->input(first + 1);
-  return gpu::DeviceKernelMap{splits.flat<int64_t>().data(),
-                              in_rows.flat<int32_t>().data(),
-                              context->input(first + 2).flat<int32_t>().data(),
-                              splits.dim_size(0) - 1, in_rows.dim_size(0)};
-}
-
-// Starts the device check of `map` against the row counts; the caller
-// then enqueues its own work and calls FinishMapCheck.
-struct MapCheck {
-  Tensor device, host;
-};
-
-bool StartMapCheck(OpKernelContext* context, const gpu::DeviceKernelMap& map,
-                   int64_t n_in, int64_t n_out, MapCheck* check) {
-  if (!AllocateDeviceBytes(context, sizeof(gpu::KernelMapCheck), &check->device) ||
-      !AllocateHostStruct<gpu::KernelMapCheck>(context, &check->host)) {
-    return false;
-  }
-  const Status status = gpu::CheckKernelMap(
-      map, n_in, n_out, static_cast<gpu::KernelMapCheck*>(BytesOf(check->device)),
-      StreamOf(context));
-  if (!status.ok()) context->CtxFailure(ToTfStatus(status));
-  return status.ok();
-}
-
-// Reads the check back after the work enqueued so far and ends the op.
-void FinishMapCheck(OpKernelContext* context, MapCheck check,
-                    const gpu::DeviceKernelMap& map, int64_t n_in, int64_t n_out,
-                    tensorflow::AsyncOpKernel::DoneCallback done) {
-  const Status copied = gpu::CopyToHost(BytesOf(check.host), BytesOf(check.device),
-                                        sizeof(gpu::KernelMapCheck), StreamOf(context));
-  if (!copied.ok()) {
-    context->CtxFailure(ToTfStatus(copied));
-    done();
-    return;
-  }
-  const int64_t pairs = map.num_pairs;
-  ThenOnHost(context, [context, check, pairs, n_in, n_out, done]() mutable {
-    const auto* result = static_cast<const gpu::KernelMapCheck*>(BytesOf(check.host));
-    const Status status = gpu::KernelMapCheckStatus(*result, pairs, n_in, n_out);
-    if (!status.ok()) context->CtxFailure(ToTfStatus(status));
-    done();
-  });
-}
-
-}  // namespace
 
 template <typename T>
 class ConvGpuOp : public SparseAsyncOpKernel {
  public:
-  using SparseAsyncOpKernel::SparseAsyncOpKernel;
+  explicit ConvGpuOp(OpKernelConstruction* context)
+      : SparseAsyncOpKernel(context), validate_map_(GetValidateMap(context)) {}
 
   void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
     const Tensor& features = context->input(0);
@@ -93,30 +42,31 @@ class ConvGpuOp : public SparseAsyncOpKernel {
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
     Tensor workspace;
-    MapCheck check;
+    DeviceResult<gpu::KernelMapCheck> check;
     const size_t bytes = gpu::ConvWorkspaceBytes<T>(map.num_offsets, n_out, c_in,
                                                     c_out, /*transpose_weights=*/false);
     if (!AllocateOutput(context, 0, {n_out, c_out}, &output) ||
         !AllocateDeviceBytes(context, bytes, &workspace) ||
-        !StartMapCheck(context, map, n_in, n_out, &check)) {
+        !StartMapCheck(context, validate_map_, map, n_in, n_out, &check)) {
       return done();
     }
     const Status status = gpu::Conv<T>(
         features.flat<T>().data(), n_in, c_in, kernel.flat<T>().data(), c_out,
         /*transpose_weights=*/false, map, n_out, output->flat<T>().data(),
         BytesOf(workspace), bytes, StreamOf(context));
-    if (!status.ok()) {
-      context->CtxFailure(ToTfStatus(status));
-      return done();
-    }
+    if (Failed(context, status)) return done();
     FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
   }
+
+ private:
+  const bool validate_map_;
 };
 
 template <typename T>
 class ConvBackpropInputGpuOp : public SparseAsyncOpKernel {
  public:
-  using SparseAsyncOpKernel::SparseAsyncOpKernel;
+  explicit ConvBackpropInputGpuOp(OpKernelConstruction* context)
+      : SparseAsyncOpKernel(context), validate_map_(GetValidateMap(context)) {}
 
   void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
     const Tensor& grad = context->input(0);
@@ -135,29 +85,31 @@ class ConvBackpropInputGpuOp : public SparseAsyncOpKernel {
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
     Tensor workspace;
-    MapCheck check;
+    DeviceResult<gpu::KernelMapCheck> check;
     const size_t bytes = gpu::ConvBackpropInputWorkspaceBytes<T>(
         map.num_offsets, map.num_pairs, n_in, c_in, c_out);
     if (!AllocateOutput(context, 0, {n_in, c_in}, &output) ||
         !AllocateDeviceBytes(context, bytes, &workspace) ||
-        !StartMapCheck(context, map, n_in, n_out, &check)) {
+        !StartMapCheck(context, validate_map_, map, n_in, n_out, &check)) {
       return done();
     }
     const Status status = gpu::ConvBackpropInput<T>(
         grad.flat<T>().data(), n_out, c_out, kernel.flat<T>().data(), c_in, map,
-        n_in, output->flat<T>().data(), BytesOf(workspace), bytes, StreamOf(context));
-    if (!status.ok()) {
-      context->CtxFailure(ToTfStatus(status));
-      return done();
-    }
+        n_in, output->flat<T>().data(), BytesOf(workspace), bytes, StreamOf(context),
+        MapCheckOrNull(check));
+    if (Failed(context, status)) return done();
     FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
   }
+
+ private:
+  const bool validate_map_;
 };
 
 template <typename T>
 class ConvBackpropKernelGpuOp : public SparseAsyncOpKernel {
  public:
-  using SparseAsyncOpKernel::SparseAsyncOpKernel;
+  explicit ConvBackpropKernelGpuOp(OpKernelConstruction* context)
+      : SparseAsyncOpKernel(context), validate_map_(GetValidateMap(context)) {}
 
   void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
     const Tensor& features = context->input(0);
@@ -172,23 +124,23 @@ class ConvBackpropKernelGpuOp : public SparseAsyncOpKernel {
     const int64_t c_in = features.dim_size(1), c_out = grad.dim_size(1);
     Tensor* output = nullptr;
     Tensor workspace;
-    MapCheck check;
+    DeviceResult<gpu::KernelMapCheck> check;
     const size_t bytes = gpu::ConvBackpropKernelWorkspaceBytes<T>(
         map.num_offsets, map.num_pairs, c_in, c_out);
     if (!AllocateOutput(context, 0, {map.num_offsets, c_in, c_out}, &output) ||
         !AllocateDeviceBytes(context, bytes, &workspace) ||
-        !StartMapCheck(context, map, n_in, n_out, &check)) {
+        !StartMapCheck(context, validate_map_, map, n_in, n_out, &check)) {
       return done();
     }
     const Status status = gpu::ConvBackpropKernel<T>(
         features.flat<T>().data(), n_in, c_in, grad.flat<T>().data(), n_out, c_out,
         map, output->flat<T>().data(), BytesOf(workspace), bytes, StreamOf(context));
-    if (!status.ok()) {
-      context->CtxFailure(ToTfStatus(status));
-      return done();
-    }
+    if (Failed(context, status)) return done();
     FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
   }
+
+ private:
+  const bool validate_map_;
 };
 
 #define SPARSE_OPS_REGISTER_GPU(T)                                          \

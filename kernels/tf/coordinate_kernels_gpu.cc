@@ -1,6 +1,8 @@
 // GPU kernel of SparseOps>KernelMap: check shapes and the (host) stride,
 // count the pairs on the device, read the count and any data error back
-// once (the pair count sizes the outputs), then fill the map.
+// once (the pair count sizes the outputs), then fill the map. The errors
+// are the CPU kernel's, in its order (negative batch indices, then the
+// input's key width and duplicates, then the output's).
 #if GOOGLE_CUDA
 
 #include <algorithm>
@@ -49,44 +51,63 @@ class KernelMapGpuOp : public SparseAsyncOpKernel {
     // for symmetric geometries), as on the CPU.
     const bool same = in.flat<int32_t>().data() == out.flat<int32_t>().data();
 
-    Tensor workspace, info_device, info_host;
+    // A separate map is checked like the CPU checks it: out_coordinates get
+    // their own key layout and duplicate test (a second count with no
+    // offsets), read back with the first.
+    Tensor workspace, out_workspace;
+    DeviceResult<gpu::KernelMapInfo> info, out_info;
     const size_t bytes = gpu::KernelMapWorkspaceBytes(n_in, n_out, K);
-    if (!AllocateDeviceBytes(context, bytes, &workspace) ||
-        !AllocateDeviceBytes(context, sizeof(gpu::KernelMapInfo), &info_device) ||
-        !AllocateHostStruct<gpu::KernelMapInfo>(context, &info_host)) {
+    const size_t out_bytes = same ? 0 : gpu::KernelMapWorkspaceBytes(n_out, n_out, 0);
+    if (!AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info) ||
+        (!same && (!AllocateDeviceBytes(context, out_bytes, &out_workspace) ||
+                   !AllocateResult(context, &out_info)))) {
       return done();
     }
-    auto* info = static_cast<gpu::KernelMapInfo*>(BytesOf(info_device));
-    Status status = gpu::KernelMapCount(
-        in.flat<int32_t>().data(), n_in, out.flat<int32_t>().data(), n_out, dims,
-        geometry, same, info, BytesOf(workspace), bytes, StreamOf(context));
+    const int32_t* out_coords = out.flat<int32_t>().data();
+    Status status = gpu::KernelMapCount(in.flat<int32_t>().data(), n_in, out_coords, n_out,
+                                        dims, geometry, same, info.on_device(),
+                                        BytesOf(workspace), bytes, StreamOf(context));
+    if (status.ok() && !same) {
+      const gpu::DeviceGeometry none{geometry.offsets, 0, geometry.stride};
+      status = gpu::KernelMapCount(out_coords, n_out, out_coords, n_out, dims, none,
+                                   /*same_coordinates=*/true, out_info.on_device(),
+                                   BytesOf(out_workspace), out_bytes, StreamOf(context));
+    }
     if (status.ok()) {
-      status = gpu::CopyToHost(BytesOf(info_host), info, sizeof(gpu::KernelMapInfo),
-                               StreamOf(context));
+      status = gpu::CopyToHost(BytesOf(info.host), info.on_device(),
+                               sizeof(gpu::KernelMapInfo), StreamOf(context));
     }
-    if (!status.ok()) {
-      context->CtxFailure(ToTfStatus(status));
-      return done();
+    if (status.ok() && !same) {
+      status = gpu::CopyToHost(BytesOf(out_info.host), out_info.on_device(),
+                               sizeof(gpu::KernelMapInfo), StreamOf(context));
     }
+    if (Failed(context, status)) return done();
     // The workspace holds the neighbour table until the fill has run.
-    ThenOnHost(context, [context, workspace, info_host, bytes, n_in, n_out, K,
-                         done]() mutable {
-      const auto& host = *static_cast<const gpu::KernelMapInfo*>(BytesOf(info_host));
-      const Status data = gpu::KernelMapInfoStatus(host);
-      Tensor *splits = nullptr, *in_rows = nullptr, *out_rows = nullptr;
-      if (!data.ok()) {
-        context->CtxFailure(ToTfStatus(data));
-      } else if (AllocateOutput(context, 0, {K + 1}, &splits) &&
-                 AllocateOutput(context, 1, {host.num_pairs}, &in_rows) &&
-                 AllocateOutput(context, 2, {host.num_pairs}, &out_rows)) {
-        const Status filled = gpu::KernelMapFill(
-            n_in, n_out, K, splits->flat<int64_t>().data(),
-            in_rows->flat<int32_t>().data(), out_rows->flat<int32_t>().data(),
-            BytesOf(workspace), bytes, StreamOf(context));
-        if (!filled.ok()) context->CtxFailure(ToTfStatus(filled));
-      }
-      done();
-    });
+    ThenOnHost(
+        context,
+        [context, workspace, info, out_info, same, bytes, n_in, n_out, K]() mutable {
+          Status data = gpu::KernelMapInfoStatus(info.on_host());
+          if (data.ok() && !same) {
+            const Status out_data = gpu::KernelMapInfoStatus(out_info.on_host());
+            if (!out_data.ok()) {
+              data = Status::Error("out_coordinates: " + out_data.message());
+            }
+          }
+          if (Failed(context, data)) return;
+          const int64_t pairs = info.on_host().num_pairs;
+          Tensor *splits = nullptr, *in_rows = nullptr, *out_rows = nullptr;
+          if (!AllocateOutput(context, 0, {K + 1}, &splits) ||
+              !AllocateOutput(context, 1, {pairs}, &in_rows) ||
+              !AllocateOutput(context, 2, {pairs}, &out_rows)) {
+            return;
+          }
+          const Status filled = gpu::KernelMapFill(
+              n_in, n_out, K, splits->flat<int64_t>().data(),
+              in_rows->flat<int32_t>().data(), out_rows->flat<int32_t>().data(),
+              BytesOf(workspace), bytes, StreamOf(context));
+          Failed(context, filled);
+        },
+        std::move(done));
   }
 };
 

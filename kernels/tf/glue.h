@@ -74,9 +74,17 @@ class TempAllocator {
 
 // The TensorFlow error of a failed core Status.
 inline absl::Status ToTfStatus(const Status& status) {
-  if (status.ok()) return absl::OkStatus();
-  return status.out_of_memory() ? absl::ResourceExhaustedError(status.message())
-                                : absl::InvalidArgumentError(status.message());
+  switch (status.kind()) {
+    case Status::Kind::kOk:
+      return absl::OkStatus();
+    case Status::Kind::kOutOfMemory:
+      return absl::ResourceExhaustedError(status.message());
+    case Status::Kind::kInternal:
+      return absl::InternalError(status.message());
+    case Status::Kind::kBadInput:
+      break;
+  }
+  return absl::InvalidArgumentError(status.message());
 }
 
 #define SPARSE_OPS_RETURN_IF_CORE_ERROR(context, expr) \

@@ -15,18 +15,20 @@ from sparse_ops.tensor import SparseTensor
 def _conv_features(features, kernel, kmap, num_out_rows, use_reference):
     if use_reference:
         return reference.conv(features, kernel, kmap, num_out_rows)
-    return _loader.library().sparse_ops_conv(features, kernel, *kmap, num_out_rows)
+    return _loader.library().sparse_ops_conv(features, kernel, *kmap, num_out_rows,
+                                             validate_map=_common.VALIDATE_LIBRARY_MAPS)
 
 
 def _conv_backprop_input(grad, kernel, kmap, num_in_rows, use_reference):
     if use_reference:
         return reference.conv_backprop_input(grad, kernel, kmap, num_in_rows)
     return _loader.library().sparse_ops_conv_backprop_input(
-        grad, kernel, *kmap, num_in_rows)
+        grad, kernel, *kmap, num_in_rows, validate_map=_common.VALIDATE_LIBRARY_MAPS)
 
 
 def _conv_backprop_kernel(features, grad, kmap):
-    return _loader.library().sparse_ops_conv_backprop_kernel(features, grad, *kmap)
+    return _loader.library().sparse_ops_conv_backprop_kernel(
+        features, grad, *kmap, validate_map=_common.VALIDATE_LIBRARY_MAPS)
 
 
 @tf.RegisterGradient("SparseOps>Conv")

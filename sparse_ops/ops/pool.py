@@ -23,7 +23,8 @@ def _max_pool_features(features, kmap, num_out_rows, use_reference):
     """[M, C]: the maximum over the pairs of each output row (0 without pairs)."""
     if use_reference:
         return reference.max_pool(features, kmap, num_out_rows)
-    out, _ = _loader.library().sparse_ops_max_pool(features, *kmap, num_out_rows)
+    out, _ = _loader.library().sparse_ops_max_pool(features, *kmap, num_out_rows,
+                                                   validate_map=_common.VALIDATE_LIBRARY_MAPS)
     return out
 
 
@@ -32,7 +33,8 @@ def _sum_pool_features(features, kmap, num_out_rows, average, use_reference):
     if use_reference:
         return reference.sum_pool(features, kmap, num_out_rows, average)
     return _loader.library().sparse_ops_sum_pool(features, *kmap, num_out_rows,
-                                                 average=average)
+                                                 average=average,
+                                                 validate_map=_common.VALIDATE_LIBRARY_MAPS)
 
 
 def _sum_pool_transpose(features, kmap, num_in_rows, average, use_reference):
@@ -40,7 +42,7 @@ def _sum_pool_transpose(features, kmap, num_in_rows, average, use_reference):
     if use_reference:
         return reference.sum_pool_transpose(features, kmap, num_in_rows, average)
     return _loader.library().sparse_ops_sum_pool_transpose(
-        features, *kmap, num_in_rows, average=average)
+        features, *kmap, num_in_rows, average=average, validate_map=_common.VALIDATE_LIBRARY_MAPS)
 
 
 def _max_pool_grad(grad, argmax, num_in_rows):
