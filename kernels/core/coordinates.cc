@@ -553,9 +553,11 @@ Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
       for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
         int32_t& slot = row[map.in_rows[p]];
         if (slot >= 0) {
-          int64_t none = -1;
-          repeated.compare_exchange_strong(none, p);
-          return;
+          // The smallest repeat over all offsets: the same pair every run.
+          int64_t cur = repeated.load();
+          while ((cur < 0 || cur > p) && !repeated.compare_exchange_weak(cur, p)) {
+          }
+          break;
         }
         slot = map.out_rows[p];
       }

@@ -128,4 +128,24 @@ Status CheckUniqueRows(const int32_t* coords, int64_t n, int dims,
   return status;
 }
 
+Status TransposedKernelMap(const KernelMapView& map, int64_t n_in, const Allocate& allocate,
+                           const ParallelFor& parallel_for, KernelMapView* transposed) {
+  const int64_t K = map.num_offsets, pairs = map.splits[K];
+  const bool table = TransposeUsesTable(map, n_in);
+  int32_t* table_scratch = table ? AllocateArray<int32_t>(allocate, K * n_in) : nullptr;
+  uint64_t* pair_scratch = table ? nullptr : AllocateArray<uint64_t>(allocate, pairs);
+  auto* splits = AllocateArray<int64_t>(allocate, K + 1);
+  auto* in_rows = AllocateArray<int32_t>(allocate, pairs);
+  auto* out_rows = AllocateArray<int32_t>(allocate, pairs);
+  if ((table_scratch == nullptr && pair_scratch == nullptr) || splits == nullptr ||
+      in_rows == nullptr || out_rows == nullptr) {
+    return Status::OutOfMemory("out of memory for the transposed kernel map of " +
+                               std::to_string(pairs) + " pairs");
+  }
+  const Status status = TransposeKernelMap(map, n_in, table_scratch, pair_scratch, splits,
+                                           in_rows, out_rows, parallel_for);
+  if (status.ok()) *transposed = KernelMapView{splits, in_rows, out_rows, K};
+  return status;
+}
+
 }  // namespace sparse_ops

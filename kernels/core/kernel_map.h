@@ -10,16 +10,12 @@
 #include <functional>
 #include <memory>
 
+#include "kernels/core/allocate.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
 #include "kernels/core/status.h"
 
 namespace sparse_ops {
-
-// Temporary memory from the caller (TensorFlow's allocator in the op):
-// `bytes` aligned to 64, alive as long as the caller's object that asked;
-// nullptr when there is none.
-using Allocate = std::function<void*(int64_t bytes)>;
 
 class KernelMapSearch {
  public:
@@ -64,6 +60,12 @@ class KernelMapSearch {
 // the two rows) and their keys fit 63 bits.
 Status CheckUniqueRows(const int32_t* coords, int64_t n, int dims,
                        const Allocate& allocate, const ParallelFor& parallel_for);
+
+// The transposed map of a valid map (TransposeKernelMap) in memory from
+// `allocate`, scratch included (within TableBudget: a [K, n_in] table or
+// the pairs to sort). Fails when an input row repeats within an offset.
+Status TransposedKernelMap(const KernelMapView& map, int64_t n_in, const Allocate& allocate,
+                           const ParallelFor& parallel_for, KernelMapView* transposed);
 
 }  // namespace sparse_ops
 

@@ -244,6 +244,37 @@ int64_t GlobalPoolChunks(const int64_t* starts, int64_t num_batches,
   return chunk_first[num_batches];
 }
 
+Status GroupGlobalPoolRows(const int32_t* batch, int64_t n, int64_t num_batches,
+                           int64_t channels, const Allocate& allocate,
+                           GlobalPoolGroups* groups) {
+  if (channels == 0) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (batch[i] < 0 || batch[i] >= num_batches) {
+        return Status::Error("batch index of row " + std::to_string(i) + " is " +
+                             std::to_string(batch[i]) + ", out of range [0, " +
+                             std::to_string(num_batches) + ")");
+      }
+    }
+    return Status::Ok();
+  }
+  auto* starts = AllocateArray<int64_t>(allocate, num_batches + 1);
+  auto* order = AllocateArray<int32_t>(allocate, n);
+  auto* chunk_first = AllocateArray<int64_t>(allocate, num_batches + 1);
+  if (starts == nullptr || order == nullptr || chunk_first == nullptr) {
+    return Status::OutOfMemory("out of memory to group " + std::to_string(n) +
+                               " rows into " + std::to_string(num_batches) +
+                               " batch items");
+  }
+  // chunk_first doubles as GroupByBatch's scratch.
+  const Status status = GroupByBatch(batch, n, num_batches, starts, order, chunk_first);
+  if (!status.ok()) return status;
+  groups->starts = starts;
+  groups->order = order;
+  groups->chunk_first = chunk_first;
+  groups->num_chunks = GlobalPoolChunks(starts, num_batches, chunk_first);
+  return Status::Ok();
+}
+
 namespace {
 
 // Calls chunk(lo, hi, j) for every chunk j (rows order[lo .. hi)) in

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "kernels/core/allocate.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
 #include "kernels/core/status.h"
@@ -68,6 +69,22 @@ void SparseSumPoolTranspose(const T* in, int64_t channels,
 // outside [0, num_batches), naming it.
 Status GroupByBatch(const int32_t* batch, int64_t n, int64_t num_batches,
                     int64_t* starts, int32_t* order, int64_t* scratch);
+
+// The grouping of rows by batch item that the global pools share
+// (GroupByBatch and GlobalPoolChunks), in memory from an Allocate.
+struct GlobalPoolGroups {
+  const int64_t* starts = nullptr;       // [num_batches + 1]
+  const int32_t* order = nullptr;        // [n]
+  const int64_t* chunk_first = nullptr;  // [num_batches + 1]
+  int64_t num_chunks = 0;
+};
+
+// Checks batch [n] against num_batches and groups the rows; with channels
+// 0 only checks (there is nothing to reduce, and no scratch of num_batches
+// entries is needed).
+Status GroupGlobalPoolRows(const int32_t* batch, int64_t n, int64_t num_batches,
+                           int64_t channels, const Allocate& allocate,
+                           GlobalPoolGroups* groups);
 
 // The global pools reduce fixed chunks of each item's rows in parallel and
 // then add the chunks of an item in order. Writes chunk_first[b] (the first

@@ -570,7 +570,7 @@ MapBuffers CarveMap(void* workspace, int64_t n_in, int64_t n_out, int64_t K) {
   Carver c(workspace);
   MapBuffers b;
   b.capacity = TableCapacity(n_in);
-  b.entries = K * n_out;
+  b.entries = CountProduct(K, n_out);
   b.keys = c.Take<uint64_t>(b.capacity);
   b.rows = c.Take<int32_t>(b.capacity);
   b.nbr = c.Take<int32_t>(b.entries);
@@ -675,31 +675,32 @@ __global__ void TransposeScatterKernel(const int64_t* __restrict__ splits,
 }
 
 // Repeated input rows within an offset (refused by the CPU's transposition):
-// count the pairs of each (offset, input row), then report the smallest pair
-// of a slot with more than one (the same pair on every run).
-__global__ void CountSlotsKernel(const int64_t* __restrict__ splits,
-                                 const int32_t* __restrict__ in_rows, int64_t K,
-                                 int64_t P, int64_t n_in, int32_t* counts) {
+// each (offset, input row) slot keeps its first pair; a later pair of the
+// same slot is a repeat, and the smallest such pair is reported, as the
+// CPU's serial scan of the offset finds it (the same pair on every run).
+__global__ void FirstPairKernel(const int64_t* __restrict__ splits,
+                                const int32_t* __restrict__ in_rows, int64_t K, int64_t P,
+                                int64_t n_in, unsigned int* first) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        p < P; p += step) {
     const int64_t k = OffsetOf(splits, K, p);
     const int32_t i = in_rows[p];
-    if (i >= 0 && i < n_in) atomicAdd(&counts[k * n_in + i], 1);
+    if (i >= 0 && i < n_in) atomicMin(&first[k * n_in + i], static_cast<unsigned int>(p));
   }
 }
 
-__global__ void RepeatedSlotsKernel(const int64_t* __restrict__ splits,
-                                    const int32_t* __restrict__ in_rows, int64_t K,
-                                    int64_t P, int64_t n_in,
-                                    const int32_t* __restrict__ counts,
-                                    KernelMapCheck* check) {
+__global__ void RepeatedPairKernel(const int64_t* __restrict__ splits,
+                                   const int32_t* __restrict__ in_rows, int64_t K,
+                                   int64_t P, int64_t n_in,
+                                   const unsigned int* __restrict__ first,
+                                   KernelMapCheck* check) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        p < P; p += step) {
     const int64_t k = OffsetOf(splits, K, p);
     const int32_t i = in_rows[p];
-    if (i >= 0 && i < n_in && counts[k * n_in + i] > 1) {
+    if (i >= 0 && i < n_in && first[k * n_in + i] < static_cast<unsigned int>(p)) {
       atomicMin(reinterpret_cast<ull*>(&check->repeated_pair), static_cast<ull>(p));
     }
   }
@@ -718,8 +719,8 @@ struct TransposeBuffers {
 
 TransposeBuffers CarveTranspose(Carver* c, int64_t n_in, int64_t K) {
   TransposeBuffers b;
-  b.table = c->Take<int32_t>(K * n_in);
-  b.compaction = CarveCompaction(c, K * n_in);
+  b.table = c->Take<int32_t>(CountProduct(K, n_in));
+  b.compaction = CarveCompaction(c, CountProduct(K, n_in));
   b.bytes = 0;
   return b;
 }
@@ -1529,13 +1530,15 @@ Status LaunchTranspose(const DeviceKernelMap& map, int64_t n_in,
                        cudaStream_t stream) {
   const int64_t K = map.num_offsets, E = K * n_in;
   if (E == 0) return Status::Ok();
-  if (check != nullptr && map.num_pairs > 0) {
-    cudaMemsetAsync(b.table, 0, E * sizeof(int32_t), stream);
+  // (Pair indices fit the table's 32 bits below 2^32 - 1 pairs.)
+  if (check != nullptr && map.num_pairs > 0 && map.num_pairs < 0xffffffffll) {
+    auto* first = reinterpret_cast<unsigned int*>(b.table);
+    cudaMemsetAsync(first, 0xff, E * sizeof(unsigned int), stream);
     const int grid = GridFor(map.num_pairs, 8192);
-    CountSlotsKernel<<<grid, kThreads, 0, stream>>>(map.splits, map.in_rows, K,
-                                                    map.num_pairs, n_in, b.table);
-    RepeatedSlotsKernel<<<grid, kThreads, 0, stream>>>(
-        map.splits, map.in_rows, K, map.num_pairs, n_in, b.table, check);
+    FirstPairKernel<<<grid, kThreads, 0, stream>>>(map.splits, map.in_rows, K,
+                                                   map.num_pairs, n_in, first);
+    RepeatedPairKernel<<<grid, kThreads, 0, stream>>>(map.splits, map.in_rows, K,
+                                                      map.num_pairs, n_in, first, check);
     RepeatedRowKernel<<<1, 1, 0, stream>>>(map.in_rows, check);
   }
   cudaMemsetAsync(b.table, 0xff, E * sizeof(int32_t), stream);

@@ -22,6 +22,12 @@ constexpr int kThreads = 256;
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// a * b for counts >= 0, or -1 when it overflows (Carver::Take saturates).
+inline int64_t CountProduct(int64_t a, int64_t b) {
+  int64_t product;
+  return __builtin_mul_overflow(a, b, &product) ? -1 : product;
+}
+
 // Carves one workspace into 256-byte aligned buffers; with a null base it
 // only counts bytes (the *WorkspaceBytes functions).
 class Carver {
@@ -29,14 +35,22 @@ class Carver {
   explicit Carver(void* base) : base_(static_cast<char*>(base)) {}
   // n entries of U, rounded up to 256 bytes; sizes that overflow saturate
   // at SIZE_MAX, which no workspace has (CheckWorkspace then fails).
+  // n entries of U (n < 0: an overflowed count), rounded up to 256 bytes;
+  // sizes that overflow saturate at SIZE_MAX, which no workspace has
+  // (CheckWorkspace then fails), and give nullptr.
   template <typename U>
   U* Take(int64_t n) {
-    if (used_ == SIZE_MAX) return nullptr;
-    U* p = base_ == nullptr ? nullptr : reinterpret_cast<U*>(base_ + used_);
     size_t bytes;
-    if (__builtin_mul_overflow(static_cast<size_t>(std::max<int64_t>(n, 1)), sizeof(U),
-                               &bytes) ||
-        __builtin_add_overflow(bytes, size_t{255}, &bytes) ||
+    if (n < 0 || __builtin_mul_overflow(static_cast<size_t>(std::max<int64_t>(n, 1)),
+                                        sizeof(U), &bytes)) {
+      bytes = SIZE_MAX;
+    }
+    return static_cast<U*>(TakeBytes(bytes));
+  }
+  void* TakeBytes(size_t bytes) {
+    if (used_ == SIZE_MAX) return nullptr;
+    void* p = base_ == nullptr ? nullptr : base_ + used_;
+    if (__builtin_add_overflow(bytes, size_t{255}, &bytes) ||
         __builtin_add_overflow(used_, bytes & ~size_t{255}, &used_)) {
       used_ = SIZE_MAX;
       return nullptr;

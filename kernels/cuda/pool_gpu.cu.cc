@@ -181,10 +181,10 @@ __device__ __forceinline__ void ReportBad(IndexCheck* check, int64_t j) {
 }
 
 // keys[j] = argmax[j] * C + c for j = o * C + c (sentinel n_in * C for -1
-// and bad entries), values[j] = j.
+// and bad entries), rows[j] = o.
 __global__ void ArgmaxKeysKernel(const int32_t* __restrict__ argmax, int64_t N, int64_t C,
                                  int64_t n_in, uint64_t* __restrict__ keys,
-                                 int64_t* __restrict__ values, IndexCheck* check) {
+                                 int32_t* __restrict__ rows, IndexCheck* check) {
   const uint64_t sentinel = static_cast<uint64_t>(n_in) * C;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < N;
@@ -197,14 +197,15 @@ __global__ void ArgmaxKeysKernel(const int32_t* __restrict__ argmax, int64_t N, 
       key = static_cast<uint64_t>(a) * C + static_cast<uint64_t>(j % C);
     }
     keys[j] = key;
-    values[j] = j;
+    rows[j] = static_cast<int32_t>(j / C);
   }
 }
 
-// The first entry of each run of equal sorted keys sums the run in order.
+// The first entry of each run of equal sorted keys sums the run in order
+// (increasing output row: the sort is stable).
 template <typename T>
 __global__ void ArgmaxSumKernel(const uint64_t* __restrict__ keys,
-                                const int64_t* __restrict__ values, int64_t N,
+                                const int32_t* __restrict__ rows, int64_t N, int64_t C,
                                 uint64_t sentinel, const T* __restrict__ grad_out,
                                 T* __restrict__ grad_in) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -212,14 +213,18 @@ __global__ void ArgmaxSumKernel(const uint64_t* __restrict__ keys,
        p += step) {
     const uint64_t key = keys[p];
     if (key >= sentinel || (p > 0 && keys[p - 1] == key)) continue;
+    const int64_t c = static_cast<int64_t>(key % C);
     T acc = T(0);
-    for (int64_t q = p; q < N && keys[q] == key; ++q) acc = acc + grad_out[values[q]];
+    for (int64_t q = p; q < N && keys[q] == key; ++q) {
+      acc = acc + grad_out[int64_t{rows[q]} * C + c];
+    }
     grad_in[key] = acc;
   }
 }
 
 // keys[i] = batch[i] (num_batches for a bad entry), rows[i] = i; counts of
-// each item (integer atomics: the totals do not depend on the order).
+// each item (integer atomics: the totals do not depend on the order). With
+// null outputs it only checks.
 __global__ void BatchKeysKernel(const int32_t* __restrict__ batch, int64_t n,
                                 int64_t num_batches, uint32_t* __restrict__ keys,
                                 int32_t* __restrict__ rows,
@@ -232,7 +237,7 @@ __global__ void BatchKeysKernel(const int32_t* __restrict__ batch, int64_t n,
     const bool bad = b < 0 || b >= num_batches;
     if (bad) {
       ReportBad(check, i);
-    } else {
+    } else if (counts != nullptr) {
       atomicAdd(&counts[b], 1ull);
     }
     if (keys != nullptr) {
@@ -368,34 +373,38 @@ __global__ void GlobalSumGradKernel(const T* __restrict__ grad, int64_t C,
 
 // --- Workspace layouts ---------------------------------------------------------
 
-size_t SortPairsBytes(int64_t n, bool wide_keys) {
+// CUB's temporary storage: the max-pool gradient's (64-bit keys, double
+// buffers) and the batch grouping's (32-bit keys). Sized for every key bit,
+// an upper bound for the bits sorted. SIZE_MAX when CUB refuses the size.
+size_t ArgmaxSortBytes(int64_t n) {
   size_t bytes = 0;
-  const int items = static_cast<int>(std::min(n, kMaxSortItems));
-  if (wide_keys) {
-    cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
-                                    static_cast<uint64_t*>(nullptr),
-                                    static_cast<const int64_t*>(nullptr),
-                                    static_cast<int64_t*>(nullptr), items);
-  } else {
-    cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint32_t*>(nullptr),
-                                    static_cast<uint32_t*>(nullptr),
-                                    static_cast<const int32_t*>(nullptr),
-                                    static_cast<int32_t*>(nullptr), items);
-  }
-  return bytes;
+  cub::DoubleBuffer<uint64_t> keys(nullptr, nullptr);
+  cub::DoubleBuffer<int32_t> rows(nullptr, nullptr);
+  const cudaError_t e = cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, keys, rows, static_cast<int>(std::min(n, kMaxSortItems)));
+  return e == cudaSuccess ? bytes : SIZE_MAX;
+}
+
+size_t BatchSortBytes(int64_t n) {
+  size_t bytes = 0;
+  const cudaError_t e = cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<int>(std::min(n, kMaxSortItems)));
+  return e == cudaSuccess ? bytes : SIZE_MAX;
 }
 
 size_t ScanBytes(int64_t n) {
   size_t bytes = 0;
-  cub::DeviceScan::ExclusiveSum(nullptr, bytes, static_cast<const int64_t*>(nullptr),
-                                static_cast<int64_t*>(nullptr),
-                                static_cast<int>(std::min(n, kMaxSortItems)));
-  return bytes;
+  const cudaError_t e = cub::DeviceScan::ExclusiveSum(
+      nullptr, bytes, static_cast<const int64_t*>(nullptr), static_cast<int64_t*>(nullptr),
+      static_cast<int>(std::min(n, kMaxSortItems)));
+  return e == cudaSuccess ? bytes : SIZE_MAX;
 }
 
 struct ArgmaxSortBuffers {
-  uint64_t *keys_in, *keys_out;
-  int64_t *values_in, *values_out;
+  uint64_t* keys[2];
+  int32_t* rows[2];
   void* temp;
   size_t temp_bytes;
   size_t bytes;
@@ -404,12 +413,12 @@ struct ArgmaxSortBuffers {
 ArgmaxSortBuffers CarveArgmaxSort(void* workspace, int64_t N) {
   Carver c(workspace);
   ArgmaxSortBuffers b;
-  b.keys_in = c.Take<uint64_t>(N);
-  b.keys_out = c.Take<uint64_t>(N);
-  b.values_in = c.Take<int64_t>(N);
-  b.values_out = c.Take<int64_t>(N);
-  b.temp_bytes = SortPairsBytes(N, /*wide_keys=*/true);
-  b.temp = c.Take<char>(static_cast<int64_t>(b.temp_bytes));
+  for (int i = 0; i < 2; ++i) {
+    b.keys[i] = c.Take<uint64_t>(N);
+    b.rows[i] = c.Take<int32_t>(N);
+  }
+  b.temp_bytes = ArgmaxSortBytes(N);
+  b.temp = c.TakeBytes(b.temp_bytes);
   b.bytes = c.used();
   return b;
 }
@@ -440,24 +449,36 @@ GroupBuffers CarveGroups(void* workspace, int64_t n, int64_t C, int64_t B) {
   g.starts = c.Take<int64_t>(B + 1);
   g.chunks = c.Take<int64_t>(B + 1);
   g.chunk_first = c.Take<int64_t>(B + 1);
-  g.temp_bytes = std::max(SortPairsBytes(n, /*wide_keys=*/false), ScanBytes(B + 1));
-  g.temp = c.Take<char>(static_cast<int64_t>(g.temp_bytes));
+  g.temp_bytes = std::max(BatchSortBytes(n), ScanBytes(B + 1));
+  g.temp = c.TakeBytes(g.temp_bytes);
   // Non-empty items have at most n / chunk + 1 chunks each: at most
   // n / chunk + min(n, B) in all.
   g.max_chunks = n / kGlobalChunk + std::min(n, B);
-  g.partial = c.Take<T>(g.max_chunks * C);
-  g.partial_arg = c.Take<int32_t>(g.max_chunks * C);
+  g.partial = c.Take<T>(CountProduct(g.max_chunks, C));
+  g.partial_arg = c.Take<int32_t>(CountProduct(g.max_chunks, C));
   g.bytes = c.used();
   return g;
 }
 
-Status CheckIndexSizes(int64_t n, int64_t channels, const char* what) {
-  if (n < 0 || channels < 0 || n >= kMaxSortItems) {
-    return Status::Error(std::string("sparse_ops GPU ") + what +
-                         ": sizes out of range: " + std::to_string(n) + " rows, " +
-                         std::to_string(channels) + " channels");
+// The sorts take int item counts (CUB of CUDA 12.0).
+Status CheckIndexSizes(int64_t entries, const char* what) {
+  if (entries < 0 || entries >= kMaxSortItems) {
+    return Status::Error(std::string("the GPU ") + what + " supports fewer than 2^31 - 1 " +
+                         "entries (rows x channels), got " +
+                         (entries < 0 ? std::string("more than 2^63") : std::to_string(entries)));
   }
   return Status::Ok();
+}
+
+// Only checks batch (the global pools without channels: the CPU groups
+// nothing then either, and allocates nothing of num_batches).
+Status CheckBatch(const int32_t* batch, int64_t n, int64_t B, IndexCheck* check,
+                  GpuStream stream) {
+  InitCheckKernel<<<1, 1, 0, stream>>>(check);
+  BatchKeysKernel<<<GridFor(n), kThreads, 0, stream>>>(batch, n, B, nullptr, nullptr,
+                                                       nullptr, check);
+  FinishCheckKernel<<<1, 1, 0, stream>>>(batch, check);
+  return LaunchStatus("batch_index check");
 }
 
 // Groups rows by batch item (stable) and writes starts and chunk_first.
@@ -496,18 +517,18 @@ template <typename T>
 Status GlobalPool(const T* in, int64_t n, int64_t C, const int32_t* batch, int64_t B,
                   bool is_max, bool average, T* out, int32_t* argmax, IndexCheck* check,
                   void* workspace, size_t workspace_bytes, GpuStream stream) {
-  Status status = CheckIndexSizes(n, C, "global pool");
+  Status status = CheckIndexSizes(n, "global pool");
   if (!status.ok()) return status;
   if (B < 0 || B >= kMaxSortItems) {
     return Status::Error("sparse_ops GPU global pool: num_batches out of range: " +
                          std::to_string(B));
   }
+  if (C == 0) return CheckBatch(batch, n, B, check, stream);  // nothing to reduce
   const GroupBuffers g = CarveGroups<T>(workspace, n, C, B);
   status = CheckWorkspace(workspace_bytes, g.bytes, "global pool");
   if (!status.ok()) return status;
   status = GroupRows(batch, n, B, g, check, stream);
   if (!status.ok()) return status;
-  if (C == 0) return Status::Ok();
   T* partial = static_cast<T*>(g.partial);
   GlobalChunkKernel<T><<<GridFor(g.max_chunks * C), kThreads, 0, stream>>>(
       in, C, g.order, g.starts, g.chunk_first, B, g.max_chunks, is_max, partial,
@@ -545,15 +566,15 @@ Status MaxPool(const T* in, int64_t n_in, int64_t channels, const DeviceKernelMa
 
 template <typename T>
 size_t MaxPoolGradWorkspaceBytes(int64_t n_out, int64_t channels, int64_t n_in) {
-  return CarveArgmaxSort(nullptr, n_out * channels).bytes;
+  return CarveArgmaxSort(nullptr, CountProduct(n_out, channels)).bytes;
 }
 
 template <typename T>
 Status MaxPoolGrad(const T* grad_out, const int32_t* argmax, int64_t channels,
                    int64_t n_out, int64_t n_in, T* grad_in, IndexCheck* check,
                    void* workspace, size_t workspace_bytes, GpuStream stream) {
-  const int64_t N = n_out * channels;
-  Status status = CheckIndexSizes(N, channels, "MaxPoolGrad");
+  const int64_t N = CountProduct(n_out, channels);
+  Status status = CheckIndexSizes(N, "MaxPoolGrad");
   if (!status.ok()) return status;
   const ArgmaxSortBuffers b = CarveArgmaxSort(workspace, N);
   status = CheckWorkspace(workspace_bytes, b.bytes, "MaxPoolGrad");
@@ -563,15 +584,17 @@ Status MaxPoolGrad(const T* grad_out, const int32_t* argmax, int64_t channels,
   if (N > 0) {
     const uint64_t sentinel = static_cast<uint64_t>(n_in) * channels;
     ArgmaxKeysKernel<<<GridFor(N), kThreads, 0, stream>>>(argmax, N, channels, n_in,
-                                                          b.keys_in, b.values_in, check);
+                                                          b.keys[0], b.rows[0], check);
+    cub::DoubleBuffer<uint64_t> keys(b.keys[0], b.keys[1]);
+    cub::DoubleBuffer<int32_t> rows(b.rows[0], b.rows[1]);
     size_t temp_bytes = b.temp_bytes;
     // Stable: the terms of one (row, channel) stay in increasing output row.
-    const cudaError_t e = cub::DeviceRadixSort::SortPairs(
-        b.temp, temp_bytes, b.keys_in, b.keys_out, b.values_in, b.values_out,
-        static_cast<int>(N), 0, BitsToHold(sentinel), stream);
+    const cudaError_t e =
+        cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, keys, rows, static_cast<int>(N),
+                                        0, BitsToHold(sentinel), stream);
     if (e != cudaSuccess) return CudaStatus(e, "MaxPoolGrad sort");
-    ArgmaxSumKernel<T><<<GridFor(N), kThreads, 0, stream>>>(b.keys_out, b.values_out, N,
-                                                            sentinel, grad_out, grad_in);
+    ArgmaxSumKernel<T><<<GridFor(N), kThreads, 0, stream>>>(
+        keys.Current(), rows.Current(), N, channels, sentinel, grad_out, grad_in);
   }
   FinishCheckKernel<<<1, 1, 0, stream>>>(argmax, check);
   return LaunchStatus("MaxPoolGrad");
@@ -605,7 +628,7 @@ TransposeSumBuffers CarveTransposeSum(void* workspace, int64_t K, int64_t P, int
   b.t_in_rows = c.Take<int32_t>(P);
   b.t_out_rows = c.Take<int32_t>(P);
   b.transpose_bytes = TransposeKernelMapWorkspaceBytes(n_in, K);
-  b.transpose = c.Take<char>(static_cast<int64_t>(b.transpose_bytes));
+  b.transpose = c.TakeBytes(b.transpose_bytes);
   b.inverse = c.Take<T>(n_out);
   b.bytes = c.used();
   return b;
@@ -645,7 +668,7 @@ Status SumPoolTranspose(const T* in, int64_t n_out, int64_t channels,
 
 template <typename T>
 size_t GlobalPoolWorkspaceBytes(int64_t n, int64_t channels, int64_t num_batches) {
-  return CarveGroups<T>(nullptr, n, channels, num_batches).bytes;
+  return channels == 0 ? 0 : CarveGroups<T>(nullptr, n, channels, num_batches).bytes;
 }
 
 template <typename T>
@@ -665,7 +688,8 @@ Status GlobalSumPool(const T* in, int64_t n, int64_t channels, const int32_t* ba
                        nullptr, check, workspace, workspace_bytes, stream);
 }
 
-size_t GlobalSumPoolGradWorkspaceBytes(int64_t num_batches) {
+size_t GlobalSumPoolGradWorkspaceBytes(int64_t num_batches, int64_t channels) {
+  if (channels == 0) return 0;
   Carver c(nullptr);
   c.Take<unsigned long long>(num_batches + 1);
   return c.used();
@@ -675,9 +699,11 @@ template <typename T>
 Status GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch, int64_t n,
                          int64_t num_batches, bool average, T* out, IndexCheck* check,
                          void* workspace, size_t workspace_bytes, GpuStream stream) {
-  Status status = CheckIndexSizes(n, channels, "GlobalSumPoolGrad");
+  Status status = CheckIndexSizes(n, "GlobalSumPoolGrad");
   if (!status.ok()) return status;
-  status = CheckWorkspace(workspace_bytes, GlobalSumPoolGradWorkspaceBytes(num_batches),
+  if (channels == 0) return CheckBatch(batch, n, num_batches, check, stream);
+  status = CheckWorkspace(workspace_bytes,
+                          GlobalSumPoolGradWorkspaceBytes(num_batches, channels),
                           "GlobalSumPoolGrad");
   if (!status.ok()) return status;
   auto* counts = static_cast<unsigned long long*>(workspace);

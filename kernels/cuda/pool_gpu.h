@@ -86,7 +86,7 @@ Status GlobalSumPool(const T* in, int64_t n, int64_t channels, const int32_t* ba
                      void* workspace, size_t workspace_bytes, GpuStream stream);
 
 // out[i] = grad[batch[i]] (times 1 / rows of that item when `average`).
-size_t GlobalSumPoolGradWorkspaceBytes(int64_t num_batches);
+size_t GlobalSumPoolGradWorkspaceBytes(int64_t num_batches, int64_t channels);
 template <typename T>
 Status GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch, int64_t n,
                          int64_t num_batches, bool average, T* out, IndexCheck* check,

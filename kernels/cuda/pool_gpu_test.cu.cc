@@ -114,16 +114,17 @@ std::vector<int32_t> Box(int lo, int hi) {
   return offsets;
 }
 
-// Values with many ties (small integers), some NaNs and negative zeros.
+// Values with many ties (small integers) and negative zeros, and with
+// `nans` some NaNs.
 template <typename T>
-std::vector<T> TieValues(std::mt19937_64* rng, int64_t n) {
+std::vector<T> TieValues(std::mt19937_64* rng, int64_t n, bool nans = true) {
   std::uniform_int_distribution<int> d(-3, 3);
   std::uniform_real_distribution<double> u(0.0, 1.0);
   std::vector<T> v(n);
   for (auto& x : v) {
     const double r = u(*rng);
-    x = r < 0.02 ? std::numeric_limits<T>::quiet_NaN()
-                 : r < 0.05 ? T(-0.0) : static_cast<T>(d(*rng)) / T(3);
+    x = (nans && r < 0.02) ? std::numeric_limits<T>::quiet_NaN()
+                           : r < 0.05 ? T(-0.0) : static_cast<T>(d(*rng)) / T(3);
   }
   return v;
 }
@@ -222,10 +223,12 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in, int64_t n
     const std::string w = what + (average ? " average" : " sum");
     std::vector<T> sum(n_out * C);
     sparse_ops::SparseSumPool<T>(in.data(), C, m.View(), n_out, average, sum.data(), kSerial);
-    d_out.Poison();
-    CORE_OK(sg::SumPool<T>(d_in.get(), n_in, C, dm.view, n_out, average, d_out.get(), s));
-    CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), sum), w + " pool");
+    for (int run = 0; run < 2; ++run) {
+      d_out.Poison();
+      CORE_OK(sg::SumPool<T>(d_in.get(), n_in, C, dm.view, n_out, average, d_out.get(), s));
+      CUDA_OK(cudaStreamSynchronize(s));
+      Expect(Bitwise(d_out.Download(), sum), w + " pool, run " + std::to_string(run));
+    }
 
     // The CPU transposed map, as the op builds it.
     const int64_t K = m.K(), P = m.P();
@@ -244,11 +247,17 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in, int64_t n
                                           average, inverse.data(), up.data(), kSerial);
     DevBuf<T> d_up_in(up_in), d_up(n_in * C);
     DevBuf<unsigned char> tws(sg::SumPoolTransposeWorkspaceBytes<T>(K, P, n_in, n_out));
+    DevBuf<sg::KernelMapCheck> map_check(1);
     for (int run = 0; run < 2; ++run) {
       d_up.Poison();
+      // As the op runs it: the map check, then the transpose adding to it.
+      CORE_OK(sg::CheckKernelMap(dm.view, n_in, n_out, map_check.get(), s));
       CORE_OK(sg::SumPoolTranspose<T>(d_up_in.get(), n_out, C, dm.view, n_in, average,
-                                      d_up.get(), tws.get(), tws.size(), s));
+                                      d_up.get(), tws.get(), tws.size(), s, map_check.get()));
       CUDA_OK(cudaStreamSynchronize(s));
+      const Status checked =
+          sg::KernelMapCheckStatus(map_check.Download()[0], m.P(), n_in, n_out);
+      Expect(checked.ok(), w + " valid map refused: " + checked.message());
       const std::vector<T> got = d_up.Download();
       Expect(average ? Close(got, up) : Bitwise(got, up),
              w + " pool transpose, run " + std::to_string(run));
@@ -276,7 +285,7 @@ void MaxPoolGradCollisions(std::mt19937_64* rng, cudaStream_t s) {
     CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in, d_out.get(),
                                d_check.get(), ws.get(), ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), want), "max pool grad, 75 terms per target, run " +
+    Expect(Bitwise(d_out.Download(), want), "max pool grad, ~73 terms per target, run " +
                                                 std::to_string(run));
   }
   // A bad entry: the CPU's message, the smallest bad position.
@@ -303,7 +312,10 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
     b = d(*rng);
     if (B > 2 && b == 1) b = 0;
   }
-  const std::vector<T> in = TieValues<T>(rng, n * C);
+  // Ties, and a single NaN (sums over thousands of rows with NaNs would all
+  // be NaN and compare equal whatever their order).
+  std::vector<T> in = TieValues<T>(rng, n * C, /*nans=*/false);
+  if (n * C > 0) in[0] = std::numeric_limits<T>::quiet_NaN();
   std::vector<int64_t> starts(B + 1), chunk_first(B + 1), scratch(B + 1);
   std::vector<int32_t> order(n);
   CORE_OK(sparse_ops::GroupByBatch(batch.data(), n, B, starts.data(), order.data(),
@@ -340,18 +352,22 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
              what + (average ? " mean" : " sum") + ", run " + std::to_string(run));
     }
   }
-  // The gradient of the mean.
+  // The gradients of the sum and the mean.
   const std::vector<T> grad = NormalValues<T>(rng, B * C);
-  std::vector<T> grad_in(n * C);
-  sparse_ops::GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), true,
-                                   grad_in.data(), kSerial);
   DevBuf<T> d_grad(grad), d_grad_in(n * C);
-  DevBuf<unsigned char> gws(sg::GlobalSumPoolGradWorkspaceBytes(B));
-  d_grad_in.Poison();
-  CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B, true,
-                                   d_grad_in.get(), d_check.get(), gws.get(), gws.size(), s));
-  CUDA_OK(cudaStreamSynchronize(s));
-  Expect(Bitwise(d_grad_in.Download(), grad_in), what + " mean gradient");
+  DevBuf<unsigned char> gws(sg::GlobalSumPoolGradWorkspaceBytes(B, C));
+  for (const bool average : {false, true}) {
+    std::vector<T> grad_in(n * C);
+    sparse_ops::GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), average,
+                                     grad_in.data(), kSerial);
+    d_grad_in.Poison();
+    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B, average,
+                                     d_grad_in.get(), d_check.get(), gws.get(), gws.size(),
+                                     s));
+    CUDA_OK(cudaStreamSynchronize(s));
+    Expect(Bitwise(d_grad_in.Download(), grad_in),
+           what + (average ? " mean" : " sum") + " gradient");
+  }
   // A bad batch index: the CPU's message.
   if (n > 10) {
     batch[7] = static_cast<int32_t>(B);
@@ -365,6 +381,13 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
                                                 order.data(), scratch.data());
     Expect(!gpu.ok() && gpu.message() == cpu.message(),
            "batch error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B, false,
+                                     d_grad_in.get(), d_check.get(), gws.get(), gws.size(),
+                                     s));
+    CUDA_OK(cudaStreamSynchronize(s));
+    const Status grad_gpu = sg::BatchCheckStatus(d_check.Download()[0], B);
+    Expect(!grad_gpu.ok() && grad_gpu.message() == cpu.message(),
+           "gradient batch error: GPU '" + grad_gpu.message() + "'");
   }
 }
 
@@ -372,20 +395,22 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
 // allowed, a fault is not (compute-sanitizer checks the accesses).
 void CorruptMap(cudaStream_t s) {
   HostMap m;
-  m.splits = {0, 3, 2, 9};  // decreasing, and past P
+  m.splits = {0, 9, -3, 4};  // past P, negative, decreasing
   m.in_rows = {0, 1 << 30, -5, 2};
   m.out_rows = {3, -1, 1 << 29, 0};
-  m.splits.back() = 4;
   DeviceMap dm(m);
   DevBuf<float> in(std::vector<float>(3 * 4, 1.0f)), out(5 * 4);
   DevBuf<int32_t> arg(5 * 4);
+  DevBuf<sg::KernelMapCheck> check(1);
   DevBuf<unsigned char> ws(sg::SumPoolTransposeWorkspaceBytes<float>(3, 4, 3, 5));
   CORE_OK(sg::MaxPool<float>(in.get(), 3, 4, dm.view, 5, out.get(), arg.get(), s));
   CORE_OK(sg::SumPool<float>(in.get(), 3, 4, dm.view, 5, true, out.get(), s));
+  CORE_OK(sg::CheckKernelMap(dm.view, 3, 5, check.get(), s));
   CORE_OK(sg::SumPoolTranspose<float>(out.get(), 5, 4, dm.view, 3, true, in.get(), ws.get(),
-                                      ws.size(), s));
+                                      ws.size(), s, check.get()));
   CUDA_OK(cudaStreamSynchronize(s));
-  Expect(true, "corrupt map: no fault");
+  Expect(!sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 5).ok(),
+         "corrupt map: the check refuses it (and compute-sanitizer sees no fault)");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include "kernels/core/conv.h"
 #include "kernels/core/coordinates.h"
+#include "kernels/core/kernel_map.h"
 #include "kernels/tf/glue.h"
 #include "tensorflow/core/framework/op_kernel.h"
 
@@ -71,13 +72,16 @@ class ConvBackpropInputOp : public SparseOpKernel {
     if (!CheckConvKernel(context, kernel, map.num_offsets, grad, 2, "grad_output")) return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     // The transposed map, sorted by input row, as the core needs.
-    TransposedMap transposed;
-    if (!TransposeMap(context, map, n_in, &transposed)) return;
+    TempAllocator temp(context);
+    KernelMapView transposed;
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, TransposedKernelMap(map, n_in, temp.callback(), IntraOpParallelFor(context),
+                                     &transposed));
 
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c_in}, &output)) return;
     SparseConv<T>(grad.flat<T>().data(), c_out, kernel.flat<T>().data(), c_in,
-                  /*transpose_weights=*/true, transposed.view, n_in,
+                  /*transpose_weights=*/true, transposed, n_in,
                   output->flat<T>().data(), IntraOpParallelFor(context), path_);
   }
 

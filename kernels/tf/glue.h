@@ -3,6 +3,7 @@
 #ifndef SPARSE_OPS_KERNELS_TF_GLUE_H_
 #define SPARSE_OPS_KERNELS_TF_GLUE_H_
 
+#include <algorithm>
 #include <deque>
 #include <new>
 #include <string>
@@ -58,7 +59,10 @@ class TempAllocator {
   Allocate callback() {
     return [this](int64_t bytes) -> void* {
       tensorflow::Tensor tensor;
-      if (!context_->allocate_temp(tensorflow::DT_INT8, tensorflow::TensorShape({bytes}),
+      // One byte at least: an empty tensor has no data pointer, and nullptr
+      // means "no memory" to the core.
+      if (!context_->allocate_temp(tensorflow::DT_INT8,
+                                   tensorflow::TensorShape({std::max<int64_t>(bytes, 1)}),
                                    &tensor).ok()) {
         return nullptr;
       }
@@ -237,42 +241,6 @@ inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_
   return true;
 }
 
-// The transposed map of a checked map (TransposeKernelMap), in
-// temporaries that live as long as this struct.
-struct TransposedMap {
-  tensorflow::Tensor splits, in_rows, out_rows;
-  KernelMapView view;
-};
-
-inline bool TransposeMap(tensorflow::OpKernelContext* context,
-                         const KernelMapView& map, int64_t n_in,
-                         TransposedMap* transposed) {
-  const int64_t K = map.num_offsets, pairs = map.splits[K];
-  // Scratch within TableBudget: a [K, n_in] table, or the pairs to sort.
-  const bool table = TransposeUsesTable(map, n_in);
-  tensorflow::Tensor scratch;
-  if (!AllocateTemp(context, table ? tensorflow::DT_INT32 : tensorflow::DT_UINT64,
-                    {table ? K * n_in : pairs}, &scratch) ||
-      !AllocateTemp(context, tensorflow::DT_INT64, {K + 1}, &transposed->splits) ||
-      !AllocateTemp(context, tensorflow::DT_INT32, {pairs}, &transposed->in_rows) ||
-      !AllocateTemp(context, tensorflow::DT_INT32, {pairs}, &transposed->out_rows)) {
-    return false;
-  }
-  int64_t* splits = transposed->splits.flat<int64_t>().data();
-  int32_t* in_rows = transposed->in_rows.flat<int32_t>().data();
-  int32_t* out_rows = transposed->out_rows.flat<int32_t>().data();
-  const Status status = TransposeKernelMap(
-      map, n_in, table ? scratch.flat<int32_t>().data() : nullptr,
-      table ? nullptr : scratch.flat<uint64_t>().data(), splits, in_rows,
-      out_rows, IntraOpParallelFor(context));
-  if (!status.ok()) {
-    context->CtxFailure(ToTfStatus(status));
-    return false;
-  }
-  transposed->view = KernelMapView{splits, in_rows, out_rows, K};
-  return true;
-}
-
 // A features-like input: [rows < 2^31 - 1, channels <= kMaxChannels].
 inline bool CheckMatrix(tensorflow::OpKernelContext* context, const tensorflow::Tensor& t,
                  const char* name) {
@@ -313,6 +281,17 @@ inline bool CheckConvKernel(tensorflow::OpKernelContext* context,
         (features_dim == 1 ? "C_in" : "C_out") + " = " +
         std::to_string(features.dim_size(1)) + " channels of " +
         features_name + ", got shape " + kernel.shape().DebugString()));
+    return false;
+  }
+  return true;
+}
+
+// A batch_index input: int32 [rows].
+inline bool CheckBatchIndexShape(tensorflow::OpKernelContext* context, const tensorflow::Tensor& batch, int64_t rows) {
+  if (batch.dims() != 1 || batch.dim_size(0) != rows) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "batch_index must be a vector of " + std::to_string(rows) +
+        " entries (one per row), got shape " + batch.shape().DebugString()));
     return false;
   }
   return true;

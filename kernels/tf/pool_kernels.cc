@@ -1,5 +1,6 @@
 // CPU kernels of the pooling ops: validate, allocate, call the core.
 #include "kernels/core/coordinates.h"
+#include "kernels/core/kernel_map.h"
 #include "kernels/core/pool.h"
 #include "kernels/tf/glue.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -109,8 +110,11 @@ class SumPoolTransposeOp : public SparseOpKernel {
     KernelMapView map;
     if (!GetKernelMap(context, 1, n_in, n_out, &map)) return;
     // The pairs by input row: the rows each input row receives from.
-    TransposedMap transposed;
-    if (!TransposeMap(context, map, n_in, &transposed)) return;
+    TempAllocator temp(context);
+    KernelMapView transposed;
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, TransposedKernelMap(map, n_in, temp.callback(), IntraOpParallelFor(context),
+                                     &transposed));
     Tensor inverse_counts;
     if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
                       {average_ ? n_out : 0}, &inverse_counts)) {
@@ -118,7 +122,7 @@ class SumPoolTransposeOp : public SparseOpKernel {
     }
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c}, &output)) return;
-    SparseSumPoolTranspose<T>(features.flat<T>().data(), c, map, transposed.view,
+    SparseSumPoolTranspose<T>(features.flat<T>().data(), c, map, transposed,
                               n_in, n_out, average_,
                               inverse_counts.flat<T>().data(),
                               output->flat<T>().data(), IntraOpParallelFor(context));
@@ -127,54 +131,6 @@ class SumPoolTransposeOp : public SparseOpKernel {
  private:
   bool average_;
 };
-
-// The grouping of rows by batch item that the global pools share.
-struct BatchGroups {
-  Tensor starts, order, chunk_first;
-  int64_t num_chunks = 0;
-};
-
-// Checks batch_index (int32 [rows]) against num_batches and groups the rows
-// by item, unless `channels` is 0 (then there is nothing to reduce, and no
-// scratch of num_batches entries is needed).
-bool GroupRows(OpKernelContext* context, const Tensor& batch, int64_t rows,
-               int64_t B, int64_t channels, BatchGroups* groups) {
-  if (batch.dims() != 1 || batch.dim_size(0) != rows) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "batch_index must be a vector of " + std::to_string(rows) +
-        " entries (one per row), got shape " + batch.shape().DebugString()));
-    return false;
-  }
-  const int32_t* b = batch.flat<int32_t>().data();
-  if (channels == 0) {
-    for (int64_t i = 0; i < rows; ++i) {
-      if (b[i] < 0 || b[i] >= B) {
-        context->CtxFailure(absl::InvalidArgumentError(
-            "batch index of row " + std::to_string(i) + " is " +
-            std::to_string(b[i]) + ", out of range [0, " + std::to_string(B) +
-            ")"));
-        return false;
-      }
-    }
-    return true;
-  }
-  if (!AllocateTemp(context, tensorflow::DT_INT64, {B + 1}, &groups->starts) ||
-      !AllocateTemp(context, tensorflow::DT_INT32, {rows}, &groups->order) ||
-      !AllocateTemp(context, tensorflow::DT_INT64, {B + 1},
-                    &groups->chunk_first)) {
-    return false;
-  }
-  int64_t* starts = groups->starts.flat<int64_t>().data();
-  int64_t* chunk_first = groups->chunk_first.flat<int64_t>().data();
-  const Status status = GroupByBatch(
-      b, rows, B, starts, groups->order.flat<int32_t>().data(), chunk_first);
-  if (!status.ok()) {
-    context->CtxFailure(ToTfStatus(status));
-    return false;
-  }
-  groups->num_chunks = GlobalPoolChunks(starts, B, chunk_first);
-  return true;
-}
 
 template <typename T>
 class GlobalMaxPoolOp : public SparseOpKernel {
@@ -187,8 +143,12 @@ class GlobalMaxPoolOp : public SparseOpKernel {
     const int64_t n = features.dim_size(0), c = features.dim_size(1);
     int64_t B;
     if (!GetRowCount(context, 2, "num_batches", &B)) return;
-    BatchGroups groups;
-    if (!GroupRows(context, context->input(1), n, B, c, &groups)) return;
+    if (!CheckBatchIndexShape(context, context->input(1), n)) return;
+    TempAllocator temp(context);
+    GlobalPoolGroups groups;
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n, B, c,
+                                     temp.callback(), &groups));
     Tensor* output = nullptr;
     Tensor* argmax = nullptr;
     if (!AllocateOutput(context, 0, {B, c}, &output)) return;
@@ -202,9 +162,9 @@ class GlobalMaxPoolOp : public SparseOpKernel {
       return;
     }
     GlobalMaxPool<T>(features.flat<T>().data(), c,
-                     groups.starts.flat<int64_t>().data(),
-                     groups.order.flat<int32_t>().data(),
-                     groups.chunk_first.flat<int64_t>().data(), B,
+                     groups.starts,
+                     groups.order,
+                     groups.chunk_first, B,
                      partial.flat<T>().data(),
                      partial_argmax.flat<int32_t>().data(),
                      output->flat<T>().data(), argmax->flat<int32_t>().data(),
@@ -225,8 +185,12 @@ class GlobalSumPoolOp : public SparseOpKernel {
     const int64_t n = features.dim_size(0), c = features.dim_size(1);
     int64_t B;
     if (!GetRowCount(context, 2, "num_batches", &B)) return;
-    BatchGroups groups;
-    if (!GroupRows(context, context->input(1), n, B, c, &groups)) return;
+    if (!CheckBatchIndexShape(context, context->input(1), n)) return;
+    TempAllocator temp(context);
+    GlobalPoolGroups groups;
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n, B, c,
+                                     temp.callback(), &groups));
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {B, c}, &output)) return;
     if (c == 0) return;
@@ -236,9 +200,9 @@ class GlobalSumPoolOp : public SparseOpKernel {
       return;
     }
     GlobalSumPool<T>(features.flat<T>().data(), c,
-                     groups.starts.flat<int64_t>().data(),
-                     groups.order.flat<int32_t>().data(),
-                     groups.chunk_first.flat<int64_t>().data(), B, average_,
+                     groups.starts,
+                     groups.order,
+                     groups.chunk_first, B, average_,
                      partial.flat<T>().data(), output->flat<T>().data(),
                      IntraOpParallelFor(context));
   }
@@ -267,14 +231,17 @@ class GlobalSumPoolGradOp : public SparseOpKernel {
     }
     const int64_t n = batch.dim_size(0), c = grad.dim_size(1);
     // One row of grad_output per batch item.
-    BatchGroups groups;
-    if (!GroupRows(context, batch, n, grad.dim_size(0), c, &groups)) return;
+    TempAllocator temp(context);
+    GlobalPoolGroups groups;
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, GroupGlobalPoolRows(batch.flat<int32_t>().data(), n, grad.dim_size(0), c,
+                                     temp.callback(), &groups));
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n, c}, &output)) return;
     if (c == 0) return;
     GlobalSumPoolGrad<T>(grad.flat<T>().data(), c,
                          batch.flat<int32_t>().data(), n,
-                         groups.starts.flat<int64_t>().data(), average_,
+                         groups.starts, average_,
                          output->flat<T>().data(), IntraOpParallelFor(context));
   }
 

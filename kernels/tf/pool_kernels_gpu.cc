@@ -18,20 +18,6 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
-namespace {
-
-bool CheckBatchIndexShape(OpKernelContext* context, const Tensor& batch, int64_t rows) {
-  if (batch.dims() != 1 || batch.dim_size(0) != rows) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "batch_index must be a vector of " + std::to_string(rows) +
-        " entries (one per row), got shape " + batch.shape().DebugString()));
-    return false;
-  }
-  return true;
-}
-
-}  // namespace
-
 // MaxPool (kMax) and SumPool: features [n_in, C] over a map to
 // num_out_rows rows.
 template <typename T, bool kMax>
@@ -225,7 +211,7 @@ class GlobalSumPoolGradGpuOp : public SparseAsyncOpKernel {
     Tensor* output = nullptr;
     Tensor workspace;
     DeviceResult<gpu::IndexCheck> check;
-    const size_t bytes = gpu::GlobalSumPoolGradWorkspaceBytes(B);
+    const size_t bytes = gpu::GlobalSumPoolGradWorkspaceBytes(B, c);
     if (!AllocateOutput(context, 0, {n, c}, &output) ||
         !AllocateDeviceBytes(context, bytes, &workspace) ||
         !AllocateResult(context, &check)) {
