@@ -14,6 +14,9 @@ TF_VERSION=$(sed -n "s/^TF_PACKAGE=\${TF_PACKAGE:-tensorflow-cpu==\(.*\)}/\1/p" 
 WORK="${CUDA_CHECK_WORKDIR:-$(mktemp -d)}"
 mkdir -p "$WORK"
 echo "== CUDA build against tensorflow==$TF_VERSION in $WORK"
+# A reused work directory keeps only its virtual environment: files
+# deleted from the tree must not linger there (setup.py globs sources).
+find "$WORK" -mindepth 1 -maxdepth 1 ! -name .venv-cuda -exec rm -rf {} +
 git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$WORK"
 cd "$WORK"
 # One architecture keeps the CI compile short; the default list is in
@@ -27,9 +30,9 @@ python -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_models.py 
   tests/test_gpu.py
 echo "== nvcc: the CUDA core's test programs (run on a GPU by kernels/cuda/device_check.sh)"
 NVCC_TEST_FLAGS=(-std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 -I. -x cu)
-nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/core_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
   kernels/core/coordinates.cc -o gpu_core_test
-nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/core_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
+nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
   kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc kernels/core/kernel_map.cc \
   kernels/core/pool.cc -o pool_gpu_test
 echo "== CUDA job done"

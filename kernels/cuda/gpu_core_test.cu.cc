@@ -8,7 +8,7 @@
 // Build and run (see kernels/cuda/README.md; -x cu applies to every input,
 // so coordinates.cc for the KeyPacker comparison is compiled alongside):
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
-//     kernels/cuda/core_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+//     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
 //     kernels/core/coordinates.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
 // Flags: --small (small and error cases, for compute-sanitizer memcheck),
 // --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).

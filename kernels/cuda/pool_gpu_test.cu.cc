@@ -7,7 +7,7 @@
 // must not fault (run under compute-sanitizer by device_check.sh).
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
-//     kernels/cuda/core_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
+//     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
 //     kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc \
 //     kernels/core/kernel_map.cc kernels/core/pool.cc -o /tmp/pool_gpu_test
 #if !defined(GOOGLE_CUDA) || !GOOGLE_CUDA
