@@ -57,7 +57,7 @@ def _sites(rng, n=400, extent=12, batch=2):
     return tf.constant(coords, tf.int32)
 
 
-def test_kernel_map_is_identical():
+def test_kernel_map_and_strided_coordinates_are_identical():
     rng = np.random.default_rng(0)
     lib = _loader.library()
     coords = _sites(rng)
@@ -69,6 +69,9 @@ def test_kernel_map_is_identical():
         cpu, gpu = _both(lib.sparse_ops_kernel_map, a, b, offsets, stride)
         for c, g in zip(cpu, gpu):
             np.testing.assert_array_equal(c, g)
+    for sites, strides in [(coords, [2, 2, 2]), (other, [2, 1, 3]), (coords[:0], [2, 2, 2])]:
+        cpu, gpu = _both(lib.sparse_ops_strided_coordinates, sites, tf.constant(strides))
+        np.testing.assert_array_equal(gpu, cpu)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -168,6 +171,9 @@ def test_gpu_errors_match_cpu():
     one = tf.constant([1, 1, 1])
     cpu, gpu = _errors(lib.sparse_ops_kernel_map, duplicate, duplicate, CUBE, one)
     assert cpu == gpu and cpu.startswith("coordinates has duplicate sites: rows 0 and 2")
+    negative = tf.constant([[0, 1, 1, 1], [-2, 2, 2, 2]], tf.int32)
+    cpu, gpu = _errors(lib.sparse_ops_strided_coordinates, negative, tf.constant([2, 2, 2]))
+    assert cpu == gpu == "coordinates row 1 has a negative batch index -2"
     # Duplicates among separate output sites: the CPU's "out_coordinates:" error.
     sites = tf.constant([[0, 0, 0, 0], [0, 4, 4, 4]], tf.int32)
     cpu, gpu = _errors(lib.sparse_ops_kernel_map, sites, duplicate, CUBE, one)

@@ -56,6 +56,7 @@ enum KernelMapError : int32_t {
   kMapOk = 0,
   kMapKeyTooWide = 1,    // the ranges need more than 63 bits
   kMapDuplicate = 2,     // two input rows are the same site
+  kMapStridedUnderflow = 3,  // strided coordinates of error_axis below int32
 };
 
 // Written by KernelMapCount on the device; copy it back (one small
@@ -65,7 +66,7 @@ struct KernelMapInfo {
   int32_t error;            // KernelMapError
   int32_t mirrored;         // 1 when half the offsets were probed
   int32_t duplicate_flag;   // set by the hash build, resolved below
-  int32_t pad;
+  int32_t error_axis;     // the axis of kMapStridedUnderflow
   int32_t lo[kMaxDims];     // per-axis bounds of in_coordinates
   int32_t hi[kMaxDims];
   KeyLayout layout;
@@ -133,6 +134,27 @@ Status KernelMapFill(int64_t n_in, int64_t n_out, int64_t num_offsets,
 // KernelMapCount); all ones for a row outside the layout's range.
 Status PackKeys(const int32_t* coords, int64_t n, int dims,
                 const KernelMapInfo* info, uint64_t* keys, GpuStream stream);
+
+// --- Strided coordinates ------------------------------------------------------
+// The output sites of a strided convolution, as the CPU's StridedKeys gives
+// them: unique(floor(c / s) * s) per spatial axis, batch kept, sorted
+// batch-major and row-major (a radix sort of packed keys, then unique).
+// Two phases around one host read of `info` (the site count sizes the
+// output):
+//   StridedCoordinatesCount(...);   // info->num_pairs = the number of sites
+//   copy info to the host; StridedCoordinatesInfoStatus(host info) -> error?
+//   StridedCoordinatesFill(info, n, dims, sites, out [sites, dims], ...);
+// The workspace must stay untouched between the two calls.
+size_t StridedCoordinatesWorkspaceBytes(int64_t n);
+Status StridedCoordinatesCount(const int32_t* coords, int64_t n, int dims,
+                               const Stride& stride, KernelMapInfo* info,
+                               void* workspace, size_t workspace_bytes, GpuStream stream);
+// The CPU op's errors, in its order: a negative batch index, strided
+// coordinates below the int32 range, keys wider than 63 bits.
+Status StridedCoordinatesInfoStatus(const KernelMapInfo& info);
+Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
+                              int64_t num_sites, int32_t* out, void* workspace,
+                              size_t workspace_bytes, GpuStream stream);
 
 // --- Kernel maps as inputs -----------------------------------------------------
 

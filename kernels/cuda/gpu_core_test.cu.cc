@@ -689,6 +689,81 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
   }
 }
 
+// --- Strided coordinates -------------------------------------------------------------
+
+// GPU strided coordinates (count, read back, fill) or the error.
+Status GpuStrided(const Coords& c, const std::vector<int32_t>& stride,
+                  std::vector<int32_t>* out, cudaStream_t s) {
+  sg::Stride by_value{};
+  std::copy(stride.begin(), stride.end(), by_value.v);
+  DevBuf<int32_t> d_in(c.rows);
+  DevBuf<sg::KernelMapInfo> info(1);
+  DevBuf<unsigned char> ws(sg::StridedCoordinatesWorkspaceBytes(c.n()));
+  CORE_OK(sg::StridedCoordinatesCount(d_in.get(), c.n(), c.dims, by_value, info.get(),
+                                      ws.get(), ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  const sg::KernelMapInfo host = info.Download()[0];
+  const Status status = sg::StridedCoordinatesInfoStatus(host);
+  if (!status.ok()) return status;
+  DevBuf<int32_t> d_out(host.num_pairs * c.dims);
+  CORE_OK(sg::StridedCoordinatesFill(info.get(), c.n(), c.dims, host.num_pairs, d_out.get(),
+                                     ws.get(), ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  *out = d_out.Download();
+  out->resize(host.num_pairs * c.dims);
+  return Status::Ok();
+}
+
+// The CPU op's sites: StridedKeys, then Unpack.
+Status CpuStrided(const Coords& c, const std::vector<int32_t>& stride,
+                  std::vector<int32_t>* out) {
+  sparse_ops::KeyPacker packer(c.dims);
+  std::vector<uint64_t> keys(c.n());
+  int64_t unique = 0;
+  const Status status = sparse_ops::StridedKeys(c.rows.data(), c.n(), c.dims, stride.data(),
+                                                &packer, keys.data(), &unique);
+  if (!status.ok()) return status;
+  out->assign(unique * c.dims, 0);
+  for (int64_t i = 0; i < unique; ++i) packer.Unpack(keys[i], out->data() + i * c.dims);
+  return Status::Ok();
+}
+
+void StridedCases(std::mt19937_64* rng, cudaStream_t s) {
+  struct Case {
+    std::string name;
+    Coords c;
+    std::vector<int32_t> stride;
+  };
+  std::vector<Case> cases = {
+      {"3D stride (2,1,3), negative coordinates", RandomCoords(rng, 4, 3, -9, 8, 0.3),
+       {2, 1, 3}},
+      {"2D stride 4", RandomCoords(rng, 3, 2, -20, 20, 0.3), {4, 4}},
+      {"5D stride 2", RandomCoords(rng, 6, 2, -2, 3, 0.3), {2, 2, 2, 2, 2}},
+      {"no rows", Coords{4, {}}, {2, 2, 2}},
+      {"one row, huge stride", Coords{4, {1, -7, 2147483647, 5}}, {1 << 30, 3, 1}},
+  };
+  for (const Case& k : cases) {
+    std::vector<int32_t> want, got, again;
+    CORE_OK(CpuStrided(k.c, k.stride, &want));
+    CORE_OK(GpuStrided(k.c, k.stride, &got, s));
+    CORE_OK(GpuStrided(k.c, k.stride, &again, s));
+    Expect(got == want, "strided coordinates: " + k.name);
+    Expect(again == got, "strided coordinates twice: " + k.name);
+  }
+  // The CPU op's errors: a negative batch index (its glue's message), a
+  // strided range below int32.
+  std::vector<int32_t> out;
+  Coords negative{4, {0, 1, 1, 1, 2, 0, 0, 0, -3, 5, 5, 5}};
+  Status gpu = GpuStrided(negative, {2, 2, 2}, &out, s);
+  Expect(!gpu.ok() && gpu.message() == "coordinates row 2 has a negative batch index -3",
+         "strided negative batch: " + gpu.message());
+  Coords low{3, {0, -2147483647 - 1 + 1, 0}};
+  gpu = GpuStrided(low, {3, 1}, &out, s);
+  const Status cpu = CpuStrided(low, {3, 1}, &out);
+  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
+         "strided underflow: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+}
+
 // --- Timing ----------------------------------------------------------------------------
 
 template <typename F>
@@ -856,6 +931,8 @@ int main(int argc, char** argv) {
   }
   std::printf("errors:\n");
   ErrorCases(&rng, s);
+  std::printf("strided coordinates:\n");
+  StridedCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
   return Report();

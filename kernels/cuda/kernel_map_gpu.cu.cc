@@ -16,6 +16,8 @@
 
 #include "kernels/cuda/launch.cu.h"
 
+#include <cub/cub.cuh>
+
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -116,7 +118,7 @@ __global__ void InitInfoKernel(KernelMapInfo* info) {
     info->error = kMapOk;
     info->mirrored = 0;
     info->duplicate_flag = 0;
-    info->pad = 0;
+    info->error_axis = 0;
     info->duplicate = kNone;
     info->negative_in_row = kNone;
     info->negative_out_row = kNone;
@@ -369,6 +371,117 @@ __global__ void FinishInfoKernel(KernelMapInfo* info,
     info->negative_out_value =
         out_coords[static_cast<int64_t>(info->negative_out_row) * dims];
   }
+}
+
+// --- Strided coordinates -----------------------------------------------------------
+
+__host__ __device__ inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+// KeyPacker::Finalize over the strided range (one thread): floor(c / s) * s
+// is monotone in c, so its range follows from the bounds. Records the
+// first axis whose strided range falls below int32, as the CPU does.
+__global__ void StridedLayoutKernel(KernelMapInfo* info, int dims, const Stride stride) {
+  KeyLayout& l = info->layout;
+  l.dims = dims;
+  int64_t lo[kMaxDims], hi[kMaxDims];
+  for (int a = 0; a < dims; ++a) {
+    lo[a] = info->lo[a];
+    hi[a] = info->hi[a];
+    if (lo[a] > hi[a]) {  // no rows: empty range
+      lo[a] = hi[a] = 0;
+      continue;
+    }
+    if (a == 0) continue;
+    const int64_t s = stride.v[a - 1];
+    lo[a] = FloorDiv(lo[a], s) * s;
+    hi[a] = FloorDiv(hi[a], s) * s;
+    if (lo[a] < kInt32Min && info->error == kMapOk) {
+      info->error = kMapStridedUnderflow;
+      info->error_axis = a;
+    }
+  }
+  int total = 0;
+  for (int a = dims - 1; a >= 0; --a) {
+    l.lo[a] = lo[a];
+    l.span[a] = hi[a] - lo[a];
+    l.shift[a] = total;
+    l.bits[a] = BitsFor(hi[a] - lo[a]);
+    total += l.bits[a];
+  }
+  l.total_bits = total;
+  if (total > kMaxKeyBits && info->error == kMapOk) info->error = kMapKeyTooWide;
+}
+
+template <int D>
+__global__ void StridedPackKernel(const int32_t* __restrict__ coords, int64_t n, int dims,
+                                  const Stride stride, const KernelMapInfo* info,
+                                  uint64_t* __restrict__ keys) {
+  __shared__ SharedLayout layout;
+  const bool ok = info->error == kMapOk;
+  if (ok) LoadLayout(info->layout, dims, &layout);
+  __syncthreads();
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  int64_t q[D > 0 ? D : kMaxDims];
+  LoadRow<D>(coords, i, dims, q);
+#pragma unroll
+  for (int a = 1; a < (D > 0 ? D : kMaxDims); ++a) {
+    if (D == 0 && a >= dims) break;
+    const int64_t s = stride.v[a - 1];
+    q[a] = FloorDiv(q[a], s) * s;
+  }
+  uint64_t key = 0;
+  if (ok) Pack<D>(q, dims, layout, &key);  // in range by construction
+  keys[i] = key;
+}
+
+__global__ void UnpackKernel(const uint64_t* __restrict__ keys, int64_t n, int dims,
+                             const KernelMapInfo* info, int32_t* __restrict__ out) {
+  const KeyLayout& l = info->layout;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += step) {
+    for (int a = 0; a < dims; ++a) {
+      const uint64_t mask = l.bits[a] == 0 ? 0 : ((uint64_t{1} << l.bits[a]) - 1);
+      out[i * dims + a] =
+          static_cast<int32_t>(l.lo[a] + static_cast<int64_t>((keys[i] >> l.shift[a]) & mask));
+    }
+  }
+}
+
+struct StridedBuffers {
+  uint64_t *keys, *sorted, *unique;
+  void* temp;
+  size_t temp_bytes;
+  size_t bytes;
+};
+
+// CUB's temporary storage for sorting and selecting n keys (SIZE_MAX when
+// CUB refuses the size; its item counts are ints).
+size_t SortUniqueBytes(int64_t n) {
+  const int items = static_cast<int>(std::min<int64_t>(n, kInt32Max));
+  size_t sort = 0, unique = 0;
+  const cudaError_t e1 = cub::DeviceRadixSort::SortKeys(
+      nullptr, sort, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+      items);
+  const cudaError_t e2 = cub::DeviceSelect::Unique(
+      nullptr, unique, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+      static_cast<int64_t*>(nullptr), items);
+  return e1 == cudaSuccess && e2 == cudaSuccess ? std::max(sort, unique) : SIZE_MAX;
+}
+
+StridedBuffers CarveStrided(void* workspace, int64_t n) {
+  Carver c(workspace);
+  StridedBuffers b;
+  b.keys = c.Take<uint64_t>(n);
+  b.sorted = c.Take<uint64_t>(n);
+  b.unique = c.Take<uint64_t>(n);
+  b.temp_bytes = SortUniqueBytes(n);
+  b.temp = c.TakeBytes(b.temp_bytes);
+  b.bytes = c.used();
+  return b;
 }
 
 // --- Stream compaction of a neighbour table ------------------------------------------
@@ -717,6 +830,25 @@ TransposeBuffers CarveTranspose(Carver* c, int64_t n_in, int64_t K) {
 }  // namespace
 
 
+namespace {
+
+// KeyPacker::Finalize's error, in its words.
+Status KeyWidthStatus(const KeyLayout& layout) {
+  std::string widths;
+  for (int a = 0; a < layout.dims; ++a) {
+    widths += (a ? ", " : "") + std::to_string(layout.bits[a]);
+  }
+  return Status::Error(
+      "coordinates span too large a range to pack into a 64-bit key: the "
+      "axes (batch first) need " + widths + " bits, " +
+      std::to_string(layout.total_bits) + " in total, more than " +
+      std::to_string(kMaxKeyBits) +
+      ". Use a larger voxel size, fewer dimensions, or coordinates that "
+      "span a smaller range.");
+}
+
+}  // namespace
+
 Status KernelMapInfoStatus(const KernelMapInfo& info) {
   if (info.negative_in_row != kNone) {
     return Status::Error("in_coordinates row " +
@@ -730,19 +862,7 @@ Status KernelMapInfoStatus(const KernelMapInfo& info) {
                          " has a negative batch index " +
                          std::to_string(info.negative_out_value));
   }
-  if (info.error == kMapKeyTooWide) {
-    std::string widths;
-    for (int a = 0; a < info.layout.dims; ++a) {
-      widths += (a ? ", " : "") + std::to_string(info.layout.bits[a]);
-    }
-    return Status::Error(
-        "coordinates span too large a range to pack into a 64-bit key: the "
-        "axes (batch first) need " + widths + " bits, " +
-        std::to_string(info.layout.total_bits) + " in total, more than " +
-        std::to_string(kMaxKeyBits) +
-        ". Use a larger voxel size, fewer dimensions, or coordinates that "
-        "span a smaller range.");
-  }
+  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
   if (info.error == kMapDuplicate) {
     const uint64_t a = info.duplicate & 0xffffffffull;
     const uint64_t b = info.duplicate >> 32;
@@ -949,6 +1069,72 @@ Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
       CheckWorkspace(workspace_bytes, c.used(), "TransposeKernelMap");
   if (!status.ok()) return status;
   return LaunchTranspose(map, n_in, t_in_rows, t_out_rows, b, check, stream);
+}
+
+
+size_t StridedCoordinatesWorkspaceBytes(int64_t n) { return CarveStrided(nullptr, n).bytes; }
+
+Status StridedCoordinatesCount(const int32_t* coords, int64_t n, int dims,
+                               const Stride& stride, KernelMapInfo* info,
+                               void* workspace, size_t workspace_bytes, GpuStream stream) {
+  if (n < 0 || n >= kInt32Max || dims < 1 || dims > kMaxDims) {
+    return Status::Error("sparse_ops GPU StridedCoordinates: " + std::to_string(n) +
+                         " rows of " + std::to_string(dims) + " columns are not supported");
+  }
+  const StridedBuffers b = CarveStrided(workspace, n);
+  Status status = CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
+  if (!status.ok()) return status;
+  InitInfoKernel<<<1, 32, 0, stream>>>(info);
+  if (n > 0) {
+    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims, info);
+  }
+  StridedLayoutKernel<<<1, 1, 0, stream>>>(info, dims, stride);
+  FinishInfoKernel<<<1, 1, 0, stream>>>(info, coords, coords, dims);  // the negative batch
+  if (n == 0) return LaunchStatus("StridedCoordinates");  // num_pairs stays 0
+  const int grid = static_cast<int>(CeilDiv(n, kThreads));
+  SPARSE_OPS_DISPATCH_DIMS(dims, StridedPackKernel, grid, kThreads, stream, coords, n, dims,
+                           stride, info, b.keys);
+  size_t temp_bytes = b.temp_bytes;
+  cudaError_t e = cub::DeviceRadixSort::SortKeys(b.temp, temp_bytes, b.keys, b.sorted,
+                                                 static_cast<int>(n), 0, 64, stream);
+  temp_bytes = b.temp_bytes;
+  if (e == cudaSuccess) {
+    e = cub::DeviceSelect::Unique(b.temp, temp_bytes, b.sorted, b.unique, &info->num_pairs,
+                                  static_cast<int>(n), stream);
+  }
+  if (e != cudaSuccess) return CudaStatus(e, "StridedCoordinates sort");
+  return LaunchStatus("StridedCoordinates");
+}
+
+Status StridedCoordinatesInfoStatus(const KernelMapInfo& info) {
+  if (info.negative_in_row != kNone) {
+    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
+                         " has a negative batch index " +
+                         std::to_string(info.negative_in_value));
+  }
+  if (info.error == kMapStridedUnderflow) {
+    return Status::Error("strided coordinates of axis " + std::to_string(info.error_axis) +
+                         " fall below the int32 range");
+  }
+  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
+  if (info.error != kMapOk) {
+    return Status::Internal("sparse_ops GPU StridedCoordinates: unknown error " +
+                            std::to_string(info.error));
+  }
+  return Status::Ok();
+}
+
+Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
+                              int64_t num_sites, int32_t* out, void* workspace,
+                              size_t workspace_bytes, GpuStream stream) {
+  const StridedBuffers b = CarveStrided(workspace, n);  // where Count left the keys
+  const Status status = CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
+  if (!status.ok()) return status;
+  if (num_sites <= 0) return Status::Ok();
+  if (num_sites > n) return Status::Internal("StridedCoordinatesFill: more sites than rows");
+  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.unique, num_sites, dims, info,
+                                                            out);
+  return LaunchStatus("StridedCoordinates");
 }
 
 }  // namespace gpu

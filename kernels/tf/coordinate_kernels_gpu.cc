@@ -1,4 +1,6 @@
-// GPU kernel of SparseOps>KernelMap: check shapes and the (host) stride,
+// GPU kernels of SparseOps>StridedCoordinates and SparseOps>KernelMap.
+//
+// KernelMap: check shapes and the (host) stride,
 // count the pairs on the device, read the count and any data error back
 // once (the pair count sizes the outputs), then fill the map. The errors
 // are the CPU kernel's, in its order (negative batch indices, then the
@@ -111,9 +113,54 @@ class KernelMapGpuOp : public SparseAsyncOpKernel {
   }
 };
 
+class StridedCoordinatesGpuOp : public SparseAsyncOpKernel {
+ public:
+  using SparseAsyncOpKernel::SparseAsyncOpKernel;
+
+  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+    const Tensor& in = context->input(0);
+    const Tensor& stride = context->input(1);  // host memory
+    if (!CheckCoordinatesShape(context, in, "coordinates")) return done();
+    const int dims = in.dim_size(1);
+    if (!CheckStride(context, stride, dims - 1)) return done();
+    const int64_t n = in.dim_size(0);
+    gpu::Stride by_value{};
+    std::copy_n(stride.flat<int32_t>().data(), dims - 1, by_value.v);
+    Tensor workspace;
+    DeviceResult<gpu::KernelMapInfo> info;
+    const size_t bytes = gpu::StridedCoordinatesWorkspaceBytes(n);
+    if (!AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info)) {
+      return done();
+    }
+    if (Failed(context, gpu::StridedCoordinatesCount(in.flat<int32_t>().data(), n, dims,
+                                                     by_value, info.on_device(),
+                                                     BytesOf(workspace), bytes,
+                                                     StreamOf(context)))) {
+      return done();
+    }
+    // The workspace holds the unique keys until the fill has run.
+    FinishWithResult(
+        context, info,
+        [context, workspace, info, bytes, n, dims](const gpu::KernelMapInfo& host) mutable {
+          Status status = gpu::StridedCoordinatesInfoStatus(host);
+          Tensor* out = nullptr;
+          if (status.ok() && AllocateOutput(context, 0, {host.num_pairs, dims}, &out)) {
+            status = gpu::StridedCoordinatesFill(info.on_device(), n, dims, host.num_pairs,
+                                                 out->flat<int32_t>().data(),
+                                                 BytesOf(workspace), bytes, StreamOf(context));
+          }
+          return status;
+        },
+        std::move(done));
+  }
+};
+
 REGISTER_KERNEL_BUILDER(
     Name("SparseOps>KernelMap").Device(DEVICE_GPU).HostMemory("stride"),
     KernelMapGpuOp);
+REGISTER_KERNEL_BUILDER(
+    Name("SparseOps>StridedCoordinates").Device(DEVICE_GPU).HostMemory("stride"),
+    StridedCoordinatesGpuOp);
 
 }  // namespace sparse_ops
 
