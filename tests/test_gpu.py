@@ -57,7 +57,7 @@ def _sites(rng, n=400, extent=12, batch=2):
     return tf.constant(coords, tf.int32)
 
 
-def test_kernel_map_and_strided_coordinates_are_identical():
+def test_coordinate_ops_are_identical():
     rng = np.random.default_rng(0)
     lib = _loader.library()
     coords = _sites(rng)
@@ -71,6 +71,9 @@ def test_kernel_map_and_strided_coordinates_are_identical():
             np.testing.assert_array_equal(c, g)
     for sites, strides in [(coords, [2, 2, 2]), (other, [2, 1, 3]), (coords[:0], [2, 2, 2])]:
         cpu, gpu = _both(lib.sparse_ops_strided_coordinates, sites, tf.constant(strides))
+        np.testing.assert_array_equal(gpu, cpu)
+        cpu, gpu = _both(lib.sparse_ops_generative_coordinates, sites, box,
+                         tf.constant(strides))
         np.testing.assert_array_equal(gpu, cpu)
 
 

@@ -57,6 +57,7 @@ enum KernelMapError : int32_t {
   kMapKeyTooWide = 1,    // the ranges need more than 63 bits
   kMapDuplicate = 2,     // two input rows are the same site
   kMapStridedUnderflow = 3,  // strided coordinates of error_axis below int32
+  kMapGenerativeOverflow = 4,  // generated coordinates of error_axis leave int32
 };
 
 // Written by KernelMapCount on the device; copy it back (one small
@@ -66,7 +67,7 @@ struct KernelMapInfo {
   int32_t error;            // KernelMapError
   int32_t mirrored;         // 1 when half the offsets were probed
   int32_t duplicate_flag;   // set by the hash build, resolved below
-  int32_t error_axis;     // the axis of kMapStridedUnderflow
+  int32_t error_axis;     // the axis of kMapStridedUnderflow / kMapGenerativeOverflow
   int32_t lo[kMaxDims];     // per-axis bounds of in_coordinates
   int32_t hi[kMaxDims];
   KeyLayout layout;
@@ -155,6 +156,23 @@ Status StridedCoordinatesInfoStatus(const KernelMapInfo& info);
 Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
                               int64_t num_sites, int32_t* out, void* workspace,
                               size_t workspace_bytes, GpuStream stream);
+
+// --- Generative coordinates ---------------------------------------------------
+// Every site c + offsets[k] * stride of the rows c (a generative transposed
+// convolution), unique and sorted, as the CPU's GenerativeKeys gives them;
+// in the same two phases as the strided coordinates. All n * K candidates
+// are sorted at once (the CPU works in chunks within a budget), so n * K
+// must stay below 2^31 - 1 and fit the workspace.
+size_t GenerativeCoordinatesWorkspaceBytes(int64_t n, int64_t num_offsets);
+Status GenerativeCoordinatesCount(const int32_t* coords, int64_t n, int dims,
+                                  const DeviceGeometry& geometry, KernelMapInfo* info,
+                                  void* workspace, size_t workspace_bytes, GpuStream stream);
+// A negative batch index, generated coordinates leaving int32, keys wider
+// than 63 bits: the CPU op's errors, in its order.
+Status GenerativeCoordinatesInfoStatus(const KernelMapInfo& info);
+Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t num_offsets,
+                                 int dims, int64_t num_sites, int32_t* out, void* workspace,
+                                 size_t workspace_bytes, GpuStream stream);
 
 // --- Kernel maps as inputs -----------------------------------------------------
 

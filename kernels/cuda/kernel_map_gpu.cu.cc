@@ -19,6 +19,7 @@
 #include <cub/cub.cuh>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -448,6 +449,99 @@ __global__ void UnpackKernel(const uint64_t* __restrict__ keys, int64_t n, int d
       out[i * dims + a] =
           static_cast<int32_t>(l.lo[a] + static_cast<int64_t>((keys[i] >> l.shift[a]) & mask));
     }
+  }
+}
+
+// --- Generative coordinates -------------------------------------------------------
+
+// Per-axis min / max of the steps offsets[k] * stride (axis 0: none).
+struct StepBounds {
+  long long lo[kMaxDims];
+  long long hi[kMaxDims];
+};
+
+__global__ void StepBoundsInitKernel(StepBounds* b) {
+  const int a = threadIdx.x;
+  if (a < kMaxDims) {
+    b->lo[a] = a == 0 ? 0 : LLONG_MAX;
+    b->hi[a] = a == 0 ? 0 : LLONG_MIN;
+  }
+}
+
+__global__ void StepBoundsKernel(const int32_t* __restrict__ offsets, int64_t K, int dims,
+                                 const Stride stride, StepBounds* b) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
+       k += step) {
+    for (int a = 1; a < dims; ++a) {
+      const long long v =
+          static_cast<long long>(offsets[k * (dims - 1) + a - 1]) * stride.v[a - 1];
+      atomicMin(&b->lo[a], v);
+      atomicMax(&b->hi[a], v);
+    }
+  }
+}
+
+// CoverShifted and KeyPacker::Finalize (one thread): the rows' range and
+// it shifted by every step; the first axis leaving int32 is an error.
+__global__ void GenerativeLayoutKernel(KernelMapInfo* info, int dims, int64_t K,
+                                       const StepBounds* b) {
+  KeyLayout& l = info->layout;
+  l.dims = dims;
+  int64_t lo[kMaxDims], hi[kMaxDims];
+  for (int a = 0; a < dims; ++a) {
+    lo[a] = info->lo[a];
+    hi[a] = info->hi[a];
+    if (lo[a] > hi[a]) {  // no rows: empty range, nothing shifted
+      lo[a] = hi[a] = 0;
+      continue;
+    }
+    if (K == 0) continue;
+    const int64_t new_lo = lo[a] + b->lo[a], new_hi = hi[a] + b->hi[a];
+    if ((new_lo < kInt32Min || new_hi > kInt32Max) && info->error == kMapOk) {
+      info->error = kMapGenerativeOverflow;
+      info->error_axis = a;
+    }
+    lo[a] = min(lo[a], new_lo);
+    hi[a] = max(hi[a], new_hi);
+  }
+  int total = 0;
+  for (int a = dims - 1; a >= 0; --a) {
+    l.lo[a] = lo[a];
+    l.span[a] = hi[a] - lo[a];
+    l.shift[a] = total;
+    l.bits[a] = BitsFor(hi[a] - lo[a]);
+    total += l.bits[a];
+  }
+  l.total_bits = total;
+  if (total > kMaxKeyBits && info->error == kMapOk) info->error = kMapKeyTooWide;
+}
+
+// keys[i * K + k] = the key of row i shifted by offset k.
+template <int D>
+__global__ void GenerativePackKernel(const int32_t* __restrict__ coords, int64_t n, int dims,
+                                     const int32_t* __restrict__ offsets, int64_t K,
+                                     const Stride stride, const KernelMapInfo* info,
+                                     uint64_t* __restrict__ keys) {
+  __shared__ SharedLayout layout;
+  const bool ok = info->error == kMapOk;
+  if (ok) LoadLayout(info->layout, dims, &layout);
+  __syncthreads();
+  const int64_t total = n * K;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
+       t += step) {
+    const int64_t i = t / K, k = t % K;
+    int64_t q[D > 0 ? D : kMaxDims];
+    LoadRow<D>(coords, i, dims, q);
+#pragma unroll
+    for (int a = 1; a < (D > 0 ? D : kMaxDims); ++a) {
+      if (D == 0 && a >= dims) break;
+      q[a] += static_cast<int64_t>(offsets[k * (dims - 1) + a - 1]) * stride.v[a - 1];
+    }
+    uint64_t key = 0;
+    if (ok) Pack<D>(q, dims, layout, &key);  // in range by construction
+    keys[t] = key;
   }
 }
 
@@ -1135,6 +1229,108 @@ Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
   UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.unique, num_sites, dims, info,
                                                             out);
   return LaunchStatus("StridedCoordinates");
+}
+
+namespace {
+
+struct GenerativeBuffers {
+  StridedBuffers keys;  // the sort and unique of the n * K candidates
+  StepBounds* steps;
+  size_t bytes;
+};
+
+GenerativeBuffers CarveGenerative(void* workspace, int64_t n, int64_t K) {
+  GenerativeBuffers b;
+  const int64_t candidates = CountProduct(n, K);
+  b.keys = CarveStrided(workspace, candidates);
+  Carver c(workspace);
+  c.TakeBytes(b.keys.bytes);  // the candidates' buffers, then the step bounds
+  b.steps = c.Take<StepBounds>(1);
+  b.bytes = c.used();
+  return b;
+}
+
+}  // namespace
+
+size_t GenerativeCoordinatesWorkspaceBytes(int64_t n, int64_t num_offsets) {
+  return CarveGenerative(nullptr, n, num_offsets).bytes;
+}
+
+Status GenerativeCoordinatesCount(const int32_t* coords, int64_t n, int dims,
+                                  const DeviceGeometry& geometry, KernelMapInfo* info,
+                                  void* workspace, size_t workspace_bytes, GpuStream stream) {
+  const int64_t K = geometry.num_offsets;
+  const int64_t candidates = CountProduct(n, K);
+  if (n < 0 || K < 0 || dims < 1 || dims > kMaxDims) {
+    return Status::Error("sparse_ops GPU GenerativeCoordinates: bad sizes");
+  }
+  if (candidates < 0 || candidates >= kInt32Max) {
+    return Status::Error(
+        "the GPU GenerativeCoordinates supports fewer than 2^31 - 1 candidate sites "
+        "(rows x offsets), got " + std::to_string(n) + " x " + std::to_string(K));
+  }
+  const GenerativeBuffers b = CarveGenerative(workspace, n, K);
+  Status status = CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
+  if (!status.ok()) return status;
+  InitInfoKernel<<<1, 32, 0, stream>>>(info);
+  StepBoundsInitKernel<<<1, 32, 0, stream>>>(b.steps);
+  if (n > 0) {
+    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims, info);
+  }
+  if (K > 0) {
+    StepBoundsKernel<<<GridFor(K, 1024), kThreads, 0, stream>>>(geometry.offsets, K, dims,
+                                                                geometry.stride, b.steps);
+  }
+  GenerativeLayoutKernel<<<1, 1, 0, stream>>>(info, dims, K, b.steps);
+  FinishInfoKernel<<<1, 1, 0, stream>>>(info, coords, coords, dims);  // the negative batch
+  if (candidates == 0) return LaunchStatus("GenerativeCoordinates");  // no sites
+  SPARSE_OPS_DISPATCH_DIMS(dims, GenerativePackKernel, GridFor(candidates, 65535), kThreads,
+                           stream, coords, n, dims, geometry.offsets, K, geometry.stride,
+                           info, b.keys.keys);
+  size_t temp_bytes = b.keys.temp_bytes;
+  cudaError_t e = cub::DeviceRadixSort::SortKeys(b.keys.temp, temp_bytes, b.keys.keys,
+                                                 b.keys.sorted, static_cast<int>(candidates),
+                                                 0, 64, stream);
+  temp_bytes = b.keys.temp_bytes;
+  if (e == cudaSuccess) {
+    e = cub::DeviceSelect::Unique(b.keys.temp, temp_bytes, b.keys.sorted, b.keys.unique,
+                                  &info->num_pairs, static_cast<int>(candidates), stream);
+  }
+  if (e != cudaSuccess) return CudaStatus(e, "GenerativeCoordinates sort");
+  return LaunchStatus("GenerativeCoordinates");
+}
+
+Status GenerativeCoordinatesInfoStatus(const KernelMapInfo& info) {
+  if (info.negative_in_row != kNone) {
+    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
+                         " has a negative batch index " +
+                         std::to_string(info.negative_in_value));
+  }
+  if (info.error == kMapGenerativeOverflow) {
+    return Status::Error("generated coordinates of axis " + std::to_string(info.error_axis) +
+                         " would overflow the int32 range");
+  }
+  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
+  if (info.error != kMapOk) {
+    return Status::Internal("sparse_ops GPU GenerativeCoordinates: unknown error " +
+                            std::to_string(info.error));
+  }
+  return Status::Ok();
+}
+
+Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t num_offsets,
+                                 int dims, int64_t num_sites, int32_t* out, void* workspace,
+                                 size_t workspace_bytes, GpuStream stream) {
+  const GenerativeBuffers b = CarveGenerative(workspace, n, num_offsets);
+  const Status status = CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
+  if (!status.ok()) return status;
+  if (num_sites <= 0) return Status::Ok();
+  if (num_sites > CountProduct(n, num_offsets)) {
+    return Status::Internal("GenerativeCoordinatesFill: more sites than candidates");
+  }
+  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.keys.unique, num_sites, dims,
+                                                            info, out);
+  return LaunchStatus("GenerativeCoordinates");
 }
 
 }  // namespace gpu

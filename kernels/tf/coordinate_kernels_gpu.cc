@@ -1,4 +1,6 @@
-// GPU kernels of SparseOps>StridedCoordinates and SparseOps>KernelMap.
+// GPU kernels of the coordinate ops: StridedCoordinates and
+// GenerativeCoordinates (sites counted on the device, the count read back
+// once, then written), and KernelMap.
 //
 // KernelMap: check shapes and the (host) stride,
 // count the pairs on the device, read the count and any data error back
@@ -155,12 +157,60 @@ class StridedCoordinatesGpuOp : public SparseAsyncOpKernel {
   }
 };
 
+class GenerativeCoordinatesGpuOp : public SparseAsyncOpKernel {
+ public:
+  using SparseAsyncOpKernel::SparseAsyncOpKernel;
+
+  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+    const Tensor& in = context->input(0);
+    const Tensor& offsets = context->input(1);
+    const Tensor& stride = context->input(2);  // host memory
+    if (!CheckCoordinatesShape(context, in, "coordinates")) return done();
+    const int dims = in.dim_size(1);
+    if (!CheckOffsets(context, offsets, dims - 1) || !CheckStride(context, stride, dims - 1)) {
+      return done();
+    }
+    const int64_t n = in.dim_size(0), K = offsets.dim_size(0);
+    gpu::DeviceGeometry geometry{offsets.flat<int32_t>().data(), K, {}};
+    std::copy_n(stride.flat<int32_t>().data(), dims - 1, geometry.stride.v);
+    Tensor workspace;
+    DeviceResult<gpu::KernelMapInfo> info;
+    const size_t bytes = gpu::GenerativeCoordinatesWorkspaceBytes(n, K);
+    if (!AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info)) {
+      return done();
+    }
+    if (Failed(context, gpu::GenerativeCoordinatesCount(in.flat<int32_t>().data(), n, dims,
+                                                        geometry, info.on_device(),
+                                                        BytesOf(workspace), bytes,
+                                                        StreamOf(context)))) {
+      return done();
+    }
+    // The workspace holds the unique keys until the fill has run.
+    FinishWithResult(
+        context, info,
+        [context, workspace, info, bytes, n, K, dims](const gpu::KernelMapInfo& host) mutable {
+          Status status = gpu::GenerativeCoordinatesInfoStatus(host);
+          Tensor* out = nullptr;
+          if (status.ok() && AllocateOutput(context, 0, {host.num_pairs, dims}, &out)) {
+            status = gpu::GenerativeCoordinatesFill(
+                info.on_device(), n, K, dims, host.num_pairs, out->flat<int32_t>().data(),
+                BytesOf(workspace), bytes, StreamOf(context));
+          }
+          return status;
+        },
+        std::move(done));
+  }
+};
+
 REGISTER_KERNEL_BUILDER(
     Name("SparseOps>KernelMap").Device(DEVICE_GPU).HostMemory("stride"),
     KernelMapGpuOp);
 REGISTER_KERNEL_BUILDER(
     Name("SparseOps>StridedCoordinates").Device(DEVICE_GPU).HostMemory("stride"),
     StridedCoordinatesGpuOp);
+REGISTER_KERNEL_BUILDER(
+    Name("SparseOps>GenerativeCoordinates").Device(DEVICE_GPU).HostMemory("stride"),
+    GenerativeCoordinatesGpuOp);
 
 }  // namespace sparse_ops
 
