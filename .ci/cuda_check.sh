@@ -8,9 +8,9 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # The ops with GPU kernels so far (issue 11 adds the rest).
-GPU_OPS="KernelMap StridedCoordinates GenerativeCoordinates Conv ConvBackpropInput
-  ConvBackpropKernel MaxPool MaxPoolGrad SumPool SumPoolTranspose GlobalMaxPool GlobalSumPool
-  GlobalSumPoolGrad"
+GPU_OPS="KernelMap StridedCoordinates GenerativeCoordinates CoordinateLookup Conv
+  ConvBackpropInput ConvBackpropKernel MaxPool MaxPoolGrad SumPool SumPoolTranspose
+  GlobalMaxPool GlobalSumPool GlobalSumPoolGrad"
 TF_VERSION=$(sed -n "s/^TF_PACKAGE=\${TF_PACKAGE:-tensorflow-cpu==\(.*\)}/\1/p" tools/setup_env.sh)
 WORK="${CUDA_CHECK_WORKDIR:-$(mktemp -d)}"
 mkdir -p "$WORK"

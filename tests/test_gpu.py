@@ -75,6 +75,10 @@ def test_coordinate_ops_are_identical():
         cpu, gpu = _both(lib.sparse_ops_generative_coordinates, sites, box,
                          tf.constant(strides))
         np.testing.assert_array_equal(gpu, cpu)
+    queries = tf.concat([other, coords[::3], tf.constant([[-1, 0, 0, 0], [0, 2**31 - 1, 0, 0]])],
+                        0)
+    cpu, gpu = _both(lib.sparse_ops_coordinate_lookup, coords, queries)
+    np.testing.assert_array_equal(gpu, cpu)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])

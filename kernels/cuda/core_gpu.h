@@ -174,6 +174,19 @@ Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t n
                                  int dims, int64_t num_sites, int32_t* out, void* workspace,
                                  size_t workspace_bytes, GpuStream stream);
 
+// --- Coordinate lookup ----------------------------------------------------------
+// rows[q] = the row of coords [n, dims] equal to queries[q] ([num_queries,
+// dims]), or -1 (queries outside the set's range, a negative batch
+// included, are not found), as the CPU's LookupRows. The errors of coords
+// (a negative batch index, keys wider than 63 bits, duplicate sites) go to
+// `info`; the output's size needs no host read, so the op reads `info` back
+// after the work, once.
+size_t CoordinateLookupWorkspaceBytes(int64_t n);
+Status CoordinateLookup(const int32_t* coords, int64_t n, int dims, const int32_t* queries,
+                        int64_t num_queries, int32_t* rows, KernelMapInfo* info,
+                        void* workspace, size_t workspace_bytes, GpuStream stream);
+Status CoordinateLookupInfoStatus(const KernelMapInfo& info);
+
 // --- Kernel maps as inputs -----------------------------------------------------
 
 // A kernel map on the device. num_offsets and num_pairs are host values

@@ -841,6 +841,60 @@ void GenerativeCases(std::mt19937_64* rng, cudaStream_t s) {
          "generative overflow: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
 }
 
+// --- Coordinate lookup ----------------------------------------------------------------
+
+Status GpuLookup(const Coords& c, const std::vector<int32_t>& queries,
+                 std::vector<int32_t>* rows, cudaStream_t s) {
+  const int64_t q = static_cast<int64_t>(queries.size()) / c.dims;
+  DevBuf<int32_t> d_in(c.rows), d_q(queries), d_rows(q);
+  DevBuf<sg::KernelMapInfo> info(1);
+  DevBuf<unsigned char> ws(sg::CoordinateLookupWorkspaceBytes(c.n()));
+  d_rows.Poison();
+  CORE_OK(sg::CoordinateLookup(d_in.get(), c.n(), c.dims, d_q.get(), q, d_rows.get(),
+                               info.get(), ws.get(), ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  *rows = d_rows.Download();
+  rows->resize(q);
+  return sg::CoordinateLookupInfoStatus(info.Download()[0]);
+}
+
+void LookupCases(std::mt19937_64* rng, cudaStream_t s) {
+  const Coords c = RandomCoords(rng, 4, 3, -7, 6, 0.3);
+  // Queries: every row, shuffled sites of a wider box (many absent), a
+  // negative batch and values far outside the range.
+  std::vector<int32_t> queries = c.rows;
+  const Coords wide = RandomCoords(rng, 4, 4, -9, 8, 0.2);
+  queries.insert(queries.end(), wide.rows.begin(), wide.rows.end());
+  queries.insert(queries.end(), {-1, 0, 0, 0, 0, 2147483647, -2147483647 - 1, 0});
+  std::unordered_map<std::string, int32_t> index;
+  auto key = [&](const int32_t* r) { return std::string(reinterpret_cast<const char*>(r),
+                                                        c.dims * sizeof(int32_t)); };
+  for (int64_t i = 0; i < c.n(); ++i) index[key(&c.rows[i * c.dims])] = static_cast<int32_t>(i);
+  const int64_t q = static_cast<int64_t>(queries.size()) / c.dims;
+  std::vector<int32_t> want(q);
+  for (int64_t i = 0; i < q; ++i) {
+    const auto it = index.find(key(&queries[i * c.dims]));
+    want[i] = it == index.end() ? -1 : it->second;
+  }
+  std::vector<int32_t> got, again;
+  CORE_OK(GpuLookup(c, queries, &got, s));
+  CORE_OK(GpuLookup(c, queries, &again, s));
+  Expect(got == want, "coordinate lookup against a hash map");
+  Expect(again == got, "coordinate lookup twice");
+  std::vector<int32_t> none;
+  CORE_OK(GpuLookup(Coords{4, {}}, {0, 0, 0, 0}, &none, s));
+  Expect(none == std::vector<int32_t>{-1}, "lookup in an empty set");
+  const Status duplicate = GpuLookup(Coords{4, {0, 1, 1, 1, 0, 2, 2, 2, 0, 1, 1, 1}},
+                                     {0, 1, 1, 1}, &none, s);
+  Expect(!duplicate.ok() && Contains(duplicate.message(), "duplicate sites: rows 0 and 2"),
+         "lookup duplicates: " + duplicate.message());
+  const Status negative = GpuLookup(Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}, {0, 1, 1, 1},
+                                    &none, s);
+  Expect(!negative.ok() &&
+             negative.message() == "coordinates row 1 has a negative batch index -4",
+         "lookup negative batch: " + negative.message());
+}
+
 // --- Timing ----------------------------------------------------------------------------
 
 template <typename F>
@@ -1012,6 +1066,8 @@ int main(int argc, char** argv) {
   StridedCases(&rng, s);
   std::printf("generative coordinates:\n");
   GenerativeCases(&rng, s);
+  std::printf("coordinate lookup:\n");
+  LookupCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
   return Report();

@@ -374,6 +374,30 @@ __global__ void FinishInfoKernel(KernelMapInfo* info,
   }
 }
 
+// --- Coordinate lookup ---------------------------------------------------------------
+
+template <int D>
+__global__ void LookupKernel(const int32_t* __restrict__ queries, int64_t num_queries,
+                             int dims, const KernelMapInfo* info,
+                             const uint64_t* __restrict__ keys,
+                             const int32_t* __restrict__ table_rows, uint64_t mask,
+                             int32_t* __restrict__ rows) {
+  __shared__ SharedLayout layout;
+  const bool ok = info->error == kMapOk;
+  if (ok) LoadLayout(info->layout, dims, &layout);
+  __syncthreads();
+  const int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (q >= num_queries) return;
+  int32_t row = -1;
+  if (ok) {
+    int64_t c[D > 0 ? D : kMaxDims];
+    LoadRow<D>(queries, q, dims, c);
+    uint64_t key;
+    if (Pack<D>(c, dims, layout, &key)) row = Find(keys, table_rows, mask, key);
+  }
+  rows[q] = row;
+}
+
 // --- Strided coordinates -----------------------------------------------------------
 
 __host__ __device__ inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
@@ -1331,6 +1355,38 @@ Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t n
   UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.keys.unique, num_sites, dims,
                                                             info, out);
   return LaunchStatus("GenerativeCoordinates");
+}
+
+size_t CoordinateLookupWorkspaceBytes(int64_t n) { return KernelMapWorkspaceBytes(n, n, 0); }
+
+Status CoordinateLookup(const int32_t* coords, int64_t n, int dims, const int32_t* queries,
+                        int64_t num_queries, int32_t* rows, KernelMapInfo* info,
+                        void* workspace, size_t workspace_bytes, GpuStream stream) {
+  if (num_queries < 0 || num_queries >= kInt32Max) {
+    return Status::Error("sparse_ops GPU CoordinateLookup: " + std::to_string(num_queries) +
+                         " queries are not supported");
+  }
+  // The kernel map's count without offsets: bounds, layout, the hash table
+  // of coords and its duplicate check.
+  const DeviceGeometry none{nullptr, 0, {}};
+  Status status = KernelMapCount(coords, n, coords, n, dims, none, /*same_coordinates=*/true,
+                                 info, workspace, workspace_bytes, stream);
+  if (!status.ok() || num_queries == 0) return status;
+  const MapBuffers b = CarveMap(workspace, n, n, 0);
+  const int grid = static_cast<int>(CeilDiv(num_queries, kThreads));
+  SPARSE_OPS_DISPATCH_DIMS(dims, LookupKernel, grid, kThreads, stream, queries, num_queries,
+                           dims, info, b.keys, b.rows, static_cast<uint64_t>(b.capacity - 1),
+                           rows);
+  return LaunchStatus("CoordinateLookup");
+}
+
+Status CoordinateLookupInfoStatus(const KernelMapInfo& info) {
+  if (info.negative_in_row != kNone) {
+    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
+                         " has a negative batch index " +
+                         std::to_string(info.negative_in_value));
+  }
+  return KernelMapInfoStatus(info);  // key width, duplicate sites
 }
 
 }  // namespace gpu
