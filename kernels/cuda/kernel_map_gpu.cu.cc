@@ -602,6 +602,74 @@ StridedBuffers CarveStrided(void* workspace, int64_t n) {
   return b;
 }
 
+// KeyPacker::Finalize's error, in its words.
+Status KeyWidthStatus(const KeyLayout& layout) {
+  std::string widths;
+  for (int a = 0; a < layout.dims; ++a) {
+    widths += (a ? ", " : "") + std::to_string(layout.bits[a]);
+  }
+  return Status::Error(
+      "coordinates span too large a range to pack into a 64-bit key: the "
+      "axes (batch first) need " + widths + " bits, " +
+      std::to_string(layout.total_bits) + " in total, more than " +
+      std::to_string(kMaxKeyBits) +
+      ". Use a larger voxel size, fewer dimensions, or coordinates that "
+      "span a smaller range.");
+}
+
+// Sorts the n keys of b and makes them unique (into b.unique); the count
+// goes to *count on the device.
+Status SortUniqueKeys(const StridedBuffers& b, int64_t n, int64_t* count, GpuStream stream,
+                      const char* what) {
+  size_t temp_bytes = b.temp_bytes;
+  cudaError_t e = cub::DeviceRadixSort::SortKeys(b.temp, temp_bytes, b.keys, b.sorted,
+                                                 static_cast<int>(n), 0, 64, stream);
+  temp_bytes = b.temp_bytes;
+  if (e == cudaSuccess) {
+    e = cub::DeviceSelect::Unique(b.temp, temp_bytes, b.sorted, b.unique, count,
+                                  static_cast<int>(n), stream);
+  }
+  return e == cudaSuccess ? LaunchStatus(what) : CudaStatus(e, what);
+}
+
+// The errors of a site-making op (info from StridedLayoutKernel or
+// GenerativeLayoutKernel), in the CPU op's order.
+Status SitesInfoStatus(const KernelMapInfo& info, const char* what) {
+  if (info.negative_in_row != kNone) {
+    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
+                         " has a negative batch index " +
+                         std::to_string(info.negative_in_value));
+  }
+  const std::string axis = std::to_string(info.error_axis);
+  if (info.error == kMapStridedUnderflow) {
+    return Status::Error("strided coordinates of axis " + axis + " fall below the int32 range");
+  }
+  if (info.error == kMapGenerativeOverflow) {
+    return Status::Error("generated coordinates of axis " + axis +
+                         " would overflow the int32 range");
+  }
+  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
+  if (info.error != kMapOk) {
+    return Status::Internal(std::string("sparse_ops GPU ") + what + ": unknown error " +
+                            std::to_string(info.error));
+  }
+  return Status::Ok();
+}
+
+// Writes the first num_sites unique keys of b (of at most `candidates`)
+// as coordinates.
+Status UnpackSites(const StridedBuffers& b, int64_t candidates, const KernelMapInfo* info,
+                   int dims, int64_t num_sites, int32_t* out, GpuStream stream,
+                   const char* what) {
+  if (num_sites <= 0) return Status::Ok();
+  if (num_sites > candidates) {
+    return Status::Internal(std::string("sparse_ops GPU ") + what + ": more sites than keys");
+  }
+  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.unique, num_sites, dims, info,
+                                                            out);
+  return LaunchStatus(what);
+}
+
 // --- Stream compaction of a neighbour table ------------------------------------------
 // table [E] (E = K * n_cols) in (k, col) order -> pairs (table[e], e % n_cols)
 // for table[e] >= 0, in the same order.
@@ -948,25 +1016,6 @@ TransposeBuffers CarveTranspose(Carver* c, int64_t n_in, int64_t K) {
 }  // namespace
 
 
-namespace {
-
-// KeyPacker::Finalize's error, in its words.
-Status KeyWidthStatus(const KeyLayout& layout) {
-  std::string widths;
-  for (int a = 0; a < layout.dims; ++a) {
-    widths += (a ? ", " : "") + std::to_string(layout.bits[a]);
-  }
-  return Status::Error(
-      "coordinates span too large a range to pack into a 64-bit key: the "
-      "axes (batch first) need " + widths + " bits, " +
-      std::to_string(layout.total_bits) + " in total, more than " +
-      std::to_string(kMaxKeyBits) +
-      ". Use a larger voxel size, fewer dimensions, or coordinates that "
-      "span a smaller range.");
-}
-
-}  // namespace
-
 Status KernelMapInfoStatus(const KernelMapInfo& info) {
   if (info.negative_in_row != kNone) {
     return Status::Error("in_coordinates row " +
@@ -1212,34 +1261,11 @@ Status StridedCoordinatesCount(const int32_t* coords, int64_t n, int dims,
   const int grid = static_cast<int>(CeilDiv(n, kThreads));
   SPARSE_OPS_DISPATCH_DIMS(dims, StridedPackKernel, grid, kThreads, stream, coords, n, dims,
                            stride, info, b.keys);
-  size_t temp_bytes = b.temp_bytes;
-  cudaError_t e = cub::DeviceRadixSort::SortKeys(b.temp, temp_bytes, b.keys, b.sorted,
-                                                 static_cast<int>(n), 0, 64, stream);
-  temp_bytes = b.temp_bytes;
-  if (e == cudaSuccess) {
-    e = cub::DeviceSelect::Unique(b.temp, temp_bytes, b.sorted, b.unique, &info->num_pairs,
-                                  static_cast<int>(n), stream);
-  }
-  if (e != cudaSuccess) return CudaStatus(e, "StridedCoordinates sort");
-  return LaunchStatus("StridedCoordinates");
+  return SortUniqueKeys(b, n, &info->num_pairs, stream, "StridedCoordinates");
 }
 
 Status StridedCoordinatesInfoStatus(const KernelMapInfo& info) {
-  if (info.negative_in_row != kNone) {
-    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
-                         " has a negative batch index " +
-                         std::to_string(info.negative_in_value));
-  }
-  if (info.error == kMapStridedUnderflow) {
-    return Status::Error("strided coordinates of axis " + std::to_string(info.error_axis) +
-                         " fall below the int32 range");
-  }
-  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
-  if (info.error != kMapOk) {
-    return Status::Internal("sparse_ops GPU StridedCoordinates: unknown error " +
-                            std::to_string(info.error));
-  }
-  return Status::Ok();
+  return SitesInfoStatus(info, "StridedCoordinates");
 }
 
 Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
@@ -1248,11 +1274,7 @@ Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
   const StridedBuffers b = CarveStrided(workspace, n);  // where Count left the keys
   const Status status = CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
   if (!status.ok()) return status;
-  if (num_sites <= 0) return Status::Ok();
-  if (num_sites > n) return Status::Internal("StridedCoordinatesFill: more sites than rows");
-  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.unique, num_sites, dims, info,
-                                                            out);
-  return LaunchStatus("StridedCoordinates");
+  return UnpackSites(b, n, info, dims, num_sites, out, stream, "StridedCoordinates");
 }
 
 namespace {
@@ -1311,35 +1333,11 @@ Status GenerativeCoordinatesCount(const int32_t* coords, int64_t n, int dims,
   SPARSE_OPS_DISPATCH_DIMS(dims, GenerativePackKernel, GridFor(candidates, 65535), kThreads,
                            stream, coords, n, dims, geometry.offsets, K, geometry.stride,
                            info, b.keys.keys);
-  size_t temp_bytes = b.keys.temp_bytes;
-  cudaError_t e = cub::DeviceRadixSort::SortKeys(b.keys.temp, temp_bytes, b.keys.keys,
-                                                 b.keys.sorted, static_cast<int>(candidates),
-                                                 0, 64, stream);
-  temp_bytes = b.keys.temp_bytes;
-  if (e == cudaSuccess) {
-    e = cub::DeviceSelect::Unique(b.keys.temp, temp_bytes, b.keys.sorted, b.keys.unique,
-                                  &info->num_pairs, static_cast<int>(candidates), stream);
-  }
-  if (e != cudaSuccess) return CudaStatus(e, "GenerativeCoordinates sort");
-  return LaunchStatus("GenerativeCoordinates");
+  return SortUniqueKeys(b.keys, candidates, &info->num_pairs, stream, "GenerativeCoordinates");
 }
 
 Status GenerativeCoordinatesInfoStatus(const KernelMapInfo& info) {
-  if (info.negative_in_row != kNone) {
-    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
-                         " has a negative batch index " +
-                         std::to_string(info.negative_in_value));
-  }
-  if (info.error == kMapGenerativeOverflow) {
-    return Status::Error("generated coordinates of axis " + std::to_string(info.error_axis) +
-                         " would overflow the int32 range");
-  }
-  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
-  if (info.error != kMapOk) {
-    return Status::Internal("sparse_ops GPU GenerativeCoordinates: unknown error " +
-                            std::to_string(info.error));
-  }
-  return Status::Ok();
+  return SitesInfoStatus(info, "GenerativeCoordinates");
 }
 
 Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t num_offsets,
@@ -1348,13 +1346,8 @@ Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t n
   const GenerativeBuffers b = CarveGenerative(workspace, n, num_offsets);
   const Status status = CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
   if (!status.ok()) return status;
-  if (num_sites <= 0) return Status::Ok();
-  if (num_sites > CountProduct(n, num_offsets)) {
-    return Status::Internal("GenerativeCoordinatesFill: more sites than candidates");
-  }
-  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.keys.unique, num_sites, dims,
-                                                            info, out);
-  return LaunchStatus("GenerativeCoordinates");
+  return UnpackSites(b.keys, CountProduct(n, num_offsets), info, dims, num_sites, out, stream,
+                     "GenerativeCoordinates");
 }
 
 size_t CoordinateLookupWorkspaceBytes(int64_t n) { return KernelMapWorkspaceBytes(n, n, 0); }
