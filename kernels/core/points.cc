@@ -81,4 +81,16 @@ Status UnionCoordinates(const int32_t* const* inputs, const int64_t* sizes,
   return Status::Ok();
 }
 
+void UnionSites(const int32_t* const* inputs, const int64_t* sizes, int dims,
+                const int64_t* first, int64_t num_union, int32_t* out) {
+  // first[] increases (union rows are numbered by first appearance), so one
+  // pass walks the inputs in step.
+  int input = 0;
+  int64_t offset = 0;
+  for (int64_t u = 0; u < num_union; ++u) {
+    while (first[u] >= offset + sizes[input]) offset += sizes[input++];
+    std::copy_n(inputs[input] + (first[u] - offset) * dims, dims, out + u * dims);
+  }
+}
+
 }  // namespace sparse_ops

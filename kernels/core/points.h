@@ -33,6 +33,11 @@ Status UnionCoordinates(const int32_t* const* inputs, const int64_t* sizes,
                         int num_inputs, int dims, int32_t* rows, int64_t* first,
                         int64_t* num_union);
 
+// The union's coordinates [num_union, dims]: union row u copies the row of
+// its first appearance (first[u], as UnionCoordinates numbers it).
+void UnionSites(const int32_t* const* inputs, const int64_t* sizes, int dims,
+                const int64_t* first, int64_t num_union, int32_t* out);
+
 }  // namespace sparse_ops
 
 #endif  // SPARSE_OPS_KERNELS_CORE_POINTS_H_

@@ -103,19 +103,12 @@ class CoordinateUnionOp : public SparseOpKernel {
 
     Tensor* out = nullptr;
     if (!AllocateOutput(context, 0, {num_union, dims}, &out)) return;
-    int32_t* out_coords = out->flat<int32_t>().data();
-    // Union row u copies the row of its first appearance.
-    int input = 0;
-    int64_t offset = 0;
-    for (int64_t u = 0; u < num_union; ++u) {
-      while (first_data[u] >= offset + sizes[input]) offset += sizes[input++];
-      std::copy_n(data[input] + (first_data[u] - offset) * dims, dims,
-                  out_coords + u * dims);
-    }
+    UnionSites(data.data(), sizes.data(), dims, first_data, num_union,
+               out->flat<int32_t>().data());
     OpOutputList row_outputs;
     OP_REQUIRES_OK(context, context->output_list("rows", &row_outputs));
     const int32_t* all_rows = rows.flat<int32_t>().data();
-    offset = 0;
+    int64_t offset = 0;
     for (int i = 0; i < num_inputs; ++i) {
       Tensor* r = nullptr;
       OP_REQUIRES_OK(context,
