@@ -179,25 +179,37 @@ __global__ void NegativeBatchKernel(const int32_t* __restrict__ coords,
   }
 }
 
+// KeyPacker::Finalize's rules on the device: axis a holds [lo[a], hi[a]]
+// (lo > hi: no rows, an empty range), the batch axis in the highest bits;
+// keys wider than 63 bits are an error unless one was found before.
+__device__ void SetLayout(KernelMapInfo* info, int dims, const int64_t* lo,
+                          const int64_t* hi) {
+  KeyLayout& l = info->layout;
+  l.dims = dims;
+  int total = 0;
+  for (int a = dims - 1; a >= 0; --a) {
+    const int64_t a_lo = lo[a] > hi[a] ? 0 : lo[a], a_hi = lo[a] > hi[a] ? 0 : hi[a];
+    l.lo[a] = a_lo;
+    l.span[a] = a_hi - a_lo;
+    l.shift[a] = total;
+    l.bits[a] = BitsFor(a_hi - a_lo);
+    total += l.bits[a];
+  }
+  l.total_bits = total;
+  if (total > kMaxKeyBits && info->error == kMapOk) info->error = kMapKeyTooWide;
+}
+
 // KeyPacker::Finalize on the device (one thread), plus the mirror decision
 // (IsSymmetric) for maps between identical coordinate sets.
 __global__ void LayoutKernel(KernelMapInfo* info, int dims,
                              const int32_t* __restrict__ offsets, int64_t K,
                              bool same_coordinates) {
-  KeyLayout& l = info->layout;
-  l.dims = dims;
-  int total = 0;
-  for (int a = dims - 1; a >= 0; --a) {
-    int64_t lo = info->lo[a], hi = info->hi[a];
-    if (lo > hi) lo = hi = 0;  // no rows: empty range
-    l.lo[a] = lo;
-    l.span[a] = hi - lo;
-    l.shift[a] = total;
-    l.bits[a] = BitsFor(hi - lo);
-    total += l.bits[a];
+  int64_t lo[kMaxDims], hi[kMaxDims];
+  for (int a = 0; a < dims; ++a) {
+    lo[a] = info->lo[a];
+    hi[a] = info->hi[a];
   }
-  l.total_bits = total;
-  if (total > kMaxKeyBits) info->error = kMapKeyTooWide;
+  SetLayout(info, dims, lo, hi);
   int mirrored = 0;
   if (same_coordinates) {
     mirrored = 1;
@@ -408,8 +420,6 @@ __host__ __device__ inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
 // is monotone in c, so its range follows from the bounds. Records the
 // first axis whose strided range falls below int32, as the CPU does.
 __global__ void StridedLayoutKernel(KernelMapInfo* info, int dims, const Stride stride) {
-  KeyLayout& l = info->layout;
-  l.dims = dims;
   int64_t lo[kMaxDims], hi[kMaxDims];
   for (int a = 0; a < dims; ++a) {
     lo[a] = info->lo[a];
@@ -427,16 +437,7 @@ __global__ void StridedLayoutKernel(KernelMapInfo* info, int dims, const Stride 
       info->error_axis = a;
     }
   }
-  int total = 0;
-  for (int a = dims - 1; a >= 0; --a) {
-    l.lo[a] = lo[a];
-    l.span[a] = hi[a] - lo[a];
-    l.shift[a] = total;
-    l.bits[a] = BitsFor(hi[a] - lo[a]);
-    total += l.bits[a];
-  }
-  l.total_bits = total;
-  if (total > kMaxKeyBits && info->error == kMapOk) info->error = kMapKeyTooWide;
+  SetLayout(info, dims, lo, hi);
 }
 
 template <int D>
@@ -510,8 +511,6 @@ __global__ void StepBoundsKernel(const int32_t* __restrict__ offsets, int64_t K,
 // it shifted by every step; the first axis leaving int32 is an error.
 __global__ void GenerativeLayoutKernel(KernelMapInfo* info, int dims, int64_t K,
                                        const StepBounds* b) {
-  KeyLayout& l = info->layout;
-  l.dims = dims;
   int64_t lo[kMaxDims], hi[kMaxDims];
   for (int a = 0; a < dims; ++a) {
     lo[a] = info->lo[a];
@@ -529,16 +528,7 @@ __global__ void GenerativeLayoutKernel(KernelMapInfo* info, int dims, int64_t K,
     lo[a] = min(lo[a], new_lo);
     hi[a] = max(hi[a], new_hi);
   }
-  int total = 0;
-  for (int a = dims - 1; a >= 0; --a) {
-    l.lo[a] = lo[a];
-    l.span[a] = hi[a] - lo[a];
-    l.shift[a] = total;
-    l.bits[a] = BitsFor(hi[a] - lo[a]);
-    total += l.bits[a];
-  }
-  l.total_bits = total;
-  if (total > kMaxKeyBits && info->error == kMapOk) info->error = kMapKeyTooWide;
+  SetLayout(info, dims, lo, hi);
 }
 
 // keys[i * K + k] = the key of row i shifted by offset k.

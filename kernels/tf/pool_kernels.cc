@@ -132,6 +132,22 @@ class SumPoolTransposeOp : public SparseOpKernel {
   bool average_;
 };
 
+// The global pools' num_batches (input 2) and their rows (batch_index,
+// input 1) grouped by item, in temporaries of `temp`.
+bool GroupGlobalPoolInputs(OpKernelContext* context, int64_t n, int64_t channels,
+                           TempAllocator* temp, int64_t* num_batches,
+                           GlobalPoolGroups* groups) {
+  if (!GetRowCount(context, 2, "num_batches", num_batches) ||
+      !CheckBatchIndexShape(context, context->input(1), n)) {
+    return false;
+  }
+  const Status status =
+      GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n, *num_batches,
+                          channels, temp->callback(), groups);
+  if (!status.ok()) context->CtxFailure(ToTfStatus(status));
+  return status.ok();
+}
+
 template <typename T>
 class GlobalMaxPoolOp : public SparseOpKernel {
  public:
@@ -142,13 +158,9 @@ class GlobalMaxPoolOp : public SparseOpKernel {
     if (!CheckMatrix(context, features, "features")) return;
     const int64_t n = features.dim_size(0), c = features.dim_size(1);
     int64_t B;
-    if (!GetRowCount(context, 2, "num_batches", &B)) return;
-    if (!CheckBatchIndexShape(context, context->input(1), n)) return;
     TempAllocator temp(context);
     GlobalPoolGroups groups;
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n, B, c,
-                                     temp.callback(), &groups));
+    if (!GroupGlobalPoolInputs(context, n, c, &temp, &B, &groups)) return;
     Tensor* output = nullptr;
     Tensor* argmax = nullptr;
     if (!AllocateOutput(context, 0, {B, c}, &output)) return;
@@ -184,13 +196,9 @@ class GlobalSumPoolOp : public SparseOpKernel {
     if (!CheckMatrix(context, features, "features")) return;
     const int64_t n = features.dim_size(0), c = features.dim_size(1);
     int64_t B;
-    if (!GetRowCount(context, 2, "num_batches", &B)) return;
-    if (!CheckBatchIndexShape(context, context->input(1), n)) return;
     TempAllocator temp(context);
     GlobalPoolGroups groups;
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n, B, c,
-                                     temp.callback(), &groups));
+    if (!GroupGlobalPoolInputs(context, n, c, &temp, &B, &groups)) return;
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {B, c}, &output)) return;
     if (c == 0) return;
