@@ -2,15 +2,11 @@
 # CI's CUDA job (no GPU needed): builds sparse_ops with SPARSE_OPS_CUDA=1
 # against the `tensorflow` GPU wheel in a copy of the tree, checks that the
 # library loads there with every symbol bound, that every op keeps its CPU
-# kernel and the ops of GPU_OPS have GPU kernels, runs the CPU tests of the
+# kernel and a GPU kernel, runs the CPU tests of the
 # convolution and the `gpu` tests (skipped without a GPU) on that build,
 # and compiles the framework-free CUDA core test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-# The ops with GPU kernels so far (issue 11 adds the rest).
-GPU_OPS="KernelMap StridedCoordinates GenerativeCoordinates CoordinateLookup Conv
-  ConvBackpropInput ConvBackpropKernel MaxPool MaxPoolGrad SumPool SumPoolTranspose
-  GlobalMaxPool GlobalSumPool GlobalSumPoolGrad"
 TF_VERSION=$(sed -n "s/^TF_PACKAGE=\${TF_PACKAGE:-tensorflow-cpu==\(.*\)}/\1/p" tools/setup_env.sh)
 WORK="${CUDA_CHECK_WORKDIR:-$(mktemp -d)}"
 mkdir -p "$WORK"
@@ -24,7 +20,7 @@ cd "$WORK"
 # kernels/cuda/nvcc_flags.txt.
 export SPARSE_OPS_CUDA=1 SPARSE_OPS_CUDA_ARCHS="${SPARSE_OPS_CUDA_ARCHS:-90}"
 VENV=.venv-cuda TF_PACKAGE="tensorflow==$TF_VERSION" . tools/setup_env.sh test
-python tools/check_gpu_kernels.py --require-gpu $GPU_OPS
+python tools/check_gpu_kernels.py --require-all
 # The CPU kernels of this build (the whole suite ran on it once: 2047
 # passed), and the GPU tests, which skip here.
 python -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_models.py \
@@ -32,8 +28,10 @@ python -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_models.py 
 echo "== nvcc: the CUDA core's test programs (run on a GPU by kernels/cuda/device_check.sh)"
 NVCC_TEST_FLAGS=(-std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 -I. -x cu)
 nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-  kernels/core/coordinates.cc -o gpu_core_test
+  kernels/core/coordinates.cc kernels/core/points.cc -o gpu_core_test
 nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
   kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc kernels/core/kernel_map.cc \
   kernels/core/pool.cc -o pool_gpu_test
+nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/attention_gpu.cu.cc kernels/cuda/attention_gpu_test.cu.cc \
+  kernels/core/attention.cc -o attention_gpu_test
 echo "== CUDA job done"

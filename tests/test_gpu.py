@@ -1,8 +1,8 @@
 """The GPU kernels against the CPU kernels (marked `gpu`; skipped where
 TensorFlow sees no GPU, e.g. in CI, which only compiles the CUDA build).
 
-Each op with a GPU kernel runs on /GPU:0 and /CPU:0 on the same inputs: the
-kernel map and the pooling ops must be identical (averaged unpooling to
+Each op runs on /GPU:0 and /CPU:0 on the same inputs: the coordinate ops,
+attention and the pooling ops must be identical (averaged unpooling to
 rounding), the convolutions equal to rounding (float64 to 1e-12), the
 errors the same InvalidArgumentError; gradients through so.ops.conv too,
 and a MinkUNet14 training step.
@@ -79,6 +79,31 @@ def test_coordinate_ops_are_identical():
                         0)
     cpu, gpu = _both(lib.sparse_ops_coordinate_lookup, coords, queries)
     np.testing.assert_array_equal(gpu, cpu)
+    for inputs in ([coords, other], [other, coords[:0], coords, other], [coords[:0]]):
+        cpu, gpu = _both(lib.sparse_ops_coordinate_union, inputs)
+        for c, g in zip(tf.nest.flatten(cpu), tf.nest.flatten(gpu)):
+            np.testing.assert_array_equal(g, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_is_identical(dtype):
+    rng = np.random.default_rng(4)
+    lib = _loader.library()
+    coords = _sites(rng, n=500, batch=3)
+    n = int(coords.shape[0])
+    # Ties (a few levels), signed zeros, infinities and NaN.
+    values = rng.integers(-3, 4, (n, 11)).astype(dtype)
+    values[rng.random((n, 11)) < 0.05] = np.nan
+    values[0, :4] = [-0.0, 0.0, np.inf, -np.inf]
+    for features in (tf.constant(values), tf.constant(rng.normal(size=(n, 11)), dtype)):
+        for mode in ("value", "abs"):
+            for per in ("channel", "site"):
+                for k in (0, 1, 23, 10**6):
+                    args = (features, coords, tf.constant(k, tf.int64))
+                    cpu, gpu = _both(
+                        lambda *a: lib.sparse_ops_attention(*a, mode=mode, per=per), *args)
+                    for c, g in zip(cpu, gpu):
+                        np.testing.assert_array_equal(g, c)
 
 
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -181,6 +206,14 @@ def test_gpu_errors_match_cpu():
     negative = tf.constant([[0, 1, 1, 1], [-2, 2, 2, 2]], tf.int32)
     cpu, gpu = _errors(lib.sparse_ops_strided_coordinates, negative, tf.constant([2, 2, 2]))
     assert cpu == gpu == "coordinates row 1 has a negative batch index -2"
+    cpu, gpu = _errors(lib.sparse_ops_attention, tf.ones([2, 3]), negative,
+                       tf.constant(1, tf.int64))
+    assert cpu == gpu == "coordinates row 1 has a negative batch index -2"
+    valid = negative[:1]
+    cpu, gpu = _errors(lib.sparse_ops_coordinate_union, [valid, negative])
+    assert cpu == gpu == "coordinates[1] row 1 has a negative batch index -2"
+    cpu, gpu = _errors(lib.sparse_ops_coordinate_union, [valid, duplicate])
+    assert cpu == gpu and cpu.startswith("coordinates[1] has duplicate sites: rows 0 and 2")
     # Duplicates among separate output sites: the CPU's "out_coordinates:" error.
     sites = tf.constant([[0, 0, 0, 0], [0, 4, 4, 4]], tf.int32)
     cpu, gpu = _errors(lib.sparse_ops_kernel_map, sites, duplicate, CUBE, one)

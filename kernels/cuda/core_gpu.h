@@ -187,6 +187,27 @@ Status CoordinateLookup(const int32_t* coords, int64_t n, int dims, const int32_
                         void* workspace, size_t workspace_bytes, GpuStream stream);
 Status CoordinateLookupInfoStatus(const KernelMapInfo& info);
 
+// --- Coordinate union -----------------------------------------------------------
+// The union of coordinate sets inputs[i] (host array of device pointers,
+// [sizes[i], dims] each), as the CPU's UnionCoordinates and UnionSites:
+// union rows in order of first appearance, rows[i][r] (host array of device
+// pointers, [sizes[i]] each) the union row of row r of input i. Two phases
+// around one host read of `info` (num_pairs = the number of union sites):
+//   CoordinateUnionCount(...);      // writes rows[i]
+//   copy info to the host; CoordinateUnionInfoStatus(host info, sizes, n)
+//   CoordinateUnionFill(total, dims, out [num_pairs, dims], ...);
+// The workspace must stay untouched between the two calls.
+size_t CoordinateUnionWorkspaceBytes(int64_t total, int dims);
+Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, int num_inputs,
+                            int dims, int32_t* const* rows, KernelMapInfo* info,
+                            void* workspace, size_t workspace_bytes, GpuStream stream);
+// A negative batch index, keys wider than 63 bits, a site repeated within
+// one input: the CPU op's errors, naming coordinates[i].
+Status CoordinateUnionInfoStatus(const KernelMapInfo& info, const int64_t* sizes,
+                                 int num_inputs);
+Status CoordinateUnionFill(int64_t total, int dims, int32_t* out, void* workspace,
+                           size_t workspace_bytes, GpuStream stream);
+
 // --- Kernel maps as inputs -----------------------------------------------------
 
 // A kernel map on the device. num_offsets and num_pairs are host values

@@ -2,7 +2,8 @@
 # Builds and runs every check of the framework-free CUDA core on a GPU
 # machine (no TensorFlow needed), in well under 5 minutes on an H100:
 #   the core test (kernel map, convolution, gradients, errors, the PEERS
-#   shell timings) and the pooling test, each against the CPU core, twice;
+#   shell timings), the pooling test and the attention test, each against
+#   the CPU core, twice;
 #   compute-sanitizer memcheck on their small cases and racecheck on a
 #   tiny one.
 # Usage: bash kernels/cuda/device_check.sh [output directory]
@@ -33,14 +34,18 @@ run() {  # name, command...: logs to $OUT/name.log, records failures
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
 "$NVCC" --version | tail -1 | tee -a "$OUT/gpu.txt"
 run build_core "$NVCC" "${FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-  kernels/core/coordinates.cc -o "$BIN/gpu_core_test"
+  kernels/core/coordinates.cc kernels/core/points.cc -o "$BIN/gpu_core_test"
 run build_pool "$NVCC" "${FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
   kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc kernels/core/kernel_map.cc \
   kernels/core/pool.cc -o "$BIN/pool_gpu_test"
+run build_attention "$NVCC" "${FLAGS[@]}" kernels/cuda/attention_gpu.cu.cc \
+  kernels/cuda/attention_gpu_test.cu.cc kernels/core/attention.cc -o "$BIN/attention_gpu_test"
 run core_test "$BIN/gpu_core_test"
 run pool_test "$BIN/pool_gpu_test"
+run attention_test "$BIN/attention_gpu_test"
 run core_memcheck "$SANITIZER" --tool memcheck --error-exitcode 1 "$BIN/gpu_core_test" --small
 run pool_memcheck "$SANITIZER" --tool memcheck --error-exitcode 1 "$BIN/pool_gpu_test"
+run attention_memcheck "$SANITIZER" --tool memcheck --error-exitcode 1 "$BIN/attention_gpu_test"
 run core_racecheck "$SANITIZER" --tool racecheck --error-exitcode 1 "$BIN/gpu_core_test" --tiny
 echo "== device check $([[ $status == 0 ]] && echo passed || echo FAILED); logs in $OUT"
 exit $status

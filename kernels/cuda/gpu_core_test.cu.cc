@@ -9,7 +9,7 @@
 // so coordinates.cc for the KeyPacker comparison is compiled alongside):
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
 //     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-//     kernels/core/coordinates.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
+//     kernels/core/coordinates.cc kernels/core/points.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
 // Flags: --small (small and error cases, for compute-sanitizer memcheck),
 // --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).
 // Add -DSPARSE_OPS_WITH_CUBLAS -lcublas for the shape-matched GEMM rate.
@@ -39,6 +39,7 @@
 #endif
 
 #include "kernels/core/coordinates.h"
+#include "kernels/core/points.h"
 #include "kernels/cuda/core_gpu.h"
 #include "kernels/cuda/gpu_test_harness.h"
 
@@ -895,6 +896,127 @@ void LookupCases(std::mt19937_64* rng, cudaStream_t s) {
          "lookup negative batch: " + negative.message());
 }
 
+// --- Coordinate union -----------------------------------------------------------------
+
+struct UnionResult {
+  std::vector<int32_t> sites;
+  std::vector<std::vector<int32_t>> rows;
+  bool operator==(const UnionResult& o) const { return sites == o.sites && rows == o.rows; }
+};
+
+Status GpuUnion(const std::vector<Coords>& inputs, UnionResult* out, cudaStream_t s) {
+  const int dims = inputs[0].dims;
+  const int num = static_cast<int>(inputs.size());
+  std::vector<DevBuf<int32_t>> d_in(num), d_rows(num);
+  std::vector<const int32_t*> in_ptrs;
+  std::vector<int32_t*> row_ptrs;
+  std::vector<int64_t> sizes;
+  int64_t total = 0;
+  for (int i = 0; i < num; ++i) {
+    d_in[i].Upload(inputs[i].rows);
+    d_rows[i].Alloc(inputs[i].n());
+    d_rows[i].Poison();
+    in_ptrs.push_back(d_in[i].get());
+    row_ptrs.push_back(d_rows[i].get());
+    sizes.push_back(inputs[i].n());
+    total += inputs[i].n();
+  }
+  DevBuf<sg::KernelMapInfo> info(1);
+  DevBuf<unsigned char> ws(sg::CoordinateUnionWorkspaceBytes(total, dims));
+  CORE_OK(sg::CoordinateUnionCount(in_ptrs.data(), sizes.data(), num, dims, row_ptrs.data(),
+                                   info.get(), ws.get(), ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  const sg::KernelMapInfo host = info.Download()[0];
+  const Status status = sg::CoordinateUnionInfoStatus(host, sizes.data(), num);
+  if (!status.ok()) return status;
+  DevBuf<int32_t> d_out(host.num_pairs * dims);
+  CORE_OK(sg::CoordinateUnionFill(total, dims, d_out.get(), ws.get(), ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  out->sites = d_out.Download();
+  out->sites.resize(host.num_pairs * dims);
+  out->rows.clear();
+  for (int i = 0; i < num; ++i) {
+    out->rows.push_back(d_rows[i].Download());
+    out->rows.back().resize(sizes[i]);
+  }
+  return Status::Ok();
+}
+
+// The CPU core's union (kernels/core/points.h).
+Status CpuUnion(const std::vector<Coords>& inputs, UnionResult* out) {
+  const int dims = inputs[0].dims;
+  std::vector<const int32_t*> in_ptrs;
+  std::vector<int64_t> sizes;
+  int64_t total = 0;
+  for (const Coords& c : inputs) {
+    in_ptrs.push_back(c.rows.data());
+    sizes.push_back(c.n());
+    total += c.n();
+  }
+  std::vector<int32_t> rows(total);
+  std::vector<int64_t> first(total);
+  int64_t num_union = 0;
+  const Status status = sparse_ops::UnionCoordinates(in_ptrs.data(), sizes.data(),
+                                                     static_cast<int>(inputs.size()), dims,
+                                                     rows.data(), first.data(), &num_union);
+  if (!status.ok()) return status;
+  out->sites.assign(num_union * dims, 0);
+  sparse_ops::UnionSites(in_ptrs.data(), sizes.data(), dims, first.data(), num_union,
+                         out->sites.data());
+  out->rows.clear();
+  int64_t offset = 0;
+  for (int64_t size : sizes) {
+    out->rows.emplace_back(rows.begin() + offset, rows.begin() + offset + size);
+    offset += size;
+  }
+  return Status::Ok();
+}
+
+void UnionCases(std::mt19937_64* rng, cudaStream_t s) {
+  // Overlapping random sets (negative coordinates, 4 batches), the same set
+  // twice, an empty input between others, 2D and 5D.
+  const Coords a = RandomCoords(rng, 4, 3, -7, 6, 0.3);
+  const Coords b = RandomCoords(rng, 4, 3, -5, 8, 0.3);
+  const Coords c = RandomCoords(rng, 4, 2, -9, 9, 0.1);
+  const std::vector<std::pair<std::string, std::vector<Coords>>> cases = {
+      {"three overlapping 3D sets", {a, b, c}},
+      {"a set with itself", {a, a}},
+      {"an empty input between", {b, Coords{4, {}}, a}},
+      {"one input", {c}},
+      {"all empty", {Coords{4, {}}, Coords{4, {}}}},
+      {"2D", {RandomCoords(rng, 3, 2, -20, 20, 0.3), RandomCoords(rng, 3, 2, -20, 20, 0.3)}},
+      {"5D, huge coordinates",
+       {RandomCoords(rng, 6, 2, -2, 3, 0.3),
+        Coords{6, {0, 2147483647, -2147483647 - 1, 0, 0, 0, 1, 0, 0, 0, 0, 0}}}},
+  };
+  for (const auto& [name, inputs] : cases) {
+    UnionResult want, got, again;
+    CORE_OK(CpuUnion(inputs, &want));
+    CORE_OK(GpuUnion(inputs, &got, s));
+    CORE_OK(GpuUnion(inputs, &again, s));
+    Expect(got == want, "coordinate union: " + name);
+    Expect(again == got, "coordinate union twice: " + name);
+  }
+  // The CPU's errors: a site repeated within one input (not across inputs),
+  // a negative batch index (the glue's wording), keys wider than 63 bits.
+  const Coords repeated{4, {0, 1, 1, 1, 0, 2, 2, 2, 0, 1, 1, 1}};
+  UnionResult out, cpu_out;
+  Status gpu = GpuUnion({b, repeated}, &out, s);
+  Status cpu = CpuUnion({b, repeated}, &cpu_out);
+  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message() &&
+             Contains(gpu.message(), "coordinates[1] has duplicate sites: rows 0 and 2"),
+         "union duplicates: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+  gpu = GpuUnion({a, Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}}, &out, s);
+  Expect(!gpu.ok() && gpu.message() == "coordinates[1] row 1 has a negative batch index -4",
+         "union negative batch: " + gpu.message());
+  const Coords wide{5, {0, -2147483647 - 1, -2147483647 - 1, -2147483647 - 1, 0,
+                        1, 2147483647, 2147483647, 2147483647, 0}};
+  gpu = GpuUnion({wide}, &out, s);
+  cpu = CpuUnion({wide}, &cpu_out);
+  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
+         "union key width: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+}
+
 // --- Timing ----------------------------------------------------------------------------
 
 template <typename F>
@@ -1068,6 +1190,8 @@ int main(int argc, char** argv) {
   GenerativeCases(&rng, s);
   std::printf("coordinate lookup:\n");
   LookupCases(&rng, s);
+  std::printf("coordinate union:\n");
+  UnionCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
   return Report();

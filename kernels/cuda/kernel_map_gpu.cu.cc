@@ -1372,5 +1372,255 @@ Status CoordinateLookupInfoStatus(const KernelMapInfo& info) {
   return KernelMapInfoStatus(info);  // key width, duplicate sites
 }
 
+
+// --- Coordinate union ------------------------------------------------------------------
+// The inputs concatenated; their keys sorted stably with their positions,
+// so each site's entries are adjacent with positions increasing (the CPU's
+// sort of (key, position)); run heads are first appearances, numbered in
+// position order by an exclusive scan.
+
+namespace {
+
+struct UnionBuffers {
+  int32_t* coords;            // [total, dims], the inputs concatenated
+  int32_t* input_of;          // [total] by position
+  uint64_t *keys, *sorted_keys;
+  int32_t *positions, *sorted_positions;
+  int32_t* is_first;          // [total] by position: a site's first appearance
+  int32_t* union_row;         // [total] by position: exclusive scan of is_first
+  int32_t* run_mark;          // [total] by sorted index: e at a run head, else 0
+  int32_t* run_head;          // inclusive max scan of run_mark
+  int32_t* rows;              // [total] by position: its union row
+  void* temp;
+  size_t temp_bytes;
+  size_t bytes;
+};
+
+// cub::Max left CUB in CUDA 13 (for cuda::maximum, absent from CUDA 12's).
+struct MaxOf {
+  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const {
+    return a > b ? a : b;
+  }
+};
+
+size_t UnionTempBytes(int64_t total) {
+  const int items = static_cast<int>(std::min<int64_t>(total, kInt32Max));
+  size_t sort = 0, sum = 0, max_scan = 0;
+  const cudaError_t e1 = cub::DeviceRadixSort::SortPairs(
+      nullptr, sort, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+  const cudaError_t e2 = cub::DeviceScan::ExclusiveSum(
+      nullptr, sum, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+  const cudaError_t e3 = cub::DeviceScan::InclusiveScan(
+      nullptr, max_scan, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      MaxOf(), items);
+  if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess) return SIZE_MAX;
+  return std::max({sort, sum, max_scan});
+}
+
+UnionBuffers CarveUnion(void* workspace, int64_t total, int dims) {
+  Carver c(workspace);
+  UnionBuffers b;
+  b.coords = c.Take<int32_t>(CountProduct(total, dims));
+  b.input_of = c.Take<int32_t>(total);
+  b.keys = c.Take<uint64_t>(total);
+  b.sorted_keys = c.Take<uint64_t>(total);
+  b.positions = c.Take<int32_t>(total);
+  b.sorted_positions = c.Take<int32_t>(total);
+  b.is_first = c.Take<int32_t>(total);
+  b.union_row = c.Take<int32_t>(total);
+  b.run_mark = c.Take<int32_t>(total);
+  b.run_head = c.Take<int32_t>(total);
+  b.rows = c.Take<int32_t>(total);
+  b.temp_bytes = UnionTempBytes(total);
+  b.temp = c.TakeBytes(b.temp_bytes);
+  b.bytes = c.used();
+  return b;
+}
+
+// Positions [offset, offset + size) belong to input `input`.
+__global__ void UnionPositionsKernel(int32_t* positions, int32_t* input_of, int64_t offset,
+                                     int64_t size, int32_t input) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < size;
+       r += step) {
+    positions[offset + r] = static_cast<int32_t>(offset + r);
+    input_of[offset + r] = input;
+  }
+}
+
+// Run heads, and the smallest sorted index whose entry repeats a site of
+// the same input (the CPU reports the first such pair in sorted order).
+__global__ void UnionRunsKernel(const uint64_t* __restrict__ keys,
+                                const int32_t* __restrict__ positions,
+                                const int32_t* __restrict__ input_of, int64_t total,
+                                int32_t* is_first, int32_t* run_mark, KernelMapInfo* info) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += step) {
+    const bool head = e == 0 || keys[e] != keys[e - 1];
+    is_first[positions[e]] = head;
+    run_mark[e] = head ? static_cast<int32_t>(e) : 0;
+    if (!head && input_of[positions[e]] == input_of[positions[e - 1]]) {
+      atomicMin(reinterpret_cast<ull*>(&info->duplicate), static_cast<ull>(e));
+    }
+  }
+}
+
+__global__ void UnionRowsKernel(const int32_t* __restrict__ positions,
+                                const int32_t* __restrict__ run_head,
+                                const int32_t* __restrict__ union_row, int64_t total,
+                                int32_t* rows) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+       e += step) {
+    rows[positions[e]] = union_row[positions[run_head[e]]];
+  }
+}
+
+// One thread: the site count, and the duplicate as its two positions.
+__global__ void UnionFinishKernel(const int32_t* __restrict__ positions,
+                                  const int32_t* __restrict__ is_first,
+                                  const int32_t* __restrict__ union_row, int64_t total,
+                                  KernelMapInfo* info) {
+  info->num_pairs = total == 0 ? 0 : int64_t{union_row[total - 1]} + is_first[total - 1];
+  if (info->error == kMapOk && info->duplicate != kNone) {
+    const int64_t e = static_cast<int64_t>(info->duplicate);
+    info->error = kMapDuplicate;
+    info->duplicate = (static_cast<uint64_t>(positions[e]) << 32) |
+                      static_cast<uint32_t>(positions[e - 1]);
+  }
+}
+
+__global__ void UnionSitesKernel(const int32_t* __restrict__ coords,
+                                 const int32_t* __restrict__ is_first,
+                                 const int32_t* __restrict__ union_row, int64_t total, int dims,
+                                 int32_t* out) {
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < total;
+       p += step) {
+    if (!is_first[p]) continue;
+    const int64_t u = union_row[p];
+    for (int a = 0; a < dims; ++a) out[u * dims + a] = coords[p * dims + a];
+  }
+}
+
+}  // namespace
+
+size_t CoordinateUnionWorkspaceBytes(int64_t total, int dims) {
+  return CarveUnion(nullptr, total, dims).bytes;
+}
+
+Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, int num_inputs,
+                            int dims, int32_t* const* rows, KernelMapInfo* info,
+                            void* workspace, size_t workspace_bytes, GpuStream stream) {
+  int64_t total = 0;
+  for (int i = 0; i < num_inputs; ++i) total += sizes[i];
+  if (num_inputs < 1 || total < 0 || total >= kInt32Max || dims < 1 || dims > kMaxDims) {
+    return Status::Error("sparse_ops GPU CoordinateUnion: " + std::to_string(total) +
+                         " rows of " + std::to_string(dims) + " columns are not supported");
+  }
+  const UnionBuffers b = CarveUnion(workspace, total, dims);
+  Status status = CheckWorkspace(workspace_bytes, b.bytes, "CoordinateUnion");
+  if (!status.ok()) return status;
+  InitInfoKernel<<<1, 32, 0, stream>>>(info);
+  int64_t offset = 0;
+  for (int i = 0; i < num_inputs; ++i) {
+    if (sizes[i] > 0) {
+      const cudaError_t e = cudaMemcpyAsync(b.coords + offset * dims, inputs[i],
+                                            sizes[i] * dims * sizeof(int32_t),
+                                            cudaMemcpyDeviceToDevice, stream);
+      if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
+      UnionPositionsKernel<<<GridFor(sizes[i]), kThreads, 0, stream>>>(
+          b.positions, b.input_of, offset, sizes[i], i);
+    }
+    offset += sizes[i];
+  }
+  if (total > 0) {
+    BoundsKernel<<<GridFor(total, 1024), kThreads, 0, stream>>>(b.coords, total, dims, info);
+  }
+  LayoutKernel<<<1, 1, 0, stream>>>(info, dims, nullptr, 0, false);
+  FinishInfoKernel<<<1, 1, 0, stream>>>(info, b.coords, b.coords, dims);  // the negative batch
+  if (total == 0) return LaunchStatus("CoordinateUnion");  // no sites, no rows
+  const int grid = static_cast<int>(CeilDiv(total, kThreads));
+  SPARSE_OPS_DISPATCH_DIMS(dims, PackKeysKernel, grid, kThreads, stream, b.coords, total, dims,
+                           info, b.keys);
+  const int items = static_cast<int>(total);
+  size_t temp_bytes = b.temp_bytes;
+  cudaError_t e = cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, b.keys, b.sorted_keys,
+                                                  b.positions, b.sorted_positions, items, 0,
+                                                  64, stream);
+  if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
+  UnionRunsKernel<<<GridFor(total), kThreads, 0, stream>>>(
+      b.sorted_keys, b.sorted_positions, b.input_of, total, b.is_first, b.run_mark, info);
+  temp_bytes = b.temp_bytes;
+  e = cub::DeviceScan::ExclusiveSum(b.temp, temp_bytes, b.is_first, b.union_row, items, stream);
+  if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
+  temp_bytes = b.temp_bytes;
+  e = cub::DeviceScan::InclusiveScan(b.temp, temp_bytes, b.run_mark, b.run_head, MaxOf(),
+                                     items, stream);
+  if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
+  UnionRowsKernel<<<GridFor(total), kThreads, 0, stream>>>(b.sorted_positions, b.run_head,
+                                                           b.union_row, total, b.rows);
+  UnionFinishKernel<<<1, 1, 0, stream>>>(b.sorted_positions, b.is_first, b.union_row, total,
+                                         info);
+  offset = 0;
+  for (int i = 0; i < num_inputs; ++i) {
+    if (sizes[i] > 0) {
+      e = cudaMemcpyAsync(rows[i], b.rows + offset, sizes[i] * sizeof(int32_t),
+                          cudaMemcpyDeviceToDevice, stream);
+      if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
+    }
+    offset += sizes[i];
+  }
+  return LaunchStatus("CoordinateUnion");
+}
+
+Status CoordinateUnionInfoStatus(const KernelMapInfo& info, const int64_t* sizes,
+                                 int num_inputs) {
+  // The input and its row of a position in the concatenation.
+  auto locate = [&](uint64_t position, int* input, int64_t* row) {
+    int64_t p = static_cast<int64_t>(position);
+    int i = 0;
+    while (i + 1 < num_inputs && p >= sizes[i]) p -= sizes[i++];
+    *input = i;
+    *row = p;
+  };
+  int input;
+  int64_t row;
+  if (info.negative_in_row != kNone) {
+    locate(info.negative_in_row, &input, &row);
+    return Status::Error("coordinates[" + std::to_string(input) + "] row " +
+                         std::to_string(row) + " has a negative batch index " +
+                         std::to_string(info.negative_in_value));
+  }
+  if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
+  if (info.error == kMapDuplicate) {
+    int64_t earlier;
+    locate(info.duplicate & 0xffffffffull, &input, &earlier);
+    locate(info.duplicate >> 32, &input, &row);
+    return Status::Error("coordinates[" + std::to_string(input) +
+                         "] has duplicate sites: rows " + std::to_string(earlier) + " and " +
+                         std::to_string(row) +
+                         " are equal; merge duplicates first, e.g. with "
+                         "sparse_ops.utils.sparse_quantize");
+  }
+  if (info.error != kMapOk) {
+    return Status::Internal("sparse_ops GPU CoordinateUnion: unknown error " +
+                            std::to_string(info.error));
+  }
+  return Status::Ok();
+}
+
+Status CoordinateUnionFill(int64_t total, int dims, int32_t* out, void* workspace,
+                           size_t workspace_bytes, GpuStream stream) {
+  const UnionBuffers b = CarveUnion(workspace, total, dims);  // where Count left its work
+  const Status status = CheckWorkspace(workspace_bytes, b.bytes, "CoordinateUnion");
+  if (!status.ok() || total == 0) return status;
+  UnionSitesKernel<<<GridFor(total), kThreads, 0, stream>>>(b.coords, b.is_first, b.union_row,
+                                                            total, dims, out);
+  return LaunchStatus("CoordinateUnion");
+}
+
 }  // namespace gpu
 }  // namespace sparse_ops

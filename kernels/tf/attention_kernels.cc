@@ -27,26 +27,11 @@ class AttentionOp : public SparseOpKernel {
   }
 
   void ComputeChecked(OpKernelContext* context) override {
+    if (!CheckAttentionInputs(context, CheckCoordinates)) return;
     const Tensor& features = context->input(0);
     const Tensor& coordinates = context->input(1);
-    const Tensor& k_tensor = context->input(2);
-    if (!CheckMatrix(context, features, "features")) return;
-    if (!CheckCoordinates(context, coordinates, "coordinates")) return;
     const int64_t n = features.dim_size(0);
-    if (coordinates.dim_size(0) != n) {
-      context->CtxFailure(absl::InvalidArgumentError(
-          "features and coordinates must have the same number of rows, got " +
-          std::to_string(n) + " and " + std::to_string(coordinates.dim_size(0))));
-      return;
-    }
-    if (k_tensor.dims() != 0 || k_tensor.scalar<int64_t>()() < 0) {
-      context->CtxFailure(absl::InvalidArgumentError(
-          "k must be a scalar >= 0, got " +
-          (k_tensor.dims() == 0 ? std::to_string(k_tensor.scalar<int64_t>()())
-                                : "shape " + k_tensor.shape().DebugString())));
-      return;
-    }
-    const int64_t k = k_tensor.scalar<int64_t>()();
+    const int64_t k = context->input(2).scalar<int64_t>()();
     const int64_t c = features.dim_size(1);
     const ParallelFor parallel_for = IntraOpParallelFor(context);
     const BatchGroups groups = GroupRowsByBatch(

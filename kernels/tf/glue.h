@@ -165,6 +165,43 @@ inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
   return true;
 }
 
+// The coordinates inputs of CoordinateUnion: each checked by `check`
+// (CheckCoordinates on the host, CheckCoordinatesShape where the values are
+// on the device), all of one width, fewer than kMaxRows rows together.
+// Fills the inputs' data pointers and row counts.
+template <typename Check>
+bool CheckUnionInputs(tensorflow::OpKernelContext* context, Check check,
+                      std::vector<const int32_t*>* data, std::vector<int64_t>* sizes) {
+  tensorflow::OpInputList inputs;
+  const absl::Status listed = context->input_list("coordinates", &inputs);
+  if (!listed.ok()) {
+    context->CtxFailure(listed);
+    return false;
+  }
+  int64_t total = 0;
+  for (int i = 0; i < inputs.size(); ++i) {
+    const std::string name = "coordinates[" + std::to_string(i) + "]";
+    if (!check(context, inputs[i], name.c_str())) return false;
+    if (inputs[i].dim_size(1) != inputs[0].dim_size(1)) {
+      context->CtxFailure(absl::InvalidArgumentError(
+          "every coordinates input must have the same number of columns: coordinates[0] "
+          "has " + std::to_string(inputs[0].dim_size(1)) + ", " + name + " has " +
+          std::to_string(inputs[i].dim_size(1))));
+      return false;
+    }
+    data->push_back(inputs[i].flat<int32_t>().data());
+    sizes->push_back(inputs[i].dim_size(0));
+    total += inputs[i].dim_size(0);
+  }
+  if (total >= kMaxRows) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "the coordinates inputs have too many rows together for int32 row indices: " +
+        std::to_string(total)));
+    return false;
+  }
+  return true;
+}
+
 // Checks a stride input: int32 [D], every entry >= 1.
 inline bool CheckStride(tensorflow::OpKernelContext* context,
                         const tensorflow::Tensor& t, int64_t d) {
@@ -261,6 +298,32 @@ inline bool CheckMatrix(tensorflow::OpKernelContext* context, const tensorflow::
         std::string(name) + " has " + std::to_string(t.dim_size(1)) +
         " channels; at most " + std::to_string(kMaxChannels) +
         " are supported"));
+    return false;
+  }
+  return true;
+}
+
+// The inputs of Attention: features [n, C], coordinates [n, 1 + D] checked
+// by `check` (as in CheckUnionInputs), k a scalar >= 0 (on the host).
+template <typename Check>
+bool CheckAttentionInputs(tensorflow::OpKernelContext* context, Check check) {
+  const tensorflow::Tensor& features = context->input(0);
+  const tensorflow::Tensor& coordinates = context->input(1);
+  const tensorflow::Tensor& k = context->input(2);
+  if (!CheckMatrix(context, features, "features")) return false;
+  if (!check(context, coordinates, "coordinates")) return false;
+  if (coordinates.dim_size(0) != features.dim_size(0)) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "features and coordinates must have the same number of rows, got " +
+        std::to_string(features.dim_size(0)) + " and " +
+        std::to_string(coordinates.dim_size(0))));
+    return false;
+  }
+  if (k.dims() != 0 || k.scalar<int64_t>()() < 0) {
+    context->CtxFailure(absl::InvalidArgumentError(
+        "k must be a scalar >= 0, got " +
+        (k.dims() == 0 ? std::to_string(k.scalar<int64_t>()())
+                       : "shape " + k.shape().DebugString())));
     return false;
   }
   return true;

@@ -1,5 +1,6 @@
 // CPU kernels of the coordinate lookup and union ops: validate, allocate,
 // call the core (kernels/core/points.h).
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -11,7 +12,6 @@
 namespace sparse_ops {
 
 using tensorflow::DEVICE_CPU;
-using tensorflow::OpInputList;
 using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::OpOutputList;
@@ -65,30 +65,12 @@ class CoordinateUnionOp : public SparseOpKernel {
       : SparseOpKernel(context) {}
 
   void ComputeChecked(OpKernelContext* context) override {
-    OpInputList inputs;
-    OP_REQUIRES_OK(context, context->input_list("coordinates", &inputs));
-    const int num_inputs = inputs.size();
-    std::vector<const int32_t*> data(num_inputs);
-    std::vector<int64_t> sizes(num_inputs);
-    int64_t total = 0;
-    for (int i = 0; i < num_inputs; ++i) {
-      const std::string name = "coordinates[" + std::to_string(i) + "]";
-      if (!CheckCoordinates(context, inputs[i], name.c_str())) return;
-      OP_REQUIRES(context, inputs[i].dim_size(1) == inputs[0].dim_size(1),
-                  absl::InvalidArgumentError(
-                      "every coordinates input must have the same number of "
-                      "columns: coordinates[0] has " +
-                      std::to_string(inputs[0].dim_size(1)) + ", " + name +
-                      " has " + std::to_string(inputs[i].dim_size(1))));
-      data[i] = inputs[i].flat<int32_t>().data();
-      sizes[i] = inputs[i].dim_size(0);
-      total += sizes[i];
-    }
-    OP_REQUIRES(context, total < kMaxRows,
-                absl::InvalidArgumentError(
-                    "the coordinates inputs have too many rows together for "
-                    "int32 row indices: " + std::to_string(total)));
-    const int dims = inputs[0].dim_size(1);
+    std::vector<const int32_t*> data;
+    std::vector<int64_t> sizes;
+    if (!CheckUnionInputs(context, CheckCoordinates, &data, &sizes)) return;
+    const int num_inputs = static_cast<int>(sizes.size());
+    const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+    const int dims = context->input(0).dim_size(1);
     Tensor rows, first;
     if (!AllocateTemp(context, tensorflow::DT_INT32, {total}, &rows) ||
         !AllocateTemp(context, tensorflow::DT_INT64, {total}, &first)) {
