@@ -9,12 +9,6 @@
 namespace sparse_ops {
 namespace {
 
-int BitsFor(int64_t span) {  // bits to hold 0..span
-  int bits = 0;
-  while (bits < 63 && (span >> bits) != 0) ++bits;
-  return bits;
-}
-
 int64_t FloorDiv(int64_t a, int64_t b) {
   const int64_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
@@ -136,9 +130,6 @@ KeyPacker::KeyPacker(int dims) : dims_(dims) {
   for (int a = 0; a < kMaxDims; ++a) {
     lo_[a] = std::numeric_limits<int64_t>::max();
     hi_[a] = std::numeric_limits<int64_t>::min();
-    span_[a] = 0;
-    shift_[a] = 0;
-    mask_[a] = 0;
   }
 }
 
@@ -163,43 +154,29 @@ Status KeyPacker::Finalize() {
                          " columns; 2 to " + std::to_string(kMaxDims) +
                          " (batch + spatial axes) are supported");
   }
-  // Axis 0 (batch) takes the highest bits so that sorted keys are batch-major
-  // and row-major over the spatial axes.
-  int total = 0;
-  std::string widths;
-  for (int a = dims_ - 1; a >= 0; --a) {
-    if (lo_[a] > hi_[a]) lo_[a] = hi_[a] = 0;  // no rows: empty range
-    span_[a] = hi_[a] - lo_[a];
-    shift_[a] = total;
-    const int bits = BitsFor(span_[a]);
-    mask_[a] = bits == 0 ? 0 : ((uint64_t{1} << bits) - 1);
-    total += bits;
-    widths = std::to_string(bits) + (widths.empty() ? "" : ", ") + widths;
-  }
-  key_bits_ = total;
-  if (total > kMaxKeyBits) {
-    return Status::Error(
-        "coordinates span too large a range to pack into a 64-bit key: the "
-        "axes (batch first) need " + widths + " bits, " +
-        std::to_string(total) + " in total, more than " +
-        std::to_string(kMaxKeyBits) +
-        ". Use a larger voxel size, fewer dimensions, or coordinates that "
-        "span a smaller range.");
-  }
+  SetKeyLayout(dims_, lo_, hi_, &layout_);
+  if (layout_.total_bits > kMaxKeyBits) return KeyWidthStatus(layout_);
   return Status::Ok();
 }
 
-void KeyPacker::Unpack(uint64_t key, int32_t* c) const {
-  for (int a = 0; a < dims_; ++a) {
-    c[a] = static_cast<int32_t>(
-        lo_[a] + static_cast<int64_t>((key >> shift_[a]) & mask_[a]));
+Status KeyWidthStatus(const KeyLayout& layout) {
+  std::string widths;
+  for (int a = 0; a < layout.dims; ++a) {
+    widths += (a ? ", " : "") + std::to_string(layout.bits[a]);
   }
+  return Status::Error(
+      "coordinates span too large a range to pack into a 64-bit key: the "
+      "axes (batch first) need " + widths + " bits, " +
+      std::to_string(layout.total_bits) + " in total, more than " +
+      std::to_string(kMaxKeyBits) +
+      ". Use a larger voxel size, fewer dimensions, or coordinates that "
+      "span a smaller range.");
 }
 
 uint64_t KeyPacker::KeyStep(const int64_t* step) const {
   uint64_t delta = 0;
   for (int a = 0; a < dims_; ++a) {
-    delta += static_cast<uint64_t>(step[a]) << shift_[a];
+    delta += static_cast<uint64_t>(step[a]) << layout_.shift[a];
   }
   return delta;
 }
@@ -226,7 +203,7 @@ Status CoordinateTable::Build(const int32_t* coords, int64_t n,
         bad_row.compare_exchange_strong(expected, i);
         return;
       }
-      uint64_t slot = Hash(key) & mask_;
+      uint64_t slot = HashKey(key) & mask_;
       while (true) {
         uint64_t expected = kEmpty;
         if (__atomic_compare_exchange_n(&keys_[slot], &expected, key, false,
@@ -270,15 +247,7 @@ Status CoordinateTable::Build(const int32_t* coords, int64_t n,
 }
 
 bool IsSymmetric(const KernelGeometry& g, int dims) {
-  const int d = dims - 1;
-  for (int64_t k = 0; k < g.num_offsets; ++k) {
-    const int32_t* a = g.offsets + k * d;
-    const int32_t* b = g.offsets + (g.num_offsets - 1 - k) * d;
-    for (int j = 0; j < d; ++j) {
-      if (a[j] != -b[j]) return false;
-    }
-  }
-  return true;
+  return IsSymmetricOffsets(g.offsets, g.num_offsets, dims - 1);
 }
 
 void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,

@@ -12,13 +12,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "kernels/core/key_layout.h"
 #include "kernels/core/parallel.h"
 #include "kernels/core/status.h"
 
 namespace sparse_ops {
-
-constexpr int kMaxDims = 32;       // batch + up to 31 spatial axes
-constexpr int kMaxKeyBits = 63;    // all-ones is the hash table's empty mark
 
 // Temporary tables (neighbour tables [offsets, rows], candidate keys) hold
 // at most TableBudget(rows) entries for an op on `rows` input and output
@@ -52,7 +50,9 @@ class KeyPacker {
 
   int dims() const { return dims_; }
   // Bits a packed key uses (after Finalize).
-  int key_bits() const { return key_bits_; }
+  int key_bits() const { return layout_.total_bits; }
+  // The layout Finalize fixed (key_layout.h).
+  const KeyLayout& layout() const { return layout_; }
   // Widens axis a's range to include [lo, hi].
   void Cover(int axis, int64_t lo, int64_t hi);
   // Widens every axis to include the rows of coords [n, dims].
@@ -63,16 +63,9 @@ class KeyPacker {
   // Packs row c; returns false when c lies outside the covered range.
   template <typename C>
   bool Pack(const C* c, uint64_t* key) const {
-    uint64_t k = 0;
-    for (int a = 0; a < dims_; ++a) {
-      const int64_t v = static_cast<int64_t>(c[a]) - lo_[a];
-      if (v < 0 || v > span_[a]) return false;
-      k |= static_cast<uint64_t>(v) << shift_[a];
-    }
-    *key = k;
-    return true;
+    return PackKey(layout_, dims_, c, key);
   }
-  void Unpack(uint64_t key, int32_t* c) const;
+  void Unpack(uint64_t key, int32_t* c) const { UnpackKey(layout_, key, c); }
   // Pack(c + step) == Pack(c) + KeyStep(step) (mod 2^64) whenever c and
   // c + step both lie in the covered range: each axis' field then moves by
   // its step without a borrow or carry. step has dims() entries.
@@ -80,13 +73,14 @@ class KeyPacker {
 
  private:
   int dims_;
-  int key_bits_ = 0;
-  int64_t lo_[kMaxDims];
+  int64_t lo_[kMaxDims];  // the covered ranges
   int64_t hi_[kMaxDims];
-  int64_t span_[kMaxDims];  // hi - lo
-  int shift_[kMaxDims];
-  uint64_t mask_[kMaxDims];  // (1 << bits) - 1 of each axis
+  KeyLayout layout_ = {};
 };
+
+// Finalize's error for a layout wider than kMaxKeyBits (the CUDA core's
+// too).
+Status KeyWidthStatus(const KeyLayout& layout);
 
 // Open-addressing hash table from packed key to row, on caller storage.
 class CoordinateTable {
@@ -103,13 +97,13 @@ class CoordinateTable {
                const ParallelFor& parallel_for);
 
   void Prefetch(uint64_t key) const {
-    const uint64_t slot = Hash(key) & mask_;
+    const uint64_t slot = HashKey(key) & mask_;
     __builtin_prefetch(&keys_[slot]);
     __builtin_prefetch(&rows_[slot]);
   }
 
   int32_t Find(uint64_t key) const {
-    uint64_t slot = Hash(key) & mask_;
+    uint64_t slot = HashKey(key) & mask_;
     while (true) {
       const uint64_t k = keys_[slot];
       if (k == key) return rows_[slot];
@@ -118,17 +112,9 @@ class CoordinateTable {
     }
   }
 
-  static constexpr uint64_t kEmpty = ~uint64_t{0};
+  static constexpr uint64_t kEmpty = kEmptyKey;
 
  private:
-  static uint64_t Hash(uint64_t k) {  // murmur3 finaliser
-    k ^= k >> 33;
-    k *= 0xff51afd7ed558ccdULL;
-    k ^= k >> 33;
-    k *= 0xc4ceb9fe1a85ec53ULL;
-    k ^= k >> 33;
-    return k;
-  }
   uint64_t* keys_;
   int32_t* rows_;
   uint64_t mask_;

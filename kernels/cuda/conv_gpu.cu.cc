@@ -94,10 +94,28 @@ struct alignas(16) Vec16 {
   T v[N];
 };
 
+// nonzero[k] = whether offset k has a non-zero weight ([K, per_offset]
+// weights, either layout). Pruned offsets are skipped, as the CPU's
+// default path skips them: a zero weight adds nothing to a sum.
+template <typename T>
+__global__ void NonzeroOffsetsKernel(const T* __restrict__ w, int64_t K, int64_t per_offset,
+                                     int32_t* nonzero) {
+  for (int64_t k = blockIdx.x; k < K; k += gridDim.x) {  // uniform in the block
+    int any = 0;
+    for (int64_t j = threadIdx.x; j < per_offset && !any; j += blockDim.x) {
+      any = w[k * per_offset + j] != T(0);
+    }
+    any = __syncthreads_or(any);
+    if (threadIdx.x == 0) nonzero[k] = any;
+  }
+}
+
 // tiles[k * (num_tiles + 1) + t] = the first pair of offset k whose output
-// row is >= t * BM (t = num_tiles: the offset's end).
+// row is >= t * BM (t = num_tiles: the offset's end); an offset without
+// non-zero weights gets no pairs in any tile.
 __global__ void TilePointersKernel(const int64_t* __restrict__ splits,
                                    const int32_t* __restrict__ out_rows,
+                                   const int32_t* __restrict__ nonzero,
                                    int64_t K, int64_t P, int64_t num_tiles,
                                    int64_t rows_per_tile, int64_t* tiles) {
   const int64_t n = K * (num_tiles + 1);
@@ -108,7 +126,7 @@ __global__ void TilePointersKernel(const int64_t* __restrict__ splits,
     const int64_t k = idx / (num_tiles + 1), t = idx - k * (num_tiles + 1);
     // Clamped, so that a malformed map cannot send a reader out of bounds.
     const int64_t b = min(max(splits[k], int64_t{0}), P);
-    const int64_t e = min(max(splits[k + 1], b), P);
+    const int64_t e = nonzero[k] ? min(max(splits[k + 1], b), P) : b;
     int64_t lo = e, hi = e;
     if (t < num_tiles) {
       lo = b;
@@ -386,6 +404,7 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
 
 struct ConvBuffers {
   int64_t* tiles;
+  int32_t* nonzero;  // [K]
   void* weights_t;  // [K, c_in, c_out] transposed copy, when asked for
   int64_t num_tiles;
 };
@@ -396,6 +415,7 @@ ConvBuffers CarveConv(Carver* c, int64_t K, int64_t n_out, int64_t c_in,
   ConvBuffers b;
   b.num_tiles = CeilDiv(n_out, ConvConfig<T>::BM);
   b.tiles = c->Take<int64_t>(K * (b.num_tiles + 1));
+  b.nonzero = c->Take<int32_t>(K);
   b.weights_t =
       transpose_weights ? c->Take<T>(K * c_in * c_out) : nullptr;
   return b;
@@ -428,8 +448,10 @@ Status LaunchConv(const T* in, int64_t n_in, int64_t c_in, const T* weights,
                                 stream>>>(weights, K, c_out, c_in, wt);
     w = wt;
   }
+  NonzeroOffsetsKernel<T><<<static_cast<int>(std::min<int64_t>(K, 65535)), kThreads, 0,
+                            stream>>>(weights, K, c_in * c_out, b.nonzero);
   TilePointersKernel<<<GridFor(K * (b.num_tiles + 1)), kThreads, 0,
-                       stream>>>(map.splits, map.out_rows, K, map.num_pairs,
+                       stream>>>(map.splits, map.out_rows, b.nonzero, K, map.num_pairs,
                                  b.num_tiles, ConvConfig<T>::BM, b.tiles);
   constexpr size_t smem = ConvSharedBytes<T>();
   constexpr int V = Vec16<T>::N;

@@ -23,6 +23,8 @@
 // - Memory safety does not depend on valid inputs: every index read from a
 //   kernel map is range-checked before use, so a malformed map gives wrong
 //   numbers, never an out-of-bounds access (CheckKernelMap says which).
+// - The key layout, packing and hashing are kernels/core/key_layout.h,
+//   compiled by both g++ and nvcc, so GPU keys are the CPU's.
 // - This header needs no CUDA header: GpuStream is cudaStream_t.
 #ifndef SPARSE_OPS_KERNELS_CUDA_CORE_GPU_H_
 #define SPARSE_OPS_KERNELS_CUDA_CORE_GPU_H_
@@ -39,18 +41,6 @@ namespace sparse_ops {
 namespace gpu {
 
 using GpuStream = CUstream_st*;  // == cudaStream_t
-
-// The KeyPacker layout, computed on the device from the data's range:
-// axis a holds (c[a] - lo[a]) in bits [shift[a], shift[a] + bits[a]), the
-// batch axis highest, so sorted keys are batch-major and row-major.
-struct KeyLayout {
-  int32_t dims;
-  int32_t total_bits;
-  int64_t lo[kMaxDims];
-  int64_t span[kMaxDims];  // hi - lo
-  int32_t shift[kMaxDims];
-  int32_t bits[kMaxDims];
-};
 
 enum KernelMapError : int32_t {
   kMapOk = 0,
@@ -70,7 +60,7 @@ struct KernelMapInfo {
   int32_t error_axis;     // the axis of kMapStridedUnderflow / kMapGenerativeOverflow
   int32_t lo[kMaxDims];     // per-axis bounds of in_coordinates
   int32_t hi[kMaxDims];
-  KeyLayout layout;
+  KeyLayout layout;         // kernels/core/key_layout.h, set on the device
   // Smallest row that repeats an earlier site, as (row << 32) | earliest
   // row with that site; all ones when there is none. Deterministic.
   uint64_t duplicate;
@@ -258,7 +248,9 @@ Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
 // rows (rows without pairs get zeros). W is [K, c_in, c_out]; with
 // transpose_weights it is [K, c_out, c_in] and W_k^T is used. `map` must be
 // sorted by output row within each offset. Each output tile is owned by one
-// thread block that applies the offsets in order: deterministic.
+// thread block that applies the offsets in order: deterministic. Offsets
+// whose weights are all zero (pruned) are skipped, as on the CPU's default
+// path: the same sums for finite inputs.
 template <typename T>
 size_t ConvWorkspaceBytes(int64_t num_offsets, int64_t n_out, int64_t c_in,
                           int64_t c_out, bool transpose_weights);

@@ -2,13 +2,17 @@
 // no TensorFlow, needs a GPU. Checks the kernel map against a brute-force
 // std::unordered_map oracle, the convolution and both gradients against
 // naive float64 loops, determinism (two runs bitwise equal), the key layout
-// against the CPU KeyPacker, and the data errors; then times the PEERS.md
-// workload (sphere shell, ~100k sites, 64 -> 64 channels, 3x3x3).
+// against the CPU KeyPacker, the coordinate ops against the CPU core, and
+// the data errors; then times the PEERS.md workload (sphere shell, ~100k
+// sites, 64 -> 64 channels, 3x3x3): the kernel map, the convolution and
+// its gradients, and every other op beside the conv forward (the GPU
+// benchmark program of the core; MinkUNet14 needs TensorFlow).
 //
 // Build and run (see kernels/cuda/README.md; -x cu applies to every input,
 // so coordinates.cc for the KeyPacker comparison is compiled alongside):
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
-//     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+//     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
+//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
 //     kernels/core/coordinates.cc kernels/core/points.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
 // Flags: --small (small and error cases, for compute-sanitizer memcheck),
 // --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).
@@ -38,10 +42,13 @@
 #include <cublas_v2.h>
 #endif
 
+#include "kernels/core/attention.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/core/points.h"
+#include "kernels/cuda/attention_gpu.h"
 #include "kernels/cuda/core_gpu.h"
 #include "kernels/cuda/gpu_test_harness.h"
+#include "kernels/cuda/pool_gpu.h"
 
 namespace {
 
@@ -555,6 +562,17 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
     GpuConv<double> c(runner.View(), in.n(), out.n(), c_in, c_out, x, w, g);
     ExpectConv<double>(name, CheckConv(&c, o, s), 1e-12, 1e-12);
   }
+  // Pruned: every third offset's weights are zero, which the forward and
+  // input-gradient kernels skip; every other offset's pairs must count.
+  std::vector<double> pruned = w;
+  for (int64_t k = 0; k < runner.K; k += 3) {
+    std::fill(pruned.begin() + k * c_in * c_out, pruned.begin() + (k + 1) * c_in * c_out, 0.0);
+  }
+  const Oracle po = ComputeOracle(gpu, in.n(), out.n(), c_in, c_out, x, pruned, g);
+  {
+    GpuConv<float> c(runner.View(), in.n(), out.n(), c_in, c_out, x, pruned, g);
+    ExpectConv<float>(name + " pruned", CheckConv(&c, po, s), 1e-5, 1e-5);
+  }
 }
 
 bool Contains(const std::string& s, const std::string& part) {
@@ -1043,6 +1061,114 @@ double MedianMs(cudaStream_t s, F&& f, int reps = 20) {
   return ms[ms.size() / 2];
 }
 
+// The other ops on the shell, f32, 64 channels, beside the f32 conv
+// forward (the targets: pooling and attention each under the conv's time):
+// strided coordinates, the 2x2x2 stride-2 map onto them, max and sum
+// pooling over it, global pooling, attention (k = a tenth of the sites),
+// the union of the shell and its strided sites, and the forward with two
+// offsets in three pruned. Each op as a TensorFlow op runs it: host reads
+// included.
+void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<double>& x,
+                    const std::vector<double>& w, const std::vector<double>& g,
+                    double conv_ms, cudaStream_t s) {
+  const int64_t n = shell.n(), C = 64;
+  const float* features = cf.x.get();
+  DevBuf<int32_t> d_shell(shell.rows);
+  sg::KernelMapInfo* host = nullptr;
+  CUDA_OK(cudaMallocHost(&host, sizeof(sg::KernelMapInfo)));
+  DevBuf<sg::KernelMapInfo> info(1);
+  auto read_info = [&] {
+    CUDA_OK(cudaMemcpyAsync(host, info.get(), sizeof(sg::KernelMapInfo),
+                            cudaMemcpyDeviceToHost, s));
+    CUDA_OK(cudaStreamSynchronize(s));
+  };
+  auto report = [&](const char* what, double ms) {
+    std::printf("  %-44s %.3f ms  (%.2fx the conv forward)\n", what, ms, ms / conv_ms);
+  };
+
+  // Strided coordinates (stride 2): count, one host read, fill.
+  sg::Stride two{};
+  std::fill(two.v, two.v + 3, 2);
+  DevBuf<unsigned char> strided_ws(sg::StridedCoordinatesWorkspaceBytes(n));
+  DevBuf<int32_t> d_coarse(n * 4);
+  auto strided = [&] {
+    CORE_OK(sg::StridedCoordinatesCount(d_shell.get(), n, 4, two, info.get(), strided_ws.get(),
+                                        strided_ws.size(), s));
+    read_info();
+    CORE_OK(sg::StridedCoordinatesFill(info.get(), n, 4, host->num_pairs, d_coarse.get(),
+                                       strided_ws.get(), strided_ws.size(), s));
+  };
+  strided();
+  CUDA_OK(cudaStreamSynchronize(s));
+  Coords coarse{4, d_coarse.Download()};
+  coarse.rows.resize(host->num_pairs * 4);
+  const int64_t nc = coarse.n();
+  report("strided coordinates (stride 2)", MedianMs(s, strided));
+
+  // The downsampling map and pooling over it.
+  GpuMapRunner down(shell, coarse, false, BoxOffsets({0, 0, 0}, {1, 1, 1}), {1, 1, 1});
+  CORE_OK(down.Run(s));
+  report("kernel map 2x2x2 onto the strided sites", MedianMs(s, [&] { CORE_OK(down.Run(s)); }));
+  DevBuf<float> pooled(nc * C);
+  DevBuf<int32_t> argmax(nc * C);
+  report("max pool 2x2x2", MedianMs(s, [&] {
+    CORE_OK(sg::MaxPool<float>(features, n, C, down.View(), nc, pooled.get(), argmax.get(), s));
+  }));
+  report("average pool 2x2x2", MedianMs(s, [&] {
+    CORE_OK(sg::SumPool<float>(features, n, C, down.View(), nc, true, pooled.get(), s));
+  }));
+  DevBuf<int32_t> batch(n);
+  CUDA_OK(cudaMemset(batch.get(), 0, n * sizeof(int32_t)));
+  DevBuf<sg::IndexCheck> index_check(1);
+  DevBuf<unsigned char> global_ws(sg::GlobalPoolWorkspaceBytes<float>(n, C, 1));
+  DevBuf<float> global(C);
+  report("global average pool", MedianMs(s, [&] {
+    CORE_OK(sg::GlobalSumPool<float>(features, n, C, batch.get(), 1, true, global.get(),
+                                     index_check.get(), global_ws.get(), global_ws.size(), s));
+  }));
+
+  // Attention: the keep mask and the kept rows' count, read back.
+  for (const auto per : {sparse_ops::AttentionPer::kChannel, sparse_ops::AttentionPer::kSite}) {
+    DevBuf<unsigned char> ws(sg::AttentionWorkspaceBytes<float>(n, C, per));
+    DevBuf<unsigned char> keep(n * C);
+    DevBuf<sg::AttentionInfo> attention_info(1);
+    const double ms = MedianMs(s, [&] {
+      CORE_OK(sg::AttentionKeep<float>(features, n, C, d_shell.get(), 4, n / 10,
+                                       sparse_ops::AttentionMode::kValue, per,
+                                       reinterpret_cast<bool*>(keep.get()),
+                                       attention_info.get(), ws.get(), ws.size(), s));
+      CUDA_OK(cudaStreamSynchronize(s));
+    });
+    report(per == sparse_ops::AttentionPer::kSite ? "attention per site, k = n / 10"
+                                                  : "attention per channel, k = n / 10",
+           ms);
+  }
+
+  // Union of the shell and its strided sites.
+  {
+    const int32_t* inputs[2] = {d_shell.get(), d_coarse.get()};
+    const int64_t sizes[2] = {n, nc};
+    DevBuf<int32_t> rows0(n), rows1(nc), out((n + nc) * 4);
+    int32_t* rows[2] = {rows0.get(), rows1.get()};
+    DevBuf<unsigned char> ws(sg::CoordinateUnionWorkspaceBytes(n + nc, 4));
+    report("coordinate union (shell + strided sites)", MedianMs(s, [&] {
+      CORE_OK(sg::CoordinateUnionCount(inputs, sizes, 2, 4, rows, info.get(), ws.get(),
+                                       ws.size(), s));
+      read_info();
+      CORE_OK(sg::CoordinateUnionFill(n + nc, 4, out.get(), ws.get(), ws.size(), s));
+    }));
+  }
+
+  // Pruned offsets are skipped: 9 of 27 kept.
+  std::vector<double> pruned = w;
+  for (int64_t k = 0; k < 27; ++k) {
+    if (k % 3 != 0) std::fill(pruned.begin() + k * C * C, pruned.begin() + (k + 1) * C * C, 0.0);
+  }
+  GpuConv<float> pc(cf.map, n, n, C, C, x, pruned, g);
+  report("conv forward, 18 of 27 offsets pruned", MedianMs(s, [&] { pc.Forward(s); }));
+  CUDA_OK(cudaFreeHost(host));
+}
+
 void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
   const Coords shell = SphereShell(2024);
   const std::vector<int32_t> cube = BoxOffsets({-1, -1, -1}, {1, 1, 1});
@@ -1105,6 +1231,7 @@ void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
               flops / d_dw / 1e6);
   std::printf("  workspace bytes: map %zu, f32 fwd %zu, dX %zu, dW %zu\n",
               runner.ws_bytes, cf.fwd_bytes, cf.dx_bytes, cf.dw_bytes);
+  OtherOpTimings(shell, cf, x, w, g, f_fwd, s);
 #ifdef SPARSE_OPS_WITH_CUBLAS
   {
     cublasHandle_t h;

@@ -27,7 +27,6 @@ namespace sparse_ops {
 namespace gpu {
 namespace {
 
-constexpr uint64_t kEmptyKey = ~uint64_t{0};
 constexpr int kInt32Max = 2147483647;
 constexpr int kInt32Min = -2147483647 - 1;
 // Compaction: each block takes kItems entries per thread.
@@ -42,23 +41,9 @@ int64_t TableCapacity(int64_t n) {
   return capacity;
 }
 
-__host__ __device__ inline int BitsFor(int64_t span) {
-  int bits = 0;
-  while (bits < 63 && (span >> bits) != 0) ++bits;
-  return bits;
-}
+// --- Key layout (kernels/core/key_layout.h) ------------------------------------
 
-__device__ __forceinline__ uint64_t Hash(uint64_t k) {  // murmur3 finaliser
-  k ^= k >> 33;
-  k *= 0xff51afd7ed558ccdULL;
-  k ^= k >> 33;
-  k *= 0xc4ceb9fe1a85ec53ULL;
-  k ^= k >> 33;
-  return k;
-}
-
-// --- Key layout -----------------------------------------------------------------
-
+// The layout's packing fields, in shared memory for PackKey.
 struct SharedLayout {
   int64_t lo[kMaxDims];
   int64_t span[kMaxDims];
@@ -74,22 +59,6 @@ __device__ void LoadLayout(const KeyLayout& layout, int dims,
   }
 }
 
-// D > 0: dims known at compile time (registers); D == 0: any dims.
-template <int D>
-__device__ __forceinline__ bool Pack(const int64_t* q, int dims,
-                                     const SharedLayout& l, uint64_t* key) {
-  uint64_t k = 0;
-#pragma unroll
-  for (int a = 0; a < (D > 0 ? D : kMaxDims); ++a) {
-    if (D == 0 && a >= dims) break;
-    const int64_t v = q[a] - l.lo[a];
-    if (v < 0 || v > l.span[a]) return false;
-    k |= static_cast<uint64_t>(v) << l.shift[a];
-  }
-  *key = k;
-  return true;
-}
-
 template <int D>
 __device__ __forceinline__ void LoadRow(const int32_t* coords, int64_t row,
                                         int dims, int64_t* q) {
@@ -103,7 +72,7 @@ __device__ __forceinline__ void LoadRow(const int32_t* coords, int64_t row,
 __device__ __forceinline__ int32_t Find(const uint64_t* __restrict__ keys,
                                         const int32_t* __restrict__ rows,
                                         uint64_t mask, uint64_t key) {
-  uint64_t slot = Hash(key) & mask;
+  uint64_t slot = HashKey(key) & mask;
   while (true) {
     const uint64_t k = keys[slot];
     if (k == key) return rows[slot];
@@ -179,24 +148,15 @@ __global__ void NegativeBatchKernel(const int32_t* __restrict__ coords,
   }
 }
 
-// KeyPacker::Finalize's rules on the device: axis a holds [lo[a], hi[a]]
-// (lo > hi: no rows, an empty range), the batch axis in the highest bits;
-// keys wider than 63 bits are an error unless one was found before.
+// KeyPacker::Finalize on the device: the shared layout of the ranges
+// [lo[a], hi[a]]; keys wider than 63 bits are an error unless one was found
+// before.
 __device__ void SetLayout(KernelMapInfo* info, int dims, const int64_t* lo,
                           const int64_t* hi) {
-  KeyLayout& l = info->layout;
-  l.dims = dims;
-  int total = 0;
-  for (int a = dims - 1; a >= 0; --a) {
-    const int64_t a_lo = lo[a] > hi[a] ? 0 : lo[a], a_hi = lo[a] > hi[a] ? 0 : hi[a];
-    l.lo[a] = a_lo;
-    l.span[a] = a_hi - a_lo;
-    l.shift[a] = total;
-    l.bits[a] = BitsFor(a_hi - a_lo);
-    total += l.bits[a];
+  SetKeyLayout(dims, lo, hi, &info->layout);
+  if (info->layout.total_bits > kMaxKeyBits && info->error == kMapOk) {
+    info->error = kMapKeyTooWide;
   }
-  l.total_bits = total;
-  if (total > kMaxKeyBits && info->error == kMapOk) info->error = kMapKeyTooWide;
 }
 
 // KeyPacker::Finalize on the device (one thread), plus the mirror decision
@@ -210,20 +170,7 @@ __global__ void LayoutKernel(KernelMapInfo* info, int dims,
     hi[a] = info->hi[a];
   }
   SetLayout(info, dims, lo, hi);
-  int mirrored = 0;
-  if (same_coordinates) {
-    mirrored = 1;
-    const int d = dims - 1;
-    for (int64_t k = 0; k < K && mirrored; ++k) {
-      for (int j = 0; j < d; ++j) {
-        if (offsets[k * d + j] != -offsets[(K - 1 - k) * d + j]) {
-          mirrored = 0;
-          break;
-        }
-      }
-    }
-  }
-  info->mirrored = mirrored;
+  info->mirrored = same_coordinates && IsSymmetricOffsets(offsets, K, dims - 1);
 }
 
 __global__ void TableInitKernel(uint64_t* keys, int32_t* rows,
@@ -251,8 +198,8 @@ __global__ void InsertKernel(const int32_t* __restrict__ coords, int64_t n,
   int64_t q[D > 0 ? D : kMaxDims];
   LoadRow<D>(coords, i, dims, q);
   uint64_t key;
-  if (!Pack<D>(q, dims, layout, &key)) return;  // cannot happen: own range
-  uint64_t slot = Hash(key) & mask;
+  if (!PackKey<D>(layout, dims, q, &key)) return;  // cannot happen: own range
+  uint64_t slot = HashKey(key) & mask;
   while (true) {
     const ull prev = atomicCAS(reinterpret_cast<ull*>(&keys[slot]),
                                static_cast<ull>(kEmptyKey),
@@ -285,7 +232,7 @@ __global__ void DuplicateKernel(const int32_t* __restrict__ coords, int64_t n,
   int64_t q[D > 0 ? D : kMaxDims];
   LoadRow<D>(coords, i, dims, q);
   uint64_t key;
-  if (!Pack<D>(q, dims, layout, &key)) return;
+  if (!PackKey<D>(layout, dims, q, &key)) return;
   const int32_t first = Find(keys, rows, mask, key);
   if (first != static_cast<int32_t>(i)) {
     atomicMin(reinterpret_cast<ull*>(&info->duplicate),
@@ -338,7 +285,7 @@ __global__ void ProbeKernel(const int32_t* __restrict__ out_coords,
     }
     uint64_t key;
     const int32_t i =
-        Pack<D>(q, dims, layout, &key) ? Find(keys, rows, mask, key) : -1;
+        PackKey<D>(layout, dims, q, &key) ? Find(keys, rows, mask, key) : -1;
     nbr[k * n_out + o] = i;
     // Unique coordinates: row i is reached from one o per offset.
     if (mirror && i >= 0) {
@@ -361,7 +308,7 @@ __global__ void PackKeysKernel(const int32_t* __restrict__ coords, int64_t n,
   int64_t q[D > 0 ? D : kMaxDims];
   LoadRow<D>(coords, i, dims, q);
   uint64_t key;
-  keys[i] = (!bad && Pack<D>(q, dims, layout, &key)) ? key : kEmptyKey;
+  keys[i] = (!bad && PackKey<D>(layout, dims, q, &key)) ? key : kEmptyKey;
 }
 
 // One thread: resolves the data errors into info.
@@ -405,7 +352,7 @@ __global__ void LookupKernel(const int32_t* __restrict__ queries, int64_t num_qu
     int64_t c[D > 0 ? D : kMaxDims];
     LoadRow<D>(queries, q, dims, c);
     uint64_t key;
-    if (Pack<D>(c, dims, layout, &key)) row = Find(keys, table_rows, mask, key);
+    if (PackKey<D>(layout, dims, c, &key)) row = Find(keys, table_rows, mask, key);
   }
   rows[q] = row;
 }
@@ -459,21 +406,16 @@ __global__ void StridedPackKernel(const int32_t* __restrict__ coords, int64_t n,
     q[a] = FloorDiv(q[a], s) * s;
   }
   uint64_t key = 0;
-  if (ok) Pack<D>(q, dims, layout, &key);  // in range by construction
+  if (ok) PackKey<D>(layout, dims, q, &key);  // in range by construction
   keys[i] = key;
 }
 
 __global__ void UnpackKernel(const uint64_t* __restrict__ keys, int64_t n, int dims,
                              const KernelMapInfo* info, int32_t* __restrict__ out) {
-  const KeyLayout& l = info->layout;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += step) {
-    for (int a = 0; a < dims; ++a) {
-      const uint64_t mask = l.bits[a] == 0 ? 0 : ((uint64_t{1} << l.bits[a]) - 1);
-      out[i * dims + a] =
-          static_cast<int32_t>(l.lo[a] + static_cast<int64_t>((keys[i] >> l.shift[a]) & mask));
-    }
+    UnpackKey(info->layout, keys[i], out + i * dims);
   }
 }
 
@@ -554,7 +496,7 @@ __global__ void GenerativePackKernel(const int32_t* __restrict__ coords, int64_t
       q[a] += static_cast<int64_t>(offsets[k * (dims - 1) + a - 1]) * stride.v[a - 1];
     }
     uint64_t key = 0;
-    if (ok) Pack<D>(q, dims, layout, &key);  // in range by construction
+    if (ok) PackKey<D>(layout, dims, q, &key);  // in range by construction
     keys[t] = key;
   }
 }
@@ -590,21 +532,6 @@ StridedBuffers CarveStrided(void* workspace, int64_t n) {
   b.temp = c.TakeBytes(b.temp_bytes);
   b.bytes = c.used();
   return b;
-}
-
-// KeyPacker::Finalize's error, in its words.
-Status KeyWidthStatus(const KeyLayout& layout) {
-  std::string widths;
-  for (int a = 0; a < layout.dims; ++a) {
-    widths += (a ? ", " : "") + std::to_string(layout.bits[a]);
-  }
-  return Status::Error(
-      "coordinates span too large a range to pack into a 64-bit key: the "
-      "axes (batch first) need " + widths + " bits, " +
-      std::to_string(layout.total_bits) + " in total, more than " +
-      std::to_string(kMaxKeyBits) +
-      ". Use a larger voxel size, fewer dimensions, or coordinates that "
-      "span a smaller range.");
 }
 
 // Sorts the n keys of b and makes them unique (into b.unique); the count
