@@ -106,6 +106,28 @@ def test_attention_is_identical(dtype):
                         np.testing.assert_array_equal(g, c)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_voxelize_is_identical(dtype):
+    rng = np.random.default_rng(5)
+    lib = _loader.library()
+    n = 2000
+    points = np.concatenate([rng.integers(0, 3, (n, 1)), rng.normal(size=(n, 3)) * 3], 1)
+    features = rng.integers(-3, 4, (n, 6)).astype(dtype)  # ties for max
+    features[::17, 2] = np.nan
+    size = tf.constant([0.9, 1.1, 0.7], tf.float64)
+    for mode in ("average", "sum", "max", "first"):
+        cpu, gpu = _both(lambda m=mode: lib.sparse_ops_voxelize(
+            tf.constant(points.astype(dtype)), features, size, mode=m))
+        for c, g in zip(cpu, gpu):
+            np.testing.assert_array_equal(g, c)
+    x_cpu, x_gpu = _both(lambda: so.ops.voxelize(points, features, 0.5)[0].features)
+    np.testing.assert_array_equal(x_gpu, x_cpu)
+    bad = points.copy()
+    bad[7, 2] = np.inf
+    cpu, gpu = _errors(lib.sparse_ops_voxelize, bad, features, size)
+    assert cpu == gpu == "points row 7 has a non-finite position inf in column 2"
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
 def test_conv_and_gradients_match_cpu(dtype, tol):
     rng = np.random.default_rng(1)

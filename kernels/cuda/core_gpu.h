@@ -121,8 +121,15 @@ Status KernelMapFill(int64_t n_in, int64_t n_out, int64_t num_offsets,
                      void* workspace, size_t workspace_bytes,
                      GpuStream stream);
 
+// The key layout of coords [n, dims] into info->layout (per-axis bounds on
+// the device, then KeyPacker::Finalize's rules; info->error is
+// kMapKeyTooWide when the rows need more than 63 bits), for PackKeys.
+Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims, KernelMapInfo* info,
+                   GpuStream stream);
+
 // keys[i] = the packed key of coords row i under info->layout (as set by
-// KernelMapCount); all ones for a row outside the layout's range.
+// KernelMapCount or KeyLayoutOf); all ones for a row outside the layout's
+// range or when the layout is too wide.
 Status PackKeys(const int32_t* coords, int64_t n, int dims,
                 const KernelMapInfo* info, uint64_t* keys, GpuStream stream);
 

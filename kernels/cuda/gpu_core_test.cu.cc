@@ -12,8 +12,8 @@
 // so coordinates.cc for the KeyPacker comparison is compiled alongside):
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
 //     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
-//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-//     kernels/core/coordinates.cc kernels/core/points.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
+//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+//     kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
 // Flags: --small (small and error cases, for compute-sanitizer memcheck),
 // --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).
 // Add -DSPARSE_OPS_WITH_CUBLAS -lcublas for the shape-matched GEMM rate.
@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -45,10 +46,12 @@
 #include "kernels/core/attention.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/core/points.h"
+#include "kernels/core/voxelize.h"
 #include "kernels/cuda/attention_gpu.h"
 #include "kernels/cuda/core_gpu.h"
 #include "kernels/cuda/gpu_test_harness.h"
 #include "kernels/cuda/pool_gpu.h"
+#include "kernels/cuda/voxelize_gpu.h"
 
 namespace {
 
@@ -1035,6 +1038,161 @@ void UnionCases(std::mt19937_64* rng, cudaStream_t s) {
          "union key width: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
 }
 
+// --- Voxelization --------------------------------------------------------------------
+
+struct VoxelResult {
+  std::vector<int32_t> coordinates, inverse, counts, source;
+  std::vector<double> merged;  // as double, bitwise comparable
+  bool operator==(const VoxelResult& o) const {
+    return coordinates == o.coordinates && inverse == o.inverse && counts == o.counts &&
+           source == o.source &&
+           std::memcmp(merged.data(), o.merged.data(), merged.size() * sizeof(double)) == 0 &&
+           merged.size() == o.merged.size();
+  }
+};
+
+template <typename T>
+Status CpuVoxelize(const std::vector<T>& points, int dims, const std::vector<T>& features,
+                   int64_t C, const std::vector<double>& size, sparse_ops::VoxelMode mode,
+                   VoxelResult* r) {
+  const int64_t n = static_cast<int64_t>(points.size()) / dims;
+  std::vector<int32_t> grid(n * dims);
+  Status status = sparse_ops::VoxelGrid<T>(points.data(), n, dims, size.data(), grid.data(),
+                                           sparse_ops::SerialFor);
+  if (!status.ok()) return status;
+  std::vector<std::vector<char>> memory;
+  const sparse_ops::Allocate allocate = [&](int64_t bytes) -> void* {
+    memory.emplace_back(bytes + 64);
+    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
+                                   ~uintptr_t{63});
+  };
+  r->inverse.assign(n, 0);
+  sparse_ops::VoxelSites sites;
+  status = sparse_ops::FindVoxelSites(grid.data(), n, dims, allocate, r->inverse.data(), &sites,
+                                      sparse_ops::SerialFor);
+  if (!status.ok()) return status;
+  const int64_t m = sites.num_sites;
+  r->coordinates.assign(m * dims, 0);
+  r->counts.assign(m, 0);
+  sparse_ops::VoxelCoordinates(grid.data(), dims, sites, r->coordinates.data(),
+                               r->counts.data(), sparse_ops::SerialFor);
+  std::vector<T> merged(m * C);
+  const bool with_source =
+      mode == sparse_ops::VoxelMode::kMax || mode == sparse_ops::VoxelMode::kFirst;
+  r->source.assign(with_source ? m * C : 0, 0);
+  sparse_ops::MergeVoxelFeatures<T>(features.data(), C, sites, mode, merged.data(),
+                                    with_source ? r->source.data() : nullptr,
+                                    sparse_ops::SerialFor);
+  r->merged.assign(merged.begin(), merged.end());
+  return Status::Ok();
+}
+
+template <typename T>
+Status GpuVoxelize(const std::vector<T>& points, int dims, const std::vector<T>& features,
+                   int64_t C, const std::vector<double>& size, sparse_ops::VoxelMode mode,
+                   VoxelResult* r, cudaStream_t s) {
+  const int64_t n = static_cast<int64_t>(points.size()) / dims;
+  DevBuf<T> d_points(points), d_features(features);
+  DevBuf<int32_t> d_inverse(n);
+  d_inverse.Poison();
+  DevBuf<sg::VoxelInfo> info(1);
+  DevBuf<unsigned char> ws(sg::VoxelizeWorkspaceBytes<T>(n, dims));
+  CORE_OK(sg::VoxelizeCount<T>(d_points.get(), n, dims, size.data(), d_inverse.get(),
+                               info.get(), ws.get(), ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  const sg::VoxelInfo host = info.Download()[0];
+  const Status status = sg::VoxelInfoStatus(host, size.data());
+  if (!status.ok()) return status;
+  const int64_t m = host.num_sites;
+  const bool with_source =
+      mode == sparse_ops::VoxelMode::kMax || mode == sparse_ops::VoxelMode::kFirst;
+  DevBuf<int32_t> coords(m * dims), counts(m), source(with_source ? m * C : 0);
+  DevBuf<T> merged(m * C);
+  coords.Poison();
+  merged.Poison();
+  CORE_OK(sg::VoxelizeFill<T>(d_features.get(), n, dims, C, m, mode, coords.get(), counts.get(),
+                              merged.get(), with_source ? source.get() : nullptr, ws.get(),
+                              ws.size(), s));
+  CUDA_OK(cudaStreamSynchronize(s));
+  r->coordinates = coords.Download();
+  r->coordinates.resize(m * dims);
+  r->counts = counts.Download();
+  r->counts.resize(m);
+  r->source = source.Download();
+  r->source.resize(with_source ? m * C : 0);
+  r->inverse = d_inverse.Download();
+  r->inverse.resize(n);
+  const std::vector<T> merged_host = merged.Download();
+  r->merged.assign(merged_host.begin(), merged_host.begin() + m * C);
+  return Status::Ok();
+}
+
+template <typename T>
+void VoxelizeCasesOf(std::mt19937_64* rng, cudaStream_t s) {
+  const char* type = sizeof(T) == 4 ? " f32" : " f64";
+  std::normal_distribution<double> normal;
+  for (const int dims : {2, 4, 6}) {
+    const int64_t n = 3000, C = 5;
+    std::vector<T> points(n * dims), features(n * C);
+    for (int64_t i = 0; i < n; ++i) {
+      points[i * dims] = static_cast<T>((*rng)() % 3);
+      for (int a = 1; a < dims; ++a) points[i * dims + a] = static_cast<T>(normal(*rng) * 3);
+    }
+    // Few levels (ties for max), some NaN, signed zeros.
+    for (int64_t e = 0; e < n * C; ++e) {
+      const uint64_t r = (*rng)() % 50;
+      features[e] = r == 0 ? std::numeric_limits<T>::quiet_NaN()
+                           : r == 1 ? -T(0) : static_cast<T>(static_cast<int>((*rng)() % 7) - 3);
+    }
+    const std::vector<double> size(dims - 1, 0.9);
+    for (const auto mode : {sparse_ops::VoxelMode::kAverage, sparse_ops::VoxelMode::kSum,
+                            sparse_ops::VoxelMode::kMax, sparse_ops::VoxelMode::kFirst}) {
+      VoxelResult want, got, again;
+      CORE_OK(CpuVoxelize<T>(points, dims, features, C, size, mode, &want));
+      CORE_OK(GpuVoxelize<T>(points, dims, features, C, size, mode, &got, s));
+      CORE_OK(GpuVoxelize<T>(points, dims, features, C, size, mode, &again, s));
+      const std::string what = "voxelize" + std::string(type) + " dims " +
+                               std::to_string(dims) + " mode " +
+                               std::to_string(static_cast<int>(mode));
+      Expect(got == want, what + " equals the CPU");
+      Expect(again == got, what + " twice");
+    }
+  }
+}
+
+void VoxelizeCases(std::mt19937_64* rng, cudaStream_t s) {
+  VoxelizeCasesOf<float>(rng, s);
+  VoxelizeCasesOf<double>(rng, s);
+  const std::vector<double> ones = {1.0, 1.0, 1.0};
+  VoxelResult none;
+  CORE_OK(GpuVoxelize<float>({}, 4, {}, 2, ones, sparse_ops::VoxelMode::kAverage, &none, s));
+  Expect(none.coordinates.empty() && none.inverse.empty(), "voxelize no points");
+  // The CPU's errors (the first bad point in row order).
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const std::vector<std::vector<double>> bad = {
+      {0, 1, 1, 1, 0, 2, nan, 2, -1, 0, 0, 0},  // NaN in row 1 before the batch in row 2
+      {0.5, 0, 0, 0},
+      {0, 0, 0, 0, 0, 0, 5e9, 0},
+  };
+  for (const auto& points : bad) {
+    VoxelResult cpu_r, gpu_r;
+    const std::vector<double> f(points.size() / 4, 1.0);
+    const Status cpu =
+        CpuVoxelize<double>(points, 4, f, 1, ones, sparse_ops::VoxelMode::kSum, &cpu_r);
+    const Status gpu =
+        GpuVoxelize<double>(points, 4, f, 1, ones, sparse_ops::VoxelMode::kSum, &gpu_r, s);
+    Expect(!cpu.ok() && !gpu.ok() && cpu.message() == gpu.message(),
+           "voxelize error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+  }
+  // Rows too wide for a 64-bit key: the CPU compares rows, the GPU refuses.
+  const std::vector<double> wide = {0, 2147483647.0, -2147483648.0, 0,
+                                    1, -2147483648.0, 2147483647.0, 5};
+  const Status gpu = GpuVoxelize<double>(wide, 4, {1.0, 2.0}, 1, ones,
+                                         sparse_ops::VoxelMode::kSum, &none, s);
+  Expect(!gpu.ok() && Contains(gpu.message(), "64-bit key"), "voxelize wide keys: " +
+                                                                 gpu.message());
+}
+
 // --- Timing ----------------------------------------------------------------------------
 
 template <typename F>
@@ -1319,6 +1477,8 @@ int main(int argc, char** argv) {
   LookupCases(&rng, s);
   std::printf("coordinate union:\n");
   UnionCases(&rng, s);
+  std::printf("voxelization:\n");
+  VoxelizeCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
   return Report();

@@ -1055,6 +1055,16 @@ Status KernelMapFill(int64_t n_in, int64_t n_out, int64_t num_offsets,
   return LaunchStatus("KernelMapFill");
 }
 
+Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims, KernelMapInfo* info,
+                   GpuStream stream) {
+  InitInfoKernel<<<1, 32, 0, stream>>>(info);
+  if (n > 0) {
+    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims, info);
+  }
+  LayoutKernel<<<1, 1, 0, stream>>>(info, dims, nullptr, 0, false);
+  return LaunchStatus("KeyLayoutOf");
+}
+
 Status PackKeys(const int32_t* coords, int64_t n, int dims,
                 const KernelMapInfo* info, uint64_t* keys, GpuStream stream) {
   if (n <= 0) return Status::Ok();
@@ -1450,7 +1460,6 @@ Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, 
   const UnionBuffers b = CarveUnion(workspace, total, dims);
   Status status = CheckWorkspace(workspace_bytes, b.bytes, "CoordinateUnion");
   if (!status.ok()) return status;
-  InitInfoKernel<<<1, 32, 0, stream>>>(info);
   int64_t offset = 0;
   for (int i = 0; i < num_inputs; ++i) {
     if (sizes[i] > 0) {
@@ -1463,10 +1472,8 @@ Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, 
     }
     offset += sizes[i];
   }
-  if (total > 0) {
-    BoundsKernel<<<GridFor(total, 1024), kThreads, 0, stream>>>(b.coords, total, dims, info);
-  }
-  LayoutKernel<<<1, 1, 0, stream>>>(info, dims, nullptr, 0, false);
+  status = KeyLayoutOf(b.coords, total, dims, info, stream);
+  if (!status.ok()) return status;
   FinishInfoKernel<<<1, 1, 0, stream>>>(info, b.coords, b.coords, dims);  // the negative batch
   if (total == 0) return LaunchStatus("CoordinateUnion");  // no sites, no rows
   const int grid = static_cast<int>(CeilDiv(total, kThreads));

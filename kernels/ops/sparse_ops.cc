@@ -1,6 +1,8 @@
 // Op registrations: the permanent signatures of sparse_ops' custom ops.
 // Names are namespaced "SparseOps>..." and must never be renamed (SavedModels
 // refer to them). Kernels live in kernels/tf/, the algorithms in kernels/core/.
+#include <string>
+
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -423,6 +425,54 @@ before, in order of first appearance; rows[i][r] is the union row of
 coordinates[i][r].
 
 coordinates: N int32 [N_i, 1 + D], each with unique rows.
+)doc");
+
+REGISTER_OP("SparseOps>Voxelize")
+    .Input("points: P")
+    .Input("features: T")
+    .Input("voxel_size: double")
+    .Output("coordinates: int32")
+    .Output("merged: T")
+    .Output("inverse: int32")
+    .Output("counts: int32")
+    .Output("source: int32")
+    .Attr("P: {float, double}")
+    .Attr("T: {float, double}")
+    .Attr("mode: {'average', 'sum', 'max', 'first'} = 'average'")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle points, features, voxel_size;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &points));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &features));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &voxel_size));
+      DimensionHandle n;
+      TF_RETURN_IF_ERROR(c->Merge(c->Dim(points, 0), c->Dim(features, 0), &n));
+      std::string mode;
+      TF_RETURN_IF_ERROR(c->GetAttr("mode", &mode));
+      const DimensionHandle channels = c->Dim(features, 1);
+      c->set_output(0, c->Matrix(c->UnknownDim(), c->Dim(points, 1)));
+      c->set_output(1, c->Matrix(c->UnknownDim(), channels));
+      c->set_output(2, c->Vector(n));
+      c->set_output(3, c->Vector(c->UnknownDim()));
+      c->set_output(4, mode == "max" || mode == "first"
+                           ? c->Matrix(c->UnknownDim(), channels)
+                           : c->Matrix(0, channels));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Voxelization of raw points: the sites (batch, floor(position / voxel_size))
+of points [N, 1 + D] (column 0 the batch index, whole numbers >= 0), one
+row per distinct site, sorted lexicographically (as np.unique(axis=0));
+features [N, C] merged per site by mode ('average' and 'sum' accumulate in
+double in input order; 'max' keeps the first point holding the maximum, NaN
+propagating; 'first' the first point in input order).
+
+coordinates: int32 [M, 1 + D].
+merged: [M, C].
+inverse: int32 [N], each point's row in coordinates.
+counts: int32 [M], the points of each site.
+source: int32 [M, C] for 'max' and 'first': the point each merged value
+  came from (the gradient's target); [0, C] otherwise.
+voxel_size: D sizes, finite and > 0.
 )doc");
 
 }  // namespace sparse_ops

@@ -15,3 +15,6 @@ __all__ += ["attention"]
 from sparse_ops.ops.points import (interpolate, lookup_coordinates, slice,  # noqa: E402,F401
                                       union, union_coordinates)
 __all__ += ["union", "union_coordinates", "lookup_coordinates", "interpolate", "slice"]
+from sparse_ops.ops.voxelize import voxelize  # noqa: E402
+
+__all__ += ["voxelize"]

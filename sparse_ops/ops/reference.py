@@ -367,3 +367,63 @@ def coordinate_union(coordinates_list):
     sizes = tf.stack([tf.shape(c)[0] for c in coordinates_list])
     return (_unpack(unique, lo, hi, mult),
             tf.split(index, sizes, num=len(coordinates_list)))
+
+
+def voxelize(points, features, voxel_size, mode):
+    """The five outputs of SparseOps>Voxelize (coordinates, merged, inverse,
+    counts, source) with TensorFlow ops: packed keys of the grid rows, a
+    stable argsort, run heads; merges by segment sums and gathers, so that
+    autodiff sends max and first gradients to the source point."""
+    p = tf.cast(points, tf.float64)
+    n = tf.shape(p, out_type=tf.int64)[0]
+    batch, position = p[:, 0], p[:, 1:]
+    grid = tf.floor(position / voxel_size)
+    checks = [
+        tf.debugging.assert_equal(
+            tf.reduce_all((batch >= 0) & (batch <= 2**31 - 1) & (batch == tf.floor(batch))),
+            True, message="points: batch indices (column 0) must be whole numbers in [0, 2^31)"),
+        tf.debugging.assert_equal(tf.reduce_all(tf.math.is_finite(position)), True,
+                                  message="points has a non-finite position"),
+        tf.debugging.assert_equal(
+            tf.reduce_all((grid >= -2.0**31) & (grid <= 2.0**31 - 1)), True,
+            message="points / voxel_size lies outside the int32 range of coordinates; "
+            "use a larger voxel_size"),
+    ]
+    with tf.control_dependencies(checks):
+        rows = tf.cast(tf.concat([batch[:, None], grid], 1), tf.int64)
+    lo, hi, mult = _layout(rows)
+    keys, _ = _pack(rows, lo, hi, mult)
+    order = tf.argsort(keys, stable=True)
+    sorted_keys = tf.gather(keys, order)
+    head = tf.concat([tf.ones([tf.minimum(n, 1)], tf.bool),
+                      sorted_keys[1:] != sorted_keys[:-1]], 0)
+    site = tf.cumsum(tf.cast(head, tf.int32)) - 1
+    inverse = tf.scatter_nd(order[:, None], site, tf.shape(keys))
+    m = tf.reduce_sum(tf.cast(head, tf.int32))
+    coordinates = tf.cast(tf.boolean_mask(tf.gather(rows, order), head), tf.int32)
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(inverse), inverse, m)
+    index = tf.range(tf.cast(n, tf.int32))
+    first = tf.math.unsorted_segment_min(index, inverse, m)
+    channels = tf.shape(features)[1]
+    if mode in ("sum", "average"):
+        total = tf.math.unsorted_segment_sum(tf.cast(features, tf.float64), inverse, m)
+        if mode == "average":
+            total /= tf.cast(counts, tf.float64)[:, None]
+        return (coordinates, tf.cast(total, features.dtype), inverse, counts,
+                tf.zeros([0, channels], tf.int32))
+    if mode == "first":
+        source = tf.tile(first[:, None], [1, channels])
+    else:  # the first point holding the maximum, NaN winning
+        nan = tf.math.is_nan(features)
+        any_nan = tf.math.unsorted_segment_max(tf.cast(nan, tf.int32), inverse, m) > 0
+        low = tf.fill(tf.shape(features), tf.constant(-float("inf"), features.dtype))
+        best = tf.math.unsorted_segment_max(tf.where(nan, low, features), inverse, m)
+        holds = tf.where(tf.gather(any_nan, inverse), nan,
+                         tf.equal(features, tf.gather(best, inverse)))
+        never = tf.fill(tf.shape(features), tf.cast(n, tf.int32))
+        source = tf.math.unsorted_segment_min(
+            tf.where(holds, tf.broadcast_to(index[:, None], tf.shape(features)), never),
+            inverse, m)
+    columns = tf.broadcast_to(tf.range(channels)[None, :], tf.shape(source))
+    merged = tf.gather_nd(features, tf.stack([source, columns], -1))
+    return coordinates, merged, inverse, counts, source
