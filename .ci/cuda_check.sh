@@ -28,8 +28,8 @@ python -m pytest -q -p no:cacheprovider tests/test_conv.py tests/test_models.py 
 echo "== nvcc: the CUDA core's test programs (run on a GPU by kernels/cuda/device_check.sh)"
 NVCC_TEST_FLAGS=(-std=c++17 -O3 --expt-relaxed-constexpr -arch=sm_90 -I. -x cu)
 nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
-  kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-  kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc -o gpu_core_test
+  kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/depthwise_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+  kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc kernels/core/depthwise.cc kernels/core/kernel_map.cc -o gpu_core_test
 nvcc "${NVCC_TEST_FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
   kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc kernels/core/kernel_map.cc \
   kernels/core/pool.cc -o pool_gpu_test

@@ -154,6 +154,31 @@ def test_conv_and_gradients_match_cpu(dtype, tol):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_ops_are_identical(dtype):
+    rng = np.random.default_rng(6)
+    lib = _loader.library()
+    coords = _sites(rng)
+    splits, in_rows, out_rows = lib.sparse_ops_kernel_map(
+        coords, coords, tf.constant(CUBE), tf.constant([1, 1, 1], tf.int32))
+    n = int(coords.shape[0])
+    for multiplier in (1, 3):
+        features = tf.constant(rng.normal(size=(n, 13)), dtype)
+        kernel = tf.constant(rng.normal(size=(27, 13, multiplier)), dtype)
+        grad = tf.constant(rng.normal(size=(n, 13 * multiplier)), dtype)
+        rows = tf.constant(n, tf.int64)
+        for op, args in [
+                (lib.sparse_ops_depthwise_conv, (features, kernel, splits, in_rows, out_rows,
+                                                 rows)),
+                (lib.sparse_ops_depthwise_conv_backprop_input, (grad, kernel, splits, in_rows,
+                                                                out_rows, rows)),
+                (lib.sparse_ops_depthwise_conv_backprop_kernel, (
+                    features, grad, splits, in_rows, out_rows,
+                    tf.constant(multiplier, tf.int64)))]:
+            cpu, gpu = _both(op, *args)
+            np.testing.assert_array_equal(gpu, cpu)  # the same sums in the same order
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pooling_ops_match_cpu(dtype):
     rng = np.random.default_rng(4)
     lib = _loader.library()

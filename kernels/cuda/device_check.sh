@@ -34,8 +34,8 @@ run() {  # name, command...: logs to $OUT/name.log, records failures
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
 "$NVCC" --version | tail -1 | tee -a "$OUT/gpu.txt"
 run build_core "$NVCC" "${FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
-  kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-  kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc -o "$BIN/gpu_core_test"
+  kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/depthwise_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+  kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc kernels/core/depthwise.cc kernels/core/kernel_map.cc -o "$BIN/gpu_core_test"
 run build_pool "$NVCC" "${FLAGS[@]}" kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
   kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc kernels/core/kernel_map.cc \
   kernels/core/pool.cc -o "$BIN/pool_gpu_test"

@@ -12,8 +12,8 @@
 // so coordinates.cc for the KeyPacker comparison is compiled alongside):
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
 //     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
-//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-//     kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
+//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/depthwise_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+//     kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc kernels/core/depthwise.cc kernels/core/kernel_map.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
 // Flags: --small (small and error cases, for compute-sanitizer memcheck),
 // --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).
 // Add -DSPARSE_OPS_WITH_CUBLAS -lcublas for the shape-matched GEMM rate.
@@ -45,10 +45,13 @@
 
 #include "kernels/core/attention.h"
 #include "kernels/core/coordinates.h"
+#include "kernels/core/depthwise.h"
+#include "kernels/core/kernel_map.h"
 #include "kernels/core/points.h"
 #include "kernels/core/voxelize.h"
 #include "kernels/cuda/attention_gpu.h"
 #include "kernels/cuda/core_gpu.h"
+#include "kernels/cuda/depthwise_gpu.h"
 #include "kernels/cuda/gpu_test_harness.h"
 #include "kernels/cuda/pool_gpu.h"
 #include "kernels/cuda/voxelize_gpu.h"
@@ -1193,6 +1196,108 @@ void VoxelizeCases(std::mt19937_64* rng, cudaStream_t s) {
                                                                  gpu.message());
 }
 
+// --- Depthwise convolution -------------------------------------------------------------
+
+// The CPU core's forward, input and weight gradients on a host map, and the
+// GPU's on the same map; compared bit for bit, the GPU twice.
+template <typename T>
+void DepthwiseCase(const std::string& name, const HostMap& m, const sg::DeviceKernelMap& view,
+                   int64_t n_in, int64_t n_out, int64_t C, int64_t M, std::mt19937_64* rng,
+                   cudaStream_t s) {
+  const std::vector<T> x = Cast<T>(RandomValues(rng, n_in * C));
+  const std::vector<T> w = Cast<T>(RandomValues(rng, m.K() * C * M));
+  const std::vector<T> g = Cast<T>(RandomValues(rng, n_out * C * M));
+  const sparse_ops::KernelMapView cpu_map{m.splits.data(), m.in_rows.data(), m.out_rows.data(),
+                                          m.K()};
+  std::vector<std::vector<char>> memory;
+  const sparse_ops::Allocate allocate = [&](int64_t bytes) -> void* {
+    memory.emplace_back(bytes + 64);
+    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
+                                   ~uintptr_t{63});
+  };
+  std::vector<T> y(n_out * C * M), dx(n_in * C), dw(m.K() * C * M);
+  sparse_ops::DepthwiseConv<T>(x.data(), C, M, w.data(), false, cpu_map, n_out, y.data(),
+                               sparse_ops::SerialFor);
+  sparse_ops::KernelMapView transposed;
+  CORE_OK(sparse_ops::TransposedKernelMap(cpu_map, n_in, allocate, sparse_ops::SerialFor,
+                                          &transposed));
+  sparse_ops::DepthwiseConv<T>(g.data(), C, M, w.data(), true, transposed, n_in, dx.data(),
+                               sparse_ops::SerialFor);
+  CORE_OK(sparse_ops::DepthwiseConvWeightGradient<T>(x.data(), C, M, g.data(), cpu_map,
+                                                     dw.data(), allocate,
+                                                     sparse_ops::SerialFor));
+  DevBuf<T> d_x(x), d_w(w), d_g(g), d_y(y.size()), d_dx(dx.size()), d_dw(dw.size());
+  DevBuf<unsigned char> ws_y(sg::DepthwiseConvWorkspaceBytes(m.K(), n_out));
+  DevBuf<unsigned char> ws_dx(sg::DepthwiseConvBackpropInputWorkspaceBytes(m.K(), n_in));
+  DevBuf<unsigned char> ws_dw(
+      sg::DepthwiseConvBackpropKernelWorkspaceBytes<T>(m.K(), m.P(), C, M));
+  std::vector<T> runs[2][3];
+  for (int r = 0; r < 2; ++r) {
+    d_y.Poison();
+    d_dx.Poison();
+    d_dw.Poison();
+    CORE_OK(sg::DepthwiseConv<T>(d_x.get(), n_in, C, M, d_w.get(), view, n_out, d_y.get(),
+                                 ws_y.get(), ws_y.size(), s));
+    CORE_OK(sg::DepthwiseConvBackpropInput<T>(d_g.get(), n_out, C, M, d_w.get(), view, n_in,
+                                              d_dx.get(), ws_dx.get(), ws_dx.size(), s));
+    CORE_OK(sg::DepthwiseConvBackpropKernel<T>(d_x.get(), n_in, C, M, d_g.get(), n_out, view,
+                                               d_dw.get(), ws_dw.get(), ws_dw.size(), s));
+    CUDA_OK(cudaStreamSynchronize(s));
+    runs[r][0] = d_y.Download();
+    runs[r][1] = d_dx.Download();
+    runs[r][2] = d_dw.Download();
+  }
+  const std::string what = "depthwise " + name + (sizeof(T) == 4 ? " f32" : " f64") +
+                           " M=" + std::to_string(M);
+  const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+  };
+  Expect(same(runs[0][0], y), what + ": forward equals the CPU");
+  Expect(same(runs[0][1], dx), what + ": input gradient equals the CPU");
+  Expect(same(runs[0][2], dw), what + ": weight gradient equals the CPU");
+  for (int i = 0; i < 3; ++i) Expect(same(runs[1][i], runs[0][i]), what + ": twice");
+}
+
+void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
+  const Coords c = RandomCoords(rng, 4, 3, -7, 6, 0.3);
+  const Coords coarse = RandomCoords(rng, 4, 3, -4, 3, 0.4);
+  struct MapCase {
+    std::string name;
+    const Coords* in;
+    const Coords* out;
+    bool same;
+    std::vector<int32_t> offsets, stride;
+  };
+  const std::vector<MapCase> cases = {
+      {"subm 3x3x3", &c, &c, true, BoxOffsets({-1, -1, -1}, {1, 1, 1}), {1, 1, 1}},
+      {"box 2x2x2 onto other sites", &c, &coarse, false, BoxOffsets({0, 0, 0}, {1, 1, 1}),
+       {2, 2, 2}},
+  };
+  for (const MapCase& k : cases) {
+    GpuMapRunner runner(*k.in, *k.out, k.same, k.offsets, k.stride);
+    CORE_OK(runner.Run(s));
+    const HostMap m = runner.Download();
+    for (const int64_t M : {int64_t{1}, int64_t{3}}) {
+      DepthwiseCase<float>(k.name, m, runner.View(), k.in->n(), k.out->n(), 37, M, rng, s);
+      DepthwiseCase<double>(k.name, m, runner.View(), k.in->n(), k.out->n(), 16, M, rng, s);
+    }
+  }
+  // A user's map that repeats an input row within an offset: reported.
+  DevBuf<int64_t> splits(std::vector<int64_t>{0, 2});
+  DevBuf<int32_t> in_rows(std::vector<int32_t>{1, 1}), out_rows(std::vector<int32_t>{0, 1});
+  const sg::DeviceKernelMap repeated{splits.get(), in_rows.get(), out_rows.get(), 1, 2};
+  DevBuf<sg::KernelMapCheck> check(1);
+  CORE_OK(sg::CheckKernelMap(repeated, 4, 2, check.get(), s));
+  DevBuf<float> grad(std::vector<float>(2 * 3, 1.0f)), w(std::vector<float>(3, 1.0f)), dx(12);
+  DevBuf<unsigned char> ws(sg::DepthwiseConvBackpropInputWorkspaceBytes(1, 4));
+  CORE_OK(sg::DepthwiseConvBackpropInput<float>(grad.get(), 2, 3, 1, w.get(), repeated, 4,
+                                                dx.get(), ws.get(), ws.size(), s, check.get()));
+  CUDA_OK(cudaStreamSynchronize(s));
+  const Status status = sg::KernelMapCheckStatus(check.Download()[0], 2, 4, 2);
+  Expect(!status.ok() && Contains(status.message(), "kernel map pair 1 repeats input row 1"),
+         "depthwise repeated input row: " + status.message());
+}
+
 // --- Timing ----------------------------------------------------------------------------
 
 template <typename F>
@@ -1479,6 +1584,8 @@ int main(int argc, char** argv) {
   UnionCases(&rng, s);
   std::printf("voxelization:\n");
   VoxelizeCases(&rng, s);
+  std::printf("depthwise convolution:\n");
+  DepthwiseCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
   return Report();

@@ -475,4 +475,86 @@ source: int32 [M, C] for 'max' and 'first': the point each merged value
 voxel_size: D sizes, finite and > 0.
 )doc");
 
+REGISTER_OP("SparseOps>DepthwiseConv")
+    .Input("features: T")
+    .Input("kernel: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("num_out_rows: int64")
+    .Output("output: T")
+    .Attr("T: {float, double}")
+    .Attr("validate_map: bool = true")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features, kernel;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
+      DimensionHandle rows, width;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &rows));
+      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(kernel, 1), c->Dim(kernel, 2), &width));
+      c->set_output(0, c->Matrix(rows, width));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Channel-wise sparse convolution over a kernel map: input channel c is
+convolved with its own M filters, output[o, c * M + m] = sum over the pairs
+(i, o) of offset k of features[i, c] * kernel[k, c, m], for num_out_rows
+output rows. kernel is [K, C, M].
+validate_map: as for SparseOps>Conv.
+)doc");
+
+REGISTER_OP("SparseOps>DepthwiseConvBackpropInput")
+    .Input("grad_output: T")
+    .Input("kernel: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("num_in_rows: int64")
+    .Output("grad_features: T")
+    .Attr("T: {float, double}")
+    .Attr("validate_map: bool = true")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle grad, kernel;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
+      DimensionHandle rows;
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &rows));
+      c->set_output(0, c->Matrix(rows, c->Dim(kernel, 1)));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of SparseOps>DepthwiseConv in its features: grad_features[i, c] =
+sum over the pairs (i, o) of offset k and over m of
+grad_output[o, c * M + m] * kernel[k, c, m], for num_in_rows rows.
+validate_map: as for SparseOps>Conv.
+)doc");
+
+REGISTER_OP("SparseOps>DepthwiseConvBackpropKernel")
+    .Input("features: T")
+    .Input("grad_output: T")
+    .Input("offset_splits: int64")
+    .Input("in_rows: int32")
+    .Input("out_rows: int32")
+    .Input("multiplier: int64")
+    .Output("grad_kernel: T")
+    .Attr("T: {float, double}")
+    .Attr("validate_map: bool = true")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle features, grad, splits;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 2, &features));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, &grad));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 1, &splits));
+      DimensionHandle k, multiplier;
+      TF_RETURN_IF_ERROR(c->Subtract(c->Dim(splits, 0), 1, &k));
+      TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &multiplier));
+      c->set_output(0, c->MakeShape({k, c->Dim(features, 1), multiplier}));
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Gradient of SparseOps>DepthwiseConv in its kernel: grad_kernel[k, c, m] =
+sum over the pairs (i, o) of offset k of features[i, c] *
+grad_output[o, c * M + m], [K, C, multiplier].
+validate_map: as for SparseOps>Conv.
+)doc");
+
 }  // namespace sparse_ops

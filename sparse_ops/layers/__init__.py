@@ -1,7 +1,7 @@
 """Keras 3 layers on sparse tensors."""
 
 from sparse_ops.layers.base import Input
-from sparse_ops.layers.conv import Conv, ConvTranspose
+from sparse_ops.layers.conv import Conv, ConvTranspose, DepthwiseConv
 from sparse_ops.layers.features import (Activation, BatchNorm, BroadcastAdd,
                                         BroadcastConcat, BroadcastMultiply, Concat,
                                         Dense, Dropout, GlobalAvgPool, GlobalMaxPool,
@@ -9,7 +9,7 @@ from sparse_ops.layers.features import (Activation, BatchNorm, BroadcastAdd,
                                         ToDense)
 from sparse_ops.layers.pool import AvgPool, MaxPool, SumPool, Unpool
 
-__all__ = ["Input", "Conv", "ConvTranspose", "GlobalMaxPool", "GlobalAvgPool", "GlobalSumPool",
+__all__ = ["Input", "Conv", "ConvTranspose", "DepthwiseConv", "GlobalMaxPool", "GlobalAvgPool", "GlobalSumPool",
            "BroadcastAdd", "BroadcastMultiply", "BroadcastConcat", "Dense",
            "Activation", "ReLU", "Dropout", "BatchNorm", "InstanceNorm", "Concat",
            "ToDense", "Prune", "MaxPool", "AvgPool", "SumPool", "Unpool"]

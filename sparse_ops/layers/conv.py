@@ -219,3 +219,60 @@ class ConvTranspose(_ConvBase):
         config = super().get_config()
         config.update({"generative": self.generative})
         return config
+
+
+@keras.saving.register_keras_serializable(package="sparse_ops")
+class DepthwiseConv(_ConvBase):
+    """Channel-wise (depthwise) sparse convolution (MinkowskiEngine's
+    `MinkowskiChannelwiseConvolution`); weights interchangeable with Keras'
+    `DepthwiseConv2D`.
+
+    Input channel c is convolved with its own `depth_multiplier` filters and
+    gives output channels c * depth_multiplier + m. The kernel is
+    [*kernel_size, C, depth_multiplier] for a hypercube region, else
+    [K, C, depth_multiplier]; the bias [C * depth_multiplier]. Output sites
+    as `Conv` with the same strides. A per-channel gather-multiply-scatter
+    over the kernel map (`so.ops.depthwise_conv`), many times cheaper than
+    a `Conv` of the same geometry.
+    """
+
+    def __init__(self, kernel_size=3, strides=1, dilation_rate=1, depth_multiplier=1,
+                 region="hypercube", use_bias=True, kernel_initializer="glorot_uniform",
+                 **kwargs):
+        kwargs.pop("filters", None)  # get_config's base entry
+        super().__init__(depth_multiplier, kernel_size, strides, dilation_rate, region,
+                         use_bias, kernel_initializer, **kwargs)
+        self.depth_multiplier = self.filters
+
+    def _output_channels(self, channels):
+        return None if channels is None else channels * self.depth_multiplier
+
+    def build(self, input_shape):
+        channels, dimension = self.input_channels(input_shape)
+        self.kernel = self.add_weight(
+            name="kernel", shape=self._kernel_shape(channels, dimension),
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
+        self.bias = self.add_weight(
+            name="bias", shape=[self._output_channels(channels)],
+            initializer=self.bias_initializer, regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint) if self.use_bias else None
+        self.bind_density_regularizers()
+
+    def compute_output_spec(self, x, *args, **kwargs):
+        channels = x.features.shape[-1]
+        return sparse_spec(x, self._output_channels(channels), self.compute_dtype,
+                           link=self.output_link(x))
+
+    def call(self, x):
+        x = self.sparse_input(x)
+        kernel, bias = self._weights_for(x)
+        return self.record_density(ops.depthwise_conv(
+            x, kernel, bias, strides=self.strides, dilation_rate=self.dilation_rate,
+            region=self.region))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("filters")
+        config["depth_multiplier"] = self.depth_multiplier
+        return config

@@ -57,6 +57,56 @@ def _conv_backprop_kernel_grad(op, grad):
             _conv_features(x, grad, kmap, _common.num_rows(g), False), None, None, None)
 
 
+def _depthwise_features(features, kernel, kmap, num_out_rows, use_reference):
+    if use_reference:
+        return reference.depthwise_conv(features, kernel, kmap, num_out_rows)
+    return _loader.library().sparse_ops_depthwise_conv(
+        features, kernel, *kmap, num_out_rows, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+
+
+def _depthwise_backprop_input(grad, kernel, kmap, num_in_rows):
+    return _loader.library().sparse_ops_depthwise_conv_backprop_input(
+        grad, kernel, *kmap, num_in_rows, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+
+
+def _depthwise_backprop_kernel(features, grad, kmap, multiplier):
+    return _loader.library().sparse_ops_depthwise_conv_backprop_kernel(
+        features, grad, *kmap, multiplier, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+
+
+def _multiplier(kernel):
+    return tf.shape(kernel, out_type=tf.int64)[2]
+
+
+@tf.RegisterGradient("SparseOps>DepthwiseConv")
+def _depthwise_grad(op, grad):
+    features, kernel, splits, in_rows, out_rows, _ = op.inputs
+    kmap = (splits, in_rows, out_rows)
+    return (_depthwise_backprop_input(grad, kernel, kmap, _common.num_rows(features)),
+            _depthwise_backprop_kernel(features, grad, kmap, _multiplier(kernel)),
+            None, None, None, None)
+
+
+@tf.RegisterGradient("SparseOps>DepthwiseConvBackpropInput")
+def _depthwise_backprop_input_grad(op, grad):
+    # z = D^T(g, W) is linear in g and W: dg = D(dz, W), dW from (dz, g).
+    g, kernel, splits, in_rows, out_rows, _ = op.inputs
+    kmap = (splits, in_rows, out_rows)
+    return (_depthwise_features(grad, kernel, kmap, _common.num_rows(g), False),
+            _depthwise_backprop_kernel(grad, g, kmap, _multiplier(kernel)),
+            None, None, None, None)
+
+
+@tf.RegisterGradient("SparseOps>DepthwiseConvBackpropKernel")
+def _depthwise_backprop_kernel_grad(op, grad):
+    # w = sum x[i] * g[o] per channel: dx = D^T(g, dw), dg = D(x, dw).
+    x, g, splits, in_rows, out_rows, _ = op.inputs
+    kmap = (splits, in_rows, out_rows)
+    return (_depthwise_backprop_input(g, grad, kmap, _common.num_rows(x)),
+            _depthwise_features(x, grad, kmap, _common.num_rows(g), False),
+            None, None, None, None)
+
+
 @tf.custom_gradient
 def _mask_gradient(x):
     """Identity whose gradient is zero where x is exactly zero (Eq. 3-4)."""
@@ -120,6 +170,21 @@ def _finish(y, bias, out_dtype):
     return y
 
 
+def _output_sites(x, strides, out_coordinates):
+    """(sites, stride, finer link) of a convolution's output: the given
+    sites, x's own (strides 1), or x's strided sites (linked back to x)."""
+    out_stride = _common.times(x.stride_tensor, strides)
+    strided = any(s != 1 for s in strides)
+    link = _common.push_link(x) if strided else x.finer
+    if out_coordinates is not None:
+        out_c, _ = _common.output_sites(out_coordinates, "out_coordinates", out_stride)
+    elif not strided:
+        out_c = x.coordinates
+    else:
+        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
+    return out_c, out_stride, link
+
+
 # -- public ops ------------------------------------------------------------
 
 def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
@@ -153,15 +218,7 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
     strides = geometry.normalize_tuple(strides, d, "strides")
     k3, offsets = _kernel_geometry(kernel, d, region, False, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 1, "[K, Cin, Cout]")
-    out_stride = _common.times(x.stride_tensor, strides)
-    strided = any(s != 1 for s in strides)
-    link = _common.push_link(x) if strided else x.finer
-    if out_coordinates is not None:
-        out_c, _ = _common.output_sites(out_coordinates, "out_coordinates", out_stride)
-    elif not strided:
-        out_c = x.coordinates
-    else:
-        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
+    out_c, out_stride, link = _output_sites(x, strides, out_coordinates)
     use_reference = config.use_reference()
     kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
     features, out_dtype = _common.to_compute(x.features)
@@ -215,4 +272,39 @@ def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
     features, out_dtype = _common.to_compute(x.features)
     y = _conv_backprop_input(features, tf.cast(k3, features.dtype), kmap,
                              _common.num_rows(out_c), use_reference)
+    return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)
+
+
+def depthwise_conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube"):
+    """Channel-wise (depthwise) sparse convolution.
+
+    Input channel c is convolved with its own `depth_multiplier` filters and
+    gives output channels c * depth_multiplier + m (MinkowskiEngine's
+    `MinkowskiChannelwiseConvolution`; Keras' `DepthwiseConv2D` layout). A
+    per-channel gather-multiply-scatter over the kernel map, not a dense
+    block-diagonal kernel.
+
+    Args:
+      x: `SparseTensor` [N, C].
+      kernel: [*kernel_size, C, depth_multiplier] for a hypercube region,
+        else [K, C, depth_multiplier].
+      bias: optional [C * depth_multiplier].
+      strides, dilation_rate, region: as for `conv`; the output sites are
+        `conv`'s with the same strides.
+    Returns:
+      `SparseTensor` [M, C * depth_multiplier]. At every output site the
+      value equals `tf.nn.depthwise_conv2d(padding="SAME")` of the dense
+      input in 2D (in other dimensions: channel c through
+      `tf.nn.convolution(padding="SAME")` with `kernel[..., c:c+1, :]`).
+    """
+    x, kernel, bias = _prepare(x, kernel, bias)
+    d = x.dimension
+    strides = geometry.normalize_tuple(strides, d, "strides")
+    k3, offsets = _kernel_geometry(kernel, d, region, False, dilation_rate, strides)
+    _check_kernel(k3, offsets, x.num_channels, 1, "[K, C, depth_multiplier]")
+    out_c, out_stride, link = _output_sites(x, strides, None)
+    kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
+    features, out_dtype = _common.to_compute(x.features)
+    y = _depthwise_features(features, tf.cast(k3, features.dtype), kmap,
+                            _common.num_rows(out_c), config.use_reference())
     return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)

@@ -240,6 +240,22 @@ def conv_backprop_input(grad_output, kernel, kmap, num_in_rows):
     return tf.ensure_shape(out, [None, kernel.shape[1]])
 
 
+def depthwise_conv(features, kernel, kmap, num_out_rows):
+    """out[o, c * M + m] = sum over pairs (i, o) of offset k of
+    features[i, c] * kernel[k, c, m]."""
+    width = kernel.shape[1] * kernel.shape[2]
+    parts, rows = [], []
+    for k in range(kernel.shape[0]):
+        in_rows, out_rows = _pairs(kmap, k)
+        products = tf.gather(features, in_rows)[:, :, None] * kernel[k][None]
+        parts.append(tf.reshape(products, [-1, width]))
+        rows.append(out_rows)
+    out = tf.math.unsorted_segment_sum(
+        tf.concat(parts, 0) if parts else tf.zeros([0, width], features.dtype),
+        tf.concat(rows, 0) if rows else tf.zeros([0], tf.int32), num_out_rows)
+    return tf.ensure_shape(out, [None, width])
+
+
 def attention(features, coordinates, k, mode="value", per="channel"):
     """keep [N, C] and the kept rows [S], as SparseOps>Attention: per batch
     item (coordinates[:, 0]) and channel, the k best entries in the order
