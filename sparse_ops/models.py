@@ -16,7 +16,9 @@ model, or call it eagerly. Sublayers are built from the input's channel
 count, so `get_config` holds only the constructor arguments and `.keras`
 files reload. Conventions follow ME: convolutions without bias (except the
 last), BatchNorm momentum 0.1 in PyTorch's convention (0.9 in Keras'),
-epsilon 1e-5, Kaiming-normal (fan-out) kernels.
+epsilon 1e-5, Kaiming-normal (fan-out) kernels. `bn_synchronized=True`
+makes every BatchNorm synchronized across the replicas of a
+`tf.distribute` strategy.
 """
 
 import keras
@@ -50,13 +52,16 @@ def _build(layer, channels, dimension):
 
 
 class _NetworkLayer(SparseLayer):
-    """Shared options of the blocks and networks: BatchNorm and initializer."""
+    """Shared options of the blocks and networks: BatchNorm and initializer.
+    `bn_synchronized=True`: every BatchNorm takes its statistics over all
+    replicas of a `tf.distribute` strategy (see `layers.BatchNorm`)."""
 
     def __init__(self, bn_momentum=0.9, bn_epsilon=1e-5, kernel_initializer=None,
-                 **kwargs):
+                 bn_synchronized=False, **kwargs):
         super().__init__(**kwargs)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
+        self.bn_synchronized = bool(bn_synchronized)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer if kernel_initializer is not None
             else _kaiming_fan_out())
@@ -74,13 +79,14 @@ class _NetworkLayer(SparseLayer):
 
     def norm(self):
         return so_layers.BatchNorm(momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                                dtype=self.dtype_policy)
+                                   synchronized=self.bn_synchronized, dtype=self.dtype_policy)
 
     def get_config(self):
         config = super().get_config()
         config.update({
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
+            "bn_synchronized": self.bn_synchronized,
             "kernel_initializer": keras.initializers.serialize(
                 self.kernel_initializer),
         })
@@ -207,6 +213,7 @@ def _stage(owner, block, filters, count, strides=1):
     the stride (and a projection where needed)."""
     cls = _block_class(block)
     options = dict(bn_momentum=owner.bn_momentum, bn_epsilon=owner.bn_epsilon,
+                   bn_synchronized=owner.bn_synchronized,
                    kernel_initializer=keras.initializers.serialize(
                        owner.kernel_initializer),
                    dtype=owner.dtype_policy)
@@ -266,7 +273,8 @@ class MinkUNet(_NetworkLayer):
       depths: 8 block counts, one per stage (ME's LAYERS).
       planes: 8 widths (ME's PLANES).
       init_dim: width of the first convolution (ME's INIT_DIM).
-      bn_momentum, bn_epsilon, kernel_initializer: see the module docstring.
+      bn_momentum, bn_epsilon, bn_synchronized, kernel_initializer: see the
+        module docstring.
     Returns a `SparseTensor` [N, out_channels] on the input's sites.
     """
 

@@ -205,23 +205,30 @@ class Dropout(_FeatureLayer):
 _BN_ARGS = ("momentum", "epsilon", "center", "scale", "beta_initializer",
             "gamma_initializer", "moving_mean_initializer",
             "moving_variance_initializer", "beta_regularizer", "gamma_regularizer",
-            "beta_constraint", "gamma_constraint")
+            "beta_constraint", "gamma_constraint", "synchronized")
 
 
 @_register
 class BatchNorm(_FeatureLayer):
     """`keras.layers.BatchNormalization` over the features [N, C] (statistics
     over all sites of the batch); the same weights gamma, beta, moving_mean,
-    moving_variance."""
+    moving_variance.
+
+    `synchronized=True`: under a `tf.distribute` strategy the batch
+    statistics are taken over the sites of all replicas (sums and site
+    counts all-reduced, so replicas may hold any number of sites), as
+    `keras.layers.BatchNormalization(synchronized=True)`; without a strategy
+    it is the plain BatchNorm."""
 
     def __init__(self, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
                  moving_mean_initializer="zeros", moving_variance_initializer="ones",
                  beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
-                 gamma_constraint=None, **kwargs):
+                 gamma_constraint=None, synchronized=False, **kwargs):
         super().__init__(**kwargs)
         self.bn = keras.layers.BatchNormalization(
             axis=-1, momentum=momentum, epsilon=epsilon, center=center, scale=scale,
+            synchronized=bool(synchronized),
             beta_initializer=beta_initializer, gamma_initializer=gamma_initializer,
             moving_mean_initializer=moving_mean_initializer,
             moving_variance_initializer=moving_variance_initializer,
