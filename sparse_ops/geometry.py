@@ -5,7 +5,9 @@ import tensorflow as tf
 
 from sparse_ops import _checks
 
-REGIONS = ("hypercube", "hypercross")
+REGIONS = ("hypercube", "hypercross", "minkowski")
+# Regions whose kernels are [*kernel_size, ...] (the others: [K, ...]).
+BOX_REGIONS = ("hypercube", "minkowski")
 MAX_OFFSETS = _checks.MAX_OFFSETS  # kernel maps hold a table of offsets x sites
 MAX_OFFSET = 2**30 - 1  # |offset| of a custom region, after dilation
 
@@ -50,11 +52,14 @@ def offsets_array(kernel_size, dilation=1, region="hypercube", dimension=None,
         size = normalize_tuple(kernel_size, dimension, "kernel_size")
         dil = normalize_tuple(dilation, dimension, "dilation")
         strides = normalize_tuple(stride, dimension, "stride")
-        if region == "hypercube":
+        if region in BOX_REGIONS:
             _checks.kernel_volume(size)
             # TensorFlow's SAME padding: the window of output j starts at
             # j * s - pad_before, pad_before = max((K - 1) * d + 1 - s, 0) // 2.
-            axes = [np.arange(n, dtype=np.int64) * d - max((n - 1) * d + 1 - s, 0) // 2
+            # MinkowskiEngine's: odd windows centred whatever the stride.
+            axes = [np.arange(n, dtype=np.int64) * d - (
+                (n - 1) * d // 2 if region == "minkowski" and n % 2 == 1
+                else max((n - 1) * d + 1 - s, 0) // 2)
                     for n, d, s in zip(size, dil, strides)]
             # Row-major over the axes (the order of itertools.product).
             offsets = np.stack([g.reshape(-1) for g in np.meshgrid(*axes, indexing="ij")],
@@ -112,8 +117,11 @@ def kernel_offsets(kernel_size, dilation=1, region="hypercube", dimension=None,
       kernel_size: int or sequence of D ints (ignored for a custom region).
       dilation: int or sequence of D ints.
       region: "hypercube", "hypercross" (odd sizes: the centre plus
-        (K - 1) / 2 steps along each axis in both directions), or an int
-        array of offsets [K, D] (multiplied by `dilation`).
+        (K - 1) / 2 steps along each axis in both directions), "minkowski"
+        (a hypercube whose odd windows stay centred at every stride,
+        {-(K - 1) d / 2 .. (K - 1) d / 2}, as MinkowskiEngine's; even windows
+        as "hypercube"), or an int array of offsets [K, D] (multiplied by
+        `dilation`).
       dimension: D; needed when kernel_size is an int.
       stride: int or sequence of D ints, the convolution's stride.
     """

@@ -54,14 +54,19 @@ def _build(layer, channels, dimension):
 class _NetworkLayer(SparseLayer):
     """Shared options of the blocks and networks: BatchNorm and initializer.
     `bn_synchronized=True`: every BatchNorm takes its statistics over all
-    replicas of a `tf.distribute` strategy (see `layers.BatchNorm`)."""
+    replicas of a `tf.distribute` strategy (see `layers.BatchNorm`).
+    `minkowski_windows=True`: convolutions use the "minkowski" region, whose
+    odd windows stay centred at every stride as MinkowskiEngine's (TF-SAME
+    starts a strided window at the output site); needed to run ME
+    checkpoints of networks with strided odd kernels (ResNet)."""
 
     def __init__(self, bn_momentum=0.9, bn_epsilon=1e-5, kernel_initializer=None,
-                 bn_synchronized=False, **kwargs):
+                 bn_synchronized=False, minkowski_windows=False, **kwargs):
         super().__init__(**kwargs)
         self.bn_momentum = float(bn_momentum)
         self.bn_epsilon = float(bn_epsilon)
         self.bn_synchronized = bool(bn_synchronized)
+        self.minkowski_windows = bool(minkowski_windows)
         self.kernel_initializer = keras.initializers.get(
             kernel_initializer if kernel_initializer is not None
             else _kaiming_fan_out())
@@ -71,8 +76,9 @@ class _NetworkLayer(SparseLayer):
         """A (transposed) convolution with this layer's kernel initializer
         (a fresh instance each, so that no two kernels start equal)."""
         cls = so_layers.ConvTranspose if transpose else so_layers.Conv
+        region = "minkowski" if self.minkowski_windows else "hypercube"
         return cls(filters, kernel_size, strides=strides, dilation_rate=dilation_rate,
-                   use_bias=use_bias,
+                   use_bias=use_bias, region=region,
                    kernel_initializer=keras.initializers.serialize(
                        self.kernel_initializer),
                    dtype=self.dtype_policy)
@@ -87,6 +93,7 @@ class _NetworkLayer(SparseLayer):
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "bn_synchronized": self.bn_synchronized,
+            "minkowski_windows": self.minkowski_windows,
             "kernel_initializer": keras.initializers.serialize(
                 self.kernel_initializer),
         })
@@ -214,6 +221,7 @@ def _stage(owner, block, filters, count, strides=1):
     cls = _block_class(block)
     options = dict(bn_momentum=owner.bn_momentum, bn_epsilon=owner.bn_epsilon,
                    bn_synchronized=owner.bn_synchronized,
+                   minkowski_windows=owner.minkowski_windows,
                    kernel_initializer=keras.initializers.serialize(
                        owner.kernel_initializer),
                    dtype=owner.dtype_policy)
@@ -420,8 +428,10 @@ class ResNet(_NetworkLayer):
     """
 
     def __init__(self, num_classes, block="basic", depths=(2, 2, 2, 2),
-                 planes=(64, 128, 256, 512), init_dim=64, dropout=0.5, **kwargs):
+                 planes=(64, 128, 256, 512), init_dim=64, dropout=0.5,
+                 instance_norm_epsilon=1e-5, **kwargs):
         super().__init__(**kwargs)
+        self.instance_norm_epsilon = float(instance_norm_epsilon)
         self.num_classes = int(num_classes)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes!r}")
@@ -432,7 +442,8 @@ class ResNet(_NetworkLayer):
         self.init_dim = int(init_dim)
         self.dropout = float(dropout)
         self.stem = [self.conv(self.init_dim, 3, strides=2),
-                     so_layers.InstanceNorm(dtype=self.dtype_policy),
+                     so_layers.InstanceNorm(epsilon=self.instance_norm_epsilon,
+                                            dtype=self.dtype_policy),
                      so_layers.ReLU(dtype=self.dtype_policy),
                      so_layers.MaxPool(2, strides=2, dtype=self.dtype_policy)]
         self.blocks = []  # flat, as in MinkUNet
@@ -441,7 +452,8 @@ class ResNet(_NetworkLayer):
         width = self.planes[-1] * cls.expansion
         self.head = [so_layers.Dropout(self.dropout, dtype=self.dtype_policy),
                      self.conv(width, 3, strides=3),
-                     so_layers.InstanceNorm(dtype=self.dtype_policy),
+                     so_layers.InstanceNorm(epsilon=self.instance_norm_epsilon,
+                                            dtype=self.dtype_policy),
                      so_layers.Activation("gelu", dtype=self.dtype_policy)]
         self.pool = so_layers.GlobalMaxPool(dtype=self.dtype_policy)
         self.final = keras.layers.Dense(self.num_classes, dtype=self.dtype_policy)
@@ -478,7 +490,8 @@ class ResNet(_NetworkLayer):
         config = super().get_config()
         config.update({"num_classes": self.num_classes, "block": self.block,
                        "depths": list(self.depths), "planes": list(self.planes),
-                       "init_dim": self.init_dim, "dropout": self.dropout})
+                       "init_dim": self.init_dim, "dropout": self.dropout,
+                       "instance_norm_epsilon": self.instance_norm_epsilon})
         return config
 
 
@@ -509,3 +522,7 @@ def ResNet34(num_classes, **kwargs):  # noqa: N802
 def ResNet50(num_classes, **kwargs):  # noqa: N802
     """ME's ResNet50: (3, 4, 6, 3) Bottleneck blocks (widths x4)."""
     return _resnet(50, num_classes, **kwargs)
+
+
+# MinkowskiEngine checkpoints (state_dicts as numpy arrays) for these models.
+from sparse_ops.minkowski_weights import load_minkowski_weights  # noqa: E402,F401

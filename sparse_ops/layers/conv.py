@@ -64,7 +64,7 @@ class _ConvBase(SparseLayer):
 
     def _kernel_shape(self, channels, dimension):
         io = [self.filters, channels] if self.transposed else [channels, self.filters]
-        if self.region == "hypercube":
+        if self.region in geometry.BOX_REGIONS:
             if dimension is None:
                 raise ValueError(f"{self.name}: the input's dimension is unknown")
             size = geometry.normalize_tuple(self.kernel_size, dimension, "kernel_size")

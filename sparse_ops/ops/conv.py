@@ -119,7 +119,7 @@ def _mask_gradient(x):
 
 def _kernel_geometry(kernel, dimension, region, transposed, dilation, strides):
     """The kernel as [K, C_a, C_b] and its offsets [K, D] (numpy)."""
-    if isinstance(region, str) and region == "hypercube":
+    if isinstance(region, str) and region in geometry.BOX_REGIONS:
         if kernel.shape.rank != dimension + 2:
             layout = "[*kernel_size, Cout, Cin]" if transposed else "[*kernel_size, Cin, Cout]"
             raise ValueError(f"a hypercube kernel for a {dimension}D tensor must be "
@@ -200,7 +200,9 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
         s > 1: output sites = unique(floor(c / (s * t)) * (s * t)) for input
         stride t, output stride s * t.
       dilation_rate: int or D ints.
-      region: "hypercube", "hypercross" or an int array of offsets [K, D].
+      region: "hypercube", "hypercross", "minkowski" (odd windows centred
+        at every stride, as MinkowskiEngine's; see `so.kernel_offsets`) or an
+        int array of offsets [K, D].
       out_coordinates: optional output sites instead: int32 [M, 1 + D]
         coordinates, or a `SparseTensor` (its coordinates; its stride must be
         the output's).
