@@ -119,10 +119,6 @@ AttentionBuffers<T> CarveAttention(void* workspace, int64_t n, int64_t channels,
   return b;
 }
 
-#define SPARSE_OPS_GRID_STRIDE(i, n)                                                  \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 __global__ void InitAttentionInfoKernel(AttentionInfo* info) {
   info->negative_row = kNone;
   info->num_rows = 0;
@@ -213,8 +209,6 @@ __global__ void RowKeptKernel(const bool* __restrict__ keep, int64_t n, int64_t 
     row_ids[i] = static_cast<int32_t>(i);
   }
 }
-
-#undef SPARSE_OPS_GRID_STRIDE
 
 }  // namespace
 

@@ -16,10 +16,6 @@ namespace {
 constexpr int32_t kNoPair = 2147483647;
 constexpr int64_t kSegment = 2048;  // the CPU core's pairs per weight-gradient unit
 
-#define SPARSE_OPS_GRID_STRIDE(i, n)                                                  \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 __global__ void FillKernel(int32_t* table, int64_t size) {
   SPARSE_OPS_GRID_STRIDE(e, size) { table[e] = kNoPair; }
 }
@@ -166,8 +162,6 @@ __global__ void UnitSumKernel(const T* __restrict__ partial, const int64_t* __re
     grad_weights[e] = sum;
   }
 }
-
-#undef SPARSE_OPS_GRID_STRIDE
 
 Status CheckSizes(int64_t rows, int64_t C, int64_t M, int64_t K, const char* what) {
   if (rows < 0 || rows >= kNoPair || C < 0 || M < 0 || K < 0 ||

@@ -89,6 +89,11 @@ inline int GridFor(int64_t n, int64_t max_blocks = 4096) {
       1, std::min<int64_t>(CeilDiv(n, kThreads), max_blocks)));
 }
 
+// A grid-stride loop over i in [0, n) (int64 indices).
+#define SPARSE_OPS_GRID_STRIDE(i, n)                                                  \
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
 // The offset of pair p: the largest k with splits[k] <= p (clamped).
 __device__ __forceinline__ int64_t OffsetOf(const int64_t* __restrict__ splits,
                                             int64_t K, int64_t p) {

@@ -61,10 +61,6 @@ VoxelBuffers CarveVoxels(void* workspace, int64_t n, int dims) {
   return b;
 }
 
-#define SPARSE_OPS_GRID_STRIDE(i, n)                                                  \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-
 __global__ void InitVoxelInfoKernel(VoxelInfo* info) {
   info->first_bad = kNone;
   info->bad = VoxelPointError{0, kVoxelPointOk, 0, 0, 0};
@@ -160,8 +156,6 @@ __global__ void MergeKernel(const T* __restrict__ features, const int32_t* __res
     if (source != nullptr) source[e] = src;
   }
 }
-
-#undef SPARSE_OPS_GRID_STRIDE
 
 }  // namespace
 
