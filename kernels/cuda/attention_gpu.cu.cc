@@ -25,8 +25,6 @@ namespace sparse_ops {
 namespace gpu {
 namespace {
 
-constexpr int64_t kMaxSortItems = 2147483647;  // CUB's int item counts
-
 template <typename T> struct Unsigned;
 template <> struct Unsigned<float> { using type = uint32_t; };
 template <> struct Unsigned<double> { using type = uint64_t; };
@@ -47,13 +45,6 @@ __device__ __forceinline__ typename Unsigned<T>::type RankKey(T v, bool magnitud
   constexpr U kSign = U{1} << (8 * sizeof(U) - 1);
   return (u & kSign) ? ~u : (u | kSign);
 }
-
-// cub::Max left CUB in CUDA 13 (for cuda::maximum, absent from CUDA 12's).
-struct MaxOf {
-  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const {
-    return a > b ? a : b;
-  }
-};
 
 template <typename T>
 struct AttentionBuffers {

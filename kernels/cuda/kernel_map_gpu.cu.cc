@@ -1333,13 +1333,6 @@ struct UnionBuffers {
   size_t bytes;
 };
 
-// cub::Max left CUB in CUDA 13 (for cuda::maximum, absent from CUDA 12's).
-struct MaxOf {
-  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const {
-    return a > b ? a : b;
-  }
-};
-
 size_t UnionTempBytes(int64_t total) {
   const int items = static_cast<int>(std::min<int64_t>(total, kInt32Max));
   size_t sort = 0, sum = 0, max_scan = 0;

@@ -19,6 +19,15 @@ using ull = unsigned long long;
 
 constexpr ull kNone = ~0ull;  // "no row" in 64-bit result fields
 constexpr int kThreads = 256;
+constexpr int64_t kMaxSortItems = 2147483647;  // CUB's int item counts
+
+// An int32 max for CUB scans (cub::Max left CUB in CUDA 13, for
+// cuda::maximum, which CUDA 12 lacks).
+struct MaxOf {
+  __device__ __forceinline__ int32_t operator()(int32_t a, int32_t b) const {
+    return a > b ? a : b;
+  }
+};
 
 inline int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

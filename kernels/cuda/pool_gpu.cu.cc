@@ -21,8 +21,6 @@ namespace {
 
 // Rows per partial result of the global pools (the CPU's kGlobalChunk).
 constexpr int64_t kGlobalChunk = 2048;
-constexpr int64_t kMaxSortItems = 2147483647;  // CUB's int item counts
-
 // Radix sort bits for keys up to v (at least one: CUB leaves the output
 // unwritten for an empty bit range).
 inline int BitsToHold(uint64_t v) {

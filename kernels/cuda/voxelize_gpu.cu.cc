@@ -16,8 +16,6 @@ namespace sparse_ops {
 namespace gpu {
 namespace {
 
-constexpr int64_t kMaxSortItems = 2147483647;  // CUB's int item counts
-
 struct VoxelSize {  // passed by value
   double v[kMaxDims];
 };
