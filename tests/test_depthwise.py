@@ -143,3 +143,7 @@ def test_edge_cases_and_errors(rng):
         lib.sparse_ops_depthwise_conv_backprop_kernel(
             tf.ones([2, 3]), tf.ones([2, 5]), tf.constant([0, 1], tf.int64), [0], [1],
             tf.constant(2, tf.int64))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="multiplier must be"):
+        lib.sparse_ops_depthwise_conv_backprop_kernel(  # 4 * 2^62 would overflow
+            tf.ones([2, 4]), tf.ones([2, 4]), tf.constant([0, 1], tf.int64), [0], [1],
+            tf.constant(2**62, tf.int64))

@@ -38,8 +38,11 @@ inline bool CheckDepthwiseKernel(tensorflow::OpKernelContext* context,
 inline bool GetDepthwiseMultiplier(tensorflow::OpKernelContext* context, int index,
                                    int64_t channels, int64_t grad_width, int64_t* multiplier) {
   const tensorflow::Tensor& t = context->input(index);
-  if (t.dims() != 0 || t.scalar<int64_t>()() < 1 ||
-      t.scalar<int64_t>()() * channels != grad_width) {
+  const int64_t m = t.dims() == 0 ? t.scalar<int64_t>()() : 0;
+  // Divided, not multiplied: a hostile multiplier must not overflow.
+  const bool fits = channels == 0 ? grad_width == 0
+                                  : grad_width % channels == 0 && grad_width / channels == m;
+  if (t.dims() != 0 || m < 1 || !fits) {
     context->CtxFailure(absl::InvalidArgumentError(
         "multiplier must be a scalar M >= 1 with grad_output's " + std::to_string(grad_width) +
         " columns = " + std::to_string(channels) + " channels x M, got " +
