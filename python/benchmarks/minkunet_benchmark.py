@@ -51,9 +51,9 @@ def prepare_input(path):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import segmentation  # pylint: disable=import-outside-toplevel
     import sparse_ops as so  # pylint: disable=import-outside-toplevel
-    xyz, features, labels = segmentation.load_points(segmentation.fetch_autzen())
+    scan = segmentation.load_autzen()
     coords, feats, vlabels = so.utils.sparse_quantize(
-        xyz, features[:, :3] + 0.5, labels, voxel_size=VOXEL_SIZE, ignore_label=0)
+        scan.xyz, scan.attributes[:, :3] + 0.5, scan.labels, voxel_size=VOXEL_SIZE, ignore_label=0)
     np.savez(path, coordinates=coords.astype(np.int32),
              features=feats.astype(np.float32), labels=vlabels.astype(np.int64))
     return len(coords)
