@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "Eigen/Core"
+#include "kernels/core/isa.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && !defined(SPARSE_OPS_NO_AVX2)
 #include <immintrin.h>
@@ -277,6 +278,126 @@ class Avx2PairProduct {
       for (int v = 0; v < kVectors; ++v) {
         float* d = dst[r] + j + 8 * v;
         _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), c[r][v]));
+      }
+    }
+  }
+
+  int64_t c_in_, c_out_;
+};
+
+// The same products with AVX-512, c_out a multiple of 16: tiles of 6 rows x
+// up to 64 columns (24 accumulators), so each broadcast input value feeds
+// four FMAs. Each output value is the same FMA chain as Avx2PairProduct's,
+// so the two agree bit for bit. Every member is compiled for AVX-512 and
+// runs only when ActiveIsa() says the CPU has it.
+class Avx512PairProduct {
+ public:
+  static bool Supports(int64_t c_out) { return c_out % 16 == 0; }
+  Avx512PairProduct(int64_t c_in, int64_t c_out) : c_in_(c_in), c_out_(c_out) {}
+
+  SPARSE_OPS_TARGET_AVX512
+  void operator()(const float* in, const float* w, const int32_t* in_rows,
+                  const int32_t* out_rows, int64_t m, int64_t o0,
+                  const ActiveWeights& active, float* acc) {
+    if (active.n_rows == c_in_) {
+      Pairs<false>(in, w, in_rows, out_rows, m, o0, active, acc);
+    } else {
+      Pairs<true>(in, w, in_rows, out_rows, m, o0, active, acc);
+    }
+  }
+
+ private:
+  static constexpr int kTileRows = 6;  // 6 x 4 accumulators + 5 = 29 zmm
+
+  template <bool kSomeRows>
+  SPARSE_OPS_TARGET_AVX512 void Pairs(const float* in, const float* w,
+                                      const int32_t* in_rows,
+                                      const int32_t* out_rows, int64_t m,
+                                      int64_t o0, const ActiveWeights& active,
+                                      float* acc) const {
+    const float* x[kTileRows];
+    float* dst[kTileRows];
+    int64_t r = 0;
+    for (; r + kTileRows <= m; r += kTileRows) {
+      Pointers(in, in_rows + r, out_rows + r, kTileRows, o0, acc, x, dst);
+      Rows<kTileRows, kSomeRows>(x, w, active, dst);
+    }
+    const int rest = static_cast<int>(m - r);
+    Pointers(in, in_rows + r, out_rows + r, rest, o0, acc, x, dst);
+    switch (rest) {
+      case 5: Rows<5, kSomeRows>(x, w, active, dst); break;
+      case 4: Rows<4, kSomeRows>(x, w, active, dst); break;
+      case 3: Rows<3, kSomeRows>(x, w, active, dst); break;
+      case 2: Rows<2, kSomeRows>(x, w, active, dst); break;
+      case 1: Rows<1, kSomeRows>(x, w, active, dst); break;
+      default: break;
+    }
+  }
+
+  SPARSE_OPS_TARGET_AVX512 void Pointers(const float* in,
+                                         const int32_t* in_rows,
+                                         const int32_t* out_rows, int rows,
+                                         int64_t o0, float* acc,
+                                         const float** x, float** dst) const {
+    for (int r = 0; r < rows; ++r) {
+      x[r] = in + static_cast<int64_t>(in_rows[r]) * c_in_;
+      dst[r] = acc + (out_rows[r] - o0) * c_out_;
+    }
+  }
+
+  // Runs of up to four active 16-column tiles go to one register tile;
+  // tiles with no non-zero weight are skipped.
+  template <int kRows, bool kSomeRows>
+  SPARSE_OPS_TARGET_AVX512 void Rows(const float* const* x, const float* w,
+                                     const ActiveWeights& active,
+                                     float* const* dst) const {
+    int64_t j = 0;
+    while (j < c_out_) {
+      if (!active.tiles[j / kColumnTile]) {
+        j += 16;
+        continue;
+      }
+      int vectors = 1;
+      while (vectors < 4 && j + 16 * vectors < c_out_ &&
+             active.tiles[(j + 16 * vectors) / kColumnTile]) {
+        ++vectors;
+      }
+      switch (vectors) {
+        case 4: Tile<kRows, 4, kSomeRows>(x, w, j, active, dst); break;
+        case 3: Tile<kRows, 3, kSomeRows>(x, w, j, active, dst); break;
+        case 2: Tile<kRows, 2, kSomeRows>(x, w, j, active, dst); break;
+        default: Tile<kRows, 1, kSomeRows>(x, w, j, active, dst); break;
+      }
+      j += 16 * vectors;
+    }
+  }
+
+  template <int kRows, int kVectors, bool kSomeRows>
+  SPARSE_OPS_TARGET_AVX512 void Tile(const float* const* x, const float* w,
+                                     int64_t j, const ActiveWeights& active,
+                                     float* const* dst) const {
+    __m512 c[kRows][kVectors];
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) c[r][v] = _mm512_setzero_ps();
+    }
+    const int64_t n = kSomeRows ? active.n_rows : c_in_;
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t k = kSomeRows ? active.rows[t] : t;
+      __m512 wv[kVectors];
+      for (int v = 0; v < kVectors; ++v) {
+        wv[v] = _mm512_loadu_ps(w + k * c_out_ + j + 16 * v);
+      }
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 xb = _mm512_set1_ps(x[r][k]);
+        for (int v = 0; v < kVectors; ++v) {
+          c[r][v] = _mm512_fmadd_ps(xb, wv[v], c[r][v]);
+        }
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        float* d = dst[r] + j + 16 * v;
+        _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), c[r][v]));
       }
     }
   }
@@ -556,19 +677,26 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
     weights = compact.data();
   }
 #ifdef SPARSE_OPS_AVX2
+  const Isa isa = ActiveIsa();
   if constexpr (std::is_same_v<T, float>) {
-    const WeightPlan<float> plan = PlanWeights(weights, K, c_in, c_prod, path,
-                                               /*has_sparse_product=*/true);
-    if (Avx2PairProduct::Supports(c_prod)) {
-      ConvBlocks<float, Avx2PairProduct, Avx2SparseWeightProduct>(
-          in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
-          parallel_for);
-    } else {
-      ConvBlocks<float, EigenPairProduct<float>, Avx2SparseWeightProduct>(
-          in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
-          parallel_for);
+    if (isa != Isa::kPortable) {
+      const WeightPlan<float> plan = PlanWeights(
+          weights, K, c_in, c_prod, path, /*has_sparse_product=*/true);
+      if (isa == Isa::kAvx512 && Avx512PairProduct::Supports(c_prod)) {
+        ConvBlocks<float, Avx512PairProduct, Avx2SparseWeightProduct>(
+            in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+            parallel_for);
+      } else if (Avx2PairProduct::Supports(c_prod)) {
+        ConvBlocks<float, Avx2PairProduct, Avx2SparseWeightProduct>(
+            in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+            parallel_for);
+      } else {
+        ConvBlocks<float, EigenPairProduct<float>, Avx2SparseWeightProduct>(
+            in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+            parallel_for);
+      }
+      return;
     }
-    return;
   }
 #endif
   const WeightPlan<T> plan = PlanWeights(weights, K, c_in, c_prod, path,
@@ -667,6 +795,79 @@ class Avx2OuterProducts {
   int64_t c_in_, c_out_;
   std::vector<float> x_, g_;
 };
+
+// The same accumulation with AVX-512, c_out a multiple of 16: tiles of 6
+// input channels x up to 64 output channels, each acc value the same FMA
+// chain as Avx2OuterProducts' (bit for bit equal).
+class Avx512OuterProducts {
+ public:
+  static bool Supports(int64_t c_out) { return c_out % 16 == 0; }
+  Avx512OuterProducts(int64_t c_in, int64_t c_out)
+      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in), g_(kChunkPairs * c_out) {}
+
+  SPARSE_OPS_TARGET_AVX512
+  void operator()(const float* in, const float* grad, const int32_t* in_rows,
+                  const int32_t* out_rows, int64_t m, float* acc) {
+    GatherRows(in, c_in_, in_rows, m, x_.data());
+    GatherRows(grad, c_out_, out_rows, m, g_.data());
+    int64_t a = 0;
+    for (; a + kTileRows <= c_in_; a += kTileRows) Columns<kTileRows>(m, a, acc);
+    switch (c_in_ - a) {
+      case 5: Columns<5>(m, a, acc); break;
+      case 4: Columns<4>(m, a, acc); break;
+      case 3: Columns<3>(m, a, acc); break;
+      case 2: Columns<2>(m, a, acc); break;
+      case 1: Columns<1>(m, a, acc); break;
+      default: break;
+    }
+  }
+
+ private:
+  static constexpr int kTileRows = 6;
+
+  template <int kRows>
+  SPARSE_OPS_TARGET_AVX512 void Columns(int64_t m, int64_t a, float* acc) const {
+    int64_t j = 0;
+    for (; j + 64 <= c_out_; j += 64) Tile<kRows, 4>(m, a, j, acc);
+    switch ((c_out_ - j) / 16) {
+      case 3: Tile<kRows, 3>(m, a, j, acc); break;
+      case 2: Tile<kRows, 2>(m, a, j, acc); break;
+      case 1: Tile<kRows, 1>(m, a, j, acc); break;
+      default: break;
+    }
+  }
+
+  template <int kRows, int kVectors>
+  SPARSE_OPS_TARGET_AVX512 void Tile(int64_t m, int64_t a, int64_t j,
+                                     float* acc) const {
+    __m512 c[kRows][kVectors];
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        c[r][v] = _mm512_loadu_ps(acc + (a + r) * c_out_ + j + 16 * v);
+      }
+    }
+    const float* x = x_.data() + a;
+    const float* g = g_.data() + j;
+    for (int64_t p = 0; p < m; ++p, x += c_in_, g += c_out_) {
+      __m512 gv[kVectors];
+      for (int v = 0; v < kVectors; ++v) gv[v] = _mm512_loadu_ps(g + 16 * v);
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 xb = _mm512_set1_ps(x[r]);
+        for (int v = 0; v < kVectors; ++v) {
+          c[r][v] = _mm512_fmadd_ps(xb, gv[v], c[r][v]);
+        }
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        _mm512_storeu_ps(acc + (a + r) * c_out_ + j + 16 * v, c[r][v]);
+      }
+    }
+  }
+
+  int64_t c_in_, c_out_;
+  std::vector<float> x_, g_;
+};
 #endif  // SPARSE_OPS_AVX2
 
 // SparseConvWeightGradient with a given outer-product accumulator.
@@ -740,8 +941,15 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
                               T* grad_weights, T* scratch,
                               const ParallelFor& parallel_for) {
 #ifdef SPARSE_OPS_AVX2
+  const Isa isa = ActiveIsa();
   if constexpr (std::is_same_v<T, float>) {
-    if (Avx2OuterProducts::Supports(c_out)) {
+    if (isa == Isa::kAvx512 && Avx512OuterProducts::Supports(c_out)) {
+      WeightGradient<float, Avx512OuterProducts>(in, c_in, grad_out, c_out,
+                                                 map, grad_weights, scratch,
+                                                 parallel_for);
+      return;
+    }
+    if (isa != Isa::kPortable && Avx2OuterProducts::Supports(c_out)) {
       WeightGradient<float, Avx2OuterProducts>(in, c_in, grad_out, c_out, map,
                                                grad_weights, scratch,
                                                parallel_for);

@@ -61,6 +61,56 @@ def run_peer(script, venv_python, repeats):
     return {"error": out.stderr[-500:]}
 
 
+def cpu_paths():
+    """The kernel paths this CPU runs (sparse_ops picks the widest itself;
+    SPARSE_OPS_ISA narrows it): from /proc/cpuinfo's flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":")[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    paths = ["portable"]
+    if {"avx2", "fma"} <= set(flags):
+        paths.append("avx2")
+    if {"avx512f", "avx512vl", "avx512dq", "avx512bw"} <= set(flags):
+        paths.append("avx512")
+    return paths
+
+
+def isa_paths(repeats, flops, conv_cached, weight_gradient):
+    """The cached conv and the weight gradient on every kernel path of this
+    CPU, each as a fraction of the square-GEMM rate (2048^3
+    tf.linalg.matmul) measured in the same run."""
+    a = tf.constant(np.random.default_rng(4).standard_normal((2048, 2048)), tf.float32)
+    median, best = timed(lambda: tf.linalg.matmul(a, a), repeats)
+    square = 2.0 * 2048 ** 3 / median / 1e6
+    out = {"square_gemm_gflops": round(square, 1),
+           "square_gemm_best_gflops": round(2.0 * 2048 ** 3 / best / 1e6, 1)}
+    print(f"square GEMM (2048^3 matmul): {square:.0f} GFLOP/s median, "
+          f"{out['square_gemm_best_gflops']:.0f} best")
+    previous = os.environ.get("SPARSE_OPS_ISA")
+    try:
+        for path in cpu_paths():
+            os.environ["SPARSE_OPS_ISA"] = path
+            row = {}
+            for name, fn in (("conv_cached", conv_cached), ("weight_gradient", weight_gradient)):
+                median, best = timed(fn, repeats)
+                row[f"{name}_ms"], row[f"{name}_best_ms"] = round(median, 2), round(best, 2)
+                row[f"{name}_of_square_gemm"] = round(flops / median / 1e6 / square, 3)
+            out[path] = row
+            print(f"  {path:8s} conv cached {row['conv_cached_ms']:7.1f} ms "
+                  f"({row['conv_cached_of_square_gemm']:.2f} of square GEMM), "
+                  f"weight gradient {row['weight_gradient_ms']:7.1f} ms "
+                  f"({row['weight_gradient_of_square_gemm']:.2f})")
+    finally:
+        if previous is None:
+            os.environ.pop("SPARSE_OPS_ISA", None)
+        else:
+            os.environ["SPARSE_OPS_ISA"] = previous
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -142,6 +192,9 @@ def main():
     print(f"stride-2 conv incl. map:   {results['stride2_conv_ms']:8.1f} ms")
     print(f"forward + backward:        {results['forward_backward_ms']:8.1f} ms")
 
+    results["isa"] = isa_paths(args.repeats, flops, conv_cached,
+                               lambda: lib.sparse_ops_conv_backprop_kernel(
+                                   features, features, *kmap))
     if args.peers:
         python = os.environ.get("SPCONV_PYTHON", "/work/venvs/spconv/bin/python")
         peer = run_peer("peer_spconv.py", python, args.repeats)
