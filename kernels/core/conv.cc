@@ -9,7 +9,9 @@
 #include "Eigen/Core"
 #include "kernels/core/isa.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && !defined(SPARSE_OPS_NO_AVX2)
+// The vector kernels are compiled with per-function target attributes
+// (isa.h), whatever the build's -march, and picked at run time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(SPARSE_OPS_NO_AVX2)
 #include <immintrin.h>
 #define SPARSE_OPS_AVX2 1
 #endif
@@ -197,6 +199,7 @@ class Avx2PairProduct {
   static bool Supports(int64_t c_out) { return c_out % 8 == 0; }
   Avx2PairProduct(int64_t c_in, int64_t c_out) : c_in_(c_in), c_out_(c_out) {}
 
+  SPARSE_OPS_TARGET_AVX2
   void operator()(const float* in, const float* w, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, int64_t o0,
                   const ActiveWeights& active, float* acc) {
@@ -213,6 +216,7 @@ class Avx2PairProduct {
   // kSomeRows: only the input channels listed in active.rows (the others
   // have zero weights in this offset).
   template <bool kSomeRows>
+  SPARSE_OPS_TARGET_AVX2
   void Pairs(const float* in, const float* w, const int32_t* in_rows,
              const int32_t* out_rows, int64_t m, int64_t o0,
              const ActiveWeights& active, float* acc) const {
@@ -235,7 +239,7 @@ class Avx2PairProduct {
     }
   }
 
-  void Pointers(const float* in, const int32_t* in_rows,
+  SPARSE_OPS_TARGET_AVX2 void Pointers(const float* in, const int32_t* in_rows,
                 const int32_t* out_rows, int rows, int64_t o0, float* acc,
                 const float** x, float** dst) const {
     for (int r = 0; r < rows; ++r) {
@@ -246,6 +250,7 @@ class Avx2PairProduct {
 
   // Column tiles with no non-zero weight add nothing and are skipped.
   template <int kRows, bool kSomeRows>
+  SPARSE_OPS_TARGET_AVX2
   void Rows(const float* const* x, const float* w, const ActiveWeights& active,
             float* const* dst) const {
     int64_t j = 0;
@@ -260,6 +265,7 @@ class Avx2PairProduct {
   }
 
   template <int kRows, int kVectors, bool kSomeRows>
+  SPARSE_OPS_TARGET_AVX2
   void Tile(const float* const* x, const float* w, int64_t j,
             const ActiveWeights& active, float* const* dst) const {
     __m256 c[kRows][kVectors];
@@ -412,7 +418,7 @@ class Avx512PairProduct {
 };
 
 // In-register transpose of 8 rows of 8 floats.
-inline void Transpose8x8(__m256* r) {
+SPARSE_OPS_TARGET_AVX2 inline void Transpose8x8(__m256* r) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
   const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -455,6 +461,7 @@ class VectorSparseWeightProduct {
         yt_(c_out * kPairTile), zero_(c_in, 0.0f), sink_(c_out) {}
 
   // cols: the offset's column starts (c_out + 1) into entry_row/value.
+  SPARSE_OPS_TARGET_AVX2
   void operator()(const float* in, const int64_t* cols, const int32_t* entry_row,
                   const float* entry_value, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, int64_t o0, float* acc) {
@@ -487,6 +494,7 @@ class VectorSparseWeightProduct {
 
  private:
   // xt[i * kPairTile + r] = in[in_rows[r]][i], zero rows past n.
+  SPARSE_OPS_TARGET_AVX2
   void GatherTransposed(const float* in, const int32_t* in_rows, int n) {
     for (int r0 = 0; r0 < n; r0 += 8) {
       const float* x[8];
@@ -512,6 +520,7 @@ class VectorSparseWeightProduct {
   // yt[j] = sum over column j's entries of xt[row] * value: kVectors
   // independent FMA chains, one per 8 pairs.
   template <int kVectors>
+  SPARSE_OPS_TARGET_AVX2
   void Columns(const int64_t* cols, const int32_t* entry_row,
                const float* entry_value) {
     for (int64_t j = 0; j < c_out_; ++j) {
@@ -525,6 +534,7 @@ class VectorSparseWeightProduct {
   }
 
   template <int kVectors>
+  SPARSE_OPS_TARGET_AVX2
   static void Chain(const float* xt, const int32_t* entry_row,
                     const float* entry_value, int64_t p, int64_t end,
                     __m256* a) {
@@ -561,6 +571,7 @@ class VectorSparseWeightProduct {
 
   // acc[out_rows[r] - o0][j] += yt[j * kPairTile + r] for r < n, pairs in
   // order (a row met twice gets both, as in the dense product).
+  SPARSE_OPS_TARGET_AVX2
   void AddTransposed(const int32_t* out_rows, int n, int64_t o0, float* acc) {
     for (int r0 = 0; r0 < n; r0 += 8) {
       float* d[8];
@@ -782,6 +793,7 @@ class Avx2OuterProducts {
   Avx2OuterProducts(int64_t c_in, int64_t c_out)
       : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in), g_(kChunkPairs * c_out) {}
 
+  SPARSE_OPS_TARGET_AVX2
   void operator()(const float* in, const float* grad, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, float* acc) {
     // Contiguous copies: the tiles below sweep the chunk many times.
@@ -803,13 +815,14 @@ class Avx2OuterProducts {
   static constexpr int kTileRows = 6;
 
   template <int kRows>
-  void Columns(int64_t m, int64_t a, float* acc) const {
+  SPARSE_OPS_TARGET_AVX2 void Columns(int64_t m, int64_t a, float* acc) const {
     int64_t j = 0;
     for (; j + 16 <= c_out_; j += 16) Tile<kRows, 2>(m, a, j, acc);
     if (j < c_out_) Tile<kRows, 1>(m, a, j, acc);
   }
 
   template <int kRows, int kVectors>
+  SPARSE_OPS_TARGET_AVX2
   void Tile(int64_t m, int64_t a, int64_t j, float* acc) const {
     __m256 c[kRows][kVectors];
     for (int r = 0; r < kRows; ++r) {

@@ -52,8 +52,12 @@ inline Isa ActiveIsa() {
 
 }  // namespace sparse_ops
 
-// Functions compiled for AVX-512 inside a file built for a narrower
-// baseline; called only when ActiveIsa() is kAvx512.
+// Functions compiled for AVX2 + FMA or AVX-512 inside a file built for a
+// narrower baseline; called only when ActiveIsa() is at least that path.
+// Only functions of this library carry them: library templates (std, Eigen)
+// instantiated inside stay compiled for the baseline, so no wider copy of
+// them can be picked by the linker for baseline callers.
+#define SPARSE_OPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define SPARSE_OPS_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 
