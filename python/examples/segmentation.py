@@ -87,51 +87,49 @@ def cache_dir():
         CACHE_ENV, pathlib.Path.home() / ".cache" / "sparse_ops"))
 
 
-def _cache_write(target, data):
+def cached_fetch(name, source, extract):
+    """Path of `name` in the cache; on first use `extract(tmp)` returns its
+    bytes (downloading into the scratch folder tmp), written atomically."""
+    target = cache_dir() / name
+    if target.exists():
+        return target
+    print(f"Fetching {name} from {source} into {target.parent} ...", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = extract(pathlib.Path(tmp))
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".partial")
     partial.write_bytes(data)
     partial.rename(target)  # never leave a truncated file behind
     print(f"  done: {len(data) / 1e6:.1f} MB", flush=True)
+    return target
 
 
 def fetch_autzen():
     """Path of autzen_trim.laz, downloaded on first use (1.9 MB sdist)."""
-    target = cache_dir() / "autzen_trim.laz"
-    if target.exists():
-        return target
-    print(f"Fetching autzen_trim.laz from the {LASPY_SDIST} source distribution "
-          f"into {target.parent} ...", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
+    def extract(tmp):
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                        "--no-binary", ":all:", "--quiet", LASPY_SDIST, "-d", tmp],
+                        "--no-binary", ":all:", "--quiet", LASPY_SDIST, "-d", str(tmp)],
                        check=True)
-        (sdist,) = pathlib.Path(tmp).glob("laspy-*.tar.gz")
+        (sdist,) = tmp.glob("laspy-*.tar.gz")
         with tarfile.open(sdist) as tar:
-            data = tar.extractfile(LAZ_MEMBER).read()
-    _cache_write(target, data)
-    return target
+            return tar.extractfile(LAZ_MEMBER).read()
+    return cached_fetch("autzen_trim.laz", f"the {LASPY_SDIST} source distribution", extract)
 
 
 def fetch_b9():
     """Path of CGAL's b9_training.ply, from the Debian package libcgal-demo
     (24 MB .deb, downloaded on first use, not installed)."""
-    target = cache_dir() / "b9_training.ply"
-    if target.exists():
-        return target
-    print(f"Fetching b9_training.ply from the Debian package {CGAL_PACKAGE} "
-          f"into {target.parent} ...", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", "-q", CGAL_PACKAGE], cwd=tmp, check=True,
-                       stdout=subprocess.DEVNULL)
-        (deb,) = pathlib.Path(tmp).glob(f"{CGAL_PACKAGE}_*.deb")
-        subprocess.run(["dpkg-deb", "-x", str(deb), str(pathlib.Path(tmp) / "x")],
-                       check=True)
-        (archive,) = pathlib.Path(tmp).glob("x/usr/share/doc/libcgal-dev/data.tar.gz")
+    def extract(tmp):
+        # As root, apt's download user could not write to tmp (a warning).
+        as_root = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+        subprocess.run(["apt-get", "download", "-q", *as_root, CGAL_PACKAGE], cwd=tmp,
+                       check=True, stdout=subprocess.DEVNULL)
+        (deb,) = tmp.glob(f"{CGAL_PACKAGE}_*.deb")
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp / "x")], check=True)
+        (archive,) = tmp.glob("x/usr/share/doc/libcgal-dev/data.tar.gz")
         with tarfile.open(archive) as tar:
-            data = tar.extractfile(B9_MEMBER).read()
-    _cache_write(target, data)
-    return target
+            return tar.extractfile(B9_MEMBER).read()
+    return cached_fetch("b9_training.ply", f"the Debian package {CGAL_PACKAGE}", extract)
 
 
 class Scan:
