@@ -164,6 +164,24 @@ void GatherRows(const T* src, int64_t cols, const int32_t* rows, int64_t m,
   }
 }
 
+// Calls body(std::integral_constant<int, kRows>{}, r) for consecutive groups
+// [r, r + kRows) of [0, n): groups of kTile, then the rest as one group, so
+// that the register tiles' row counts are compile-time constants.
+template <int kTile, typename Body>
+inline void ForRowGroups(int64_t n, Body&& body) {
+  static_assert(kTile <= 6, "the rest is dispatched up to 5 rows");
+  int64_t r = 0;
+  for (; r + kTile <= n; r += kTile) body(std::integral_constant<int, kTile>{}, r);
+  switch (n - r) {
+    case 5: body(std::integral_constant<int, 5>{}, r); break;
+    case 4: body(std::integral_constant<int, 4>{}, r); break;
+    case 3: body(std::integral_constant<int, 3>{}, r); break;
+    case 2: body(std::integral_constant<int, 2>{}, r); break;
+    case 1: body(std::integral_constant<int, 1>{}, r); break;
+    default: break;
+  }
+}
+
 // Products of one offset's pairs: acc[out_rows[r] - o0] += in[in_rows[r]] . W
 // for r < m, with W [c_in, c_out] row-major and acc the block accumulator.
 // The generic version gathers the rows and lets Eigen multiply.
@@ -220,23 +238,13 @@ class Avx2PairProduct {
   void Pairs(const float* in, const float* w, const int32_t* in_rows,
              const int32_t* out_rows, int64_t m, int64_t o0,
              const ActiveWeights& active, float* acc) const {
-    const float* x[kTileRows];
-    float* dst[kTileRows];
-    int64_t r = 0;
-    for (; r + kTileRows <= m; r += kTileRows) {
-      Pointers(in, in_rows + r, out_rows + r, kTileRows, o0, acc, x, dst);
-      Rows<kTileRows, kSomeRows>(x, w, active, dst);
-    }
-    const int rest = static_cast<int>(m - r);
-    Pointers(in, in_rows + r, out_rows + r, rest, o0, acc, x, dst);
-    switch (rest) {
-      case 5: Rows<5, kSomeRows>(x, w, active, dst); break;
-      case 4: Rows<4, kSomeRows>(x, w, active, dst); break;
-      case 3: Rows<3, kSomeRows>(x, w, active, dst); break;
-      case 2: Rows<2, kSomeRows>(x, w, active, dst); break;
-      case 1: Rows<1, kSomeRows>(x, w, active, dst); break;
-      default: break;
-    }
+    ForRowGroups<kTileRows>(m, [&](auto rows, int64_t r) {
+      constexpr int kRows = decltype(rows)::value;
+      const float* x[kRows];
+      float* dst[kRows];
+      Pointers(in, in_rows + r, out_rows + r, kRows, o0, acc, x, dst);
+      Rows<kRows, kSomeRows>(x, w, active, dst);
+    });
   }
 
   SPARSE_OPS_TARGET_AVX2 void Pointers(const float* in, const int32_t* in_rows,
@@ -327,23 +335,13 @@ class Avx512PairProduct {
                                       const int32_t* out_rows, int64_t m,
                                       int64_t o0, const ActiveWeights& active,
                                       float* acc) const {
-    const float* x[kTileRows];
-    float* dst[kTileRows];
-    int64_t r = 0;
-    for (; r + kTileRows <= m; r += kTileRows) {
-      Pointers(in, in_rows + r, out_rows + r, kTileRows, o0, acc, x, dst);
-      Rows<kTileRows, kSomeRows>(x, w, active, dst);
-    }
-    const int rest = static_cast<int>(m - r);
-    Pointers(in, in_rows + r, out_rows + r, rest, o0, acc, x, dst);
-    switch (rest) {
-      case 5: Rows<5, kSomeRows>(x, w, active, dst); break;
-      case 4: Rows<4, kSomeRows>(x, w, active, dst); break;
-      case 3: Rows<3, kSomeRows>(x, w, active, dst); break;
-      case 2: Rows<2, kSomeRows>(x, w, active, dst); break;
-      case 1: Rows<1, kSomeRows>(x, w, active, dst); break;
-      default: break;
-    }
+    ForRowGroups<kTileRows>(m, [&](auto rows, int64_t r) {
+      constexpr int kRows = decltype(rows)::value;
+      const float* x[kRows];
+      float* dst[kRows];
+      Pointers(in, in_rows + r, out_rows + r, kRows, o0, acc, x, dst);
+      Rows<kRows, kSomeRows>(x, w, active, dst);
+    });
   }
 
   SPARSE_OPS_TARGET_AVX512 void Pointers(const float* in,
@@ -799,16 +797,9 @@ class Avx2OuterProducts {
     // Contiguous copies: the tiles below sweep the chunk many times.
     GatherRows(in, c_in_, in_rows, m, x_.data());
     GatherRows(grad, c_out_, out_rows, m, g_.data());
-    int64_t a = 0;
-    for (; a + kTileRows <= c_in_; a += kTileRows) Columns<kTileRows>(m, a, acc);
-    switch (c_in_ - a) {
-      case 5: Columns<5>(m, a, acc); break;
-      case 4: Columns<4>(m, a, acc); break;
-      case 3: Columns<3>(m, a, acc); break;
-      case 2: Columns<2>(m, a, acc); break;
-      case 1: Columns<1>(m, a, acc); break;
-      default: break;
-    }
+    ForRowGroups<kTileRows>(c_in_, [&](auto rows, int64_t a) {
+      Columns<decltype(rows)::value>(m, a, acc);
+    });
   }
 
  private:
@@ -867,16 +858,9 @@ class Avx512OuterProducts {
                   const int32_t* out_rows, int64_t m, float* acc) {
     GatherRows(in, c_in_, in_rows, m, x_.data());
     GatherRows(grad, c_out_, out_rows, m, g_.data());
-    int64_t a = 0;
-    for (; a + kTileRows <= c_in_; a += kTileRows) Columns<kTileRows>(m, a, acc);
-    switch (c_in_ - a) {
-      case 5: Columns<5>(m, a, acc); break;
-      case 4: Columns<4>(m, a, acc); break;
-      case 3: Columns<3>(m, a, acc); break;
-      case 2: Columns<2>(m, a, acc); break;
-      case 1: Columns<1>(m, a, acc); break;
-      default: break;
-    }
+    ForRowGroups<kTileRows>(c_in_, [&](auto rows, int64_t a) {
+      Columns<decltype(rows)::value>(m, a, acc);
+    });
   }
 
  private:
