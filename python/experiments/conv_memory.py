@@ -25,7 +25,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import measurement  # noqa: E402
+import random_volumes  # noqa: E402
+import reporting  # noqa: E402
 
 # The paper's Table 1 (theoretical, GB): dense, sparse with 32-bit and 64-bit keys.
 PAPER = {32: (0.04, 2e-3, 3e-3), 64: (0.27, 8e-3, 0.013), 128: (2.15, 0.03, 0.05),
@@ -48,7 +50,7 @@ def run_config(args):
     import sparse_ops as so  # pylint: disable=import-outside-toplevel
 
     r, kind, batch, cout = args.r, args.kind, args.batch, args.channels
-    coords = common.random_sites(r, batch, 1.0 / r, seed=args.seed)
+    coords = random_volumes.random_sites(r, batch, 1.0 / r, seed=args.seed)
     features = tf.constant(np.random.default_rng(1).random((len(coords), 1)), tf.float32)
     kernel = tf.constant(np.random.default_rng(2).normal(size=(3, 3, 3, 1, cout)), tf.float32)
     has_attention = hasattr(so.ops, "attention")
@@ -67,23 +69,23 @@ def run_config(args):
 
     # Warm up on a small input so that loading kernels and thread pools is
     # not counted.
-    small = common.random_sites(8, 1, 0.25)
+    small = random_volumes.random_sites(8, 1, 0.25)
     if kind == "dense":
         tf.nn.conv3d(tf.zeros([1, 8, 8, 8, 1]), kernel, [1] * 5, "SAME").numpy()
         x = tf.scatter_nd(coords, features, [batch, r, r, r, 1])
-        with common.PeakMemory() as memory:
+        with measurement.PeakMemory() as memory:
             y = tf.nn.conv3d(x, kernel, [1] * 5, "SAME")
             y.numpy()  # force it
         out_sites, out_entries = batch * r ** 3, batch * r ** 3 * cout
     else:
         sparse_forward(so.SparseTensor(tf.ones([len(small), 1]), small)).features.numpy()
         x = so.SparseTensor(features, tf.constant(coords))
-        with common.PeakMemory() as memory:
+        with measurement.PeakMemory() as memory:
             y = sparse_forward(x)
             y.features.numpy()
         out_sites = int(y.features.shape[0])
         out_entries = int(np.count_nonzero(y.features.numpy()))
-    common.emit({"kind": kind, "r": r, "peak_bytes": memory.bytes,
+    measurement.emit({"kind": kind, "r": r, "peak_bytes": memory.bytes,
                  "input_sites": len(coords), "output_sites": out_sites,
                  "output_nonzeros": out_entries, "attention": has_attention})
 
@@ -100,25 +102,25 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="smoke run: r = 16, 32, batch 2")
     parser.add_argument("--r", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
-    common.add_output_argument(parser)
+    reporting.add_output_argument(parser)
     args = parser.parse_args()
-    common.use_output(args)
+    reporting.use_output(args)
     if args.tiny:
         args.resolutions, args.batch = [16, 32], 2
     if args.r:
         run_config(args)
         return
-    common.log(f"one conv layer, batch {args.batch}, 1 -> {args.channels} channels, "
-               f"density = bound = 1/r; {common.machine_note()}")
+    reporting.log(f"one conv layer, batch {args.batch}, 1 -> {args.channels} channels, "
+               f"density = bound = 1/r; {measurement.machine_note()}")
     rows = []
     configs = [(r, k) for r in args.resolutions for k in args.kinds]
-    for r, kind in common.progress(configs, desc="configurations", unit="run"):
+    for r, kind in reporting.progress(configs, desc="configurations", unit="run"):
         need = estimate_gb(kind, r, args.batch, args.channels)
         row = {"r": r, "kind": kind, "batch": args.batch, "channels": args.channels}
         if need > args.max_gb:
             row["note"] = f"not run: needs about {need:.1f} GB > --max-gb {args.max_gb:g}"
         else:
-            result = common.run_child(__file__, ["--r", r, "--kind", kind, "--batch",
+            result = measurement.run_child(__file__, ["--r", r, "--kind", kind, "--batch",
                                                  args.batch, "--channels", args.channels,
                                                  "--seed", args.seed], quiet=True)
             if "error" in result:
@@ -133,9 +135,9 @@ def main():
         if paper:
             row["paper_gb"] = {"dense": paper[0]}.get(kind, paper[2])
         rows.append(row)
-        common.log(f"r={r} {kind}: " + (f"{row['peak_mb']:.1f} MB" if "peak_mb" in row
+        reporting.log(f"r={r} {kind}: " + (f"{row['peak_mb']:.1f} MB" if "peak_mb" in row
                                        else row["note"]))
-    common.write_csv(common.output_name("table1_memory", args.tiny, "csv"), rows)
+    reporting.write_csv(reporting.output_name("table1_memory", args.tiny, "csv"), rows)
     plot(rows, args)
     print_table(rows, args.resolutions)
 
@@ -152,7 +154,7 @@ def print_table(rows, resolutions):
 
 
 def plot(rows, args):
-    fig, (ax,) = common.figure(1, width=5.5)
+    fig, (ax,) = reporting.figure(1, width=5.5)
     for kind, color in zip(KINDS, ("C3", "C0", "C2")):
         pts = [(row["r"], row["peak_mb"] / 1024) for row in rows
                if row["kind"] == kind and "peak_mb" in row]
@@ -168,7 +170,7 @@ def plot(rows, args):
     ax.set_xticks(args.resolutions, [str(r) for r in args.resolutions])
     ax.set_xticks([], minor=True)
     ax.legend(fontsize=7)
-    common.save_figure(fig, common.output_name("fig7_memory", args.tiny, "png"),
+    reporting.save_figure(fig, reporting.output_name("fig7_memory", args.tiny, "png"),
                        f"one conv layer, batch {args.batch}, 1->{args.channels} ch, "
                        "density = bound = 1/r")
 

@@ -23,7 +23,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import measurement  # noqa: E402
+import random_volumes  # noqa: E402
+import reporting  # noqa: E402
 
 KINDS = ("dense", "sparse", "sparse-full")
 
@@ -39,9 +41,9 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: r = 8, 16, rho_f = 0.1, 1, 1 repeat")
-    common.add_output_argument(parser)
+    reporting.add_output_argument(parser)
     args = parser.parse_args()
-    common.use_output(args)
+    reporting.use_output(args)
     if args.tiny:
         args.resolutions, args.filter_densities, args.repeats = [8, 16], [0.1, 1.0], 1
 
@@ -51,14 +53,14 @@ def main():
 
     has_attention = hasattr(so.ops, "attention")
     offsets = so.kernel_offsets(3, dimension=3)
-    common.log(f"one conv layer, batch 1, 1 -> {args.channels} channels, density = bound "
+    reporting.log(f"one conv layer, batch 1, 1 -> {args.channels} channels, density = bound "
                f"= 1/r, attention {'on' if has_attention else 'NOT AVAILABLE'}; "
-               f"{common.machine_note()}")
+               f"{measurement.machine_note()}")
     rng = np.random.default_rng(args.seed)
     rows = []
     configs = [(r, f) for r in args.resolutions for f in args.filter_densities]
-    for r, rho_f in common.progress(configs, desc="configurations", unit="run"):
-        coords = common.random_sites(r, 1, 1.0 / r, seed=args.seed + r)
+    for r, rho_f in reporting.progress(configs, desc="configurations", unit="run"):
+        coords = random_volumes.random_sites(r, 1, 1.0 / r, seed=args.seed + r)
         features = tf.constant(rng.random((len(coords), 1)), tf.float32)
         weights = rng.normal(size=(3, 3, 3, 1, args.channels))
         weights *= rng.random(weights.shape) < rho_f
@@ -83,25 +85,25 @@ def main():
             return tf.nn.conv3d(dense_x, kernel, [1] * 5, "SAME").numpy()
 
         row = {"r": r, "filter_density": rho_f, "sites": len(coords),
-               "neighbours_per_site": common.neighbours_per_site(coords, r),
+               "neighbours_per_site": random_volumes.neighbours_per_site(coords, r),
                "attention": has_attention}
         timers = {"dense": dense, "sparse": lambda: sparse(False),
                   "sparse-full": lambda: sparse(True)}
         for kind in args.kinds:
-            row[f"{kind}_ms"] = 1e3 * common.median_seconds(timers[kind], args.repeats)
+            row[f"{kind}_ms"] = 1e3 * measurement.median_seconds(timers[kind], args.repeats)
         for kind in args.kinds:
             if kind != "dense" and "dense" in args.kinds:
                 row[f"dense_over_{kind}"] = row["dense_ms"] / row[f"{kind}_ms"]
         rows.append(row)
-        common.log(f"r={r} rho_f={rho_f:g}: " + ", ".join(
+        reporting.log(f"r={r} rho_f={rho_f:g}: " + ", ".join(
             f"{k} {row[f'{k}_ms']:.2f} ms" for k in args.kinds))
         # Written after every configuration: the large ones take minutes.
-        common.write_csv(common.output_name("fig3_runtime", args.tiny, "csv"), rows)
+        reporting.write_csv(reporting.output_name("fig3_runtime", args.tiny, "csv"), rows)
     plot(rows, args)
 
 
 def plot(rows, args):
-    fig, axes = common.figure(2, width=5.0)
+    fig, axes = reporting.figure(2, width=5.0)
     cmap_f = sorted(set(row["filter_density"] for row in rows))
     for kind, ax in zip(("sparse", "sparse-full"), axes):
         if f"{kind}_ms" not in rows[0]:
@@ -119,7 +121,7 @@ def plot(rows, args):
         ax.set_xticks(args.resolutions, [str(r) for r in args.resolutions])
         ax.set_xticks([], minor=True)
         ax.legend(fontsize=6)
-    common.save_figure(fig, common.output_name("fig3_runtime", args.tiny, "png"),
+    reporting.save_figure(fig, reporting.output_name("fig3_runtime", args.tiny, "png"),
                        f"one conv layer, batch 1, 1->{args.channels} ch, median of "
                        f"{args.repeats}")
 

@@ -25,7 +25,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import measurement  # noqa: E402
+import mnist_digits  # noqa: E402
+import reporting  # noqa: E402
 
 PAPER_BOUNDS = (0.035, 0.065, 0.095)  # the paper: 0.035 .. 0.095
 
@@ -36,13 +38,13 @@ def run_variant(args):
     import keras  # pylint: disable=import-outside-toplevel
     import octnet  # pylint: disable=import-outside-toplevel
 
-    x_train, y_train, x_test, y_test = common.mnist(size=24, train_margin=args.shift)
+    x_train, y_train, x_test, y_test = mnist_digits.mnist(size=24, train_margin=args.shift)
     if args.train_size:
         x_train, y_train = x_train[:args.train_size], y_train[:args.train_size]
         x_test, y_test = x_test[:max(args.train_size // 4, 20)], y_test[:max(args.train_size // 4, 20)]
     keras.utils.set_random_seed(args.seed)
     sparse = args.variant != "dense"
-    with common.PeakMemory() as memory:
+    with measurement.PeakMemory() as memory:
         if sparse:
             bound = float(args.variant)
             model = octnet.SparseOctNet(24, 2, 10, densities=(bound, 2 * bound),
@@ -60,13 +62,13 @@ def run_variant(args):
                           label, seed=args.seed, crop=24 if args.shift else None)
     m = args.shift  # the density of the centre 24^2 crops
     density = float(np.mean(x_train[:, m:m + 24, m:m + 24] != 0))
-    common.emit({"variant": args.variant, "rows": rows, "peak_bytes": memory.bytes,
+    measurement.emit({"variant": args.variant, "rows": rows, "peak_bytes": memory.bytes,
                  "input_density": density, "train_size": len(y_train),
                  "test_size": len(y_test)})
 
 
 def plot(results, name, title):
-    fig, (ax_loss, ax_time, ax_acc) = common.figure(3, width=4.2)
+    fig, (ax_loss, ax_time, ax_acc) = reporting.figure(3, width=4.2)
     for variant, result in results.items():
         epochs = [r["epoch"] for r in result["rows"]]
         ax_loss.plot(epochs, [r["loss"] for r in result["rows"]], marker=".",
@@ -87,7 +89,7 @@ def plot(results, name, title):
     ax_acc.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
     ax_acc.set(ylabel="test accuracy [%]", ylim=(max(min(acc) - 5, 0), 100),
                title="(c) test accuracy", xlabel="rho_up")
-    common.save_figure(fig, name + ".png", title)
+    reporting.save_figure(fig, name + ".png", title)
 
 
 def summary(results):
@@ -137,9 +139,9 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="smoke run: 2 bounds, 1 epoch, "
                         "200 images")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    common.add_output_argument(parser)
+    reporting.add_output_argument(parser)
     args = parser.parse_args()
-    common.use_output(args)
+    reporting.use_output(args)
     if args.tiny:
         args.bounds, args.epochs, args.train_size = [0.035, 0.095], 1, 200
     if args.variant:
@@ -149,23 +151,23 @@ def main():
     variants = ([] if args.no_dense else ["dense"]) + [f"{b:g}" for b in args.bounds]
     if not variants:
         parser.error("nothing to run: --no-dense needs at least one of --bounds")
-    common.log(f"OctNet3-24^2 on real MNIST, {args.epochs} epochs, batch {args.batch_size}, "
+    reporting.log(f"OctNet3-24^2 on real MNIST, {args.epochs} epochs, batch {args.batch_size}, "
                f"{args.optimizer} lr {args.learning_rate} ({args.schedule}), conv {args.conv}, "
                f"shift {args.shift}; "
-               f"{common.machine_note()}")
+               f"{measurement.machine_note()}")
     child_args = ["--epochs", args.epochs, "--batch-size", args.batch_size,
                   "--optimizer", args.optimizer, "--learning-rate", args.learning_rate,
                   "--schedule", args.schedule, "--shift", args.shift, "--conv", args.conv,
                   "--mode", args.mode, "--init", args.init, "--train-size", args.train_size,
                   "--seed", args.seed]
-    results = common.run_variants(__file__, variants, child_args, jobs=args.jobs)
+    results = measurement.run_variants(__file__, variants, child_args, jobs=args.jobs)
     any_result = next(iter(results.values()))
     rows = [dict(variant=v, peak_mb=r["peak_bytes"] / 2**20, **row)
             for v, r in results.items() for row in r["rows"]]
-    base = common.output_name(args.name, args.tiny, "csv")[:-4]
-    common.write_csv(base + ".csv", rows)
+    base = reporting.output_name(args.name, args.tiny, "csv")[:-4]
+    reporting.write_csv(base + ".csv", rows)
     table = summary(results)
-    common.write_csv(base + "_summary.csv", table)
+    reporting.write_csv(base + "_summary.csv", table)
     plot(results, base, f"OctNet3-24^2, real MNIST ({any_result['train_size']} train / "
          f"{any_result['test_size']} test, input density {any_result['input_density']:.3f})")
     print(f"\n{'variant':>8} {'test acc':>9} {'s/epoch':>8} {'peak MB':>8} {'loss':>7}")

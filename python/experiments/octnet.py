@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import sparse_ops as so
+from reporting import log, progress
 
 CHANNELS = (8, 16, 24, 32, 40, 48)
 
@@ -165,7 +166,6 @@ class EpochLog(keras.callbacks.Callback):
         self.rows = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        from common import progress  # pylint: disable=import-outside-toplevel
         self.bar = progress(total=self.steps, desc=f"{self.label} epoch {epoch + 1}",
                             unit="batch", leave=False)
         self.start, self.train_seconds, self.test_seconds = time.perf_counter(), None, np.nan
@@ -184,7 +184,6 @@ class EpochLog(keras.callbacks.Callback):
         self.test_seconds = time.perf_counter() - self.test_start
 
     def on_epoch_end(self, epoch, logs=None):
-        from common import log  # pylint: disable=import-outside-toplevel
         self.bar.close()
         if self.train_seconds is None:
             self.train_seconds = time.perf_counter() - self.start
@@ -201,12 +200,24 @@ class EpochLog(keras.callbacks.Callback):
             f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
 
 
+def batches(n, batch_size, rng=None):
+    """Index arrays of consecutive (or, with rng, shuffled) batches."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def sparse_batch(volumes, dtype=np.float32):
+    """(features [N, 1], coordinates int32 [N, 1 + D]) of the non-zero cells of
+    a batch of single-channel volumes [B, *spatial]."""
+    idx = np.argwhere(volumes != 0).astype(np.int32)
+    return volumes[tuple(idx.T)].astype(dtype)[:, None], idx
+
+
 def volume_batches(volumes, labels, batch_size, shuffle_seed=None, crop=None):
     """A generator function over (volumes [b, *grid], labels [b]) batches:
     shuffled anew every epoch when a seed is given; with `crop` (cells per
     axis, smaller than the volumes), every volume is cut to a random crop:
     a random translation, the same augmentation for sparse and dense nets."""
-    from common import batches  # pylint: disable=import-outside-toplevel
     epoch = [0]
 
     def generate():
@@ -226,7 +237,6 @@ def volume_batches(volumes, labels, batch_size, shuffle_seed=None, crop=None):
 def sparse_dataset(volumes, labels, batch_size, shuffle_seed=None, crop=None):
     """tf.data of ((features [N, 1], coordinates [N, 1 + D]), labels [B]) built
     from the non-zero cells of dense single-channel volumes [n, *grid]."""
-    from common import sparse_batch  # pylint: disable=import-outside-toplevel
     generate = volume_batches(volumes, labels, batch_size, shuffle_seed, crop)
 
     def to_sparse():

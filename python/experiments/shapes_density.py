@@ -20,7 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import kicad_models  # noqa: E402
+import measurement  # noqa: E402
+import reporting  # noqa: E402
 
 PAPER_BOUNDS = {"0.06": (0.06, 0.12), "0.12": (0.12, 0.24), "0.33": (0.33, 0.33),
                 "1": (1.0, 1.0)}
@@ -30,7 +32,7 @@ PAPER_ACCURACY = {"dense": 0.83, "1": 0.833, "0.06": 0.80}
 
 
 def load(args):
-    x_train, y_train, x_test, y_test, cats = common.kicad_shapes(
+    x_train, y_train, x_test, y_test, cats = kicad_models.kicad_shapes(
         args.resolution, args.categories, args.per_class, seed=args.seed)
     return (x_train, y_train), (x_test, y_test), cats
 
@@ -43,7 +45,7 @@ def run_variant(args):
     train, test, cats = load(args)
     keras.utils.set_random_seed(args.seed)
     sparse = args.variant != "dense"
-    with common.PeakMemory() as memory:
+    with measurement.PeakMemory() as memory:
         model = octnet.shape_network(
             args.resolution, len(cats), sparse=sparse, conv=args.conv,
             densities=PAPER_BOUNDS[args.variant] if sparse else None)
@@ -51,7 +53,7 @@ def run_variant(args):
                           octnet.make_optimizer(args.optimizer, args.learning_rate),
                           f"rho={args.variant}" if sparse else "dense",
                           seed=args.seed)
-    common.emit({"variant": args.variant, "rows": rows, "peak_bytes": memory.bytes,
+    measurement.emit({"variant": args.variant, "rows": rows, "peak_bytes": memory.bytes,
                  "input_density": float(np.mean(train[0] != 0)),
                  "train_size": len(train[1]), "test_size": len(test[1]),
                  "classes": len(cats)})
@@ -62,7 +64,7 @@ def main():
     parser.add_argument("--variants", nargs="+", default=["dense"] + list(PAPER_BOUNDS),
                         choices=["dense"] + list(PAPER_BOUNDS))
     parser.add_argument("--resolution", type=int, default=16, choices=[16])
-    parser.add_argument("--categories", nargs="+", default=list(common.KICAD_DEFAULT))
+    parser.add_argument("--categories", nargs="+", default=list(kicad_models.KICAD_DEFAULT))
     parser.add_argument("--per-class", type=int, default=40, help="models per category")
     parser.add_argument("--epochs", type=int, default=5, help="the paper trains 90")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -75,9 +77,9 @@ def main():
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: 3 categories x 8 models, 1 epoch, 2 variants")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    common.add_output_argument(parser)
+    reporting.add_output_argument(parser)
     args = parser.parse_args()
-    common.use_output(args)
+    reporting.use_output(args)
     if args.tiny:
         args.categories, args.per_class, args.epochs = args.categories[:3], 8, 1
         args.variants = ["dense", "0.06"]
@@ -85,17 +87,17 @@ def main():
         run_variant(args)
         return
     load(args)  # voxelize once, before the children need it
-    common.log(f"OctNet3-16^3 on {len(args.categories)} KiCad categories, {args.epochs} "
-               f"epochs, {args.optimizer} lr {args.learning_rate}; {common.machine_note()}")
+    reporting.log(f"OctNet3-16^3 on {len(args.categories)} KiCad categories, {args.epochs} "
+               f"epochs, {args.optimizer} lr {args.learning_rate}; {measurement.machine_note()}")
     child = ["--resolution", args.resolution, "--per-class", args.per_class,
              "--epochs", args.epochs, "--batch-size", args.batch_size,
              "--optimizer", args.optimizer, "--learning-rate", args.learning_rate,
              "--conv", args.conv, "--seed", args.seed, "--categories"] + args.categories
-    results = common.run_variants(__file__, args.variants, child)
+    results = measurement.run_variants(__file__, args.variants, child)
     base = args.name + ("_tiny" if args.tiny else "")
     rows = [dict(variant=v, peak_mb=r["peak_bytes"] / 2**20, **row)
             for v, r in results.items() for row in r["rows"]]
-    common.write_csv(base + ".csv", rows)
+    reporting.write_csv(base + ".csv", rows)
     table = []
     for v, r in results.items():
         last = r["rows"][-3:]  # accuracy: mean of the last 3 epochs (less noise)
@@ -106,9 +108,9 @@ def main():
                       "seconds_per_epoch": sum(x["seconds"] for x in timed) / len(timed),
                       "peak_mb": r["peak_bytes"] / 2**20,
                       "paper_accuracy": PAPER_ACCURACY.get(v, "")})
-    common.write_csv(base + "_summary.csv", table)
+    reporting.write_csv(base + "_summary.csv", table)
     info = next(iter(results.values()))
-    fig, (ax_acc, ax_curve) = common.figure(2, width=4.8)
+    fig, (ax_acc, ax_curve) = reporting.figure(2, width=4.8)
     sparse = [t for t in table if t["variant"] != "dense"]
     if sparse:
         ax_acc.plot([float(t["variant"]) for t in sparse],
@@ -126,7 +128,7 @@ def main():
                       label=v if v == "dense" else f"rho11={v}")
     ax_curve.set(xlabel="epoch", ylabel="test accuracy [%]", title="over training")
     ax_curve.legend(fontsize=7)
-    common.save_figure(fig, base + ".png",
+    reporting.save_figure(fig, base + ".png",
                        f"OctNet3-16^3, {info['classes']} KiCad categories "
                        f"({info['train_size']} train / {info['test_size']} test, input "
                        f"density {info['input_density']:.3f})")

@@ -23,7 +23,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import kicad_models  # noqa: E402
+import measurement  # noqa: E402
+import reporting  # noqa: E402
 
 SCALES = (0.0, 0.1, 0.2, 0.3)
 
@@ -35,7 +37,8 @@ def time_pruned_forward(model, initial_weights, volumes, batch_size, rounds=3):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     trained = model.get_weights()
-    batches = [common.sparse_batch(volumes[i:i + batch_size])
+    from octnet import sparse_batch  # pylint: disable=import-outside-toplevel
+    batches = [sparse_batch(volumes[i:i + batch_size])
                for i in range(0, len(volumes), batch_size)]
     forward = tf.function(lambda f, c: model((f, c)), input_signature=[
         tf.TensorSpec([None, 1], tf.float32), tf.TensorSpec([None, volumes.ndim], tf.int32)])
@@ -48,7 +51,7 @@ def time_pruned_forward(model, initial_weights, volumes, batch_size, rounds=3):
     for _ in range(rounds):
         for name, weights in (("initial", initial_weights), ("trained", trained)):
             model.set_weights(weights)
-            times[name].append(common.median_seconds(test_pass, 1))
+            times[name].append(measurement.median_seconds(test_pass, 1))
     model.set_weights(trained)
     return float(np.median(times["initial"])), float(np.median(times["trained"]))
 
@@ -59,7 +62,7 @@ def run_variant(args):
     import octnet  # pylint: disable=import-outside-toplevel
     import sparse_ops as so  # pylint: disable=import-outside-toplevel
 
-    x_train, y_train, x_test, y_test, cats = common.kicad_shapes(
+    x_train, y_train, x_test, y_test, cats = kicad_models.kicad_shapes(
         args.resolution, args.categories, args.per_class, seed=args.seed)
     keras.utils.set_random_seed(args.seed)
     scale = float(args.variant)
@@ -77,7 +80,7 @@ def run_variant(args):
                       count_weights=lambda: int(sum(np.count_nonzero(k.numpy())
                                                     for k in kernels)))
     initial_seconds, final_seconds = time_pruned_forward(model, initial, x_test, args.batch_size)
-    common.emit({"variant": args.variant, "rows": rows,
+    measurement.emit({"variant": args.variant, "rows": rows,
                  "initial_test_seconds": initial_seconds, "final_test_seconds": final_seconds,
                  "total_weights": int(sum(np.prod(k.shape) for k in kernels)),
                  "input_density": float(np.mean(x_train != 0)),
@@ -93,7 +96,7 @@ def main():
                         help="density bound per sparse block (the regulariser's target); "
                              "default: 0.06 0.12 at 16^3 (the bounds of Fig. 6), else "
                              "the paper's for that network")
-    parser.add_argument("--categories", nargs="+", default=list(common.KICAD_DEFAULT))
+    parser.add_argument("--categories", nargs="+", default=list(kicad_models.KICAD_DEFAULT))
     parser.add_argument("--per-class", type=int, default=40, help="models per category")
     parser.add_argument("--epochs", type=int, default=4, help="the paper trains 90")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -113,9 +116,9 @@ def main():
     parser.add_argument("--tiny", action="store_true",
                         help="smoke run: 16^3, 3 categories x 8 models, 2 epochs, 2 scales")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
-    common.add_output_argument(parser)
+    reporting.add_output_argument(parser)
     args = parser.parse_args()
-    common.use_output(args)
+    reporting.use_output(args)
     if args.tiny:
         args.resolution, args.categories, args.per_class = 16, args.categories[:3], 8
         args.epochs, args.scales = 2, [0.0, 0.3]
@@ -124,10 +127,10 @@ def main():
     if args.variant:
         run_variant(args)
         return
-    common.kicad_shapes(args.resolution, args.categories, args.per_class, seed=args.seed)
-    common.log(f"sparse OctNet3-{args.resolution}^3 on {len(args.categories)} KiCad "
+    kicad_models.kicad_shapes(args.resolution, args.categories, args.per_class, seed=args.seed)
+    reporting.log(f"sparse OctNet3-{args.resolution}^3 on {len(args.categories)} KiCad "
                f"categories, {args.epochs} epochs, {args.optimizer} lr {args.learning_rate}, "
-               f"pruning epsilon {args.epsilon}; {common.machine_note()}")
+               f"pruning epsilon {args.epsilon}; {measurement.machine_note()}")
     child = ["--resolution", args.resolution, "--per-class", args.per_class,
              "--epochs", args.epochs, "--batch-size", args.batch_size,
              "--epsilon", args.epsilon, "--optimizer", args.optimizer,
@@ -135,13 +138,13 @@ def main():
              "--seed", args.seed, "--categories"] + args.categories + (
                  ["--densities"] + args.densities if args.densities else [])
     variants = [f"{scale:g}" for scale in args.scales]
-    results = common.run_variants(__file__, variants, child, jobs=args.jobs)
+    results = measurement.run_variants(__file__, variants, child, jobs=args.jobs)
     base = "fig5_pruning" + ("_tiny" if args.tiny else "")
     rows = [dict(scale=v, total_weights=r["total_weights"], **row)
             for v, r in results.items() for row in r["rows"]]
-    common.write_csv(base + ".csv", rows)
+    reporting.write_csv(base + ".csv", rows)
     info = next(iter(results.values()))
-    fig, axes = common.figure(4, width=3.6)
+    fig, axes = reporting.figure(4, width=3.6)
     for v, r in results.items():
         epochs = [x["epoch"] for x in r["rows"]]
         for ax, key, scale in zip(axes, ("nonzero_weights", "seconds", "test_seconds",
@@ -155,7 +158,7 @@ def main():
                                   "seconds per test pass", "test accuracy [%]")):
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
         ax.legend(fontsize=6)
-    common.save_figure(fig, base + ".png",
+    reporting.save_figure(fig, base + ".png",
                        f"sparse OctNet3-{args.resolution}^3 + density regulariser + "
                        f"pruning, {info['classes']} KiCad categories ({info['train_size']} "
                        f"train / {info['test_size']} test)")
@@ -166,7 +169,7 @@ def main():
                 "final_test_seconds": r["final_test_seconds"],
                 "final_over_initial": r["final_test_seconds"] / r["initial_test_seconds"]}
                for v, r in results.items()]
-    common.write_csv(base + "_summary.csv", summary)
+    reporting.write_csv(base + "_summary.csv", summary)
     print(f"\n{'lambda':>7} {'nonzero':>14} {'s/epoch first->last':>22} "
           f"{'test s first->last':>20} {'forward trained/initial':>24} {'acc':>7}")
     for (v, r), row in zip(results.items(), summary):
