@@ -63,8 +63,8 @@ def union_coordinates(coordinates_list):
     Returns:
       (union int32 [M, 1 + D], [rows_i int32 [N_i]]): the union lists the rows
       of coordinates_list[0] in order, then the sites of the next inputs not
-      seen before, in order of first appearance; rows_i[r] is the union row
-      of coordinates_list[i][r].
+      seen before, in order of first appearance; `rows_i[r]` is the union
+      row of `coordinates_list[i][r]`.
     """
     if not isinstance(coordinates_list, (list, tuple)) or not coordinates_list:
         raise ValueError("coordinates_list must be a non-empty list of coordinate "
