@@ -2,7 +2,8 @@
 
 Everything here that produces an expected value is independent of the
 library: dense arrays are built in numpy from the same random draw that makes
-the sparse input, kernel offsets follow the formula in API.md, and the
+the sparse input, kernel offsets follow the documented formula
+(docs/concepts.md, "Kernel offsets: TF-SAME"), and the
 brute-force convolution is a dict lookup per (output site, offset).
 """
 
@@ -102,14 +103,14 @@ def kernel_map_builds(monkeypatch):
     so_cache.clear()
 
 
-# -- geometry oracle (API.md formula, written out independently) -------------
+# -- geometry oracle (docs/concepts.md's formula, written out independently) --
 
 def as_tuple(v, d):
     return (int(v),) * d if np.ndim(v) == 0 else tuple(int(a) for a in v)
 
 
 def same_offsets(kernel_size, dilation, stride, d):
-    """Hypercube offsets per API.md: offset_k = k*d - max((K-1)*d+1-s, 0)//2,
+    """Hypercube offsets per docs/concepts.md: offset_k = k*d - max((K-1)*d+1-s, 0)//2,
     row-major over the axes; int64 [K, D]."""
     ks, ds, ss = as_tuple(kernel_size, d), as_tuple(dilation, d), as_tuple(stride, d)
     axes = [[k * dl - max((n - 1) * dl + 1 - s, 0) // 2 for k in range(n)]
@@ -118,7 +119,8 @@ def same_offsets(kernel_size, dilation, stride, d):
 
 
 def hypercross_offsets(kernel_size, dilation, d):
-    """Set of hypercross offsets per API.md (centre + steps along each axis)."""
+    """Set of hypercross offsets per docs/concepts.md (centre + steps along
+    each axis)."""
     ks, ds = as_tuple(kernel_size, d), as_tuple(dilation, d)
     out = {(0,) * d}
     for axis in range(d):

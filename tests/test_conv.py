@@ -44,7 +44,8 @@ def _dense_conv_transpose(dense, kernel, fine_shape, strides):
 
 
 def _grid(d, strides, extent):
-    """A spatial shape whose extent is a multiple of the strides (API.md)."""
+    """A spatial shape whose extent is a multiple of the strides (the
+    condition of the dense reference, docs/concepts.md)."""
     s = as_tuple(strides, d)
     e = as_tuple(extent, d)
     return tuple(-(-n // k) * k for n, k in zip(e, s))
@@ -684,7 +685,8 @@ def test_conv_second_order_gradients_match_dense(impl, rng):
 
 
 def test_masked_gradients(impl, rng):
-    """No gradient to zero input entries nor to exactly-zero weights (API.md)."""
+    """No gradient to zero input entries nor to exactly-zero weights
+    (docs/guides/paper.md, "Sparse back-propagation")."""
     dtype = np.float64
     x, _ = random_sparse(rng, (6, 6), CIN, dtype=dtype, density=0.5)
     f = x.features.numpy().copy()

@@ -1,4 +1,5 @@
-"""Bad inputs raise clean errors and never crash the process (API.md, "Errors").
+"""Bad inputs raise clean errors and never crash the process
+(docs/concepts.md, "Errors and limits").
 
 Every case runs in a child python process, so a segfault, an abort or a hang
 fails that case instead of killing pytest. The cases are batched into one

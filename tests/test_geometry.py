@@ -1,4 +1,4 @@
-"""Tests of `so.kernel_offsets` (API.md, "Kernel geometry").
+"""Tests of `so.kernel_offsets` (docs/concepts.md, "Kernel offsets: TF-SAME").
 
 Hypercube offsets are checked against TensorFlow itself: a dense one-hot input
 convolved with a dense one-hot kernel (`tf.nn.convolution(padding="SAME")`)
@@ -123,7 +123,7 @@ def test_hypercube_3d_matches_dense_same_padding(kernel_size, dilation, stride):
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("stride", [1, 2, 3])
 def test_hypercube_follows_the_documented_formula(kernel_size, dilation, stride):
-    # API.md: offset_k = k*d - max((K-1)*d + 1 - s, 0) // 2 along each axis,
+    # docs/concepts.md: offset_k = k*d - max((K-1)*d + 1 - s, 0) // 2 along each axis,
     # row-major over the axes.
     axis = [k * dilation - max((kernel_size - 1) * dilation + 1 - stride, 0) // 2
             for k in range(kernel_size)]

@@ -1,4 +1,5 @@
-"""Tests of `so.SparseTensor` (API.md, "Tensor").
+"""Tests of `so.SparseTensor` (docs/concepts.md, "Sites, coordinates and the
+batch column").
 
 Dense conversions are checked against a numpy scatter written here; sparse
 interop against `tf.sparse.to_dense`.

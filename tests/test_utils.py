@@ -1,4 +1,5 @@
-"""Tests of `so.utils` (API.md, "Data preparation").
+"""Tests of `so.utils` (docs/guides/data.md, "Voxelizing beforehand, in
+numpy").
 
 `sparse_quantize` is checked against a brute-force oracle: a python dict from
 voxel (computed point by point with math.floor) to the list of its points.

@@ -3,8 +3,9 @@
 // std::unordered_map oracle, the convolution and both gradients against
 // naive float64 loops, determinism (two runs bitwise equal), the key layout
 // against the CPU KeyPacker, the coordinate ops against the CPU core, and
-// the data errors; then times the PEERS.md workload (sphere shell, ~100k
-// sites, 64 -> 64 channels, 3x3x3): the kernel map, the convolution and
+// the data errors; then times the benchmark workload (docs/benchmarks.md,
+// "Workload": sphere shell, ~100k sites, 64 -> 64 channels, 3x3x3): the
+// kernel map, the convolution and
 // its gradients, and every other op beside the conv forward (the GPU
 // benchmark program of the core; MinkUNet14 needs TensorFlow).
 //
@@ -111,7 +112,8 @@ Coords RandomCoords(std::mt19937_64* rng, int dims, int batches, int lo,
   return c;
 }
 
-// PEERS.md: 4M random unit vectors * 75, floored, unique, + 76.
+// The benchmark shell (docs/benchmarks.md, "Workload"): 4M random unit
+// vectors * 75, floored, unique, + 76.
 Coords SphereShell(uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> normal(0, 1);

@@ -1,5 +1,6 @@
-"""Benchmark of the k-selection attention (paper Sec. 3.2) on the PEERS.md
-workload: ~100k sites of a sphere shell, 64 channels, float32.
+"""Benchmark of the k-selection attention (paper Sec. 3.2) on the benchmark
+workload (docs/benchmarks.md, "Workload"): ~100k sites of a sphere shell,
+64 channels, float32.
 
 Side by side in one run (ratios are what to compare; absolute times are
 noisy on a shared machine):

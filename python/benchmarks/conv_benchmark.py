@@ -1,4 +1,5 @@
-"""Benchmark of the sparse convolution core on the PEERS.md workload.
+"""Benchmark of the sparse convolution core on the PEERS workload
+(docs/benchmarks.md, "Workload").
 
 Submanifold 3x3x3 convolution, 64 -> 64 channels, float32, no bias, on every
 voxel of a sphere shell of radius 75 (~100k sites, ~14 neighbours per site).
@@ -32,7 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def sphere_shell(radius=75, samples=4_000_000, seed=0):
-    """Every voxel of a sphere shell: the PEERS.md workload."""
+    """Every voxel of a sphere shell: the PEERS workload (docs/benchmarks.md)."""
     v = np.random.default_rng(seed).normal(size=(samples, 3))
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     sites = np.unique(np.floor(v * radius).astype(np.int32) + radius + 1, axis=0)

@@ -1,7 +1,7 @@
 """Benchmark of the channel-wise convolution against Conv of the same geometry.
 
-The PEERS.md workload (every voxel of a sphere shell, ~100k sites, 3x3x3,
-submanifold), 64 channels, float32: `so.ops.depthwise_conv` (depth
+The PEERS workload (docs/benchmarks.md, "Workload": every voxel of a
+sphere shell, ~100k sites, 3x3x3, submanifold), 64 channels, float32: `so.ops.depthwise_conv` (depth
 multiplier 1) beside `so.ops.conv` 64 -> 64, both on the cached kernel map,
 forward and forward + backward. Prints best and median of --repeats runs
 and the speed-up (the issue's target: at least 10x).

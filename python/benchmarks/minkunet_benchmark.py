@@ -107,7 +107,8 @@ def worker(args):
         step(f, c, y)[0].numpy()
         times.append(time.perf_counter() - t)
     peak = vm_hwm_mb()
-    # Same-run reference for a shared machine: PEERS.md's shape-matched GEMM.
+    # Same-run reference for a shared machine: the shape-matched GEMM of the
+    # benchmark workload (docs/benchmarks.md, "Workload").
     a, b = tf.random.normal([1414535, 64]), tf.random.normal([64, 64])
     gemm = []
     for _ in range(5):

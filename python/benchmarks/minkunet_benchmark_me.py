@@ -1,5 +1,6 @@
 """MinkowskiEngine side of minkunet_benchmark.py (run by a Python that has
-MinkowskiEngine 0.5.4 and PyTorch; see shared/PEERS.md for the build).
+MinkowskiEngine 0.5.4 and PyTorch; docs/benchmarks.md, "Peer environments",
+has the build).
 
 The network is ME's MinkUNet (examples/minkunet.py) written out here with
 ME's own `BasicBlock`, since the examples are not installed with the

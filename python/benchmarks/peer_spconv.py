@@ -8,7 +8,7 @@ TensorFlow nor sparse_ops. Set one up outside the repository:
     /work/venvs/spconv/bin/pip install torch==2.13.0 spconv
     /work/venvs/spconv/bin/python python/benchmarks/peer_spconv.py [--verify] [--check out.npy]
 
-Workload (shared/PEERS.md): 4,000,000 random unit vectors
+Workload (docs/benchmarks.md, "Workload"): 4,000,000 random unit vectors
 (default_rng(0).normal), normalised, times 75, floored to int32, +76, unique
 rows -> 100,147 sites in a 152^3 grid, batch 0. Features float32 [N, 64] from
 default_rng(1).standard_normal; kernel [27, 64, 64] from
@@ -23,7 +23,8 @@ kernel.reshape(3, 3, 3, 64, 64) is the Keras Conv3D layout
 gets kernel.reshape(3, 3, 3, 64, 64).transpose(4, 0, 1, 2, 3).
 
 spconv must run with one thread: with two, its CPU gather/GEMM/scatter path
-returns wrong rows (see PEERS.md). --threads exists to reproduce that.
+returns wrong rows (docs/benchmarks.md, "The peers on this workload").
+--threads exists to reproduce that.
 Its CPU backward also needs a one-line shim with a CPU-only torch (see
 get_current_stream below); the shim touches no arithmetic.
 

@@ -1,4 +1,5 @@
-"""Benchmark of union, interpolation and slicing on the PEERS.md shell.
+"""Benchmark of union, interpolation and slicing on the PEERS shell
+(docs/benchmarks.md, "Workload").
 
 ~100k sites of a sphere shell of radius 75, 64 float32 channels. Times (median
 ms) of the C++ coordinate ops against the pure-TF reference path, side by side

@@ -1,4 +1,5 @@
-"""Benchmark of sparse pooling on the PEERS.md workload, side by side with
+"""Benchmark of sparse pooling on the PEERS workload (docs/benchmarks.md,
+"Workload"), side by side with
 the convolutions of the same geometry.
 
 Every voxel of a sphere shell of radius 75 (~100k sites), 64 channels,

@@ -1,7 +1,8 @@
 """Run time of the convolution with pruned weights against filter density.
 
-The PEERS.md workload (submanifold 3x3x3 convolution, 64 -> 64 channels,
-float32, on the ~100k-site sphere shell, kernel map cached) with weights
+The PEERS workload (docs/benchmarks.md, "Workload": submanifold 3x3x3
+convolution, 64 -> 64 channels, float32, on the ~100k-site sphere shell,
+kernel map cached) with weights
 pruned three ways at filter density d = 0.1 .. 1 (fraction of non-zero
 weights): "unstructured" (random single weights, the paper's setting),
 "offsets" (whole kernel offsets zero) and "channels" (whole input and output

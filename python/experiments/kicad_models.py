@@ -1,5 +1,5 @@
 """KiCad 3D component models, voxelized: the offline stand-in for ModelNet40
-(see shared DATA.md) in the shape experiments of the paper's Sec. 4.3-4.4."""
+(docs/tutorials.md, "Data sources") in the shape experiments of the paper's Sec. 4.3-4.4."""
 
 import hashlib
 import os

@@ -6,7 +6,7 @@ dropout, fc(1024), fc(classes)) with the paper's bound pairs
 (rho11, rho12) in {(0.06, 0.12), (0.12, 0.24), (0.33, 0.33), (1, 1)} and
 sparse back-propagation, and the same network built from keras Conv3D, on
 KiCad 3D component models (the offline stand-in for ModelNet40, see
-/work/shared/DATA.md) voxelized at 16^3, a stratified 20% held out.
+docs/tutorials.md, "Data sources") voxelized at 16^3, a stratified 20% held out.
 Each variant runs in its own process (its peak memory is its own). Writes
 fig6_shapes_density.csv (in --out) (per variant and epoch), a _summary.csv
 and fig6_shapes_density.png.

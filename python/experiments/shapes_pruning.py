@@ -4,7 +4,7 @@ Trains the sparse OctNet3-r^3 of the paper's Table 2 (default r = 16: six
 sparse convolutions with bounds 0.06 / 0.12; r = 64 with the paper's bounds
 0.06 / 0.14 / 0.33 is the paper's network, nine sparse and three dense
 convolutions, and takes hours on 2 cores) on KiCad 3D
-component models (the offline ModelNet40 stand-in, /work/shared/DATA.md)
+component models (the offline ModelNet40 stand-in, docs/tutorials.md)
 with the adaptive density regulariser (Eq. 6, b1 = b2 = o = 0.1) of
 strength lambda in {0, 0.1, 0.2, 0.3} on every sparse conv kernel and
 so.callbacks.WeightPruning on them, and reports per epoch: non-zero sparse
