@@ -92,7 +92,7 @@ def _download_cgal_meshes(folder):
     data/meshes/*.off into folder."""
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         sys.exit("The meshes come from the Debian package libcgal-demo; this needs "
-                 "apt-get and dpkg (see shared/DATA.md)")
+                 "apt-get and dpkg (see docs/tutorials.md, \"Data sources\")")
     subprocess.run(["apt-get", "download", "libcgal-demo"], cwd=folder, check=True,
                    stdout=subprocess.DEVNULL)
     deb = glob.glob(os.path.join(folder, "libcgal-demo_*.deb"))[0]
