@@ -106,16 +106,6 @@ def test_target_mask_is_membership_of_the_strided_target(rng, stride):
     assert 0 < mask.sum() < len(mask)
 
 
-def test_union_add_sums_shared_sites():
-    a = so.SparseTensor([[1.0], [2.0]], [[0, 0, 0, 0], [0, 2, 0, 0]], 2)
-    b = so.SparseTensor([[10.0], [20.0]], [[0, 2, 0, 0], [1, 0, 0, 0]], 2)
-    u = completion._union_add(a, b)  # pylint: disable=protected-access
-    got = {tuple(c): f for c, f in zip(u.coordinates.numpy().tolist(),
-                                        u.features.numpy()[:, 0])}
-    assert got == {(0, 0, 0, 0): 1.0, (0, 2, 0, 0): 12.0, (1, 0, 0, 0): 20.0}
-    assert u.stride == (2, 2, 2)
-
-
 def test_training_keeps_every_target_site():
     """While training, each level's generated sites contain all target sites
     at that stride (their parents were kept), so every level is supervised

@@ -11,10 +11,11 @@ Network: an encoder of strided `so.layers.Conv` blocks down to one site per
 shape, then a decoder that at every level
   1. upsamples generatively (`ConvTranspose(generative=True)`: all 2^3
      children of every kept site) and refines with a 3^3 conv,
-  2. adds the encoder's features at that level (their sites are in the output),
+  2. adds the encoder's features at that level (`so.ops.union`: their sites
+     are in the output),
   3. predicts occupancy with a 1-channel `so.layers.Dense` head, trained with
      binary cross-entropy against "is this site in the target shape at this
-     resolution" (computed in the graph with `so.ops.kernel_map`),
+     resolution" (computed in the graph with `so.ops.lookup_coordinates`),
   4. prunes the sites predicted empty (`so.layers.Prune`); while training the
      target's sites are kept too, so the next level learns from them.
 
@@ -178,28 +179,11 @@ def make_batch(pairs):
 
 # -- network ---------------------------------------------------------------------
 
-def _union_add(a, b):
-    """Sites of a and b, features summed where both have one (the encoder's
-    skip connection: its sites are part of the decoder's output)."""
-    coords = tf.concat([a.coordinates, b.coordinates], 0)
-    feats = tf.concat([a.features, b.features], 0)
-    sites, row = tf.raw_ops.UniqueV2(x=coords, axis=tf.constant([0], tf.int64))
-    sites.set_shape([None, coords.shape[1]])
-    feats = tf.math.unsorted_segment_sum(feats, row, tf.shape(sites)[0])
-    return so.SparseTensor(feats, sites, a.stride_tensor)
-
-
 def target_mask(generated, target_coordinates):
     """bool [N]: which sites of `generated` (tensor stride s) are in the
-    target shape at stride s: a zero-offset kernel map between the target's
-    strided sites and the generated ones."""
-    stride = generated.stride_tensor
-    strided = so.ops.strided_coordinates(target_coordinates, stride)
-    zero = tf.zeros([1, generated.dimension], tf.int32)
-    pairs = so.ops.kernel_map(strided, generated.coordinates, zero, stride)
-    hits = tf.scatter_nd(pairs.out_rows[:, None], tf.ones_like(pairs.out_rows),
-                         tf.shape(generated.coordinates)[:1])
-    return hits > 0
+    target shape at stride s: found among the target's strided sites."""
+    strided = so.ops.strided_coordinates(target_coordinates, generated.stride_tensor)
+    return so.ops.lookup_coordinates(strided, generated.coordinates) >= 0
 
 
 class Block(keras.layers.Layer):
@@ -264,7 +248,9 @@ class CompletionNet(keras.Model):
             skips.append(x)
         logits, targets, kept = [], [], []
         for i in reversed(range(len(self.decoder))):
-            x = _union_add(self.decoder[i](x, training=training), skips[i])
+            # The encoder's features at this level join the decoder's (a skip
+            # connection): its sites are part of the output, summed on overlap.
+            x = so.ops.union([self.decoder[i](x, training=training), skips[i]])
             logit = self.heads[i](x).features[:, 0]
             keep = logit > threshold
             target = None
