@@ -71,4 +71,4 @@ check api/layers.html '<h1 id="sparse_opslayers">sparse_ops.layers<' \
   'id="sparse_ops.layers.Conv"' 'id="sparse_ops.layers.ConvTranspose"' 'filters'
 screenshot index.html
 screenshot api/layers.html
-echo "== docs done in $(( $(date +%s) - start )) s"
+echo "== docs check passed in $(( $(date +%s) - start )) s"
