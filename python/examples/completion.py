@@ -20,21 +20,25 @@ shape, then a decoder that at every level
      target's sites are kept too, so the next level learns from them.
 
 Meshes in HOLD_OUT are never trained on; the voxel IoU of the completed shapes
-is reported on them next to the IoU of the input half alone. A PNG shows
-input half, completion and target for a few held-out shapes.
+is reported on them next to the IoU of the input half alone. A PNG
+(--output) shows input half, completion and target of four held-out shapes
+as shaded voxels, upright and cut across their length, each voxel coloured
+by what it is: seen, completed correctly, completed wrongly, or missed.
 
     python python/examples/completion.py [--resolution 16] [--steps 400]
     python python/examples/completion.py --smoke --eager   # tiny settings
 
-The defaults train 400 steps of 8 shapes at 16^3 (1.2 s per step on two
-cores shared with a dozen other processes; about 4x that at 32^3). Measured
+The defaults train 400 steps of 8 shapes at 16^3 (0.14 s per step on two
+shared cores, 70 s in all with the tracing; about 4x that at 32^3). Measured
 on the 12 held-out meshes x 4 cuts: IoU 0.536 against 0.477 for the input
-half at 16^3. At 32^3 the same 400 steps complete the coarse levels (8^3:
+half at 16^3 (the runs vary by a few hundredths: TensorFlow's CPU kernels
+are not deterministic). At 32^3 the same 400 steps complete the coarse levels (8^3:
 0.642 against 0.562) but not yet the finest (0.472 against 0.474): the thin
 surface needs far longer training.
 """
 
 import argparse
+import contextlib
 import glob
 import os
 import shutil
@@ -45,12 +49,34 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-import sparse_ops as so  # noqa: E402
+@contextlib.contextmanager
+def _without_startup_notices():
+    """Holds back what native code writes to stderr and passes it on without
+    TensorFlow's start-up notices (the oneDNN one ignores TF_CPP_MIN_LOG_LEVEL)."""
+    notices = ("before absl::InitializeLog() is called", "oneDNN custom operations are on")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(n in line for n in notices):
+                    sys.stderr.write(line)
+
+
+with _without_startup_notices():
+    import numpy as np  # noqa: E402
+    import tensorflow as tf  # noqa: E402
+    import keras  # noqa: E402
+    from tqdm import tqdm  # noqa: E402
+
+    import sparse_ops as so  # noqa: E402
 
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "sparse_ops")
 MESH_CACHE = os.path.join(CACHE, "cgal_meshes.npz")
@@ -94,8 +120,10 @@ def _download_cgal_meshes(folder):
     if shutil.which("apt-get") is None or shutil.which("dpkg") is None:
         sys.exit("The meshes come from the Debian package libcgal-demo; this needs "
                  "apt-get and dpkg (see docs/tutorials.md, \"Data sources\")")
-    subprocess.run(["apt-get", "download", "libcgal-demo"], cwd=folder, check=True,
-                   stdout=subprocess.DEVNULL)
+    # As root, apt's download user could not write to folder (a warning).
+    as_root = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+    subprocess.run(["apt-get", "download", "-q", *as_root, "libcgal-demo"], cwd=folder,
+                   check=True, stdout=subprocess.DEVNULL)
     deb = glob.glob(os.path.join(folder, "libcgal-demo_*.deb"))[0]
     subprocess.run(["dpkg", "-x", deb, "x"], cwd=folder, check=True)
     subprocess.run(["tar", "xzf", "x/usr/share/doc/libcgal-dev/data.tar.gz",
@@ -155,18 +183,22 @@ def random_rotation(rng):
     return q if np.linalg.det(q) > 0 else -q
 
 
-def make_pair(points, resolution, rng, augment=True):
+def make_pair(points, resolution, rng, augment=True, rotation=None, normal=None):
     """(input half [N, 3], full shape [M, 3]) int32 voxels in [0, resolution)^3
-    of one randomly rotated shape cut by a random plane through its centre."""
+    of one randomly rotated shape cut by a random plane through its centre
+    (or the given `rotation` [3, 3] and plane `normal` [3])."""
     scale = (resolution / 2 - 1) * (rng.uniform(0.75, 1.0) if augment else 1.0)
     while True:
-        p = points @ random_rotation(rng).T * scale + resolution / 2
+        turn = random_rotation(rng) if rotation is None else rotation
+        p = points @ turn.T * scale + resolution / 2
         full = so.utils.sparse_quantize(p)
-        normal = rng.normal(size=3)
-        side = (full + 0.5 - resolution / 2) @ normal
+        cut = rng.normal(size=3) if normal is None else np.asarray(normal)
+        side = (full + 0.5 - resolution / 2) @ cut
         half = full[side > 0]
         if 0 < len(half) < len(full):
             return half, full
+        if rotation is not None and normal is not None:
+            raise ValueError("the plane leaves nothing on one side of the shape")
 
 
 def make_batch(pairs):
@@ -291,32 +323,85 @@ def split_batch(coordinates, batch_size):
     return [coordinates[coordinates[:, 0] == b, 1:] for b in range(batch_size)]
 
 
-def plot(examples, path):
-    """Rows of (input half, completed, target) 3D scatter plots; completed
-    voxels that are not in the target are red."""
+# The PNG colours each voxel by what it is.
+COLOURS = {"input": ("#4c72b0", "input half (seen by the network)"),
+           "correct": ("#55a868", "completed, in the target"),
+           "wrong": ("#c44e52", "completed, not in the target"),
+           "missed": ("#f0a04b", "target, not completed")}
+# The plotted shapes are cut by a vertical plane across their length: the
+# input is the end on the viewer's right (view_init(elev=20, azim=-60)).
+DISPLAY_CUT = np.array([np.cos(np.pi / 6), np.sin(np.pi / 6), 0.0])
+
+
+def display_pose(points):
+    """A rotation [3, 3] that shows a shape upright and from the side: most of
+    CGAL's meshes are modelled with y up, so y becomes the vertical (z) axis,
+    then a turn about it lays the longest horizontal extent along x."""
+    upright = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    flat = (points @ upright.T)[:, :2]
+    _, _, axes = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    c, s = axes[0]
+    turn = np.array([[c, s, 0], [-s, c, 0], [0, 0, 1.0]])  # axes[0] -> x
+    return turn @ upright
+
+
+def _grid(voxels, resolution):
+    """bool [r, r, r] occupancy of [N, 3] voxels (those outside dropped)."""
+    voxels = np.asarray(voxels).reshape(-1, 3)
+    voxels = voxels[np.all((voxels >= 0) & (voxels < resolution), 1)]
+    grid = np.zeros((resolution,) * 3, bool)
+    grid[tuple(voxels.T)] = True
+    return grid
+
+
+def plot(examples, path, resolution, suptitle=""):
+    """Rows of (input half, completed, target) for (name, half, full,
+    completed, IoU) examples, drawn as shaded cubes, each voxel coloured by
+    what it is (COLOURS)."""
     import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-    fig = plt.figure(figsize=(9, 3 * len(examples)))
+    from matplotlib.patches import Patch  # pylint: disable=import-outside-toplevel
+    fig = plt.figure(figsize=(10.5, 3.4 * len(examples) + 0.9))
+    used = set()
     for r, (name, half, full, completed, iou) in enumerate(examples):
-        target = {tuple(v) for v in full.tolist()}
-        wrong = np.array([tuple(v) not in target for v in completed.tolist()], bool)
-        panels = ((half, np.zeros(len(half), bool), f"{name}: input half"),
-                  (completed, wrong, f"completed (IoU {iou:.2f})"),
-                  (full, np.zeros(len(full), bool), "target"))
-        for c, (voxels, red, title) in enumerate(panels):
+        seen, target, done = (_grid(v, resolution) for v in (half, full, completed))
+        drawn = np.concatenate([np.reshape(v, (-1, 3)) for v in (full, completed)])
+        drawn = drawn[np.all((drawn >= 0) & (drawn < resolution), 1)]
+        lo, hi = drawn.min(0), drawn.max(0) + 1
+        centre, side = (lo + hi) / 2, np.max(hi - lo) + 1
+        panels = ((f"{name}: input half ({int(seen.sum())} voxels)", {"input": seen}),
+                  (f"{name}: completed (IoU {iou:.2f})",
+                   {"input": done & seen, "correct": done & target & ~seen,
+                    "wrong": done & ~target}),
+                  (f"{name}: target ({int(target.sum())} voxels)",
+                   {"input": target & done & seen, "correct": target & done & ~seen,
+                    "missed": target & ~done}))
+        for c, (title, parts) in enumerate(panels):
             ax = fig.add_subplot(len(examples), 3, 3 * r + c + 1, projection="3d")
-            voxels = np.asarray(voxels).reshape(-1, 3)
-            colors = np.where(red[:, None], [[0.85, 0.1, 0.1, 1]],
-                              plt.cm.viridis(voxels[:, 2] / max(full.max(), 1)))
-            if len(voxels):
-                ax.scatter(*voxels.T, s=2, c=colors, depthshade=False)
-            lo, hi = full.min(), full.max()
-            ax.set_xlim(lo, hi), ax.set_ylim(lo, hi), ax.set_zlim(lo, hi)
+            filled = np.zeros(seen.shape, bool)
+            colours = np.empty(seen.shape, object)
+            for key, mask in parts.items():
+                if mask.any():
+                    filled |= mask
+                    colours[mask] = COLOURS[key][0]
+                    used.add(key)
+            if filled.any():
+                ax.voxels(filled, facecolors=colours, edgecolor=(0, 0, 0, 0.25),
+                          linewidth=0.3)
+            # The same cube around every drawn voxel in the panels of a row.
+            for axis, mid in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre):
+                axis(mid - side / 2, mid + side / 2)
+            ax.set_box_aspect((1, 1, 1), zoom=1.1)
             ax.view_init(elev=20, azim=-60)
-            ax.set_title(title, fontsize=9)
+            ax.set_title(title, fontsize=10)
             ax.set_axis_off()
-    fig.tight_layout()
+    fig.legend(handles=[Patch(facecolor=COLOURS[k][0], edgecolor="0.3", label=COLOURS[k][1])
+                        for k in COLOURS if k in used],
+               loc="lower center", ncol=4, fontsize=9, frameon=False)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.98 if suptitle else 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -375,7 +460,8 @@ def _run(args, meshes, hold_out, rng):
     test_names = [n for n in hold_out if n in meshes][:args.meshes]
     count = args.points * args.resolution ** 2
     points = {n: sample_surface(*meshes[n], count, rng)
-              for n in tqdm(train_names + test_names, desc="sampling surfaces")}
+              for n in tqdm(train_names + test_names, desc="sampling surfaces",
+                            leave=False)}
     print(f"{len(train_names)} training meshes, {len(test_names)} held out "
           f"({', '.join(test_names)}); grid {args.resolution}^3", flush=True)
 
@@ -413,7 +499,7 @@ def _run(args, meshes, hold_out, rng):
     train_eval = evaluate(predict, points, train_names[:16], args,
                           np.random.default_rng(54321), THRESHOLDS)
     best = max(THRESHOLDS, key=lambda t: np.mean(train_eval[0][t], 0)[-1])
-    ious, baseline, examples = evaluate(  # the same held-out views in every run
+    ious, baseline = evaluate(  # the same held-out views in every run
         predict, points, test_names, args, np.random.default_rng(12345),
         sorted({0.5, best}))
     iou = {t: np.mean(v, 0) for t, v in ious.items()}
@@ -431,7 +517,16 @@ def _run(args, meshes, hold_out, rng):
     print(f"held-out voxel IoU at {args.resolution}^3: input half alone {base[-1]:.3f}, "
           f"completed {iou[best][-1]:.3f} (threshold {best}), {iou[0.5][-1]:.3f} "
           "(threshold 0.5)")
-    plot([e[:3] + (e[3][best], e[4][best]) for e in examples[:4]], args.output)
+    examples = []
+    for name in test_names[:4]:  # upright, cut by a vertical plane: see plot()
+        half, full = make_pair(points[name], args.resolution, None, augment=False,
+                               rotation=display_pose(points[name]), normal=DISPLAY_CUT)
+        coords, feats, _ = make_batch([(half, full)])
+        completed = predict(coords, feats, _logit(best))[-1].numpy()[:, 1:]
+        examples.append((name, half, full, completed, voxel_iou(completed, full)))
+    plot(examples, args.output, args.resolution,
+         f"Held-out shapes at {args.resolution}^3 after {args.steps} training steps "
+         f"(occupancy threshold {best})")
     print(f"saved {os.path.abspath(args.output)}")
     return {"iou": float(iou[best][-1]), "iou_at_half": float(iou[0.5][-1]),
             "threshold": best, "baseline_iou": float(base[-1]),
@@ -442,28 +537,29 @@ def evaluate(predict, points, names, args, rng, thresholds):
     """IoU over `views` random cuts of each mesh at every decoder level.
 
     Returns ({threshold: [[IoU per level, coarse to fine]]}, [[IoU of the
-    input half per level]], examples); level i compares the voxels at the
-    resolution of that level. Examples are (name, half, target, {threshold:
-    completed}, {threshold: IoU}) of each mesh's first view."""
+    input half per level]]); level i compares the voxels at the resolution of
+    that level."""
     levels = int(np.log2(args.resolution))
     strides = [2 ** i for i in reversed(range(levels))]
     ious = {t: [] for t in thresholds}
-    baseline, examples = [], []
-    for name in tqdm(names, desc="evaluating"):
+    baseline = []
+    for name in tqdm(names, desc="evaluating", leave=False):
         pairs = [make_pair(points[name], args.resolution, rng, augment=False)
                  for _ in range(args.views)]
         baseline += [[voxel_iou(half // s, full // s) for s in strides]
                      for half, full in pairs]
         coords, feats, _ = make_batch(pairs)
-        first, first_iou = {}, {}
         for t in thresholds:
             kept = [split_batch(c.numpy(), len(pairs))
-                    for c in predict(coords, feats, np.float32(np.log(t / (1 - t))))]
+                    for c in predict(coords, feats, _logit(t))]
             ious[t] += [[voxel_iou(k[j] // s, full // s) for k, s in zip(kept, strides)]
                         for j, (_, full) in enumerate(pairs)]
-            first[t], first_iou[t] = kept[-1][0], ious[t][-len(pairs)][-1]
-        examples.append((name, pairs[0][0], pairs[0][1], first, first_iou))
-    return ious, baseline, examples
+    return ious, baseline
+
+
+def _logit(probability):
+    """The logit threshold of an occupancy probability."""
+    return np.float32(np.log(probability / (1 - probability)))
 
 
 if __name__ == "__main__":
