@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -25,6 +26,12 @@ template <typename T>
 using MatrixMap = Eigen::Map<Matrix<T>>;
 template <typename T>
 using ConstMatrixMap = Eigen::Map<const Matrix<T>>;
+template <typename T>
+using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <typename T>
+using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+
+using bfloat16 = Eigen::bfloat16;
 
 // Output rows per block: the block's accumulator and gathered rows stay in
 // the L2 cache while every offset is applied to it.
@@ -415,6 +422,107 @@ class Avx512PairProduct {
   int64_t c_in_, c_out_;
 };
 
+// bfloat16 products with float accumulation (avx512_bf16), c_in even and
+// c_out a multiple of 16. Each vdpbf16ps takes a pair of input channels:
+// the input row's pair (2t, 2t + 1) is broadcast as one 32-bit value, and
+// the weights are packed in pairs, w[(t * c_out + j) * 2 + h] = W[2t + h][j],
+// so one instruction adds x[2t] W[2t][j] + x[2t + 1] W[2t + 1][j] to 16
+// columns: twice the multiplies of a float FMA, half the bytes read. The
+// products are exact in float; the instruction treats denormals as zero.
+// active.rows lists channel pairs here (see PairPlan).
+class Avx512Bf16PairProduct {
+ public:
+  static bool Supports(int64_t c_in, int64_t c_out) {
+    return c_in % 2 == 0 && c_out % 16 == 0;
+  }
+  Avx512Bf16PairProduct(int64_t c_in, int64_t c_out)
+      : pairs_(c_in / 2), c_in_(c_in), c_out_(c_out) {}
+
+  SPARSE_OPS_TARGET_AVX512_BF16
+  void operator()(const bfloat16* in, const uint16_t* w, const int32_t* in_rows,
+                  const int32_t* out_rows, int64_t m, int64_t o0,
+                  const ActiveWeights& active, float* acc) {
+    ForRowGroups<kTileRows>(m, [&](auto rows, int64_t r) {
+      constexpr int kRows = decltype(rows)::value;
+      const bfloat16* x[kRows];
+      float* dst[kRows];
+      for (int q = 0; q < kRows; ++q) {
+        x[q] = in + static_cast<int64_t>(in_rows[r + q]) * c_in_;
+        dst[q] = acc + (out_rows[r + q] - o0) * c_out_;
+      }
+      if (active.n_rows == pairs_) {
+        Rows<kRows, false>(x, w, active, dst);
+      } else {
+        Rows<kRows, true>(x, w, active, dst);
+      }
+    });
+  }
+
+ private:
+  static constexpr int kTileRows = 6;  // 6 x 4 accumulators + 5 = 29 zmm
+
+  template <int kRows, bool kSomePairs>
+  SPARSE_OPS_TARGET_AVX512_BF16 void Rows(const bfloat16* const* x,
+                                          const uint16_t* w,
+                                          const ActiveWeights& active,
+                                          float* const* dst) const {
+    int64_t j = 0;
+    while (j < c_out_) {
+      if (!active.tiles[j / kColumnTile]) {
+        j += 16;
+        continue;
+      }
+      int vectors = 1;
+      while (vectors < 4 && j + 16 * vectors < c_out_ &&
+             active.tiles[(j + 16 * vectors) / kColumnTile]) {
+        ++vectors;
+      }
+      switch (vectors) {
+        case 4: Tile<kRows, 4, kSomePairs>(x, w, j, active, dst); break;
+        case 3: Tile<kRows, 3, kSomePairs>(x, w, j, active, dst); break;
+        case 2: Tile<kRows, 2, kSomePairs>(x, w, j, active, dst); break;
+        default: Tile<kRows, 1, kSomePairs>(x, w, j, active, dst); break;
+      }
+      j += 16 * vectors;
+    }
+  }
+
+  template <int kRows, int kVectors, bool kSomePairs>
+  SPARSE_OPS_TARGET_AVX512_BF16 void Tile(const bfloat16* const* x,
+                                          const uint16_t* w, int64_t j,
+                                          const ActiveWeights& active,
+                                          float* const* dst) const {
+    __m512 c[kRows][kVectors];
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) c[r][v] = _mm512_setzero_ps();
+    }
+    const int64_t n = kSomePairs ? active.n_rows : pairs_;
+    for (int64_t q = 0; q < n; ++q) {
+      const int64_t t = kSomePairs ? active.rows[q] : q;
+      __m512bh wv[kVectors];
+      for (int v = 0; v < kVectors; ++v) {
+        wv[v] = (__m512bh)_mm512_loadu_si512(w + (t * c_out_ + j + 16 * v) * 2);
+      }
+      for (int r = 0; r < kRows; ++r) {
+        int32_t pair;  // channels 2t and 2t + 1 as one 32-bit value
+        std::memcpy(&pair, x[r] + 2 * t, sizeof(pair));
+        const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+        for (int v = 0; v < kVectors; ++v) {
+          c[r][v] = _mm512_dpbf16_ps(c[r][v], xb, wv[v]);
+        }
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      for (int v = 0; v < kVectors; ++v) {
+        float* d = dst[r] + j + 16 * v;
+        _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), c[r][v]));
+      }
+    }
+  }
+
+  int64_t pairs_, c_in_, c_out_;
+};
+
 // In-register transpose of 8 rows of 8 floats.
 SPARSE_OPS_TARGET_AVX2 inline void Transpose8x8(__m256* r) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
@@ -602,22 +710,26 @@ using Avx512SparseWeightProduct = VectorSparseWeightProduct<Isa::kAvx512>;
 
 // Stands in for the sparse-weight product where there is none (never called:
 // PlanWeights then picks no sparse offset).
-template <typename T>
+template <typename T, typename Acc = T>
 struct NoSparseProduct {
   NoSparseProduct(int64_t, int64_t) {}
-  void operator()(const T*, const int64_t*, const int32_t*, const T*,
-                  const int32_t*, const int32_t*, int64_t, int64_t, T*) {}
+  void operator()(const T*, const int64_t*, const int32_t*, const Acc*,
+                  const int32_t*, const int32_t*, int64_t, int64_t, Acc*) {}
 };
 
 // The block loop of SparseConv: each offset's pairs in the block go to the
 // product the plan picked (or nowhere when its weights are all zero).
+// Acc is the accumulation type (float for bfloat16 outputs, whose blocks are
+// rounded to bfloat16 once, at the end) and W the weights' type as the
+// dense product takes them, c_in * c_out of them per offset.
 // With out_cols, the products compute only those output channels (weights
 // [K, c_in, out_cols.size()]) into a per-thread block, widened into out's
 // c_out_full channels, the others zero.
-template <typename T, typename Dense, typename Sparse>
-void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
+template <typename In, typename T, typename Acc, typename W, typename Dense,
+          typename Sparse>
+void ConvBlocks(const In* in, int64_t c_in, const W* weights, int64_t c_out,
                 const KernelMapView& map, int64_t n_out, T* out,
-                const WeightPlan<T>& plan, const std::vector<int32_t>& out_cols,
+                const WeightPlan<Acc>& plan, const std::vector<int32_t>& out_cols,
                 int64_t c_out_full, const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   const int64_t num_blocks = (n_out + kBlockRows - 1) / kBlockRows;
@@ -625,24 +737,29 @@ void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
   const int64_t cost =
       (pairs / std::max<int64_t>(num_blocks, 1) + 1) * c_in * c_out;
   const bool compact = !out_cols.empty();
+  // Blocks accumulate in out's rows unless compact or of another type.
+  const bool own_block = compact || !std::is_same_v<T, Acc>;
   parallel_for(num_blocks, cost, [&](int64_t begin, int64_t end) {
     Dense dense(c_in, c_out);
     Sparse sparse(c_in, c_out);
-    std::vector<T> block(compact ? kBlockRows * c_out : 0);
+    std::vector<Acc> block(own_block ? kBlockRows * c_out : 0);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t o0 = b * kBlockRows;
       const int64_t rows = std::min(kBlockRows, n_out - o0);
-      // The block's rows of out (or of the compact block), L2-resident.
-      T* acc = compact ? block.data() : out + o0 * c_out;
-      std::fill(acc, acc + rows * c_out, T(0));
+      // The block's accumulator, L2-resident.
+      Acc* acc = block.data();
+      if constexpr (std::is_same_v<T, Acc>) {
+        if (!own_block) acc = out + o0 * c_out;
+      }
+      std::fill(acc, acc + rows * c_out, Acc(0));
       for (int64_t k = 0; k < K; ++k) {
-        if (plan.kind[k] == WeightPlan<T>::kSkip) continue;
+        if (plan.kind[k] == WeightPlan<Acc>::kSkip) continue;
         const int64_t p0 = LowerBound(map.out_rows, map.splits[k],
                                       map.splits[k + 1], o0);
         const int64_t p1 = LowerBound(map.out_rows, p0, map.splits[k + 1],
                                       o0 + rows);
         if (p1 == p0) continue;
-        if (plan.kind[k] == WeightPlan<T>::kSparse) {
+        if (plan.kind[k] == WeightPlan<Acc>::kSparse) {
           sparse(in, plan.col_start.data() + k * (c_out + 1),
                  plan.entry_row.data(), plan.entry_value.data(),
                  map.in_rows + p0, map.out_rows + p0, p1 - p0, o0, acc);
@@ -655,14 +772,18 @@ void ConvBlocks(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 map.out_rows + p0, p1 - p0, o0, active, acc);
         }
       }
+      T* dst = out + o0 * c_out_full;
       if (compact) {
-        T* dst = out + o0 * c_out_full;
         std::fill(dst, dst + rows * c_out_full, T(0));
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t t = 0; t < c_out; ++t) {
-            dst[r * c_out_full + out_cols[t]] = acc[r * c_out + t];
+            dst[r * c_out_full + out_cols[t]] = static_cast<T>(acc[r * c_out + t]);
           }
         }
+      } else if constexpr (!std::is_same_v<T, Acc>) {
+        // Round to nearest even (Eigen's conversion, vectorized).
+        ArrayMap<T>(dst, rows * c_out) =
+            ConstArrayMap<Acc>(acc, rows * c_out).template cast<T>();
       }
     }
   });
@@ -693,69 +814,222 @@ std::vector<int32_t> ActiveOutputChannels(const T* w, int64_t K, int64_t c_in,
   return cols;
 }
 
+// The weights as SparseConv's products take them: [K, c_in, c_prod],
+// transposed where asked, and only the output channels worth computing
+// (out_cols; empty when all c_out = c_prod are).
+template <typename T>
+struct ConvWeights {
+  const T* data;
+  int64_t c_prod;
+  std::vector<int32_t> out_cols;
+  std::vector<T> storage;
+};
+
+template <typename T>
+ConvWeights<T> PrepareWeights(const T* weights, int64_t K, int64_t c_in,
+                              int64_t c_out, bool transpose_weights,
+                              WeightPath path) {
+  ConvWeights<T> w{weights, c_out, {}, {}};
+  if (transpose_weights) {  // [K, c_out, c_in] -> [K, c_in, c_out]; small
+    std::vector<T> transposed(K * c_in * c_out);
+    for (int64_t k = 0; k < K; ++k) {
+      MatrixMap<T>(transposed.data() + k * c_in * c_out, c_in, c_out) =
+          ConstMatrixMap<T>(weights + k * c_in * c_out, c_out, c_in)
+              .transpose();
+    }
+    w.storage = std::move(transposed);
+    w.data = w.storage.data();
+  }
+  // Output channels with no weight at all are left out of the products.
+  if (path != WeightPath::kDense) {
+    w.out_cols = ActiveOutputChannels(w.data, K, c_in, c_out);
+  }
+  if (!w.out_cols.empty()) {
+    w.c_prod = w.out_cols.size();
+    std::vector<T> compact(K * c_in * w.c_prod);
+    for (int64_t q = 0; q < K * c_in; ++q) {
+      for (int64_t t = 0; t < w.c_prod; ++t) {
+        compact[q * w.c_prod + t] = w.data[q * c_out + w.out_cols[t]];
+      }
+    }
+    w.storage = std::move(compact);
+    w.data = w.storage.data();
+  }
+  return w;
+}
+
+#ifdef SPARSE_OPS_AVX2
+// SparseConv's vector float products, by ISA path and channel count, into
+// float or (rounded) bfloat16 outputs.
+template <typename Out>
+void VectorConv(const float* in, int64_t c_in, const ConvWeights<float>& w,
+                int64_t c_out, const KernelMapView& map, int64_t n_out,
+                Out* out, const ParallelFor& parallel_for, WeightPath path,
+                Isa isa) {
+  const int64_t K = map.num_offsets;
+  const bool avx512 =
+      isa >= Isa::kAvx512 && Avx512PairProduct::Supports(w.c_prod);
+  const WeightPlan<float> plan = PlanWeights(
+      w.data, K, c_in, w.c_prod, path, /*has_sparse_product=*/true,
+      avx512 ? kAvx512SparseCostScale : 1.0);
+  if (avx512) {
+    ConvBlocks<float, Out, float, float, Avx512PairProduct,
+               Avx512SparseWeightProduct>(in, c_in, w.data, w.c_prod, map,
+                                          n_out, out, plan, w.out_cols, c_out,
+                                          parallel_for);
+  } else if (Avx2PairProduct::Supports(w.c_prod)) {
+    ConvBlocks<float, Out, float, float, Avx2PairProduct,
+               Avx2SparseWeightProduct>(in, c_in, w.data, w.c_prod, map, n_out,
+                                        out, plan, w.out_cols, c_out,
+                                        parallel_for);
+  } else {
+    ConvBlocks<float, Out, float, float, EigenPairProduct<float>,
+               Avx2SparseWeightProduct>(in, c_in, w.data, w.c_prod, map, n_out,
+                                        out, plan, w.out_cols, c_out,
+                                        parallel_for);
+  }
+}
+
+// dst[i] = float(src[i]) for i < n (exact: a bfloat16 is the top half of a
+// float), eight values per instruction.
+SPARSE_OPS_TARGET_AVX2 void WidenAvx2(const bfloat16* src, int64_t n,
+                                      float* dst) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
+  }
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// The plan's non-zero input channels as channel pairs, the bfloat16
+// products' unit: pair t where channel 2t or 2t + 1 has a weight.
+WeightPlan<float> PairPlan(WeightPlan<float> plan, int64_t K) {
+  std::vector<int32_t> pairs;
+  std::vector<int64_t> start(K + 1, 0);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t q = plan.row_start[k]; q < plan.row_start[k + 1]; ++q) {
+      const int32_t t = plan.rows[q] / 2;  // rows increase within an offset
+      if (static_cast<int64_t>(pairs.size()) == start[k] || pairs.back() != t) {
+        pairs.push_back(t);
+      }
+    }
+    start[k + 1] = pairs.size();
+  }
+  plan.rows = std::move(pairs);
+  plan.row_start = std::move(start);
+  return plan;
+}
+
+// w [K, c_in, c_out] (bfloat16 values, held in float) in channel pairs for
+// Avx512Bf16PairProduct: packed[((k * c_in / 2 + t) * c_out + j) * 2 + h]
+// holds the bits of W[k][2t + h][j].
+std::vector<uint16_t> PackPairs(const float* w, int64_t K, int64_t c_in,
+                                int64_t c_out) {
+  std::vector<uint16_t> packed(K * c_in * c_out);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t i = 0; i < c_in; ++i) {
+      for (int64_t j = 0; j < c_out; ++j) {
+        const int64_t t = i / 2, h = i % 2;
+        packed[((k * (c_in / 2) + t) * c_out + j) * 2 + h] =
+            Eigen::numext::bit_cast<uint16_t>(
+                bfloat16(w[(k * c_in + i) * c_out + j]));
+      }
+    }
+  }
+  return packed;
+}
+#endif  // SPARSE_OPS_AVX2
+
+// dst = src widened to float, n values, in parallel chunks.
+void Widen(const bfloat16* src, int64_t n, float* dst, Isa isa,
+           const ParallelFor& parallel_for) {
+  constexpr int64_t kChunk = 1 << 14;
+  parallel_for((n + kChunk - 1) / kChunk, kChunk, [&](int64_t begin, int64_t end) {
+    const int64_t i0 = begin * kChunk, i1 = std::min(n, end * kChunk);
+#ifdef SPARSE_OPS_AVX2
+    if (isa != Isa::kPortable) {
+      WidenAvx2(src + i0, i1 - i0, dst + i0);
+      return;
+    }
+#endif
+    ArrayMap<float>(dst + i0, i1 - i0) =
+        ConstArrayMap<bfloat16>(src + i0, i1 - i0).cast<float>();
+  });
+}
+
+Status SparseConvBfloat16(const bfloat16* in, int64_t n_in, int64_t c_in,
+                          const bfloat16* weights, int64_t c_out,
+                          bool transpose_weights, const KernelMapView& map,
+                          int64_t n_out, bfloat16* out, const Allocate& allocate,
+                          const ParallelFor& parallel_for, WeightPath path) {
+  const int64_t K = map.num_offsets;
+  std::vector<float> wide_weights(K * c_in * c_out);  // small
+  ArrayMap<float>(wide_weights.data(), wide_weights.size()) =
+      ConstArrayMap<bfloat16>(weights, wide_weights.size()).cast<float>();
+  const ConvWeights<float> w = PrepareWeights(
+      wide_weights.data(), K, c_in, c_out, transpose_weights, path);
+  const Isa isa = ActiveIsa();
+#ifdef SPARSE_OPS_AVX2
+  if (isa >= Isa::kAvx512Bf16 &&
+      Avx512Bf16PairProduct::Supports(c_in, w.c_prod)) {
+    const WeightPlan<float> plan = PairPlan(
+        PlanWeights(w.data, K, c_in, w.c_prod, path,
+                    /*has_sparse_product=*/false),
+        K);
+    const std::vector<uint16_t> packed = PackPairs(w.data, K, c_in, w.c_prod);
+    ConvBlocks<bfloat16, bfloat16, float, uint16_t, Avx512Bf16PairProduct,
+               NoSparseProduct<bfloat16, float>>(
+        in, c_in, packed.data(), w.c_prod, map, n_out, out, plan, w.out_cols,
+        c_out, parallel_for);
+    return Status::Ok();
+  }
+#endif
+  // The rows are widened once (each is read by up to K pairs).
+  float* wide_in = AllocateArray<float>(allocate, n_in * c_in);
+  if (wide_in == nullptr) {
+    return Status::OutOfMemory("no memory for the bfloat16 convolution's " +
+                               std::to_string(n_in) + " x " +
+                               std::to_string(c_in) + " widened input rows");
+  }
+  Widen(in, n_in * c_in, wide_in, isa, parallel_for);
+#ifdef SPARSE_OPS_AVX2
+  if (isa != Isa::kPortable) {
+    VectorConv(wide_in, c_in, w, c_out, map, n_out, out, parallel_for, path, isa);
+    return Status::Ok();
+  }
+#endif
+  const WeightPlan<float> plan = PlanWeights(w.data, K, c_in, w.c_prod, path,
+                                             /*has_sparse_product=*/false);
+  ConvBlocks<float, bfloat16, float, float, EigenPairProduct<float>,
+             NoSparseProduct<float>>(wide_in, c_in, w.data, w.c_prod, map,
+                                     n_out, out, plan, w.out_cols, c_out,
+                                     parallel_for);
+  return Status::Ok();
+}
+
 template <typename T>
 void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 bool transpose_weights, const KernelMapView& map,
                 int64_t n_out, T* out, const ParallelFor& parallel_for,
                 WeightPath path) {
   const int64_t K = map.num_offsets;
-  std::vector<T> transposed;
-  if (transpose_weights) {  // [K, c_out, c_in] -> [K, c_in, c_out]; small
-    transposed.resize(K * c_in * c_out);
-    for (int64_t k = 0; k < K; ++k) {
-      MatrixMap<T>(transposed.data() + k * c_in * c_out, c_in, c_out) =
-          ConstMatrixMap<T>(weights + k * c_in * c_out, c_out, c_in)
-              .transpose();
-    }
-    weights = transposed.data();
-  }
-  // Output channels with no weight at all are left out of the products.
-  std::vector<int32_t> out_cols;
-  std::vector<T> compact;
-  int64_t c_prod = c_out;
-  if (path != WeightPath::kDense) {
-    out_cols = ActiveOutputChannels(weights, K, c_in, c_out);
-  }
-  if (!out_cols.empty()) {
-    c_prod = out_cols.size();
-    compact.resize(K * c_in * c_prod);
-    for (int64_t q = 0; q < K * c_in; ++q) {
-      for (int64_t t = 0; t < c_prod; ++t) {
-        compact[q * c_prod + t] = weights[q * c_out + out_cols[t]];
-      }
-    }
-    weights = compact.data();
-  }
+  const ConvWeights<T> w =
+      PrepareWeights(weights, K, c_in, c_out, transpose_weights, path);
 #ifdef SPARSE_OPS_AVX2
-  const Isa isa = ActiveIsa();
   if constexpr (std::is_same_v<T, float>) {
+    const Isa isa = ActiveIsa();
     if (isa != Isa::kPortable) {
-      const bool avx512 =
-          isa == Isa::kAvx512 && Avx512PairProduct::Supports(c_prod);
-      const WeightPlan<float> plan = PlanWeights(
-          weights, K, c_in, c_prod, path, /*has_sparse_product=*/true,
-          avx512 ? kAvx512SparseCostScale : 1.0);
-      if (avx512) {
-        ConvBlocks<float, Avx512PairProduct, Avx512SparseWeightProduct>(
-            in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
-            parallel_for);
-      } else if (Avx2PairProduct::Supports(c_prod)) {
-        ConvBlocks<float, Avx2PairProduct, Avx2SparseWeightProduct>(
-            in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
-            parallel_for);
-      } else {
-        ConvBlocks<float, EigenPairProduct<float>, Avx2SparseWeightProduct>(
-            in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
-            parallel_for);
-      }
+      VectorConv(in, c_in, w, c_out, map, n_out, out, parallel_for, path, isa);
       return;
     }
   }
 #endif
-  const WeightPlan<T> plan = PlanWeights(weights, K, c_in, c_prod, path,
+  const WeightPlan<T> plan = PlanWeights(w.data, K, c_in, w.c_prod, path,
                                          /*has_sparse_product=*/false);
-  ConvBlocks<T, EigenPairProduct<T>, NoSparseProduct<T>>(
-      in, c_in, weights, c_prod, map, n_out, out, plan, out_cols, c_out,
+  ConvBlocks<T, T, T, T, EigenPairProduct<T>, NoSparseProduct<T>>(
+      in, c_in, w.data, w.c_prod, map, n_out, out, plan, w.out_cols, c_out,
       parallel_for);
 }
 
@@ -984,7 +1258,7 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
 #ifdef SPARSE_OPS_AVX2
   const Isa isa = ActiveIsa();
   if constexpr (std::is_same_v<T, float>) {
-    if (isa == Isa::kAvx512 && Avx512OuterProducts::Supports(c_out)) {
+    if (isa >= Isa::kAvx512 && Avx512OuterProducts::Supports(c_out)) {
       WeightGradient<float, Avx512OuterProducts>(in, c_in, grad_out, c_out,
                                                  map, grad_weights, scratch,
                                                  parallel_for);
@@ -1012,5 +1286,6 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE
+
 
 }  // namespace sparse_ops

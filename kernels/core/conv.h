@@ -8,8 +8,14 @@
 
 #include <cstdint>
 
+#include "kernels/core/allocate.h"
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
+#include "kernels/core/status.h"
+
+namespace Eigen {
+struct bfloat16;
+}  // namespace Eigen
 
 namespace sparse_ops {
 
@@ -34,6 +40,20 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
                 bool transpose_weights, const KernelMapView& map,
                 int64_t n_out, T* out, const ParallelFor& parallel_for,
                 WeightPath path = WeightPath::kAuto);
+
+// SparseConv in bfloat16 (Keras' mixed_bfloat16), for n_in input rows:
+// products of bfloat16 values (exact in float), float sums, each output
+// rounded once to bfloat16 (nearest even). Where the bfloat16 dot products
+// pay (isa.h) they read the rows as they are; otherwise the rows are widened
+// to float once, in memory from `allocate` (OutOfMemory without it), and
+// take the float kernels, pruned-weight skips included.
+Status SparseConvBfloat16(const Eigen::bfloat16* in, int64_t n_in, int64_t c_in,
+                          const Eigen::bfloat16* weights, int64_t c_out,
+                          bool transpose_weights, const KernelMapView& map,
+                          int64_t n_out, Eigen::bfloat16* out,
+                          const Allocate& allocate,
+                          const ParallelFor& parallel_for,
+                          WeightPath path = WeightPath::kAuto);
 
 // grad_weights[k] = sum over pairs (i, o) of offset k of in[i]^T grad_out[o],
 // [K, c_in, c_out]. scratch holds WeightGradientScratchSize(...) elements

@@ -2,11 +2,11 @@
 //
 // The library is compiled for a baseline (setup.py / configure.sh); kernels
 // for wider vectors are compiled with per-function target attributes and
-// picked here from what the CPU reports. SPARSE_OPS_ISA=avx2 (or portable)
-// narrows the choice, for tests that compare the paths and for benchmarks;
-// it never widens it past the CPU. Each path is deterministic on its own,
-// and the paths' products are FMA chains in the same order, so they agree
-// bit for bit where both exist.
+// picked here from what the CPU reports. SPARSE_OPS_ISA picks another path
+// the CPU has, for tests that compare the paths and for benchmarks; it
+// never goes past the CPU. Each path is deterministic on its own, and the
+// float paths' products are FMA chains in the same order, so they agree bit
+// for bit where both exist (the bfloat16 dot products sum in another order).
 #ifndef SPARSE_OPS_KERNELS_CORE_ISA_H_
 #define SPARSE_OPS_KERNELS_CORE_ISA_H_
 
@@ -15,7 +15,9 @@
 
 namespace sparse_ops {
 
-enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+// Ordered: each path has what the ones before it have. kAvx512Bf16 adds
+// the bfloat16 dot products (avx512_bf16) to AVX-512.
+enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
 // The widest path this CPU runs (cpuid, once per process).
 inline Isa CpuIsa() {
@@ -24,7 +26,8 @@ inline Isa CpuIsa() {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
         __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
-      return Isa::kAvx512;
+      return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16
+                                                  : Isa::kAvx512;
     }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
       return Isa::kAvx2;
@@ -37,15 +40,32 @@ inline Isa CpuIsa() {
 #endif
 }
 
-// The path the kernels take now: the CPU's, narrowed by SPARSE_OPS_ISA
-// ("avx512", "avx2" or "portable"; read on each call, so a test can switch
-// paths in one process).
+// The path taken by default: the CPU's widest, except that the bfloat16
+// dot products (vdpbf16ps) are used only where they outrun float FMAs. On
+// Intel's cores they are split into several uops: on this project's Xeon
+// (Sapphire Rapids class) they ran at half the FLOP rate of float FMAs, so
+// bfloat16 rows are widened to float there. AMD's Zen 4 and 5 issue them
+// like an FMA (twice its FLOPs; from AMD's optimisation guide, not measured
+// here).
+inline Isa DefaultIsa() {
+  const Isa cpu = CpuIsa();
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu == Isa::kAvx512Bf16 && !__builtin_cpu_is("amd")) return Isa::kAvx512;
+#endif
+  return cpu;
+}
+
+// The path the kernels take now: DefaultIsa(), or what SPARSE_OPS_ISA
+// names ("avx512bf16", "avx512", "avx2" or "portable") where the CPU has it
+// (read on each call, so a test can switch paths in one process).
 inline Isa ActiveIsa() {
   const Isa cpu = CpuIsa();
   const char* want = std::getenv("SPARSE_OPS_ISA");
-  if (want == nullptr || *want == '\0') return cpu;
-  Isa wanted = cpu;
+  if (want == nullptr || *want == '\0') return DefaultIsa();
+  Isa wanted = DefaultIsa();
   if (std::strcmp(want, "portable") == 0) wanted = Isa::kPortable;
+  if (std::strcmp(want, "avx512") == 0) wanted = Isa::kAvx512;
+  if (std::strcmp(want, "avx512bf16") == 0) wanted = Isa::kAvx512Bf16;
   if (std::strcmp(want, "avx2") == 0) wanted = Isa::kAvx2;
   return static_cast<int>(wanted) < static_cast<int>(cpu) ? wanted : cpu;
 }
@@ -60,5 +80,7 @@ inline Isa ActiveIsa() {
 #define SPARSE_OPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define SPARSE_OPS_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+#define SPARSE_OPS_TARGET_AVX512_BF16 \
+  __attribute__((target("avx512bf16,avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 
 #endif  // SPARSE_OPS_KERNELS_CORE_ISA_H_

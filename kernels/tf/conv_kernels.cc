@@ -1,5 +1,6 @@
 // CPU kernels of the convolution ops: validate, allocate, call the core.
 #include <string>
+#include <type_traits>
 
 #include "kernels/core/conv.h"
 #include "kernels/core/coordinates.h"
@@ -26,6 +27,28 @@ WeightPath GetWeightPath(OpKernelConstruction* context) {
   return WeightPath::kAuto;
 }
 
+// SparseConv of the core on the op's tensors; bfloat16 takes its own entry
+// point, which may ask for temporary memory.
+template <typename T>
+void RunSparseConv(OpKernelContext* context, const Tensor& in, int64_t c_in,
+                   const Tensor& kernel, int64_t c_out, bool transpose_weights,
+                   const KernelMapView& map, int64_t n_out, Tensor* output,
+                   WeightPath path) {
+  if constexpr (std::is_same_v<T, tensorflow::bfloat16>) {
+    TempAllocator temp(context);
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context,
+        SparseConvBfloat16(in.flat<T>().data(), in.dim_size(0), c_in,
+                           kernel.flat<T>().data(), c_out, transpose_weights,
+                           map, n_out, output->flat<T>().data(),
+                           temp.callback(), IntraOpParallelFor(context), path));
+  } else {
+    SparseConv<T>(in.flat<T>().data(), c_in, kernel.flat<T>().data(), c_out,
+                  transpose_weights, map, n_out, output->flat<T>().data(),
+                  IntraOpParallelFor(context), path);
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -46,9 +69,8 @@ class ConvOp : public SparseOpKernel {
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_out, c_out}, &output)) return;
-    SparseConv<T>(features.flat<T>().data(), c_in, kernel.flat<T>().data(),
-                  c_out, /*transpose_weights=*/false, map, n_out,
-                  output->flat<T>().data(), IntraOpParallelFor(context), path_);
+    RunSparseConv<T>(context, features, c_in, kernel, c_out,
+                     /*transpose_weights=*/false, map, n_out, output, path_);
   }
 
  private:
@@ -80,9 +102,8 @@ class ConvBackpropInputOp : public SparseOpKernel {
 
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c_in}, &output)) return;
-    SparseConv<T>(grad.flat<T>().data(), c_out, kernel.flat<T>().data(), c_in,
-                  /*transpose_weights=*/true, transposed, n_in,
-                  output->flat<T>().data(), IntraOpParallelFor(context), path_);
+    RunSparseConv<T>(context, grad, c_out, kernel, c_in,
+                     /*transpose_weights=*/true, transposed, n_in, output, path_);
   }
 
  private:
@@ -138,5 +159,15 @@ class ConvBackpropKernelOp : public SparseOpKernel {
 SPARSE_OPS_REGISTER(float)
 SPARSE_OPS_REGISTER(double)
 #undef SPARSE_OPS_REGISTER
+// bfloat16 (Keras' mixed_bfloat16): the forward and input-gradient products;
+// the weight gradient runs in float (the Python gradient widens its inputs).
+REGISTER_KERNEL_BUILDER(Name("SparseOps>Conv")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<tensorflow::bfloat16>("T"),
+                        ConvOp<tensorflow::bfloat16>);
+REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropInput")
+                            .Device(DEVICE_CPU)
+                            .TypeConstraint<tensorflow::bfloat16>("T"),
+                        ConvBackpropInputOp<tensorflow::bfloat16>);
 
 }  // namespace sparse_ops

@@ -51,6 +51,18 @@ def timed(fn, repeats):
     return statistics.median(times), min(times)
 
 
+def alternating(fn_a, fn_b, repeats):
+    """(median, best) ms of fn_a and of fn_b, timed in alternation."""
+    fn_a(), fn_b()
+    times = ([], [])
+    for _ in range(repeats):
+        for fn, acc in ((fn_a, times[0]), (fn_b, times[1])):
+            start = time.perf_counter()
+            fn()
+            acc.append((time.perf_counter() - start) * 1e3)
+    return tuple((round(statistics.median(t), 2), round(min(t), 2)) for t in times)
+
+
 def run_peer(script, venv_python, repeats):
     if not os.path.exists(venv_python):
         return {"error": f"{venv_python} not found; see python/benchmarks/README.md"}
@@ -76,13 +88,17 @@ def cpu_paths():
         paths.append("avx2")
     if {"avx512f", "avx512vl", "avx512dq", "avx512bw"} <= set(flags):
         paths.append("avx512")
+        if "avx512_bf16" in flags:  # adds the bfloat16 dot products only
+            paths.append("avx512bf16")
     return paths
 
 
-def isa_paths(repeats, flops, conv_cached, weight_gradient):
+def isa_paths(repeats, flops, conv_cached, weight_gradient, conv_cached_bf16):
     """The cached conv and the weight gradient on every kernel path of this
     CPU, each as a fraction of the square-GEMM rate (2048^3
-    tf.linalg.matmul) measured in the same run."""
+    tf.linalg.matmul) measured in the same run, and the cached conv in
+    bfloat16 against the float32 one (calls alternating, so that both see
+    the same machine load)."""
     a = tf.constant(np.random.default_rng(4).standard_normal((2048, 2048)), tf.float32)
     median, best = timed(lambda: tf.linalg.matmul(a, a), repeats)
     square = 2.0 * 2048 ** 3 / median / 1e6
@@ -99,11 +115,17 @@ def isa_paths(repeats, flops, conv_cached, weight_gradient):
                 median, best = timed(fn, repeats)
                 row[f"{name}_ms"], row[f"{name}_best_ms"] = round(median, 2), round(best, 2)
                 row[f"{name}_of_square_gemm"] = round(flops / median / 1e6 / square, 3)
+            f32, bf16 = alternating(conv_cached, conv_cached_bf16, repeats)
+            row["bf16_conv_cached_ms"], row["bf16_conv_cached_best_ms"] = bf16
+            row["bf16_speedup"] = round(f32[0] / bf16[0], 3)
+            row["bf16_speedup_best"] = round(f32[1] / bf16[1], 3)
             out[path] = row
-            print(f"  {path:8s} conv cached {row['conv_cached_ms']:7.1f} ms "
+            print(f"  {path:10s} conv cached {row['conv_cached_ms']:7.1f} ms "
                   f"({row['conv_cached_of_square_gemm']:.2f} of square GEMM), "
                   f"weight gradient {row['weight_gradient_ms']:7.1f} ms "
-                  f"({row['weight_gradient_of_square_gemm']:.2f})")
+                  f"({row['weight_gradient_of_square_gemm']:.2f}), "
+                  f"bfloat16 conv {bf16[0]:6.1f} ms ({row['bf16_speedup']:.2f}x "
+                  f"float32 median, {row['bf16_speedup_best']:.2f}x best)")
     finally:
         if previous is None:
             os.environ.pop("SPARSE_OPS_ISA", None)
@@ -193,9 +215,12 @@ def main():
     print(f"stride-2 conv incl. map:   {results['stride2_conv_ms']:8.1f} ms")
     print(f"forward + backward:        {results['forward_backward_ms']:8.1f} ms")
 
+    features_bf16, k3_bf16 = tf.cast(features, tf.bfloat16), tf.cast(k3, tf.bfloat16)
     results["isa"] = isa_paths(args.repeats, flops, conv_cached,
                                lambda: lib.sparse_ops_conv_backprop_kernel(
-                                   features, features, *kmap))
+                                   features, features, *kmap),
+                               lambda: lib.sparse_ops_conv(features_bf16, k3_bf16,
+                                                           *kmap, rows))
     if args.peers:
         python = os.environ.get("SPCONV_PYTHON", "/work/venvs/spconv/bin/python")
         peer = run_peer("peer_spconv.py", python, args.repeats)

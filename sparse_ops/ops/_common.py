@@ -41,14 +41,32 @@ def sparse_input(x, name="x"):
     return x.with_features(rows_match(x))
 
 
-def to_compute(features):
+def to_compute(features, bfloat16=False):
     """(features in a compute dtype, the dtype to cast results back to or
-    None): float16 / bfloat16 run in float32."""
-    if features.dtype in COMPUTE_TYPES:
+    None): float16 / bfloat16 run in float32, except bfloat16 where the op
+    runs it itself (`bfloat16=True`)."""
+    if features.dtype in COMPUTE_TYPES or (bfloat16 and features.dtype == tf.bfloat16):
         return features, None
     if not features.dtype.is_floating:
         raise TypeError(f"features must be float, got {features.dtype.name}")
     return tf.cast(features, tf.float32), features.dtype
+
+
+def native_bfloat16(use_reference):
+    """Whether the convolutions run bfloat16 features as they are: the
+    custom CPU kernels do (float accumulation, bfloat16 products); the
+    reference path and the GPU kernels (chosen wherever a GPU is visible)
+    widen to float32."""
+    return not use_reference and not _gpu_visible()
+
+
+_GPU_VISIBLE = []
+
+
+def _gpu_visible():
+    if not _GPU_VISIBLE:
+        _GPU_VISIBLE.append(bool(tf.config.list_logical_devices("GPU")))
+    return _GPU_VISIBLE[0]
 
 
 def from_compute(y, out_dtype):

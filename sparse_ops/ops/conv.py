@@ -27,8 +27,14 @@ def _conv_backprop_input(grad, kernel, kmap, num_in_rows, use_reference):
 
 
 def _conv_backprop_kernel(features, grad, kmap):
-    return _loader.library().sparse_ops_conv_backprop_kernel(
+    # In bfloat16 the weight gradient sums in float32 (its kernel has no
+    # bfloat16 variant; the widening is exact) and is rounded once.
+    dtype = features.dtype
+    if dtype == tf.bfloat16:
+        features, grad = tf.cast(features, tf.float32), tf.cast(grad, tf.float32)
+    dw = _loader.library().sparse_ops_conv_backprop_kernel(
         features, grad, *kmap, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    return tf.cast(dw, dtype)
 
 
 @tf.RegisterGradient("SparseOps>Conv")
@@ -223,7 +229,8 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
     out_c, out_stride, link = _output_sites(x, strides, out_coordinates)
     use_reference = config.use_reference()
     kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
-    features, out_dtype = _common.to_compute(x.features)
+    features, out_dtype = _common.to_compute(
+        x.features, bfloat16=_common.native_bfloat16(use_reference))
     k3c = tf.cast(k3, features.dtype)
     if masked_gradients:
         features, k3c = _mask_gradient(features), _mask_gradient(k3c)
@@ -271,7 +278,8 @@ def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
     use_reference = config.use_reference()
     # The map of the strided conv from the fine sites to x's sites.
     kmap = coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride)
-    features, out_dtype = _common.to_compute(x.features)
+    features, out_dtype = _common.to_compute(
+        x.features, bfloat16=_common.native_bfloat16(use_reference))
     y = _conv_backprop_input(features, tf.cast(k3, features.dtype), kmap,
                              _common.num_rows(out_c), use_reference)
     return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)
