@@ -66,38 +66,17 @@ def rng(request):
 def kernel_map_builds(monkeypatch):
     """Counts kernel maps actually built (cache misses), for both paths."""
     calls = []
-    real_reference = so_coordinates.reference.kernel_map
+    # Both implementations of the raw op that kernel_map runs on a miss.
+    op = so_coordinates._kernel_map_op
 
-    def reference_kernel_map(*args, **kwargs):
-        calls.append("reference")
-        return real_reference(*args, **kwargs)
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return run
 
-    monkeypatch.setattr(so_coordinates.reference, "kernel_map", reference_kernel_map)
-    real_loader = so_coordinates._loader  # pylint: disable=protected-access
-
-    class _Library:
-        def __init__(self, lib):
-            self._lib = lib
-
-        def __getattr__(self, name):
-            fn = getattr(self._lib, name)
-            if name != "sparse_ops_kernel_map":
-                return fn
-
-            def counted(*args, **kwargs):
-                calls.append("custom")
-                return fn(*args, **kwargs)
-            return counted
-
-    class _Loader:
-        def __getattr__(self, name):
-            return getattr(real_loader, name)
-
-        @staticmethod
-        def library():
-            return _Library(real_loader.library())
-
-    monkeypatch.setattr(so_coordinates, "_loader", _Loader())
+    monkeypatch.setattr(op, "reference", counted("reference", op.reference))
+    monkeypatch.setattr(op, "custom", counted("custom", op.custom))
     so_cache.clear()
     yield calls
     so_cache.clear()

@@ -1,20 +1,14 @@
-"""What the op modules share: input preparation, compute dtypes, tensor
-strides of strided and transposed ops, output sites, and the link from a
-strided tensor back to the finer one it came from."""
+"""What the op modules share: input preparation, weights, tensor strides
+of strided and transposed ops, their output sites, and the link from a
+strided tensor back to the finer one it came from. (Which implementation
+an op runs, and in which dtype: `_dispatch`.)"""
 
 import numpy as np
 import tensorflow as tf
 
 from sparse_ops import _checks
+from sparse_ops.ops import coordinates
 from sparse_ops.tensor import SparseTensor, as_coordinates, as_sparse
-
-COMPUTE_TYPES = (tf.float32, tf.float64)
-
-# validate_map of the map-reading custom ops. The op modules pass only maps
-# that SparseOps>KernelMap (or its reference twin) built for the row counts
-# they are used with, so the GPU kernels skip their check and its host round
-# trip; the CPU kernels check every map whatever this says.
-VALIDATE_LIBRARY_MAPS = False
 
 
 def num_rows(t):
@@ -39,38 +33,6 @@ def sparse_input(x, name="x"):
     if x.dimension is None:
         raise ValueError(f"{name}: coordinates must have a static number of columns")
     return x.with_features(rows_match(x))
-
-
-def to_compute(features, bfloat16=False):
-    """(features in a compute dtype, the dtype to cast results back to or
-    None): float16 / bfloat16 run in float32, except bfloat16 where the op
-    runs it itself (`bfloat16=True`)."""
-    if features.dtype in COMPUTE_TYPES or (bfloat16 and features.dtype == tf.bfloat16):
-        return features, None
-    if not features.dtype.is_floating:
-        raise TypeError(f"features must be float, got {features.dtype.name}")
-    return tf.cast(features, tf.float32), features.dtype
-
-
-def native_bfloat16(use_reference):
-    """Whether the convolutions run bfloat16 features as they are: the
-    custom CPU kernels do (float accumulation, bfloat16 products); the
-    reference path and the GPU kernels (chosen wherever a GPU is visible)
-    widen to float32."""
-    return not use_reference and not _gpu_visible()
-
-
-_GPU_VISIBLE = []
-
-
-def _gpu_visible():
-    if not _GPU_VISIBLE:
-        _GPU_VISIBLE.append(bool(tf.config.list_logical_devices("GPU")))
-    return _GPU_VISIBLE[0]
-
-
-def from_compute(y, out_dtype):
-    return y if out_dtype is None else tf.cast(y, out_dtype)
 
 
 def float_weight(value, dtype, name):
@@ -136,6 +98,49 @@ def same_stride(a, b, message):
 
 
 # -- output sites and the link to finer sites ----------------------------------
+
+def is_strided(strides):
+    return any(s != 1 for s in strides)
+
+
+def strided_output(x, strides, out_coordinates=None):
+    """(sites, stride, finer link) of the output of a strided op (conv,
+    pooling): the given sites, x's own (strides 1), or x's strided sites
+    (linked back to x's); stride t * strides."""
+    out_stride = times(x.stride_tensor, strides)
+    strided = is_strided(strides)
+    link = push_link(x) if strided else x.finer
+    if out_coordinates is not None:
+        out_c, _ = output_sites(out_coordinates, "out_coordinates", out_stride)
+    elif not strided:
+        out_c = x.coordinates
+    else:
+        out_c = coordinates.strided_coordinates(x.coordinates, out_stride)
+    return out_c, out_stride, link
+
+
+def transposed_output(x, strides, out_coordinates=None, generative_offsets=None,
+                      op="conv_transpose"):
+    """(sites, stride, finer link) of the output of a transposed op
+    (conv_transpose, unpool), stride t / strides: the given sites (keeping
+    their link when they are a SparseTensor); with `generative_offsets`
+    [K, D], every site c + offset * t / strides; else x's own sites
+    (strides 1) or the finer sites x was strided from (its link)."""
+    out_stride = divided(x, strides)
+    strided = is_strided(strides)
+    link = pop_link(x) if strided else x.finer
+    if out_coordinates is not None:
+        out_c, given_link = output_sites(out_coordinates, "out_coordinates", out_stride)
+        link = link if given_link is None else given_link
+    elif generative_offsets is not None:
+        out_c = coordinates.generative_coordinates(x.coordinates, generative_offsets,
+                                                   out_stride)
+    elif not strided:
+        out_c = x.coordinates
+    else:
+        out_c = finer_sites(x, out_stride, op)
+    return out_c, out_stride, link
+
 
 def output_sites(value, name, stride):
     """(coordinates, link) of given output sites: int coordinates (link None:

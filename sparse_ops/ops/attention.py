@@ -13,9 +13,8 @@ import numbers
 import numpy as np
 import tensorflow as tf
 
-from sparse_ops import _loader
-from sparse_ops import config
 from sparse_ops.ops import _common
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import reference
 from sparse_ops.tensor import SparseTensor, as_sparse
 
@@ -86,18 +85,18 @@ def density_to_k(density, spatial_shape):
     return max(0, math.ceil(float(density) * volume - 1e-6))
 
 
-def _keep(features, coordinates, k, mode, per, use_reference):
+@_dispatch.dual(reference.attention)
+def _select(library, features, coordinates, k, mode, per):
     """(keep [N, C] bool, kept rows [S] int32) of the k-selection."""
-    if features.dtype not in (tf.float32, tf.float64):
-        # Ranking in float32 is exact for float16 and bfloat16 values.
-        features = tf.cast(features, tf.float32)
+    return library.sparse_ops_attention(features, coordinates, k, mode=mode, per=per)
+
+
+def _keep(impl, features, coordinates, k, mode, per):
+    # Ranking in float32 is exact for float16 and bfloat16 values.
+    features, _ = impl.to_compute(features)
     if not isinstance(k, tf.Tensor):
         k = min(k, 2**63 - 1)  # more than any tensor has rows: keep everything
-    k = tf.cast(k, tf.int64)
-    if use_reference:
-        return reference.attention(features, coordinates, k, mode, per)
-    return _loader.library().sparse_ops_attention(features, coordinates, k,
-                                                  mode=mode, per=per)
+    return _select(impl, features, coordinates, tf.cast(k, tf.int64), mode, per)
 
 
 def attention(x, k=None, density=None, spatial_shape=None, mode="value",
@@ -130,7 +129,7 @@ def attention(x, k=None, density=None, spatial_shape=None, mode="value",
         k = density_to_k(options["density"], options["spatial_shape"])
     x = as_sparse(x)
     features = _common.rows_match(x)
-    keep, rows = _keep(features, x.coordinates, k, mode, per, config.use_reference())
+    keep, rows = _keep(_dispatch.current(), features, x.coordinates, k, mode, per)
     # Gather the surviving sites first: the masking then touches k * C rows
     # at most per batch item, not N.
     features = tf.gather(features, rows)

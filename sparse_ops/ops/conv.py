@@ -2,28 +2,28 @@
 
 import tensorflow as tf
 
-from sparse_ops import _loader
-from sparse_ops import config
 from sparse_ops import geometry
 from sparse_ops.ops import _common
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import coordinates as coords_ops
 from sparse_ops.ops import reference
 from sparse_ops.tensor import SparseTensor
 
+_VALIDATE = _dispatch.VALIDATE_LIBRARY_MAPS
+_CUSTOM = _dispatch.CUSTOM
+
 # -- raw feature ops (custom or reference), gradients registered beside them --
 
-def _conv_features(features, kernel, kmap, num_out_rows, use_reference):
-    if use_reference:
-        return reference.conv(features, kernel, kmap, num_out_rows)
-    return _loader.library().sparse_ops_conv(features, kernel, *kmap, num_out_rows,
-                                             validate_map=_common.VALIDATE_LIBRARY_MAPS)
+@_dispatch.dual(reference.conv)
+def _conv_features(library, features, kernel, kmap, num_out_rows):
+    return library.sparse_ops_conv(features, kernel, *kmap, num_out_rows,
+                                   validate_map=_VALIDATE)
 
 
-def _conv_backprop_input(grad, kernel, kmap, num_in_rows, use_reference):
-    if use_reference:
-        return reference.conv_backprop_input(grad, kernel, kmap, num_in_rows)
-    return _loader.library().sparse_ops_conv_backprop_input(
-        grad, kernel, *kmap, num_in_rows, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+@_dispatch.dual(reference.conv_backprop_input)
+def _conv_backprop_input(library, grad, kernel, kmap, num_in_rows):
+    return library.sparse_ops_conv_backprop_input(grad, kernel, *kmap, num_in_rows,
+                                                  validate_map=_VALIDATE)
 
 
 def _conv_backprop_kernel(features, grad, kmap):
@@ -32,8 +32,8 @@ def _conv_backprop_kernel(features, grad, kmap):
     dtype = features.dtype
     if dtype == tf.bfloat16:
         features, grad = tf.cast(features, tf.float32), tf.cast(grad, tf.float32)
-    dw = _loader.library().sparse_ops_conv_backprop_kernel(
-        features, grad, *kmap, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    dw = _CUSTOM.library.sparse_ops_conv_backprop_kernel(features, grad, *kmap,
+                                                         validate_map=_VALIDATE)
     return tf.cast(dw, dtype)
 
 
@@ -41,7 +41,7 @@ def _conv_backprop_kernel(features, grad, kmap):
 def _conv_grad(op, grad):
     features, kernel, splits, in_rows, out_rows, _ = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_conv_backprop_input(grad, kernel, kmap, _common.num_rows(features), False),
+    return (_conv_backprop_input(_CUSTOM, grad, kernel, kmap, _common.num_rows(features)),
             _conv_backprop_kernel(features, grad, kmap), None, None, None, None)
 
 
@@ -50,7 +50,7 @@ def _conv_backprop_input_grad(op, grad):
     # z[i] = sum g[o] W_k^T: dg = conv(dz, W), dW_k = sum dz[i]^T g[o].
     g, kernel, splits, in_rows, out_rows, _ = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_conv_features(grad, kernel, kmap, _common.num_rows(g), False),
+    return (_conv_features(_CUSTOM, grad, kernel, kmap, _common.num_rows(g)),
             _conv_backprop_kernel(grad, g, kmap), None, None, None, None)
 
 
@@ -59,25 +59,24 @@ def _conv_backprop_kernel_grad(op, grad):
     # w_k = sum x[i]^T g[o]: dx = backprop_input(g, dw), dg = conv(x, dw).
     x, g, splits, in_rows, out_rows = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_conv_backprop_input(g, grad, kmap, _common.num_rows(x), False),
-            _conv_features(x, grad, kmap, _common.num_rows(g), False), None, None, None)
+    return (_conv_backprop_input(_CUSTOM, g, grad, kmap, _common.num_rows(x)),
+            _conv_features(_CUSTOM, x, grad, kmap, _common.num_rows(g)), None, None, None)
 
 
-def _depthwise_features(features, kernel, kmap, num_out_rows, use_reference):
-    if use_reference:
-        return reference.depthwise_conv(features, kernel, kmap, num_out_rows)
-    return _loader.library().sparse_ops_depthwise_conv(
-        features, kernel, *kmap, num_out_rows, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+@_dispatch.dual(reference.depthwise_conv)
+def _depthwise_features(library, features, kernel, kmap, num_out_rows):
+    return library.sparse_ops_depthwise_conv(features, kernel, *kmap, num_out_rows,
+                                             validate_map=_VALIDATE)
 
 
 def _depthwise_backprop_input(grad, kernel, kmap, num_in_rows):
-    return _loader.library().sparse_ops_depthwise_conv_backprop_input(
-        grad, kernel, *kmap, num_in_rows, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    return _CUSTOM.library.sparse_ops_depthwise_conv_backprop_input(
+        grad, kernel, *kmap, num_in_rows, validate_map=_VALIDATE)
 
 
 def _depthwise_backprop_kernel(features, grad, kmap, multiplier):
-    return _loader.library().sparse_ops_depthwise_conv_backprop_kernel(
-        features, grad, *kmap, multiplier, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    return _CUSTOM.library.sparse_ops_depthwise_conv_backprop_kernel(
+        features, grad, *kmap, multiplier, validate_map=_VALIDATE)
 
 
 def _multiplier(kernel):
@@ -98,7 +97,7 @@ def _depthwise_backprop_input_grad(op, grad):
     # z = D^T(g, W) is linear in g and W: dg = D(dz, W), dW from (dz, g).
     g, kernel, splits, in_rows, out_rows, _ = op.inputs
     kmap = (splits, in_rows, out_rows)
-    return (_depthwise_features(grad, kernel, kmap, _common.num_rows(g), False),
+    return (_depthwise_features(_CUSTOM, grad, kernel, kmap, _common.num_rows(g)),
             _depthwise_backprop_kernel(grad, g, kmap, _multiplier(kernel)),
             None, None, None, None)
 
@@ -109,7 +108,7 @@ def _depthwise_backprop_kernel_grad(op, grad):
     x, g, splits, in_rows, out_rows, _ = op.inputs
     kmap = (splits, in_rows, out_rows)
     return (_depthwise_backprop_input(g, grad, kmap, _common.num_rows(x)),
-            _depthwise_features(x, grad, kmap, _common.num_rows(g), False),
+            _depthwise_features(_CUSTOM, x, grad, kmap, _common.num_rows(g)),
             None, None, None, None)
 
 
@@ -166,7 +165,7 @@ def _prepare(x, kernel, bias, name="kernel"):
 
 
 def _finish(y, bias, out_dtype):
-    y = _common.from_compute(y, out_dtype)
+    y = _dispatch.from_compute(y, out_dtype)
     if bias is not None:
         if bias.shape[0] is not None and y.shape[-1] is not None and (
                 bias.shape[0] != y.shape[-1]):
@@ -174,21 +173,6 @@ def _finish(y, bias, out_dtype):
                              f"{y.shape[-1]} channels")
         y = tf.nn.bias_add(y, bias)
     return y
-
-
-def _output_sites(x, strides, out_coordinates):
-    """(sites, stride, finer link) of a convolution's output: the given
-    sites, x's own (strides 1), or x's strided sites (linked back to x)."""
-    out_stride = _common.times(x.stride_tensor, strides)
-    strided = any(s != 1 for s in strides)
-    link = _common.push_link(x) if strided else x.finer
-    if out_coordinates is not None:
-        out_c, _ = _common.output_sites(out_coordinates, "out_coordinates", out_stride)
-    elif not strided:
-        out_c = x.coordinates
-    else:
-        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
-    return out_c, out_stride, link
 
 
 # -- public ops ------------------------------------------------------------
@@ -226,15 +210,14 @@ def conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hypercube",
     strides = geometry.normalize_tuple(strides, d, "strides")
     k3, offsets = _kernel_geometry(kernel, d, region, False, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 1, "[K, Cin, Cout]")
-    out_c, out_stride, link = _output_sites(x, strides, out_coordinates)
-    use_reference = config.use_reference()
+    out_c, out_stride, link = _common.strided_output(x, strides, out_coordinates)
+    impl = _dispatch.current()
     kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
-    features, out_dtype = _common.to_compute(
-        x.features, bfloat16=_common.native_bfloat16(use_reference))
+    features, out_dtype = impl.to_compute(x.features, native_bfloat16=True)
     k3c = tf.cast(k3, features.dtype)
     if masked_gradients:
         features, k3c = _mask_gradient(features), _mask_gradient(k3c)
-    y = _conv_features(features, k3c, kmap, _common.num_rows(out_c), use_reference)
+    y = _conv_features(impl, features, k3c, kmap, _common.num_rows(out_c))
     return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)
 
 
@@ -260,28 +243,16 @@ def conv_transpose(x, kernel, bias=None, strides=2, dilation_rate=1,
     strides = geometry.normalize_tuple(strides, d, "strides")
     k3, offsets = _kernel_geometry(kernel, d, region, True, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 2, "[K, Cout, Cin]")
-    out_stride = _common.divided(x, strides)
-    strided = any(s != 1 for s in strides)
-    link = _common.pop_link(x) if strided else x.finer
-    if out_coordinates is not None:
-        out_c, given_link = _common.output_sites(out_coordinates, "out_coordinates",
-                                                 out_stride)
-        link = link if given_link is None else given_link
-    elif generative:
-        # Fine sites c + offset * t_fine; the map below pairs each with the
-        # coarse sites whose window reaches it.
-        out_c = coords_ops.generative_coordinates(x.coordinates, offsets, out_stride)
-    elif not strided:
-        out_c = x.coordinates
-    else:
-        out_c = _common.finer_sites(x, out_stride, "conv_transpose")
-    use_reference = config.use_reference()
+    # Generative: fine sites c + offset * t_fine; the map below pairs each
+    # with the coarse sites whose window reaches it.
+    out_c, out_stride, link = _common.transposed_output(
+        x, strides, out_coordinates, generative_offsets=offsets if generative else None)
+    impl = _dispatch.current()
     # The map of the strided conv from the fine sites to x's sites.
     kmap = coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride)
-    features, out_dtype = _common.to_compute(
-        x.features, bfloat16=_common.native_bfloat16(use_reference))
-    y = _conv_backprop_input(features, tf.cast(k3, features.dtype), kmap,
-                             _common.num_rows(out_c), use_reference)
+    features, out_dtype = impl.to_compute(x.features, native_bfloat16=True)
+    y = _conv_backprop_input(impl, features, tf.cast(k3, features.dtype), kmap,
+                             _common.num_rows(out_c))
     return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)
 
 
@@ -312,9 +283,10 @@ def depthwise_conv(x, kernel, bias=None, strides=1, dilation_rate=1, region="hyp
     strides = geometry.normalize_tuple(strides, d, "strides")
     k3, offsets = _kernel_geometry(kernel, d, region, False, dilation_rate, strides)
     _check_kernel(k3, offsets, x.num_channels, 1, "[K, C, depth_multiplier]")
-    out_c, out_stride, link = _output_sites(x, strides, None)
+    out_c, out_stride, link = _common.strided_output(x, strides)
+    impl = _dispatch.current()
     kmap = coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor)
-    features, out_dtype = _common.to_compute(x.features)
-    y = _depthwise_features(features, tf.cast(k3, features.dtype), kmap,
-                            _common.num_rows(out_c), config.use_reference())
+    features, out_dtype = impl.to_compute(x.features)
+    y = _depthwise_features(impl, features, tf.cast(k3, features.dtype), kmap,
+                            _common.num_rows(out_c))
     return SparseTensor(_finish(y, bias, out_dtype), out_c, out_stride, link)

@@ -6,10 +6,10 @@ import numpy as np
 import tensorflow as tf
 
 from sparse_ops import _checks
-from sparse_ops import config
-from sparse_ops import _loader
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import cache
 from sparse_ops.ops import reference
+from sparse_ops.tensor import as_coordinates
 
 KernelMap = collections.namedtuple("KernelMap",
                                    ["offset_splits", "in_rows", "out_rows"])
@@ -19,6 +19,23 @@ Pairs of offset k are [offset_splits[k], offset_splits[k + 1]), as
 (in_rows[p], out_rows[p]) with in_coordinates[in] == out_coordinates[out] +
 offsets[k] * stride; sorted by output row within an offset.
 """
+
+
+# -- raw ops (custom or reference) ---------------------------------------------
+
+@_dispatch.dual(reference.kernel_map)
+def _kernel_map_op(library, in_c, out_c, offsets, stride):
+    return library.sparse_ops_kernel_map(in_c, out_c, offsets, stride)
+
+
+@_dispatch.dual(reference.strided_coordinates)
+def _strided_op(library, coordinates, stride):
+    return library.sparse_ops_strided_coordinates(coordinates, stride)
+
+
+@_dispatch.dual(reference.generative_coordinates)
+def _generative_op(library, coordinates, offsets, stride):
+    return library.sparse_ops_generative_coordinates(coordinates, offsets, stride)
 
 
 def _static_key(t):
@@ -40,22 +57,18 @@ def kernel_map(in_coordinates, out_coordinates, offsets, stride=1):
     Returns:
       KernelMap(offset_splits int64 [K + 1], in_rows int32 [P], out_rows int32 [P]).
     """
-    in_c = _coordinates(in_coordinates, "in_coordinates")
-    out_c = in_c if out_coordinates is in_coordinates else _coordinates(
+    in_c = as_coordinates(in_coordinates, "in_coordinates")
+    out_c = in_c if out_coordinates is in_coordinates else as_coordinates(
         out_coordinates, "out_coordinates")
     offsets = _offsets(offsets)
     stride = _stride_vector(stride, in_c)
     _check_columns(in_c, out_c, offsets, stride)
-    use_reference = config.use_reference()
-    key = ("kernel_map", _static_key(offsets), _static_key(stride), use_reference)
+    impl = _dispatch.current()
+    key = ("kernel_map", _static_key(offsets), _static_key(stride), impl.reference)
     cached = cache.lookup((in_c, out_c), key)
     if cached is not None:
         return cached
-    if use_reference:
-        value = KernelMap(*reference.kernel_map(in_c, out_c, offsets, stride))
-    else:
-        value = KernelMap(*_loader.library().sparse_ops_kernel_map(
-            in_c, out_c, offsets, stride))
+    value = KernelMap(*_kernel_map_op(impl, in_c, out_c, offsets, stride))
     return cache.store((in_c, out_c), key, value)
 
 
@@ -87,11 +100,6 @@ def _stride_vector(stride, coordinates):
     return tf.constant(_checks.int_tuple(stride, d, "stride"), tf.int32)
 
 
-def _coordinates(coordinates, name="coordinates"):
-    from sparse_ops.tensor import as_coordinates  # pylint: disable=import-outside-toplevel
-    return as_coordinates(coordinates, name)
-
-
 def _offsets(offsets):
     """Kernel offsets as an int32 [K, D] tensor (never wrapped or truncated)."""
     return _checks.int32_tensor(offsets, "offsets")
@@ -99,33 +107,25 @@ def _offsets(offsets):
 
 def strided_coordinates(coordinates, stride):
     """unique(floor(c / stride) * stride) per spatial axis, batch kept, sorted."""
-    coordinates = _coordinates(coordinates)
+    coordinates = as_coordinates(coordinates)
     stride = _stride_vector(stride, coordinates)
-    use_reference = config.use_reference()
-    key = ("strided", _static_key(stride), use_reference)
+    impl = _dispatch.current()
+    key = ("strided", _static_key(stride), impl.reference)
     cached = cache.lookup((coordinates,), key)
     if cached is not None:
         return cached
-    if use_reference:
-        out = reference.strided_coordinates(coordinates, stride)
-    else:
-        out = _loader.library().sparse_ops_strided_coordinates(coordinates, stride)
-    return cache.store((coordinates,), key, out)
+    return cache.store((coordinates,), key, _strided_op(impl, coordinates, stride))
 
 
 def generative_coordinates(coordinates, offsets, stride):
     """Every site c + offsets[k] * stride, unique and sorted."""
-    coordinates = _coordinates(coordinates)
+    coordinates = as_coordinates(coordinates)
     offsets = _offsets(offsets)
     stride = _stride_vector(stride, coordinates)
-    use_reference = config.use_reference()
-    key = ("generative", _static_key(offsets), _static_key(stride), use_reference)
+    impl = _dispatch.current()
+    key = ("generative", _static_key(offsets), _static_key(stride), impl.reference)
     cached = cache.lookup((coordinates,), key)
     if cached is not None:
         return cached
-    if use_reference:
-        out = reference.generative_coordinates(coordinates, offsets, stride)
-    else:
-        out = _loader.library().sparse_ops_generative_coordinates(
-            coordinates, offsets, stride)
-    return cache.store((coordinates,), key, out)
+    return cache.store((coordinates,), key,
+                       _generative_op(impl, coordinates, offsets, stride))

@@ -12,13 +12,13 @@ import numbers
 import tensorflow as tf
 
 from sparse_ops import _checks
-from sparse_ops import _loader
-from sparse_ops import config
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import reference
 from sparse_ops.tensor import as_sparse
 
 GLOBAL_POOL_MODES = ("max", "avg", "sum")
 BROADCAST_OPS = ("add", "multiply", "concat")
+_CUSTOM = _dispatch.CUSTOM
 
 
 def check_epsilon(epsilon):
@@ -61,18 +61,21 @@ def global_pool(x, mode="max"):
         raise ValueError(f"mode must be one of {GLOBAL_POOL_MODES}, got {mode!r}")
     x = as_sparse(x)
     batch, num = _segments(x)
-    f = x.features
+    impl = _dispatch.current()
     # float16 / bfloat16 pool in float32 (exact for max and sum of few sites).
-    compute = f if f.dtype in (tf.float32, tf.float64) else tf.cast(f, tf.float32)
-    if config.use_reference():
-        out = reference.global_pool(compute, batch, num, mode)
-    elif mode == "max":
-        out, _ = _loader.library().sparse_ops_global_max_pool(
-            compute, batch, tf.cast(num, tf.int64))
-    else:
-        out = _loader.library().sparse_ops_global_sum_pool(
-            compute, batch, tf.cast(num, tf.int64), average=mode == "avg")
-    return tf.cast(out, f.dtype)
+    features, out_dtype = impl.to_compute(x.features)
+    return _dispatch.from_compute(_global_pool(impl, features, batch, num, mode),
+                                  out_dtype)
+
+
+@_dispatch.dual(reference.global_pool)
+def _global_pool(library, features, batch, num, mode):
+    num = tf.cast(num, tf.int64)
+    if mode == "max":
+        out, _ = library.sparse_ops_global_max_pool(features, batch, num)
+        return out
+    return library.sparse_ops_global_sum_pool(features, batch, num,
+                                              average=mode == "avg")
 
 
 @tf.RegisterGradient("SparseOps>GlobalMaxPool")
@@ -80,14 +83,14 @@ def _global_max_pool_grad(op, grad, unused_argmax_grad):
     # The gradient of max pooling through its argmax, with the B items as
     # the output rows.
     rows = tf.shape(op.inputs[0], out_type=tf.int64)[0]
-    return (_loader.library().sparse_ops_max_pool_grad(grad, op.outputs[1], rows),
+    return (_CUSTOM.library.sparse_ops_max_pool_grad(grad, op.outputs[1], rows),
             None, None)
 
 
 # Global sum pooling and its gradient are linear and adjoint to each other.
 @tf.RegisterGradient("SparseOps>GlobalSumPool")
 def _global_sum_pool_grad(op, grad):
-    return (_loader.library().sparse_ops_global_sum_pool_grad(
+    return (_CUSTOM.library.sparse_ops_global_sum_pool_grad(
         grad, op.inputs[1], average=op.get_attr("average")), None, None)
 
 
@@ -95,7 +98,7 @@ def _global_sum_pool_grad(op, grad):
 def _global_sum_pool_grad_grad(op, grad):
     g, batch = op.inputs
     rows = tf.shape(g, out_type=tf.int64)[0]
-    return (_loader.library().sparse_ops_global_sum_pool(
+    return (_CUSTOM.library.sparse_ops_global_sum_pool(
         grad, batch, rows, average=op.get_attr("average")), None)
 
 

@@ -18,18 +18,26 @@ import itertools
 import numpy as np
 import tensorflow as tf
 
-from sparse_ops import _loader
-from sparse_ops import config
+from sparse_ops import _checks
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import reference
 from sparse_ops.tensor import SparseTensor, as_coordinates, as_sparse
 
 tf.no_gradient("SparseOps>CoordinateLookup")
 tf.no_gradient("SparseOps>CoordinateUnion")
 
-_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
-
 
 # -- coordinate ops ------------------------------------------------------------
+
+@_dispatch.dual(reference.coordinate_lookup)
+def _lookup(library, coordinates, queries):
+    return library.sparse_ops_coordinate_lookup(coordinates, queries)
+
+
+@_dispatch.dual(reference.coordinate_union)
+def _union(library, coordinates_list):
+    return library.sparse_ops_coordinate_union(coordinates_list)
+
 
 def lookup_coordinates(coordinates, queries):
     """The row of each query in a coordinate set.
@@ -47,10 +55,7 @@ def lookup_coordinates(coordinates, queries):
     if cols is not None and q_cols is not None and cols != q_cols:
         raise ValueError(f"queries must have the {cols} columns of coordinates, "
                          f"got shape {queries.shape}")
-    if config.use_reference():
-        rows = reference.coordinate_lookup(coordinates, queries)
-    else:
-        rows = _loader.library().sparse_ops_coordinate_lookup(coordinates, queries)
+    rows = _lookup(_dispatch.current(), coordinates, queries)
     return tf.ensure_shape(rows, [queries.shape[0]])
 
 
@@ -75,10 +80,7 @@ def union_coordinates(coordinates_list):
     if len(cols) > 1:
         raise ValueError("every coordinates tensor must have the same number of "
                          f"columns, got {[c.shape[1] for c in cs]}")
-    if config.use_reference():
-        union, rows = reference.coordinate_union(cs)
-    else:
-        union, rows = _loader.library().sparse_ops_coordinate_union(cs)
+    union, rows = _union(_dispatch.current(), cs)
     union = tf.ensure_shape(union, [None, cols.pop() if cols else None])
     return union, [tf.ensure_shape(r, [c.shape[0]]) for r, c in zip(rows, cs)]
 
@@ -217,8 +219,9 @@ def interpolate(x, points, normalize=False):
     bits = _corner_bits(d)  # [K, D], K = 2^D
     corners = (tf.cast(cell, tf.int64)[:, None, :] + bits[None]) * tf.cast(
         x.stride_tensor, tf.int64)  # [N, K, D]
-    in_range = tf.reduce_all((corners >= _INT32_MIN) & (corners <= _INT32_MAX),
-                             -1) & (batch[:, None] <= _INT32_MAX)
+    in_range = tf.reduce_all(
+        (corners >= _checks.INT32_MIN) & (corners <= _checks.INT32_MAX),
+        -1) & (batch[:, None] <= _checks.INT32_MAX)
     # Corners beyond int32 get batch -1, which no site has.
     query_batch = tf.where(in_range, batch[:, None], -1)
     queries = tf.concat([query_batch[..., None],

@@ -8,45 +8,43 @@ with convolutions of the same geometry.
 
 import tensorflow as tf
 
-from sparse_ops import _loader
-from sparse_ops import config
 from sparse_ops import geometry
 from sparse_ops.ops import _common
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import coordinates as coords_ops
 from sparse_ops.ops import reference
 from sparse_ops.tensor import SparseTensor
 
+_VALIDATE = _dispatch.VALIDATE_LIBRARY_MAPS
+_CUSTOM = _dispatch.CUSTOM
+
 
 # -- raw feature ops (custom or reference), gradients registered beside them --
 
-def _max_pool_features(features, kmap, num_out_rows, use_reference):
+@_dispatch.dual(reference.max_pool)
+def _max_pool_features(library, features, kmap, num_out_rows):
     """[M, C]: the maximum over the pairs of each output row (0 without pairs)."""
-    if use_reference:
-        return reference.max_pool(features, kmap, num_out_rows)
-    out, _ = _loader.library().sparse_ops_max_pool(features, *kmap, num_out_rows,
-                                                   validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    out, _ = library.sparse_ops_max_pool(features, *kmap, num_out_rows,
+                                         validate_map=_VALIDATE)
     return out
 
 
-def _sum_pool_features(features, kmap, num_out_rows, average, use_reference):
+@_dispatch.dual(reference.sum_pool)
+def _sum_pool_features(library, features, kmap, num_out_rows, average):
     """[M, C]: the sum (average: mean) over the pairs of each output row."""
-    if use_reference:
-        return reference.sum_pool(features, kmap, num_out_rows, average)
-    return _loader.library().sparse_ops_sum_pool(features, *kmap, num_out_rows,
-                                                 average=average,
-                                                 validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    return library.sparse_ops_sum_pool(features, *kmap, num_out_rows, average=average,
+                                       validate_map=_VALIDATE)
 
 
-def _sum_pool_transpose(features, kmap, num_in_rows, average, use_reference):
+@_dispatch.dual(reference.sum_pool_transpose)
+def _sum_pool_transpose(library, features, kmap, num_in_rows, average):
     """[N, C]: the adjoint of `_sum_pool_features` (features has M rows)."""
-    if use_reference:
-        return reference.sum_pool_transpose(features, kmap, num_in_rows, average)
-    return _loader.library().sparse_ops_sum_pool_transpose(
-        features, *kmap, num_in_rows, average=average, validate_map=_common.VALIDATE_LIBRARY_MAPS)
+    return library.sparse_ops_sum_pool_transpose(features, *kmap, num_in_rows,
+                                                 average=average, validate_map=_VALIDATE)
 
 
 def _max_pool_grad(grad, argmax, num_in_rows):
-    return _loader.library().sparse_ops_max_pool_grad(grad, argmax, num_in_rows)
+    return _CUSTOM.library.sparse_ops_max_pool_grad(grad, argmax, num_in_rows)
 
 
 @tf.RegisterGradient("SparseOps>MaxPool")
@@ -75,16 +73,16 @@ def _max_pool_grad_op_grad(op, grad):
 @tf.RegisterGradient("SparseOps>SumPool")
 def _sum_pool_op_grad(op, grad):
     features, splits, in_rows, out_rows, _ = op.inputs
-    return (_sum_pool_transpose(grad, (splits, in_rows, out_rows), _common.num_rows(features),
-                                op.get_attr("average"), False),
+    return (_sum_pool_transpose(_CUSTOM, grad, (splits, in_rows, out_rows),
+                                _common.num_rows(features), op.get_attr("average")),
             None, None, None, None)
 
 
 @tf.RegisterGradient("SparseOps>SumPoolTranspose")
 def _sum_pool_transpose_op_grad(op, grad):
     features, splits, in_rows, out_rows, _ = op.inputs
-    return (_sum_pool_features(grad, (splits, in_rows, out_rows), _common.num_rows(features),
-                               op.get_attr("average"), False),
+    return (_sum_pool_features(_CUSTOM, grad, (splits, in_rows, out_rows),
+                               _common.num_rows(features), op.get_attr("average")),
             None, None, None, None)
 
 
@@ -102,23 +100,22 @@ def _prepare(x, pool_size, strides, name):
 
 def _pool(x, pool_size, strides, mode):
     x, strides, offsets = _prepare(x, pool_size, strides, f"{mode}_pool")
-    out_stride = _common.times(x.stride_tensor, strides)
-    strided = any(s != 1 for s in strides)
-    if strided:
-        out_c = coords_ops.strided_coordinates(x.coordinates, out_stride)
-    else:
-        out_c = x.coordinates
+    out_c, out_stride, link = _common.strided_output(x, strides)
     kmap = tuple(coords_ops.kernel_map(x.coordinates, out_c, offsets, x.stride_tensor))
-    features, out_dtype = _common.to_compute(x.features)
+    impl = _dispatch.current()
+    features, out_dtype = impl.to_compute(x.features)
     n_out = _common.num_rows(out_c)
-    use_reference = config.use_reference()
     if mode == "max":
-        y = _max_pool_features(features, kmap, n_out, use_reference)
+        y = _max_pool_features(impl, features, kmap, n_out)
     else:
-        y = _sum_pool_features(features, kmap, n_out, mode == "avg", use_reference)
+        y = _sum_pool_features(impl, features, kmap, n_out, mode == "avg")
+    return SparseTensor(_finish(y, x, out_dtype), out_c, out_stride, link)
+
+
+def _finish(y, x, out_dtype):
+    """Pooled features with x's channels, in x's dtype."""
     y = tf.ensure_shape(y, [None, x.features.shape[1]])
-    return SparseTensor(_common.from_compute(y, out_dtype), out_c, out_stride,
-                        _common.push_link(x) if strided else x.finer)
+    return _dispatch.from_compute(y, out_dtype)
 
 
 # -- public ops ------------------------------------------------------------
@@ -160,14 +157,11 @@ def unpool(x, pool_size, strides=None):
     parent's features.
     """
     x, strides, offsets = _prepare(x, pool_size, strides, "unpool")
-    out_stride = _common.divided(x, strides)
-    out_c = coords_ops.generative_coordinates(x.coordinates, offsets, out_stride)
+    out_c, out_stride, link = _common.transposed_output(x, strides,
+                                                        generative_offsets=offsets)
     # The map of the pooling from the fine sites to x's sites, transposed.
     kmap = tuple(coords_ops.kernel_map(out_c, x.coordinates, offsets, out_stride))
-    features, out_dtype = _common.to_compute(x.features)
-    y = _sum_pool_transpose(features, kmap, _common.num_rows(out_c), False,
-                            config.use_reference())
-    y = tf.ensure_shape(y, [None, x.features.shape[1]])
-    strided = any(s != 1 for s in strides)
-    return SparseTensor(_common.from_compute(y, out_dtype), out_c, out_stride,
-                        _common.pop_link(x) if strided else x.finer)
+    impl = _dispatch.current()
+    features, out_dtype = impl.to_compute(x.features)
+    y = _sum_pool_transpose(impl, features, kmap, _common.num_rows(out_c), False)
+    return SparseTensor(_finish(y, x, out_dtype), out_c, out_stride, link)

@@ -10,8 +10,7 @@ its gradient with respect to the features is gathers over that map.
 import numpy as np
 import tensorflow as tf
 
-from sparse_ops import _loader
-from sparse_ops import config
+from sparse_ops.ops import _dispatch
 from sparse_ops.ops import reference
 from sparse_ops.tensor import SparseTensor
 
@@ -36,6 +35,11 @@ def _voxelize_grad(op, *grads):
         kept = tf.equal(tf.gather(source, inverse), points)
         per_point = tf.where(kept, per_point, tf.zeros_like(per_point))
     return [None, per_point, None]
+
+
+@_dispatch.dual(reference.voxelize)
+def _voxelize(library, points, features, voxel_size, mode):
+    return library.sparse_ops_voxelize(points, features, voxel_size, mode=mode)
 
 
 def _points_tensor(points):
@@ -133,11 +137,8 @@ def voxelize(points, features=None, voxel_size=1.0, mode="average"):
             and f.shape[0] != p.shape[0]:
         raise ValueError(f"features has {f.shape[0]} rows but points has {p.shape[0]}")
     op_mode = "first" if features is None else mode  # no features: counts only
-    if config.use_reference():
-        coordinates, merged, inverse, counts, _ = reference.voxelize(p, f, size, op_mode)
-    else:
-        coordinates, merged, inverse, counts, _ = _loader.library().sparse_ops_voxelize(
-            p, f, size, mode=op_mode)
+    coordinates, merged, inverse, counts, _ = _voxelize(_dispatch.current(), p, f, size,
+                                                        op_mode)
     if features is None:
         merged = tf.cast(counts, tf.float32)[:, None]
     elif out_dtype != merged.dtype:
