@@ -24,9 +24,7 @@ makes every BatchNorm synchronized across the replicas of a
 import keras
 
 from sparse_ops import layers as so_layers
-from sparse_ops.layers.base import SparseLayer, sparse_spec
-
-_register = keras.saving.register_keras_serializable(package="sparse_ops")
+from sparse_ops.layers.base import SparseLayer, register, sparse_spec
 
 
 def _kaiming_fan_out():
@@ -44,11 +42,7 @@ def _build(layer, channels, dimension):
     """Builds a sublayer for `channels` input channels; returns its output
     channel count."""
     layer.build(_fields_shape(channels, dimension))
-    if isinstance(layer, (so_layers.Conv, so_layers.ConvTranspose)):
-        return layer.filters
-    if isinstance(layer, _ResidualBlock):
-        return layer.output_channels
-    return channels  # norms, activations, pools, dropout keep the channels
+    return layer.compute_output_channels(channels)
 
 
 class _NetworkLayer(SparseLayer):
@@ -122,6 +116,9 @@ class _ResidualBlock(_NetworkLayer):
     def output_channels(self):
         return self.filters * self.expansion
 
+    def compute_output_channels(self, input_channels):
+        return self.output_channels
+
     def main_path(self):
         """The residual branch: a list of layers ending in a BatchNorm."""
         raise NotImplementedError
@@ -165,7 +162,7 @@ class _ResidualBlock(_NetworkLayer):
         return config
 
 
-@_register
+@register
 class BasicBlock(_ResidualBlock):
     """ME's `BasicBlock`: conv3-BN-ReLU-conv3-BN, plus the shortcut, ReLU.
 
@@ -183,7 +180,7 @@ class BasicBlock(_ResidualBlock):
                 self.norm()]
 
 
-@_register
+@register
 class Bottleneck(_ResidualBlock):
     """ME's `Bottleneck`: conv1-BN-ReLU-conv3-BN-ReLU-conv1-BN, plus the
     shortcut, ReLU. The 3x3 convolution has the stride and the dilation;
@@ -263,7 +260,7 @@ def _conv_bn_relu(chain, x, training):
 
 # -- MinkUNet ----------------------------------------------------------------------
 
-@_register
+@register
 class MinkUNet(_NetworkLayer):
     """ME's `MinkUNetBase`: a residual U-Net with output sites = input sites.
 
@@ -298,19 +295,20 @@ class MinkUNet(_NetworkLayer):
         self.planes = _int_tuple(planes, 8, "planes")
         self.init_dim = int(init_dim)
         self.stem = [self.conv(self.init_dim, 5), self.norm()]
+        stages = [_stage(self, block, self.planes[i], self.depths[i]) for i in range(8)]
         # Flat lists of layers: Keras saves the layers of a list, not of a
         # list of lists. Pairs (conv, norm) and stages are cut out by index.
         self.down, self.blocks, self.up = [], [], []
         for i in range(4):
-            # ME's conv{i}p{2^i}s2 keeps the width of what it gets.
-            width = self.init_dim if i == 0 else self.planes[i - 1] * \
-                _block_class(block).expansion
+            # ME's conv{i}p{2^i}s2 keeps the width of what it gets: the
+            # stem's, then the stage before's.
+            width = self.init_dim if i == 0 else stages[i - 1][-1].output_channels
             self.down += [self.conv(width, 2, strides=2), self.norm()]
         for i in range(4, 8):
             self.up += [self.conv(self.planes[i], 2, strides=2, transpose=True),
                         self.norm()]
-        for i in range(8):
-            self.blocks += _stage(self, block, self.planes[i], self.depths[i])
+        for stage in stages:
+            self.blocks += stage
         self.concat = [so_layers.Concat(dtype=self.dtype_policy) for _ in range(4)]
         self.final = self.conv(self.out_channels, 1, use_bias=True)
 
@@ -324,7 +322,7 @@ class MinkUNet(_NetworkLayer):
         skips.pop()  # the stride-16 tensor is not a skip
         for up, stage, concat in zip(_pairs(self.up), self.decoder_stages,
                                      self.concat):
-            c = _build_chain(up, c, d) + skips.pop()
+            c = concat.compute_output_channels([_build_chain(up, c, d), skips.pop()])
             concat.build(None)
             c = _build_chain(stage, c, d)
         _build(self.final, c, d)
@@ -356,6 +354,9 @@ class MinkUNet(_NetworkLayer):
         """The blocks of stages 4..7 (strides 8, 4, 2, 1), a list per stage."""
         return _split(self.blocks, self.depths)[4:]
 
+    def compute_output_channels(self, input_channels):
+        return self.out_channels
+
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs
         return sparse_spec(x, self.out_channels, self.compute_dtype, same_rows=True)
@@ -366,8 +367,6 @@ class MinkUNet(_NetworkLayer):
                        "depths": list(self.depths), "planes": list(self.planes),
                        "init_dim": self.init_dim})
         return config
-
-
 
 
 # ME's block counts and width variants (examples/minkunet.py).
@@ -416,7 +415,7 @@ def MinkUNet34(out_channels, variant="C", planes=None, **kwargs):  # noqa: N802
 
 # -- ResNet classifier ------------------------------------------------------------
 
-@_register
+@register
 class ResNet(_NetworkLayer):
     """ME's `ResNetBase` (examples/resnet.py): a sparse classifier.
 
@@ -435,7 +434,7 @@ class ResNet(_NetworkLayer):
         self.num_classes = int(num_classes)
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes!r}")
-        cls = _block_class(block)
+        _block_class(block)
         self.block = block
         self.depths = _int_tuple(depths, 4, "depths")
         self.planes = _int_tuple(planes, 4, "planes")
@@ -449,7 +448,7 @@ class ResNet(_NetworkLayer):
         self.blocks = []  # flat, as in MinkUNet
         for p, n in zip(self.planes, self.depths):
             self.blocks += _stage(self, block, p, n, strides=2)
-        width = self.planes[-1] * cls.expansion
+        width = self.blocks[-1].output_channels  # the last stage's
         self.head = [so_layers.Dropout(self.dropout, dtype=self.dtype_policy),
                      self.conv(width, 3, strides=3),
                      so_layers.InstanceNorm(epsilon=self.instance_norm_epsilon,
@@ -481,6 +480,9 @@ class ResNet(_NetworkLayer):
     def stages(self):
         """The blocks, a list per stage."""
         return _split(self.blocks, self.depths)
+
+    def compute_output_channels(self, input_channels):
+        return self.num_classes
 
     def compute_output_spec(self, x, *args, **kwargs):
         del args, kwargs

@@ -2,12 +2,13 @@
 
 from sparse_ops.layers.base import Input
 from sparse_ops.layers.conv import Conv, ConvTranspose, DepthwiseConv
-from sparse_ops.layers.features import (Activation, BatchNorm, BroadcastAdd,
-                                        BroadcastConcat, BroadcastMultiply, Concat,
-                                        Dense, Dropout, GlobalAvgPool, GlobalMaxPool,
-                                        GlobalSumPool, InstanceNorm, Prune, ReLU,
-                                        ToDense)
+from sparse_ops.layers.global_pool import (BroadcastAdd, BroadcastConcat,
+                                           BroadcastMultiply, GlobalAvgPool,
+                                           GlobalMaxPool, GlobalSumPool)
+from sparse_ops.layers.norm import BatchNorm, InstanceNorm
+from sparse_ops.layers.per_site import Activation, Dense, Dropout, ReLU
 from sparse_ops.layers.pool import AvgPool, MaxPool, SumPool, Unpool
+from sparse_ops.layers.structure import Concat, Prune, ToDense
 
 __all__ = ["Input", "Conv", "ConvTranspose", "DepthwiseConv", "GlobalMaxPool", "GlobalAvgPool", "GlobalSumPool",
            "BroadcastAdd", "BroadcastMultiply", "BroadcastConcat", "Dense",

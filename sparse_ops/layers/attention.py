@@ -1,13 +1,11 @@
 """The paper's k-selection attention as a layer (Hackel et al., Sec. 3.2)."""
 
-import keras
-
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer, sparse_spec
+from sparse_ops.layers.base import SparseLayer, register, sparse_spec
 from sparse_ops.ops.attention import attention_options
 
 
-@keras.saving.register_keras_serializable(package="sparse_ops")
+@register
 class Attention(SparseLayer):
     """Keeps the k strongest responses per batch item and channel.
 
@@ -40,6 +38,9 @@ class Attention(SparseLayer):
 
     def call(self, x):
         return ops.attention(self.sparse_input(x), **self.options())
+
+    def compute_output_channels(self, input_channels):
+        return input_channels
 
     def compute_output_spec(self, x, *args, **kwargs):
         """Output fields: features [S, C], coordinates [S, 1 + D], stride [D]."""

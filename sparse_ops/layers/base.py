@@ -1,14 +1,32 @@
-"""What every sparse layer shares: input conversion and shape reading."""
+"""What every sparse layer shares: input conversion, shape reading, output
+specs and channel counts, argument checks, Keras registration."""
 
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from sparse_ops import _checks
 from sparse_ops import geometry
 from sparse_ops.regularizers import DensityRegularizer
 from sparse_ops.tensor import SparseTensor, as_sparse
+
+
+# Every layer registers under the package name: `.keras` files name
+# "sparse_ops>Class", whatever module defines it.
+register = keras.saving.register_keras_serializable(package="sparse_ops")
+
+
+def plain_ints(value, name):
+    """An int or a tuple of ints in [1, 2^31 - 1], as plain Python ints (so
+    that get_config is JSON-serialisable); None for a kernel_size (custom
+    regions need none)."""
+    if value is None and name == "kernel_size":
+        return None
+    if np.ndim(value) == 0:
+        return _checks.int_value(value, name, minimum=1)
+    return _checks.int_tuple(value, len(value), name)
 
 
 def _is_shape(x):
@@ -125,7 +143,16 @@ def _option_module(key):
 
 
 class SparseLayer(keras.layers.Layer):
-    """Base of the layers: converts the input to a `SparseTensor`."""
+    """Base of the layers: converts the input to a `SparseTensor`; each
+    layer states its output channels (`compute_output_channels`)."""
+
+    def compute_output_channels(self, input_channels):
+        """The number of channels of the output (features, or the last axis
+        of a dense output) for `input_channels` input channels (None when
+        unknown; for layers of several inputs, one entry per input). The
+        networks of `sparse_ops.models` build their sublayers with it."""
+        raise NotImplementedError(
+            f"{type(self).__name__} does not state its output channels")
 
     def set_weight_options(self, **options):
         """Stores `<weight>_initializer` / `_regularizer` / `_constraint`
@@ -191,3 +218,16 @@ class SparseLayer(keras.layers.Layer):
     @staticmethod
     def sparse_input(x):
         return as_sparse(x)
+
+
+class FeatureLayer(SparseLayer):
+    """Output = the input's sites (the same rows) with new features; of the
+    input's channel count unless `compute_output_channels` says otherwise."""
+
+    def compute_output_channels(self, input_channels):
+        return input_channels
+
+    def compute_output_spec(self, x, *args, **kwargs):
+        del args, kwargs
+        channels = self.compute_output_channels(fields_spec(x)[0][-1])
+        return sparse_spec(x, channels, self.compute_dtype, same_rows=True)

@@ -7,17 +7,8 @@ from sparse_ops import _checks
 from sparse_ops import geometry
 from sparse_ops import ops
 from sparse_ops.layers.attention import Attention
-from sparse_ops.layers.base import SparseLayer, sparse_spec
-
-
-def _ints(value, name):
-    """An int or a tuple of ints in [1, 2^31 - 1], as plain Python ints (so
-    that get_config is JSON-serialisable)."""
-    if value is None and name == "kernel_size":
-        return None  # custom regions need no kernel size
-    if np.ndim(value) == 0:
-        return _checks.int_value(value, name, minimum=1)
-    return _checks.int_tuple(value, len(value), name)
+from sparse_ops.layers.base import (SparseLayer, fields_spec, plain_ints, register,
+                                    sparse_spec)
 
 
 def _attention_options(attention):
@@ -44,9 +35,9 @@ class _ConvBase(SparseLayer):
         super().__init__(**kwargs)
         self.filters = _checks.int_value(filters, "filters", minimum=1)
         # Plain ints (or tuples of them) so get_config is JSON-serialisable.
-        self.kernel_size = _ints(kernel_size, "kernel_size")
-        self.strides = _ints(strides, "strides")
-        self.dilation_rate = _ints(dilation_rate, "dilation_rate")
+        self.kernel_size = plain_ints(kernel_size, "kernel_size")
+        self.strides = plain_ints(strides, "strides")
+        self.dilation_rate = plain_ints(dilation_rate, "dilation_rate")
         if not isinstance(region, str):
             region = np.asarray(region, np.int32).tolist()
         elif region not in geometry.REGIONS:
@@ -73,6 +64,9 @@ class _ConvBase(SparseLayer):
                                    self.region, dimension).shape[0]
         return [k] + io
 
+    def compute_output_channels(self, input_channels):
+        return self.filters
+
     def build(self, input_shape):
         channels, dimension = self.input_channels(input_shape)
         self.kernel = self.add_weight(
@@ -80,8 +74,8 @@ class _ConvBase(SparseLayer):
             initializer=self.kernel_initializer,
             regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
         self.bias = self.add_weight(
-            name="bias", shape=[self.filters], initializer=self.bias_initializer,
-            regularizer=self.bias_regularizer,
+            name="bias", shape=[self.compute_output_channels(channels)],
+            initializer=self.bias_initializer, regularizer=self.bias_regularizer,
             constraint=self.bias_constraint) if self.use_bias else None
         self.bind_density_regularizers()
 
@@ -100,7 +94,8 @@ class _ConvBase(SparseLayer):
         as coordinates= (ConvTranspose) / out_coordinates= (Conv)."""
         sites = args[0] if args else kwargs.get(
             "coordinates", kwargs.get("out_coordinates"))
-        return sparse_spec(x, self.filters, self.compute_dtype,
+        channels = self.compute_output_channels(fields_spec(x)[0][-1])
+        return sparse_spec(x, channels, self.compute_dtype,
                            link=self.output_link(x, sites))
 
     def _weights_for(self, x):
@@ -122,7 +117,7 @@ class _ConvBase(SparseLayer):
         return config
 
 
-@keras.saving.register_keras_serializable(package="sparse_ops")
+@register
 class Conv(_ConvBase):
     """Sparse convolution; weights interchangeable with `keras.layers.ConvND`.
 
@@ -157,7 +152,7 @@ class Conv(_ConvBase):
                          kernel_regularizer=kernel_regularizer, **kwargs)
         self.attention = _attention_options(attention)
         self.masked_gradients = bool(masked_gradients)
-        self.spatial_shape = None if spatial_shape is None else _ints(
+        self.spatial_shape = None if spatial_shape is None else plain_ints(
             spatial_shape, "spatial_shape")
 
     def call(self, x, out_coordinates=None):
@@ -179,7 +174,7 @@ class Conv(_ConvBase):
         return config
 
 
-@keras.saving.register_keras_serializable(package="sparse_ops")
+@register
 class ConvTranspose(_ConvBase):
     """Sparse transposed convolution, the adjoint of `Conv` with the same
     geometry; weights interchangeable with `keras.layers.ConvNDTranspose`.
@@ -221,7 +216,7 @@ class ConvTranspose(_ConvBase):
         return config
 
 
-@keras.saving.register_keras_serializable(package="sparse_ops")
+@register
 class DepthwiseConv(_ConvBase):
     """Channel-wise (depthwise) sparse convolution (MinkowskiEngine's
     `MinkowskiChannelwiseConvolution`); weights interchangeable with Keras'
@@ -244,25 +239,8 @@ class DepthwiseConv(_ConvBase):
                          use_bias, kernel_initializer, **kwargs)
         self.depth_multiplier = self.filters
 
-    def _output_channels(self, channels):
-        return None if channels is None else channels * self.depth_multiplier
-
-    def build(self, input_shape):
-        channels, dimension = self.input_channels(input_shape)
-        self.kernel = self.add_weight(
-            name="kernel", shape=self._kernel_shape(channels, dimension),
-            initializer=self.kernel_initializer,
-            regularizer=self.kernel_regularizer, constraint=self.kernel_constraint)
-        self.bias = self.add_weight(
-            name="bias", shape=[self._output_channels(channels)],
-            initializer=self.bias_initializer, regularizer=self.bias_regularizer,
-            constraint=self.bias_constraint) if self.use_bias else None
-        self.bind_density_regularizers()
-
-    def compute_output_spec(self, x, *args, **kwargs):
-        channels = x.features.shape[-1]
-        return sparse_spec(x, self._output_channels(channels), self.compute_dtype,
-                           link=self.output_link(x))
+    def compute_output_channels(self, input_channels):
+        return None if input_channels is None else input_channels * self.depth_multiplier
 
     def call(self, x):
         x = self.sparse_input(x)

@@ -3,13 +3,10 @@
 import keras
 
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer, fields_spec, sparse_spec
-from sparse_ops.ops import points as points_ops
-
-_register = keras.saving.register_keras_serializable(package="sparse_ops")
+from sparse_ops.layers.base import SparseLayer, fields_spec, register, sparse_spec
 
 
-@_register
+@register
 class Union(SparseLayer):
     """`call([a, b, ...])`: the sites of all inputs, features summed where
     sites overlap (MinkowskiEngine's MinkowskiUnion). Inputs need the same
@@ -19,12 +16,16 @@ class Union(SparseLayer):
     def call(self, inputs):
         return ops.union(inputs)
 
+    def compute_output_channels(self, input_channels):
+        """input_channels: one entry per input (all the same)."""
+        return next((c for c in input_channels if c is not None), None)
+
     def compute_output_spec(self, inputs, *args, **kwargs):
         del args, kwargs
         return sparse_spec(inputs[0], None, self.compute_dtype)
 
 
-@_register
+@register
 class Interpolate(SparseLayer):
     """`call(x, points)`: dense [N, C] features of x at float points [N, 1 + D]
     (batch index, then coordinates in x's integer units), multilinear over
@@ -37,14 +38,16 @@ class Interpolate(SparseLayer):
         self.normalize = bool(normalize)
 
     def call(self, x, points):
-        return points_ops.interpolate(self.sparse_input(x), points,
+        return ops.interpolate(self.sparse_input(x), points,
                                       normalize=self.normalize)
+
+    def compute_output_channels(self, input_channels):
+        return input_channels
 
     def compute_output_spec(self, x, points, *args, **kwargs):
         del args, kwargs
-        features_shape, _ = fields_spec(x)
-        return keras.KerasTensor((points.shape[0], features_shape[-1]),
-                                 dtype=self.compute_dtype)
+        channels = self.compute_output_channels(fields_spec(x)[0][-1])
+        return keras.KerasTensor((points.shape[0], channels), dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
@@ -52,7 +55,7 @@ class Interpolate(SparseLayer):
         return config
 
 
-@_register
+@register
 class Slice(SparseLayer):
     """`call(x, inverse)`: dense per-point features [P, C] = x.features[inverse],
     with `inverse` [P] from `sparse_ops.utils.sparse_quantize(...,
@@ -60,10 +63,12 @@ class Slice(SparseLayer):
     `sparse_ops.ops.slice` for batches."""
 
     def call(self, x, inverse):
-        return points_ops.slice(self.sparse_input(x), inverse)
+        return ops.slice(self.sparse_input(x), inverse)
+
+    def compute_output_channels(self, input_channels):
+        return input_channels
 
     def compute_output_spec(self, x, inverse, *args, **kwargs):
         del args, kwargs
-        features_shape, _ = fields_spec(x)
-        return keras.KerasTensor((inverse.shape[0], features_shape[-1]),
-                                 dtype=self.compute_dtype)
+        channels = self.compute_output_channels(fields_spec(x)[0][-1])
+        return keras.KerasTensor((inverse.shape[0], channels), dtype=self.compute_dtype)

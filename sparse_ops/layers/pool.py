@@ -1,13 +1,9 @@
 """Sparse pooling layers: MaxPool, AvgPool, SumPool and Unpool."""
 
-import keras
 import numpy as np
 
 from sparse_ops import ops
-from sparse_ops.layers.base import SparseLayer, sparse_spec
-from sparse_ops.layers.conv import _ints
-
-_register = keras.saving.register_keras_serializable(package="sparse_ops")
+from sparse_ops.layers.base import SparseLayer, plain_ints, register, sparse_spec
 
 
 class _Pool(SparseLayer):
@@ -16,13 +12,16 @@ class _Pool(SparseLayer):
     def __init__(self, pool_size=2, strides=None, **kwargs):
         super().__init__(**kwargs)
         # Plain ints (or tuples of them) so get_config is JSON-serialisable.
-        self.pool_size = _ints(pool_size, "pool_size")
-        self.strides = None if strides is None else _ints(strides, "strides")
+        self.pool_size = plain_ints(pool_size, "pool_size")
+        self.strides = None if strides is None else plain_ints(strides, "strides")
 
     def call(self, x):
         return type(self).op(self.sparse_input(x), self.pool_size, self.strides)
 
     link = "push"  # a strided op links its output back to its input
+
+    def compute_output_channels(self, input_channels):
+        return input_channels
 
     def compute_output_spec(self, x, *args, **kwargs):
         """Output fields: features [N, C], coordinates [N, 1 + D], stride [D]
@@ -39,7 +38,7 @@ class _Pool(SparseLayer):
         return config
 
 
-@_register
+@register
 class MaxPool(_Pool):
     """Max over the ACTIVE input sites of each window; output sites as a
     strided `Conv` with kernel_size = pool_size (strides default pool_size).
@@ -47,19 +46,19 @@ class MaxPool(_Pool):
     op = staticmethod(ops.max_pool)
 
 
-@_register
+@register
 class AvgPool(_Pool):
     """Mean over the ACTIVE input sites of each window (sites as MaxPool)."""
     op = staticmethod(ops.avg_pool)
 
 
-@_register
+@register
 class SumPool(_Pool):
     """Sum over the input sites of each window (sites as MaxPool)."""
     op = staticmethod(ops.sum_pool)
 
 
-@_register
+@register
 class Unpool(_Pool):
     """The transpose of SumPool: output sites are every site the window
     reaches from each input site (generative), each receiving the sum of the
