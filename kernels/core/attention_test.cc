@@ -2,7 +2,10 @@
 // AttentionKeep and KeptRows against a brute force that sorts every
 // (batch item, channel) by (key descending, row ascending), on tie-heavy,
 // random, NaN, signed-zero and huge-batch-index inputs, serial and on 3
-// threads. Exits nonzero on any failure. Run: bazel test //kernels:attention_test
+// threads. Exits nonzero on any failure. Run: bazel test
+// //kernels:attention_test
+#include "kernels/core/attention.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -14,7 +17,6 @@
 #include <thread>
 #include <vector>
 
-#include "kernels/core/attention.h"
 #include "kernels/core/parallel.h"
 
 namespace sparse_ops {
@@ -23,13 +25,13 @@ namespace {
 int g_failures = 0;
 int g_checks = 0;
 
-#define EXPECT_MSG(cond, msg)                                                 \
-  do {                                                                        \
-    ++g_checks;                                                               \
-    if (!(cond) && ++g_failures <= 20) {                                      \
-      std::fprintf(stderr, "%s:%d: FAILED: %s: %s\n", __FILE__, __LINE__,     \
-                   #cond, std::string(msg).c_str());                          \
-    }                                                                         \
+#define EXPECT_MSG(cond, msg)                                             \
+  do {                                                                    \
+    ++g_checks;                                                           \
+    if (!(cond) && ++g_failures <= 20) {                                  \
+      std::fprintf(stderr, "%s:%d: FAILED: %s: %s\n", __FILE__, __LINE__, \
+                   #cond, std::string(msg).c_str());                      \
+    }                                                                     \
   } while (0)
 
 // [0, n) in chunks of 7 units dealt round-robin to `threads` threads.
@@ -39,7 +41,8 @@ void ThreeThreads(int64_t n, int64_t /*cost*/,
   std::vector<std::thread> pool;
   for (int t = 0; t < 3; ++t) {
     pool.emplace_back([&, t] {
-      for (int64_t b = t * chunk; b < n; b += 3 * chunk) fn(b, std::min(n, b + chunk));
+      for (int64_t b = t * chunk; b < n; b += 3 * chunk)
+        fn(b, std::min(n, b + chunk));
     });
   }
   for (auto& th : pool) th.join();
@@ -53,8 +56,9 @@ double RankKey(T v, AttentionMode mode) {
 
 // keep[i * C + c] by sorting; coords [n, 2] (batch, x).
 template <typename T>
-std::vector<bool> BruteKeep(const std::vector<T>& f, const std::vector<int32_t>& coords,
-                            int64_t n, int64_t C, int64_t k, AttentionMode mode,
+std::vector<bool> BruteKeep(const std::vector<T>& f,
+                            const std::vector<int32_t>& coords, int64_t n,
+                            int64_t C, int64_t k, AttentionMode mode,
                             AttentionPer per) {
   std::vector<bool> keep(n * C, false);
   std::vector<int32_t> batches;
@@ -63,7 +67,8 @@ std::vector<bool> BruteKeep(const std::vector<T>& f, const std::vector<int32_t>&
   batches.erase(std::unique(batches.begin(), batches.end()), batches.end());
   for (int32_t b : batches) {
     std::vector<int64_t> rows;
-    for (int64_t i = 0; i < n; ++i) if (coords[2 * i] == b) rows.push_back(i);
+    for (int64_t i = 0; i < n; ++i)
+      if (coords[2 * i] == b) rows.push_back(i);
     const int64_t lanes = per == AttentionPer::kSite ? 1 : C;
     for (int64_t c = 0; c < lanes && C > 0; ++c) {
       std::vector<std::pair<double, int64_t>> order;  // (-key, row): ascending
@@ -102,14 +107,16 @@ void Check(const std::string& name, const std::vector<T>& f,
     for (AttentionMode mode : {AttentionMode::kValue, AttentionMode::kAbs}) {
       for (AttentionPer per : {AttentionPer::kChannel, AttentionPer::kSite}) {
         const std::vector<bool> want = BruteKeep(f, coords, n, C, k, mode, per);
-        const std::string what = name + " k=" + std::to_string(k) +
-                                 (mode == AttentionMode::kAbs ? " abs" : " value") +
-                                 (per == AttentionPer::kSite ? " site" : " channel");
+        const std::string what =
+            name + " k=" + std::to_string(k) +
+            (mode == AttentionMode::kAbs ? " abs" : " value") +
+            (per == AttentionPer::kSite ? " site" : " channel");
         for (bool threaded : {false, true}) {
           std::vector<char> keep(n * C + 1, 2);  // 2: never written
-          AttentionKeep<T>(f.data(), n, C, groups, k, mode, per,
-                           reinterpret_cast<bool*>(keep.data()),
-                           threaded ? ParallelFor(ThreeThreads) : ParallelFor(SerialFor));
+          AttentionKeep<T>(
+              f.data(), n, C, groups, k, mode, per,
+              reinterpret_cast<bool*>(keep.data()),
+              threaded ? ParallelFor(ThreeThreads) : ParallelFor(SerialFor));
           bool same = keep[n * C] == 2;
           for (int64_t j = 0; j < n * C; ++j) same &= (keep[j] == 1) == want[j];
           EXPECT_MSG(same, what + (threaded ? " threaded" : " serial"));
@@ -161,7 +168,8 @@ void Special() {
   Check("special float", g, coords, 1);
   // An empty tensor and zero channels.
   Check("empty", std::vector<float>{}, std::vector<int32_t>{}, 3);
-  Check("zero channels", std::vector<float>{}, std::vector<int32_t>{0, 0, 1, 1}, 0);
+  Check("zero channels", std::vector<float>{}, std::vector<int32_t>{0, 0, 1, 1},
+        0);
 }
 
 }  // namespace
@@ -181,6 +189,7 @@ int main() {
                  sparse_ops::g_failures, sparse_ops::g_checks);
     return 1;
   }
-  std::fprintf(stderr, "attention_test: all %d checks passed\n", sparse_ops::g_checks);
+  std::fprintf(stderr, "attention_test: all %d checks passed\n",
+               sparse_ops::g_checks);
   return 0;
 }

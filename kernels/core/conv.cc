@@ -21,7 +21,8 @@ namespace sparse_ops {
 namespace {
 
 template <typename T>
-using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using Matrix =
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <typename T>
 using MatrixMap = Eigen::Map<Matrix<T>>;
 template <typename T>
@@ -178,7 +179,8 @@ template <int kTile, typename Body>
 inline void ForRowGroups(int64_t n, Body&& body) {
   static_assert(kTile <= 6, "the rest is dispatched up to 5 rows");
   int64_t r = 0;
-  for (; r + kTile <= n; r += kTile) body(std::integral_constant<int, kTile>{}, r);
+  for (; r + kTile <= n; r += kTile)
+    body(std::integral_constant<int, kTile>{}, r);
   switch (n - r) {
     case 5: body(std::integral_constant<int, 5>{}, r); break;
     case 4: body(std::integral_constant<int, 4>{}, r); break;
@@ -254,7 +256,8 @@ class Avx2PairProduct {
     });
   }
 
-  SPARSE_OPS_TARGET_AVX2 void Pointers(const float* in, const int32_t* in_rows,
+  SPARSE_OPS_TARGET_AVX2
+  void Pointers(const float* in, const int32_t* in_rows,
                 const int32_t* out_rows, int rows, int64_t o0, float* acc,
                 const float** x, float** dst) const {
     for (int r = 0; r < rows; ++r) {
@@ -337,11 +340,10 @@ class Avx512PairProduct {
   static constexpr int kTileRows = 6;  // 6 x 4 accumulators + 5 = 29 zmm
 
   template <bool kSomeRows>
-  SPARSE_OPS_TARGET_AVX512 void Pairs(const float* in, const float* w,
-                                      const int32_t* in_rows,
-                                      const int32_t* out_rows, int64_t m,
-                                      int64_t o0, const ActiveWeights& active,
-                                      float* acc) const {
+  SPARSE_OPS_TARGET_AVX512
+  void Pairs(const float* in, const float* w, const int32_t* in_rows,
+             const int32_t* out_rows, int64_t m, int64_t o0,
+             const ActiveWeights& active, float* acc) const {
     ForRowGroups<kTileRows>(m, [&](auto rows, int64_t r) {
       constexpr int kRows = decltype(rows)::value;
       const float* x[kRows];
@@ -351,11 +353,10 @@ class Avx512PairProduct {
     });
   }
 
-  SPARSE_OPS_TARGET_AVX512 void Pointers(const float* in,
-                                         const int32_t* in_rows,
-                                         const int32_t* out_rows, int rows,
-                                         int64_t o0, float* acc,
-                                         const float** x, float** dst) const {
+  SPARSE_OPS_TARGET_AVX512
+  void Pointers(const float* in, const int32_t* in_rows,
+                const int32_t* out_rows, int rows, int64_t o0, float* acc,
+                const float** x, float** dst) const {
     for (int r = 0; r < rows; ++r) {
       x[r] = in + static_cast<int64_t>(in_rows[r]) * c_in_;
       dst[r] = acc + (out_rows[r] - o0) * c_out_;
@@ -365,9 +366,9 @@ class Avx512PairProduct {
   // Runs of up to four active 16-column tiles go to one register tile;
   // tiles with no non-zero weight are skipped.
   template <int kRows, bool kSomeRows>
-  SPARSE_OPS_TARGET_AVX512 void Rows(const float* const* x, const float* w,
-                                     const ActiveWeights& active,
-                                     float* const* dst) const {
+  SPARSE_OPS_TARGET_AVX512
+  void Rows(const float* const* x, const float* w, const ActiveWeights& active,
+            float* const* dst) const {
     int64_t j = 0;
     while (j < c_out_) {
       if (!active.tiles[j / kColumnTile]) {
@@ -390,9 +391,9 @@ class Avx512PairProduct {
   }
 
   template <int kRows, int kVectors, bool kSomeRows>
-  SPARSE_OPS_TARGET_AVX512 void Tile(const float* const* x, const float* w,
-                                     int64_t j, const ActiveWeights& active,
-                                     float* const* dst) const {
+  SPARSE_OPS_TARGET_AVX512
+  void Tile(const float* const* x, const float* w, int64_t j,
+            const ActiveWeights& active, float* const* dst) const {
     __m512 c[kRows][kVectors];
     for (int r = 0; r < kRows; ++r) {
       for (int v = 0; v < kVectors; ++v) c[r][v] = _mm512_setzero_ps();
@@ -462,10 +463,9 @@ class Avx512Bf16PairProduct {
   static constexpr int kTileRows = 6;  // 6 x 4 accumulators + 5 = 29 zmm
 
   template <int kRows, bool kSomePairs>
-  SPARSE_OPS_TARGET_AVX512_BF16 void Rows(const bfloat16* const* x,
-                                          const uint16_t* w,
-                                          const ActiveWeights& active,
-                                          float* const* dst) const {
+  SPARSE_OPS_TARGET_AVX512_BF16
+  void Rows(const bfloat16* const* x, const uint16_t* w,
+            const ActiveWeights& active, float* const* dst) const {
     int64_t j = 0;
     while (j < c_out_) {
       if (!active.tiles[j / kColumnTile]) {
@@ -488,10 +488,9 @@ class Avx512Bf16PairProduct {
   }
 
   template <int kRows, int kVectors, bool kSomePairs>
-  SPARSE_OPS_TARGET_AVX512_BF16 void Tile(const bfloat16* const* x,
-                                          const uint16_t* w, int64_t j,
-                                          const ActiveWeights& active,
-                                          float* const* dst) const {
+  SPARSE_OPS_TARGET_AVX512_BF16
+  void Tile(const bfloat16* const* x, const uint16_t* w, int64_t j,
+            const ActiveWeights& active, float* const* dst) const {
     __m512 c[kRows][kVectors];
     for (int r = 0; r < kRows; ++r) {
       for (int v = 0; v < kVectors; ++v) c[r][v] = _mm512_setzero_ps();
@@ -524,7 +523,8 @@ class Avx512Bf16PairProduct {
 };
 
 // In-register transpose of 8 rows of 8 floats.
-SPARSE_OPS_TARGET_AVX2 inline void Transpose8x8(__m256* r) {
+SPARSE_OPS_TARGET_AVX2
+inline void Transpose8x8(__m256* r) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]);
   const __m256 t1 = _mm256_unpackhi_ps(r[0], r[1]);
   const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]);
@@ -568,9 +568,10 @@ class VectorSparseWeightProduct {
 
   // cols: the offset's column starts (c_out + 1) into entry_row/value.
   SPARSE_OPS_TARGET_AVX2
-  void operator()(const float* in, const int64_t* cols, const int32_t* entry_row,
-                  const float* entry_value, const int32_t* in_rows,
-                  const int32_t* out_rows, int64_t m, int64_t o0, float* acc) {
+  void operator()(const float* in, const int64_t* cols,
+                  const int32_t* entry_row, const float* entry_value,
+                  const int32_t* in_rows, const int32_t* out_rows, int64_t m,
+                  int64_t o0, float* acc) {
     for (int64_t r0 = 0; r0 < m; r0 += kPairTile) {
       const int n = static_cast<int>(std::min(kPairTile, m - r0));
       GatherTransposed(in, in_rows + r0, n);
@@ -632,7 +633,8 @@ class VectorSparseWeightProduct {
     for (int64_t j = 0; j < c_out_; ++j) {
       __m256 a[kVectors];
       for (int v = 0; v < kVectors; ++v) a[v] = _mm256_setzero_ps();
-      Chain<kVectors>(xt_.data(), entry_row, entry_value, cols[j], cols[j + 1], a);
+      Chain<kVectors>(xt_.data(), entry_row, entry_value, cols[j], cols[j + 1],
+                      a);
       for (int v = 0; v < kVectors; ++v) {
         _mm256_storeu_ps(yt_.data() + j * kPairTile + 8 * v, a[v]);
       }
@@ -656,9 +658,9 @@ class VectorSparseWeightProduct {
   // Columns with AVX-512 vectors of 16 pairs: per pair the same FMA chain
   // as Columns', so the two agree bit for bit.
   template <int kVectors>
-  SPARSE_OPS_TARGET_AVX512 void Columns512(const int64_t* cols,
-                                           const int32_t* entry_row,
-                                           const float* entry_value) {
+  SPARSE_OPS_TARGET_AVX512
+  void Columns512(const int64_t* cols, const int32_t* entry_row,
+                  const float* entry_value) {
     for (int64_t j = 0; j < c_out_; ++j) {
       __m512 a[kVectors];
       for (int v = 0; v < kVectors; ++v) a[v] = _mm512_setzero_ps();
@@ -682,7 +684,8 @@ class VectorSparseWeightProduct {
     for (int r0 = 0; r0 < n; r0 += 8) {
       float* d[8];
       for (int q = 0; q < 8; ++q) {
-        d[q] = r0 + q < n ? acc + (out_rows[r0 + q] - o0) * c_out_ : sink_.data();
+        d[q] =
+            r0 + q < n ? acc + (out_rows[r0 + q] - o0) * c_out_ : sink_.data();
       }
       int64_t j = 0;
       for (; j + 8 <= c_out_; j += 8) {
@@ -692,7 +695,8 @@ class VectorSparseWeightProduct {
         }
         Transpose8x8(v);
         for (int q = 0; q < 8; ++q) {
-          _mm256_storeu_ps(d[q] + j, _mm256_add_ps(_mm256_loadu_ps(d[q] + j), v[q]));
+          _mm256_storeu_ps(d[q] + j,
+                           _mm256_add_ps(_mm256_loadu_ps(d[q] + j), v[q]));
         }
       }
       for (; j < c_out_; ++j) {
@@ -729,8 +733,9 @@ template <typename In, typename T, typename Acc, typename W, typename Dense,
           typename Sparse>
 void ConvBlocks(const In* in, int64_t c_in, const W* weights, int64_t c_out,
                 const KernelMapView& map, int64_t n_out, T* out,
-                const WeightPlan<Acc>& plan, const std::vector<int32_t>& out_cols,
-                int64_t c_out_full, const ParallelFor& parallel_for) {
+                const WeightPlan<Acc>& plan,
+                const std::vector<int32_t>& out_cols, int64_t c_out_full,
+                const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   const int64_t num_blocks = (n_out + kBlockRows - 1) / kBlockRows;
   const int64_t pairs = map.splits[K];
@@ -754,20 +759,19 @@ void ConvBlocks(const In* in, int64_t c_in, const W* weights, int64_t c_out,
       std::fill(acc, acc + rows * c_out, Acc(0));
       for (int64_t k = 0; k < K; ++k) {
         if (plan.kind[k] == WeightPlan<Acc>::kSkip) continue;
-        const int64_t p0 = LowerBound(map.out_rows, map.splits[k],
-                                      map.splits[k + 1], o0);
-        const int64_t p1 = LowerBound(map.out_rows, p0, map.splits[k + 1],
-                                      o0 + rows);
+        const int64_t p0 =
+            LowerBound(map.out_rows, map.splits[k], map.splits[k + 1], o0);
+        const int64_t p1 =
+            LowerBound(map.out_rows, p0, map.splits[k + 1], o0 + rows);
         if (p1 == p0) continue;
         if (plan.kind[k] == WeightPlan<Acc>::kSparse) {
           sparse(in, plan.col_start.data() + k * (c_out + 1),
                  plan.entry_row.data(), plan.entry_value.data(),
                  map.in_rows + p0, map.out_rows + p0, p1 - p0, o0, acc);
         } else {
-          const ActiveWeights active{
-              plan.rows.data() + plan.row_start[k],
-              plan.row_start[k + 1] - plan.row_start[k],
-              plan.tiles.data() + k * plan.n_tiles};
+          const ActiveWeights active{plan.rows.data() + plan.row_start[k],
+                                     plan.row_start[k + 1] - plan.row_start[k],
+                                     plan.tiles.data() + k * plan.n_tiles};
           dense(in, weights + k * c_in * c_out, map.in_rows + p0,
                 map.out_rows + p0, p1 - p0, o0, active, acc);
         }
@@ -777,7 +781,8 @@ void ConvBlocks(const In* in, int64_t c_in, const W* weights, int64_t c_out,
         std::fill(dst, dst + rows * c_out_full, T(0));
         for (int64_t r = 0; r < rows; ++r) {
           for (int64_t t = 0; t < c_out; ++t) {
-            dst[r * c_out_full + out_cols[t]] = static_cast<T>(acc[r * c_out + t]);
+            dst[r * c_out_full + out_cols[t]] =
+                static_cast<T>(acc[r * c_out + t]);
           }
         }
       } else if constexpr (!std::is_same_v<T, Acc>) {
@@ -807,7 +812,8 @@ std::vector<int32_t> ActiveOutputChannels(const T* w, int64_t K, int64_t c_in,
   for (int64_t j = 0; j < c_out; ++j) {
     if (active[j]) cols.push_back(static_cast<int32_t>(j));
   }
-  for (int64_t j = 0; j < c_out && static_cast<int64_t>(cols.size()) < padded; ++j) {
+  for (int64_t j = 0; j < c_out && static_cast<int64_t>(cols.size()) < padded;
+       ++j) {
     if (!active[j]) cols.push_back(static_cast<int32_t>(j));
   }
   std::sort(cols.begin(), cols.end());
@@ -869,9 +875,9 @@ void VectorConv(const float* in, int64_t c_in, const ConvWeights<float>& w,
   const int64_t K = map.num_offsets;
   const bool avx512 =
       isa >= Isa::kAvx512 && Avx512PairProduct::Supports(w.c_prod);
-  const WeightPlan<float> plan = PlanWeights(
-      w.data, K, c_in, w.c_prod, path, /*has_sparse_product=*/true,
-      avx512 ? kAvx512SparseCostScale : 1.0);
+  const WeightPlan<float> plan =
+      PlanWeights(w.data, K, c_in, w.c_prod, path, /*has_sparse_product=*/true,
+                  avx512 ? kAvx512SparseCostScale : 1.0);
   if (avx512) {
     ConvBlocks<float, Out, float, float, Avx512PairProduct,
                Avx512SparseWeightProduct>(in, c_in, w.data, w.c_prod, map,
@@ -892,11 +898,12 @@ void VectorConv(const float* in, int64_t c_in, const ConvWeights<float>& w,
 
 // dst[i] = float(src[i]) for i < n (exact: a bfloat16 is the top half of a
 // float), eight values per instruction.
-SPARSE_OPS_TARGET_AVX2 void WidenAvx2(const bfloat16* src, int64_t n,
-                                      float* dst) {
+SPARSE_OPS_TARGET_AVX2
+void WidenAvx2(const bfloat16* src, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    const __m128i half = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i half =
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
                         _mm256_slli_epi32(_mm256_cvtepu16_epi32(half), 16));
   }
@@ -946,38 +953,40 @@ std::vector<uint16_t> PackPairs(const float* w, int64_t K, int64_t c_in,
 void Widen(const bfloat16* src, int64_t n, float* dst, Isa isa,
            const ParallelFor& parallel_for) {
   constexpr int64_t kChunk = 1 << 14;
-  parallel_for((n + kChunk - 1) / kChunk, kChunk, [&](int64_t begin, int64_t end) {
-    const int64_t i0 = begin * kChunk, i1 = std::min(n, end * kChunk);
+  parallel_for(
+      (n + kChunk - 1) / kChunk, kChunk, [&](int64_t begin, int64_t end) {
+        const int64_t i0 = begin * kChunk, i1 = std::min(n, end * kChunk);
 #ifdef SPARSE_OPS_AVX2
-    if (isa != Isa::kPortable) {
-      WidenAvx2(src + i0, i1 - i0, dst + i0);
-      return;
-    }
+        if (isa != Isa::kPortable) {
+          WidenAvx2(src + i0, i1 - i0, dst + i0);
+          return;
+        }
 #endif
-    ArrayMap<float>(dst + i0, i1 - i0) =
-        ConstArrayMap<bfloat16>(src + i0, i1 - i0).cast<float>();
-  });
+        ArrayMap<float>(dst + i0, i1 - i0) =
+            ConstArrayMap<bfloat16>(src + i0, i1 - i0).cast<float>();
+      });
 }
 
 Status SparseConvBfloat16(const bfloat16* in, int64_t n_in, int64_t c_in,
                           const bfloat16* weights, int64_t c_out,
                           bool transpose_weights, const KernelMapView& map,
-                          int64_t n_out, bfloat16* out, const Allocate& allocate,
+                          int64_t n_out, bfloat16* out,
+                          const Allocate& allocate,
                           const ParallelFor& parallel_for, WeightPath path) {
   const int64_t K = map.num_offsets;
   std::vector<float> wide_weights(K * c_in * c_out);  // small
   ArrayMap<float>(wide_weights.data(), wide_weights.size()) =
       ConstArrayMap<bfloat16>(weights, wide_weights.size()).cast<float>();
-  const ConvWeights<float> w = PrepareWeights(
-      wide_weights.data(), K, c_in, c_out, transpose_weights, path);
+  const ConvWeights<float> w = PrepareWeights(wide_weights.data(), K, c_in,
+                                              c_out, transpose_weights, path);
   const Isa isa = ActiveIsa();
 #ifdef SPARSE_OPS_AVX2
   if (isa >= Isa::kAvx512Bf16 &&
       Avx512Bf16PairProduct::Supports(c_in, w.c_prod)) {
-    const WeightPlan<float> plan = PairPlan(
-        PlanWeights(w.data, K, c_in, w.c_prod, path,
-                    /*has_sparse_product=*/false),
-        K);
+    const WeightPlan<float> plan =
+        PairPlan(PlanWeights(w.data, K, c_in, w.c_prod, path,
+                             /*has_sparse_product=*/false),
+                 K);
     const std::vector<uint16_t> packed = PackPairs(w.data, K, c_in, w.c_prod);
     ConvBlocks<bfloat16, bfloat16, float, uint16_t, Avx512Bf16PairProduct,
                NoSparseProduct<bfloat16, float>>(
@@ -996,7 +1005,8 @@ Status SparseConvBfloat16(const bfloat16* in, int64_t n_in, int64_t c_in,
   Widen(in, n_in * c_in, wide_in, isa, parallel_for);
 #ifdef SPARSE_OPS_AVX2
   if (isa != Isa::kPortable) {
-    VectorConv(wide_in, c_in, w, c_out, map, n_out, out, parallel_for, path, isa);
+    VectorConv(wide_in, c_in, w, c_out, map, n_out, out, parallel_for, path,
+               isa);
     return Status::Ok();
   }
 #endif
@@ -1011,9 +1021,8 @@ Status SparseConvBfloat16(const bfloat16* in, int64_t n_in, int64_t c_in,
 
 template <typename T>
 void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
-                bool transpose_weights, const KernelMapView& map,
-                int64_t n_out, T* out, const ParallelFor& parallel_for,
-                WeightPath path) {
+                bool transpose_weights, const KernelMapView& map, int64_t n_out,
+                T* out, const ParallelFor& parallel_for, WeightPath path) {
   const int64_t K = map.num_offsets;
   const ConvWeights<T> w =
       PrepareWeights(weights, K, c_in, c_out, transpose_weights, path);
@@ -1040,7 +1049,8 @@ template <typename T>
 class EigenOuterProducts {
  public:
   EigenOuterProducts(int64_t c_in, int64_t c_out)
-      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs, c_in), g_(kChunkPairs, c_out) {}
+      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs, c_in),
+        g_(kChunkPairs, c_out) {}
 
   void operator()(const T* in, const T* grad, const int32_t* in_rows,
                   const int32_t* out_rows, int64_t m, T* acc) {
@@ -1063,7 +1073,8 @@ class Avx2OuterProducts {
  public:
   static bool Supports(int64_t c_out) { return c_out % 8 == 0; }
   Avx2OuterProducts(int64_t c_in, int64_t c_out)
-      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in), g_(kChunkPairs * c_out) {}
+      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in),
+        g_(kChunkPairs * c_out) {}
 
   SPARSE_OPS_TARGET_AVX2
   void operator()(const float* in, const float* grad, const int32_t* in_rows,
@@ -1080,7 +1091,8 @@ class Avx2OuterProducts {
   static constexpr int kTileRows = 6;
 
   template <int kRows>
-  SPARSE_OPS_TARGET_AVX2 void Columns(int64_t m, int64_t a, float* acc) const {
+  SPARSE_OPS_TARGET_AVX2
+  void Columns(int64_t m, int64_t a, float* acc) const {
     int64_t j = 0;
     for (; j + 16 <= c_out_; j += 16) Tile<kRows, 2>(m, a, j, acc);
     if (j < c_out_) Tile<kRows, 1>(m, a, j, acc);
@@ -1125,7 +1137,8 @@ class Avx512OuterProducts {
  public:
   static bool Supports(int64_t c_out) { return c_out % 16 == 0; }
   Avx512OuterProducts(int64_t c_in, int64_t c_out)
-      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in), g_(kChunkPairs * c_out) {}
+      : c_in_(c_in), c_out_(c_out), x_(kChunkPairs * c_in),
+        g_(kChunkPairs * c_out) {}
 
   SPARSE_OPS_TARGET_AVX512
   void operator()(const float* in, const float* grad, const int32_t* in_rows,
@@ -1141,7 +1154,8 @@ class Avx512OuterProducts {
   static constexpr int kTileRows = 6;
 
   template <int kRows>
-  SPARSE_OPS_TARGET_AVX512 void Columns(int64_t m, int64_t a, float* acc) const {
+  SPARSE_OPS_TARGET_AVX512
+  void Columns(int64_t m, int64_t a, float* acc) const {
     int64_t j = 0;
     for (; j + 64 <= c_out_; j += 64) Tile<kRows, 4>(m, a, j, acc);
     switch ((c_out_ - j) / 16) {
@@ -1153,8 +1167,8 @@ class Avx512OuterProducts {
   }
 
   template <int kRows, int kVectors>
-  SPARSE_OPS_TARGET_AVX512 void Tile(int64_t m, int64_t a, int64_t j,
-                                     float* acc) const {
+  SPARSE_OPS_TARGET_AVX512
+  void Tile(int64_t m, int64_t a, int64_t j, float* acc) const {
     __m512 c[kRows][kVectors];
     for (int r = 0; r < kRows; ++r) {
       for (int v = 0; v < kVectors; ++v) {
@@ -1202,12 +1216,13 @@ std::vector<int64_t> WeightGradientSegments(const KernelMapView& map,
 }
 
 template <typename T, typename Outer>
-void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
-                    int64_t c_out, const KernelMapView& map, T* grad_weights,
-                    T* partial, const ParallelFor& parallel_for) {
+void WeightGradient(const T* in, int64_t c_in, const T* grad_out, int64_t c_out,
+                    const KernelMapView& map, T* grad_weights, T* partial,
+                    const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   int64_t segment;
-  const std::vector<int64_t> first_segment = WeightGradientSegments(map, &segment);
+  const std::vector<int64_t> first_segment =
+      WeightGradientSegments(map, &segment);
   const int64_t num_segments = first_segment[K];
   const int64_t wsize = c_in * c_out;
   std::vector<int64_t> segment_offset(num_segments);
@@ -1220,8 +1235,7 @@ void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
     Outer outer(c_in, c_out);
     for (int64_t s = begin; s < end; ++s) {
       const int64_t k = segment_offset[s];
-      const int64_t p_begin =
-          map.splits[k] + (s - first_segment[k]) * segment;
+      const int64_t p_begin = map.splits[k] + (s - first_segment[k]) * segment;
       const int64_t p_end = std::min(map.splits[k + 1], p_begin + segment);
       T* acc = partial + s * wsize;
       std::fill(acc, acc + wsize, T(0));
@@ -1234,14 +1248,15 @@ void WeightGradient(const T* in, int64_t c_in, const T* grad_out,
   });
   parallel_for(K, (num_segments / std::max<int64_t>(K, 1) + 1) * wsize,
                [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      MatrixMap<T> dw(grad_weights + k * wsize, c_in, c_out);
-      dw.setZero();
-      for (int64_t s = first_segment[k]; s < first_segment[k + 1]; ++s) {
-        dw += ConstMatrixMap<T>(partial + s * wsize, c_in, c_out);
-      }
-    }
-  });
+                 for (int64_t k = begin; k < end; ++k) {
+                   MatrixMap<T> dw(grad_weights + k * wsize, c_in, c_out);
+                   dw.setZero();
+                   for (int64_t s = first_segment[k]; s < first_segment[k + 1];
+                        ++s) {
+                     dw += ConstMatrixMap<T>(partial + s * wsize, c_in, c_out);
+                   }
+                 }
+               });
 }
 
 int64_t WeightGradientScratchSize(const KernelMapView& map, int64_t c_in,
@@ -1259,15 +1274,13 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
   const Isa isa = ActiveIsa();
   if constexpr (std::is_same_v<T, float>) {
     if (isa >= Isa::kAvx512 && Avx512OuterProducts::Supports(c_out)) {
-      WeightGradient<float, Avx512OuterProducts>(in, c_in, grad_out, c_out,
-                                                 map, grad_weights, scratch,
-                                                 parallel_for);
+      WeightGradient<float, Avx512OuterProducts>(
+          in, c_in, grad_out, c_out, map, grad_weights, scratch, parallel_for);
       return;
     }
     if (isa != Isa::kPortable && Avx2OuterProducts::Supports(c_out)) {
-      WeightGradient<float, Avx2OuterProducts>(in, c_in, grad_out, c_out, map,
-                                               grad_weights, scratch,
-                                               parallel_for);
+      WeightGradient<float, Avx2OuterProducts>(
+          in, c_in, grad_out, c_out, map, grad_weights, scratch, parallel_for);
       return;
     }
   }
@@ -1276,16 +1289,15 @@ void SparseConvWeightGradient(const T* in, int64_t c_in, const T* grad_out,
                                            grad_weights, scratch, parallel_for);
 }
 
-#define SPARSE_OPS_INSTANTIATE(T)                                            \
-  template void SparseConv<T>(const T*, int64_t, const T*, int64_t, bool,    \
-                              const KernelMapView&, int64_t, T*,             \
-                              const ParallelFor&, WeightPath);               \
-  template void SparseConvWeightGradient<T>(const T*, int64_t, const T*,     \
-                                            int64_t, const KernelMapView&,   \
-                                            T*, T*, const ParallelFor&);
+#define SPARSE_OPS_INSTANTIATE(T)                                              \
+  template void SparseConv<T>(const T*, int64_t, const T*, int64_t, bool,      \
+                              const KernelMapView&, int64_t, T*,               \
+                              const ParallelFor&, WeightPath);                 \
+  template void SparseConvWeightGradient<T>(const T*, int64_t, const T*,       \
+                                            int64_t, const KernelMapView&, T*, \
+                                            T*, const ParallelFor&);
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE
-
 
 }  // namespace sparse_ops

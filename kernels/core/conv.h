@@ -37,8 +37,8 @@ enum class WeightPath { kAuto, kDense, kSparse };
 // `map` must be sorted by output row within each offset.
 template <typename T>
 void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
-                bool transpose_weights, const KernelMapView& map,
-                int64_t n_out, T* out, const ParallelFor& parallel_for,
+                bool transpose_weights, const KernelMapView& map, int64_t n_out,
+                T* out, const ParallelFor& parallel_for,
                 WeightPath path = WeightPath::kAuto);
 
 // SparseConv in bfloat16 (Keras' mixed_bfloat16), for n_in input rows:

@@ -72,7 +72,8 @@ int CoverShifted(const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
 // A bitmap of the key range [0, 2^key_bits) with the bits of keys[0, n) set.
 std::vector<uint64_t> KeyBitmap(const uint64_t* keys, int64_t n, int key_bits) {
   std::vector<uint64_t> bits(((uint64_t{1} << key_bits) + 63) / 64, 0);
-  for (int64_t i = 0; i < n; ++i) bits[keys[i] >> 6] |= uint64_t{1} << (keys[i] & 63);
+  for (int64_t i = 0; i < n; ++i)
+    bits[keys[i] >> 6] |= uint64_t{1} << (keys[i] & 63);
   return bits;
 }
 
@@ -92,7 +93,8 @@ int64_t SortUnique(uint64_t* keys, int64_t n, int key_bits) {
     int64_t unique = 0;
     for (size_t w = 0; w < bitmap.size(); ++w) {
       for (uint64_t word = bitmap[w]; word != 0; word &= word - 1) {
-        keys[unique++] = (static_cast<uint64_t>(w) << 6) | __builtin_ctzll(word);
+        keys[unique++] =
+            (static_cast<uint64_t>(w) << 6) | __builtin_ctzll(word);
       }
     }
     return unique;
@@ -166,9 +168,9 @@ Status KeyWidthStatus(const KeyLayout& layout) {
   }
   return Status::Error(
       "coordinates span too large a range to pack into a 64-bit key: the "
-      "axes (batch first) need " + widths + " bits, " +
-      std::to_string(layout.total_bits) + " in total, more than " +
-      std::to_string(kMaxKeyBits) +
+      "axes (batch first) need " +
+      widths + " bits, " + std::to_string(layout.total_bits) +
+      " in total, more than " + std::to_string(kMaxKeyBits) +
       ". Use a larger voxel size, fewer dimensions, or coordinates that "
       "span a smaller range.");
 }
@@ -237,11 +239,11 @@ Status CoordinateTable::Build(const int32_t* coords, int64_t n,
     for (int d = 0; d < dims; ++d) {
       site += (d ? ", " : "") + std::to_string(coords[a * dims + d]);
     }
-    return Status::Error(
-        "coordinates has duplicate sites: rows " + std::to_string(a) +
-        " and " + std::to_string(b) + " are both [" + site +
-        "]; merge duplicates first, e.g. with "
-        "sparse_ops.utils.sparse_quantize");
+    return Status::Error("coordinates has duplicate sites: rows " +
+                         std::to_string(a) + " and " + std::to_string(b) +
+                         " are both [" + site +
+                         "]; merge duplicates first, e.g. with "
+                         "sparse_ops.utils.sparse_quantize");
   }
   return Status::Ok();
 }
@@ -268,40 +270,41 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
   constexpr int64_t kRowsPerUnit = 64;
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
   std::vector<int64_t> unit_counts(units * probed, 0);
-  parallel_for(units, 40 * probed * kRowsPerUnit, [&](int64_t begin,
-                                                      int64_t end) {
-    std::vector<uint64_t> keys(probed);
-    std::vector<char> valid(probed);
-    int64_t q[kMaxDims];
-    for (int64_t u = begin; u < end; ++u) {
-      int64_t* unit_count = unit_counts.data() + u * probed;
-      const int64_t o_end = std::min(n_out, (u + 1) * kRowsPerUnit);
-      for (int64_t o = u * kRowsPerUnit; o < o_end; ++o) {
-        const int32_t* c = out_coords + o * dims;
-        // Compute every probe's key first and prefetch its slot, so the
-        // table's cache misses overlap instead of queueing.
-        for (int64_t k = 0; k < probed; ++k) {
-          for (int a = 0; a < dims; ++a) q[a] = c[a] + steps[k * dims + a];
-          valid[k] = packer.Pack(q, &keys[k]);
-          if (valid[k]) in_table.Prefetch(keys[k]);
+  parallel_for(
+      units, 40 * probed * kRowsPerUnit, [&](int64_t begin, int64_t end) {
+        std::vector<uint64_t> keys(probed);
+        std::vector<char> valid(probed);
+        int64_t q[kMaxDims];
+        for (int64_t u = begin; u < end; ++u) {
+          int64_t* unit_count = unit_counts.data() + u * probed;
+          const int64_t o_end = std::min(n_out, (u + 1) * kRowsPerUnit);
+          for (int64_t o = u * kRowsPerUnit; o < o_end; ++o) {
+            const int32_t* c = out_coords + o * dims;
+            // Compute every probe's key first and prefetch its slot, so the
+            // table's cache misses overlap instead of queueing.
+            for (int64_t k = 0; k < probed; ++k) {
+              for (int a = 0; a < dims; ++a) q[a] = c[a] + steps[k * dims + a];
+              valid[k] = packer.Pack(q, &keys[k]);
+              if (valid[k]) in_table.Prefetch(keys[k]);
+            }
+            for (int64_t k = 0; k < probed; ++k) {
+              const int32_t i = valid[k] ? in_table.Find(keys[k]) : -1;
+              neighbours[k * n_out + o] = i;
+              if (i < 0) continue;
+              ++unit_count[k];
+              // Unique coordinates: row i is reached from one o per offset, so
+              // the mirrored writes never collide.
+              if (mirror) neighbours[(K - 1 - k) * n_out + i] = o;
+            }
+            if (mirror && K % 2 == 1) neighbours[(K / 2) * n_out + o] = o;
+          }
         }
-        for (int64_t k = 0; k < probed; ++k) {
-          const int32_t i = valid[k] ? in_table.Find(keys[k]) : -1;
-          neighbours[k * n_out + o] = i;
-          if (i < 0) continue;
-          ++unit_count[k];
-          // Unique coordinates: row i is reached from one o per offset, so
-          // the mirrored writes never collide.
-          if (mirror) neighbours[(K - 1 - k) * n_out + i] = o;
-        }
-        if (mirror && K % 2 == 1) neighbours[(K / 2) * n_out + o] = o;
-      }
-    }
-  });
+      });
   if (counts == nullptr) return;
   for (int64_t k = 0; k < K; ++k) counts[k] = 0;
   for (int64_t u = 0; u < units; ++u) {
-    for (int64_t k = 0; k < probed; ++k) counts[k] += unit_counts[u * probed + k];
+    for (int64_t k = 0; k < probed; ++k)
+      counts[k] += unit_counts[u * probed + k];
   }
   if (mirror) {
     // Offset K-1-k pairs are offset k's reversed; the centre pairs every row.
@@ -318,8 +321,8 @@ constexpr int64_t kRowsPerUnit = 512;  // output rows per unit of work
 // number of set bits before each word: a probe's input row is its rank, so
 // a probe is a bit test and a popcount, no search.
 void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
-                          const uint64_t* out_keys, int64_t n_out,
-                          int key_bits, const std::vector<uint64_t>& key_steps,
+                          const uint64_t* out_keys, int64_t n_out, int key_bits,
+                          const std::vector<uint64_t>& key_steps,
                           int32_t* neighbours, int64_t* unit_counts,
                           const ParallelFor& parallel_for) {
   const int64_t K = static_cast<int64_t>(key_steps.size());
@@ -343,7 +346,9 @@ void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
           const uint64_t word = bits[probe >> 6];
           const uint64_t bit = uint64_t{1} << (probe & 63);
           const bool found = (word & bit) != 0;
-          row[o] = found ? rank[probe >> 6] + __builtin_popcountll(word & (bit - 1)) : -1;
+          row[o] =
+              found ? rank[probe >> 6] + __builtin_popcountll(word & (bit - 1))
+                    : -1;
           count += found;
         }
         unit_counts[u * K + k] = count;
@@ -374,7 +379,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
     keys->resize(n);
     uint64_t* k = keys->data();
     parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) packer.Pack(coords + i * dims, &k[i]);
+      for (int64_t i = begin; i < end; ++i)
+        packer.Pack(coords + i * dims, &k[i]);
     });
     for (int64_t i = 1; i < n; ++i) {
       if (k[i] <= k[i - 1]) return false;
@@ -387,7 +393,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
     return false;
   }
   std::vector<uint64_t> key_steps(K);
-  for (int64_t k = 0; k < K; ++k) key_steps[k] = packer.KeyStep(&steps[k * dims]);
+  for (int64_t k = 0; k < K; ++k)
+    key_steps[k] = packer.KeyStep(&steps[k * dims]);
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
   std::vector<int64_t> unit_counts(units * K, 0);
 
@@ -400,7 +407,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
       (uint64_t{1} << key_bits) <= 128 * static_cast<uint64_t>(n_in + n_out);
   if (small_range) {
     RankBitmapNeighbours(in_keys.data(), n_in, out_keys.data(), n_out, key_bits,
-                         key_steps, neighbours, unit_counts.data(), parallel_for);
+                         key_steps, neighbours, unit_counts.data(),
+                         parallel_for);
   } else {
     // Else a merge per offset: its probes are sorted like the input keys.
     const uint64_t* in_begin = in_keys.data();
@@ -412,7 +420,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
         for (int64_t k = 0; k < K; ++k) {
           const uint64_t step = key_steps[k];
           int32_t* row = neighbours + k * n_out;
-          const uint64_t* i = std::lower_bound(in_begin, in_end, out_keys[o_begin] + step);
+          const uint64_t* i =
+              std::lower_bound(in_begin, in_end, out_keys[o_begin] + step);
           int64_t count = 0;
           for (int64_t o = o_begin; o < o_end; ++o) {
             const uint64_t probe = out_keys[o] + step;
@@ -477,8 +486,10 @@ Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
                          const ParallelFor& parallel_for) {
   const int64_t K = map.num_offsets;
   if (map.splits[0] != 0 || map.splits[K] != num_pairs) {
-    return Status::Error("kernel map offset_splits must start at 0 and end at "
-                         "the number of pairs " + std::to_string(num_pairs));
+    return Status::Error(
+        "kernel map offset_splits must start at 0 and end at "
+        "the number of pairs " +
+        std::to_string(num_pairs));
   }
   for (int64_t k = 0; k < K; ++k) {
     if (map.splits[k + 1] < map.splits[k]) {
@@ -524,7 +535,8 @@ Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
         if (slot >= 0) {
           // The smallest repeat over all offsets: the same pair every run.
           int64_t cur = repeated.load();
-          while ((cur < 0 || cur > p) && !repeated.compare_exchange_weak(cur, p)) {
+          while ((cur < 0 || cur > p) &&
+                 !repeated.compare_exchange_weak(cur, p)) {
           }
           break;
         }
@@ -545,8 +557,9 @@ Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
 bool TransposeUsesTable(const KernelMapView& map, int64_t n_in) {
   // The budget follows the pairs, not n_in: a row count is all it takes to
   // ask for many input rows.
-  return map.num_offsets <= OffsetsPerChunk(map.num_offsets, n_in,
-                                           TableBudget(map.splits[map.num_offsets]));
+  return map.num_offsets <=
+         OffsetsPerChunk(map.num_offsets, n_in,
+                         TableBudget(map.splits[map.num_offsets]));
 }
 
 Status TransposeKernelMap(const KernelMapView& map, int64_t n_in,
@@ -585,9 +598,10 @@ Status TransposeKernelMap(const KernelMapView& map, int64_t n_in,
   });
   if (repeated >= 0) {
     const int64_t p = repeated;
-    return Status::Error("kernel map repeats input row " + std::to_string(t_out[p]) +
-                         " within one offset; a kernel map pairs each input row "
-                         "at most once per offset");
+    return Status::Error(
+        "kernel map repeats input row " + std::to_string(t_out[p]) +
+        " within one offset; a kernel map pairs each input row "
+        "at most once per offset");
   }
   return Status::Ok();
 }
@@ -634,7 +648,8 @@ Status StridedKeys(const int32_t* coords, int64_t n, int dims,
 namespace {
 
 // How many of the sorted unique keys b[0, n) are in the sorted unique a.
-int64_t CountCommon(const std::vector<uint64_t>& a, const uint64_t* b, int64_t n) {
+int64_t CountCommon(const std::vector<uint64_t>& a, const uint64_t* b,
+                    int64_t n) {
   int64_t common = 0;
   for (int64_t i = 0, j = 0; i < static_cast<int64_t>(a.size()) && j < n;) {
     if (a[i] < b[j]) {
@@ -651,8 +666,9 @@ int64_t CountCommon(const std::vector<uint64_t>& a, const uint64_t* b, int64_t n
 }  // namespace
 
 Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
-                      const KernelGeometry& g, int64_t budget, int64_t max_sites,
-                      KeyPacker* packer, std::vector<uint64_t>* keys,
+                      const KernelGeometry& g, int64_t budget,
+                      int64_t max_sites, KeyPacker* packer,
+                      std::vector<uint64_t>* keys,
                       const ParallelFor& parallel_for) {
   const int64_t K = g.num_offsets;
   const std::vector<int64_t> steps = OffsetSteps(g, dims);
@@ -669,7 +685,8 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
   Status status = packer->Finalize();
   if (!status.ok()) return status;
   std::vector<uint64_t> key_steps(K);
-  for (int64_t k = 0; k < K; ++k) key_steps[k] = packer->KeyStep(&steps[k * dims]);
+  for (int64_t k = 0; k < K; ++k)
+    key_steps[k] = packer->KeyStep(&steps[k * dims]);
   const int64_t chunk = OffsetsPerChunk(K, n, budget);
   std::vector<uint64_t> candidates(n * std::min(chunk, K)), merged;
   keys->clear();
@@ -684,13 +701,16 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
         }
       }
     });
-    const int64_t unique = SortUnique(candidates.data(), n * kc, packer->key_bits());
+    const int64_t unique =
+        SortUnique(candidates.data(), n * kc, packer->key_bits());
     // Stop before the keys outgrow what the output may hold.
     const int64_t have = static_cast<int64_t>(keys->size());
     if (have + unique >= max_sites &&
-        have + unique - CountCommon(*keys, candidates.data(), unique) >= max_sites) {
-      return Status::Error("generative convolution would create too many sites (" +
-                           std::to_string(max_sites) + " or more)");
+        have + unique - CountCommon(*keys, candidates.data(), unique) >=
+            max_sites) {
+      return Status::Error(
+          "generative convolution would create too many sites (" +
+          std::to_string(max_sites) + " or more)");
     }
     if (k0 == 0) {
       keys->assign(candidates.begin(), candidates.begin() + unique);

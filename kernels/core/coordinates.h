@@ -123,7 +123,7 @@ class CoordinateTable {
 struct KernelGeometry {
   const int32_t* offsets;  // [num_offsets, dims - 1]
   int64_t num_offsets;
-  const int32_t* stride;   // [dims - 1], multiplies the offsets
+  const int32_t* stride;  // [dims - 1], multiplies the offsets
 };
 
 // True when offset k and offset K-1-k are negatives of each other: then a
@@ -215,7 +215,8 @@ Status StridedKeys(const int32_t* coords, int64_t n, int dims,
 Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
                       const KernelGeometry& geometry, int64_t budget,
                       int64_t max_sites, KeyPacker* packer,
-                      std::vector<uint64_t>* keys, const ParallelFor& parallel_for);
+                      std::vector<uint64_t>* keys,
+                      const ParallelFor& parallel_for);
 
 void UnpackKeys(const KeyPacker& packer, const uint64_t* keys, int64_t n,
                 int32_t* coords, const ParallelFor& parallel_for);

@@ -34,19 +34,20 @@ int g_checks = 0;
 
 void Fail(const char* file, int line, const std::string& what) {
   ++g_failures;
-  if (g_failures <= 30) std::fprintf(stderr, "%s:%d: FAILED: %s\n", file, line, what.c_str());
+  if (g_failures <= 30)
+    std::fprintf(stderr, "%s:%d: FAILED: %s\n", file, line, what.c_str());
   if (g_failures == 30) std::fprintf(stderr, "(further failures not shown)\n");
 }
 
-#define EXPECT(cond)                                     \
-  do {                                                   \
-    ++g_checks;                                          \
-    if (!(cond)) Fail(__FILE__, __LINE__, #cond);        \
+#define EXPECT(cond)                              \
+  do {                                            \
+    ++g_checks;                                   \
+    if (!(cond)) Fail(__FILE__, __LINE__, #cond); \
   } while (0)
 
-#define EXPECT_MSG(cond, msg)                                          \
-  do {                                                                 \
-    ++g_checks;                                                        \
+#define EXPECT_MSG(cond, msg)                                                 \
+  do {                                                                        \
+    ++g_checks;                                                               \
     if (!(cond)) Fail(__FILE__, __LINE__, std::string(#cond) + ": " + (msg)); \
   } while (0)
 
@@ -112,7 +113,8 @@ std::vector<Row> RandomRows(std::mt19937_64* rng, const std::vector<Row>& lo,
     for (int64_t i = 0; i < count; ++i) {
       Row r;
       for (int a = 0; a < kDims; ++a) {
-        r[a] = std::uniform_int_distribution<int32_t>(lo[box][a], hi[box][a])(*rng);
+        r[a] = std::uniform_int_distribution<int32_t>(lo[box][a],
+                                                      hi[box][a])(*rng);
       }
       if (seen.insert(r).second) rows.push_back(r);
     }
@@ -139,29 +141,34 @@ struct KernelMap {
 // *counts stays empty without it. With it, also checks that passing no
 // counts (nullptr) gives the same neighbour table.
 template <typename Fn>
-void CallFindNeighbours(Fn find, const CoordinateTable& table, const KeyPacker& packer,
-                        const int32_t* out_coords, int64_t n_out,
-                        const KernelGeometry& geometry, bool same, int32_t* neighbours,
-                        std::vector<int64_t>* counts, const ParallelFor& parallel_for) {
-  if constexpr (std::is_invocable_v<Fn, const CoordinateTable&, const KeyPacker&,
-                                    const int32_t*, int64_t, const KernelGeometry&, bool,
-                                    int32_t*, int64_t*, const ParallelFor&>) {
+void CallFindNeighbours(Fn find, const CoordinateTable& table,
+                        const KeyPacker& packer, const int32_t* out_coords,
+                        int64_t n_out, const KernelGeometry& geometry,
+                        bool same, int32_t* neighbours,
+                        std::vector<int64_t>* counts,
+                        const ParallelFor& parallel_for) {
+  if constexpr (std::is_invocable_v<Fn, const CoordinateTable&,
+                                    const KeyPacker&, const int32_t*, int64_t,
+                                    const KernelGeometry&, bool, int32_t*,
+                                    int64_t*, const ParallelFor&>) {
     counts->assign(geometry.num_offsets, -7);
-    find(table, packer, out_coords, n_out, geometry, same, neighbours, counts->data(),
-         parallel_for);
+    find(table, packer, out_coords, n_out, geometry, same, neighbours,
+         counts->data(), parallel_for);
     std::vector<int32_t> again(geometry.num_offsets * n_out, -7);
-    find(table, packer, out_coords, n_out, geometry, same, again.data(), nullptr,
-         parallel_for);
+    find(table, packer, out_coords, n_out, geometry, same, again.data(),
+         nullptr, parallel_for);
     EXPECT(std::equal(again.begin(), again.end(), neighbours));
   } else {
     counts->clear();
-    find(table, packer, out_coords, n_out, geometry, same, neighbours, parallel_for);
+    find(table, packer, out_coords, n_out, geometry, same, neighbours,
+         parallel_for);
   }
 }
 
 // The kernel op's recipe (kernels/tf/coordinate_kernels.cc, KernelMapOp).
-Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>& out,
-                      bool same, const std::vector<int32_t>& offsets,
+Status BuildKernelMap(const std::vector<int32_t>& in,
+                      const std::vector<int32_t>& out, bool same,
+                      const std::vector<int32_t>& offsets,
                       const std::vector<int32_t>& stride,
                       const ParallelFor& parallel_for, KernelMap* map) {
   const int64_t n_in = in.size() / kDims, n_out = out.size() / kDims;
@@ -170,9 +177,9 @@ Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>
   const int32_t* out_coords = same ? in.data() : out.data();
   map->neighbours.assign(K * n_out, -7);
   map->counts.assign(K, -7);
-  map->merged = FindNeighboursSorted(in.data(), n_in, out_coords, n_out, kDims, geometry,
-                                     map->neighbours.data(), map->counts.data(),
-                                     parallel_for);
+  map->merged = FindNeighboursSorted(in.data(), n_in, out_coords, n_out, kDims,
+                                     geometry, map->neighbours.data(),
+                                     map->counts.data(), parallel_for);
   if (!map->merged) {
     KeyPacker packer(kDims);
     packer.CoverRows(in.data(), n_in);
@@ -184,11 +191,13 @@ Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>
     CoordinateTable table(keys.data(), rows.data(), capacity);
     status = table.Build(in.data(), n_in, packer, parallel_for);
     if (!status.ok()) return status;
-    CallFindNeighbours(&FindNeighbours, table, packer, out_coords, n_out, geometry, same,
-                       map->neighbours.data(), &map->counts, parallel_for);
+    CallFindNeighbours(&FindNeighbours, table, packer, out_coords, n_out,
+                       geometry, same, map->neighbours.data(), &map->counts,
+                       parallel_for);
   }
   map->splits.assign(K + 1, -7);
-  CountPairs(map->neighbours.data(), K, n_out, map->splits.data(), parallel_for);
+  CountPairs(map->neighbours.data(), K, n_out, map->splits.data(),
+             parallel_for);
   map->in_rows.assign(map->splits[K], -7);
   map->out_rows.assign(map->splits[K], -7);
   FillPairs(map->neighbours.data(), K, n_out, map->splits.data(),
@@ -197,7 +206,8 @@ Status BuildKernelMap(const std::vector<int32_t>& in, const std::vector<int32_t>
 }
 
 // Brute force: std::map from site to row, probe every (offset, out row).
-KernelMap OracleKernelMap(const std::vector<Row>& in, const std::vector<Row>& out,
+KernelMap OracleKernelMap(const std::vector<Row>& in,
+                          const std::vector<Row>& out,
                           const std::vector<int32_t>& offsets,
                           const std::vector<int32_t>& stride) {
   std::map<Row, int32_t> index;
@@ -210,9 +220,10 @@ KernelMap OracleKernelMap(const std::vector<Row>& in, const std::vector<Row>& ou
       Row q = out[o];
       bool in_range = true;
       for (int a = 1; a < kDims; ++a) {
-        const int64_t v = static_cast<int64_t>(out[o][a]) +
-                          static_cast<int64_t>(offsets[k * (kDims - 1) + a - 1]) *
-                              stride[a - 1];
+        const int64_t v =
+            static_cast<int64_t>(out[o][a]) +
+            static_cast<int64_t>(offsets[k * (kDims - 1) + a - 1]) *
+                stride[a - 1];
         if (v < kMin || v > kMax) in_range = false;
         q[a] = static_cast<int32_t>(v);
       }
@@ -231,7 +242,8 @@ std::vector<int32_t> Cube3(int radius) {  // offsets [-r, r]^3, row-major
   std::vector<int32_t> offsets;
   for (int x = -radius; x <= radius; ++x)
     for (int y = -radius; y <= radius; ++y)
-      for (int z = -radius; z <= radius; ++z) offsets.insert(offsets.end(), {x, y, z});
+      for (int z = -radius; z <= radius; ++z)
+        offsets.insert(offsets.end(), {x, y, z});
   return offsets;
 }
 
@@ -243,7 +255,8 @@ std::vector<int32_t> Corner2() {  // offsets {0, 1}^3: not symmetric
   return offsets;
 }
 
-void ExpectSameMap(const KernelMap& got, const KernelMap& want, const std::string& what) {
+void ExpectSameMap(const KernelMap& got, const KernelMap& want,
+                   const std::string& what) {
   EXPECT_MSG(got.splits == want.splits, what + ": splits");
   EXPECT_MSG(got.in_rows == want.in_rows, what + ": in_rows");
   EXPECT_MSG(got.out_rows == want.out_rows, what + ": out_rows");
@@ -265,12 +278,13 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
   for (const Runner& runner : Runners()) {
     const std::string what = name + " (" + runner.name + ")";
     KernelMap got;
-    const Status status =
-        BuildKernelMap(in_flat, out_flat, same, offsets, stride, runner.parallel_for, &got);
+    const Status status = BuildKernelMap(in_flat, out_flat, same, offsets,
+                                         stride, runner.parallel_for, &got);
     EXPECT_MSG(status.ok(), what + ": " + status.message());
     if (!status.ok()) continue;
     EXPECT_MSG(got.merged == want_merged,
-               what + (want_merged ? ": the sorted path declined" : ": the sorted path ran"));
+               what + (want_merged ? ": the sorted path declined"
+                                   : ": the sorted path ran"));
     ExpectSameMap(got, want, what);
     // KernelMapSearch (what the op runs): one table, and chunks of 1 and 5
     // offsets (each searched twice), give the same map.
@@ -279,11 +293,13 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
       const Allocate allocate = [&memory](int64_t bytes) -> void* {
         memory.emplace_back(bytes + 64);
         return reinterpret_cast<void*>(
-            (reinterpret_cast<uintptr_t>(memory.back().data()) + 63) & ~uintptr_t{63});
+            (reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
+            ~uintptr_t{63});
       };
-      KernelMapSearch search(in_flat.data(), in.size(), same ? in_flat.data() : out_flat.data(),
-                             n_out, kDims, KernelGeometry{offsets.data(), K, stride.data()},
-                             allocate, runner.parallel_for, budget);
+      KernelMapSearch search(
+          in_flat.data(), in.size(), same ? in_flat.data() : out_flat.data(),
+          n_out, kDims, KernelGeometry{offsets.data(), K, stride.data()},
+          allocate, runner.parallel_for, budget);
       KernelMap searched;
       searched.counts.assign(K, -7);
       Status s2 = search.Count(searched.counts.data());
@@ -295,7 +311,9 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
       s2 = search.Fill(searched.splits.data(), searched.in_rows.data(),
                        searched.out_rows.data());
       EXPECT_MSG(s2.ok(), what + ": KernelMapSearch: " + s2.message());
-      ExpectSameMap(searched, want, what + ", KernelMapSearch budget " + std::to_string(budget));
+      ExpectSameMap(
+          searched, want,
+          what + ", KernelMapSearch budget " + std::to_string(budget));
     }
     // Neighbour table agrees with the pairs.
     std::vector<int32_t> expected_nbr(K * n_out, -1);
@@ -307,16 +325,18 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
     EXPECT_MSG(got.neighbours == expected_nbr, what + ": neighbour table");
     if (!got.counts.empty()) {
       std::vector<int64_t> want_counts(K);
-      for (int64_t k = 0; k < K; ++k) want_counts[k] = want.splits[k + 1] - want.splits[k];
+      for (int64_t k = 0; k < K; ++k)
+        want_counts[k] = want.splits[k + 1] - want.splits[k];
       EXPECT_MSG(got.counts == want_counts, what + ": FindNeighbours counts");
     }
     // The map validates; its transpose is the oracle's transpose.
     const Status valid = ValidateKernelMap(got.view(), got.splits[K],
-                                           static_cast<int64_t>(in.size()), n_out,
-                                           runner.parallel_for);
+                                           static_cast<int64_t>(in.size()),
+                                           n_out, runner.parallel_for);
     EXPECT_MSG(valid.ok(), what + ": ValidateKernelMap: " + valid.message());
     std::vector<int32_t> transposed(K * in.size(), -7);
-    TransposedNeighbours(got.view(), in.size(), transposed.data(), runner.parallel_for);
+    TransposedNeighbours(got.view(), in.size(), transposed.data(),
+                         runner.parallel_for);
     std::vector<int32_t> expected_t(K * in.size(), -1);
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t p = want.splits[k]; p < want.splits[k + 1]; ++p) {
@@ -328,7 +348,8 @@ void CheckKernelMap(const std::string& name, const std::vector<Row>& in,
       first = got;
       have_first = true;
     } else {
-      EXPECT_MSG(got.neighbours == first.neighbours, what + ": differs from serial");
+      EXPECT_MSG(got.neighbours == first.neighbours,
+                 what + ": differs from serial");
     }
   }
 }
@@ -341,22 +362,25 @@ void TestKernelMaps() {
       RandomRows(&rng, {{0, -7, -6, -5}}, {{2, 6, 7, 5}}, 0.35);
   // Near the int32 limits: x at the top, y at the bottom, probes fall
   // outside the int32 range and must simply miss.
-  const std::vector<Row> limits = RandomRows(
-      &rng, {{0, kMax - 6, kMin, -3}}, {{1, kMax, kMin + 6, 3}}, 0.4);
+  const std::vector<Row> limits = RandomRows(&rng, {{0, kMax - 6, kMin, -3}},
+                                             {{1, kMax, kMin + 6, 3}}, 0.4);
   // A wide sparse spread (2 + 3 * 20 bits) plus a dense cluster.
-  const std::vector<Row> wide =
-      RandomRows(&rng, {{0, -(1 << 19), -(1 << 19), 0}, {0, -3, -3, -3}},
-                 {{3, (1 << 19) - 1, (1 << 19) - 1, (1 << 20) - 1}, {3, 3, 3, 3}},
-                 0.3 / (1.0 * (1 << 20) * (1 << 20) * (1 << 20) / 2000));
-  std::fprintf(stderr, "kernel maps: %zu small, %zu near-limit, %zu wide rows\n",
+  const std::vector<Row> wide = RandomRows(
+      &rng, {{0, -(1 << 19), -(1 << 19), 0}, {0, -3, -3, -3}},
+      {{3, (1 << 19) - 1, (1 << 19) - 1, (1 << 20) - 1}, {3, 3, 3, 3}},
+      0.3 / (1.0 * (1 << 20) * (1 << 20) * (1 << 20) / 2000));
+  std::fprintf(stderr,
+               "kernel maps: %zu small, %zu near-limit, %zu wide rows\n",
                small.size(), limits.size(), wide.size());
 
   // "wide" with its corner rows: 62-bit keys, and the probes around them
   // would need 65, more than the merge's one key layout can hold.
   std::vector<Row> full_span = wide;
-  for (const Row& corner : {Row{0, -(1 << 19), -(1 << 19), 0},
-                            Row{3, (1 << 19) - 1, (1 << 19) - 1, (1 << 20) - 1}}) {
-    if (std::find(full_span.begin(), full_span.end(), corner) == full_span.end()) {
+  for (const Row& corner :
+       {Row{0, -(1 << 19), -(1 << 19), 0},
+        Row{3, (1 << 19) - 1, (1 << 19) - 1, (1 << 20) - 1}}) {
+    if (std::find(full_span.begin(), full_span.end(), corner) ==
+        full_span.end()) {
       full_span.push_back(corner);
     }
   }
@@ -366,46 +390,53 @@ void TestKernelMaps() {
     std::sort(rows.begin(), rows.end());
     return rows;
   };
-  for (const auto& set : {std::make_pair("small", &small),
-                          std::make_pair("limits", &limits),
-                          std::make_pair("wide", &wide),
-                          std::make_pair("full span", &std::as_const(full_span))}) {
+  for (const auto& set :
+       {std::make_pair("small", &small), std::make_pair("limits", &limits),
+        std::make_pair("wide", &wide),
+        std::make_pair("full span", &std::as_const(full_span))}) {
     for (const bool in_order : {false, true}) {
-      const std::string name = std::string(set.first) + (in_order ? " sorted" : "");
-      const std::vector<Row> rows = in_order ? sorted(*set.second) : *set.second;
+      const std::string name =
+          std::string(set.first) + (in_order ? " sorted" : "");
+      const std::vector<Row> rows =
+          in_order ? sorted(*set.second) : *set.second;
       const bool merged = in_order && name != "full span sorted";
       // Symmetric 3x3x3 on identical sets: the mirrored half-probe path.
-      CheckKernelMap(name + " 3x3x3 same", rows, rows, true, Cube3(1), unit, merged);
+      CheckKernelMap(name + " 3x3x3 same", rows, rows, true, Cube3(1), unit,
+                     merged);
       // The same, without the mirroring shortcut.
-      CheckKernelMap(name + " 3x3x3 not-same", rows, rows, false, Cube3(1), unit, merged);
+      CheckKernelMap(name + " 3x3x3 not-same", rows, rows, false, Cube3(1),
+                     unit, merged);
       // Non-symmetric {0,1}^3: every offset probed.
-      CheckKernelMap(name + " {0,1}^3 same", rows, rows, true, Corner2(), unit, merged);
+      CheckKernelMap(name + " {0,1}^3 same", rows, rows, true, Corner2(), unit,
+                     merged);
     }
   }
   // One set sorted, the other not: the hash table.
-  CheckKernelMap("small sorted in, shuffled out", sorted(small), small, false, Cube3(1),
-                 unit, false);
-  CheckKernelMap("small shuffled in, sorted out", small, sorted(small), false, Cube3(1),
-                 unit, false);
+  CheckKernelMap("small sorted in, shuffled out", sorted(small), small, false,
+                 Cube3(1), unit, false);
+  CheckKernelMap("small shuffled in, sorted out", small, sorted(small), false,
+                 Cube3(1), unit, false);
   // Strided: output sites on a coarser grid than the input (stride 2, 1, 3),
   // a different output set, some output rows without any pair.
   std::vector<Row> coarse;
   {
     std::set<Row> seen;
     for (const Row& r : small) {
-      Row q = {r[0], static_cast<int32_t>(std::floor(r[1] / 2.0) * 2),
-               r[2], static_cast<int32_t>(std::floor(r[3] / 3.0) * 3)};
+      Row q = {r[0], static_cast<int32_t>(std::floor(r[1] / 2.0) * 2), r[2],
+               static_cast<int32_t>(std::floor(r[3] / 3.0) * 3)};
       if (seen.insert(q).second) coarse.push_back(q);
     }
-    for (int i = 0; i < 20; ++i) coarse.push_back({1, 1000 + i, 0, 0});  // no pairs
+    for (int i = 0; i < 20; ++i)
+      coarse.push_back({1, 1000 + i, 0, 0});  // no pairs
   }
-  CheckKernelMap("small strided 3x3x3", small, coarse, false, Cube3(1), {2, 1, 3}, false);
-  CheckKernelMap("small strided {0,1}^3", small, coarse, false, Corner2(), {2, 1, 3},
-                 false);
-  CheckKernelMap("small strided 3x3x3 sorted", sorted(small), sorted(coarse), false,
-                 Cube3(1), {2, 1, 3}, true);
-  CheckKernelMap("small strided {0,1}^3 sorted", sorted(small), sorted(coarse), false,
-                 Corner2(), {2, 1, 3}, true);
+  CheckKernelMap("small strided 3x3x3", small, coarse, false, Cube3(1),
+                 {2, 1, 3}, false);
+  CheckKernelMap("small strided {0,1}^3", small, coarse, false, Corner2(),
+                 {2, 1, 3}, false);
+  CheckKernelMap("small strided 3x3x3 sorted", sorted(small), sorted(coarse),
+                 false, Cube3(1), {2, 1, 3}, true);
+  CheckKernelMap("small strided {0,1}^3 sorted", sorted(small), sorted(coarse),
+                 false, Corner2(), {2, 1, 3}, true);
 }
 
 // --- Convolutions ------------------------------------------------------------
@@ -419,14 +450,16 @@ std::vector<T> RandomValues(std::mt19937_64* rng, int64_t n) {
 }
 
 template <typename T>
-bool Close(const std::vector<T>& got, const std::vector<double>& want, double tol,
-           std::string* where) {
+bool Close(const std::vector<T>& got, const std::vector<double>& want,
+           double tol, std::string* where) {
   if (got.size() != want.size()) {
-    *where = "size " + std::to_string(got.size()) + " vs " + std::to_string(want.size());
+    *where = "size " + std::to_string(got.size()) + " vs " +
+             std::to_string(want.size());
     return false;
   }
   for (size_t i = 0; i < got.size(); ++i) {
-    if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <= tol * (1 + std::fabs(want[i])))) {
+    if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <=
+          tol * (1 + std::fabs(want[i])))) {
       *where = "element " + std::to_string(i) + ": " + std::to_string(got[i]) +
                " vs " + std::to_string(want[i]);
       return false;
@@ -438,12 +471,14 @@ bool Close(const std::vector<T>& got, const std::vector<double>& want, double to
 template <typename T>
 bool BitwiseEqual(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() &&
-         (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+         (a.empty() ||
+          std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
 }
 
 template <typename T>
 void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
-               int64_t n_out, int64_t c_in, int64_t c_out, std::mt19937_64* rng) {
+               int64_t n_out, int64_t c_in, int64_t c_out,
+               std::mt19937_64* rng) {
   const int64_t K = map.splits.size() - 1;
   const KernelMapView view = map.view();
   const std::vector<T> in = RandomValues<T>(rng, n_in * c_in);
@@ -459,7 +494,8 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
       for (int64_t ci = 0; ci < c_in; ++ci) {
         for (int64_t co = 0; co < c_out; ++co) {
           const double wv = w[(k * c_in + ci) * c_out + co];
-          want_out[o * c_out + co] += static_cast<double>(in[i * c_in + ci]) * wv;
+          want_out[o * c_out + co] +=
+              static_cast<double>(in[i * c_in + ci]) * wv;
           want_dw[(k * c_in + ci) * c_out + co] +=
               static_cast<double>(in[i * c_in + ci]) * grad_out[o * c_out + co];
         }
@@ -485,24 +521,25 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
 
   std::vector<T> first_out, first_t, first_dw;
   for (const Runner& runner : Runners()) {
-    const std::string what = std::string(type) + " " + std::to_string(c_in) + "->" +
-                             std::to_string(c_out) + " (" + runner.name + ")";
+    const std::string what = std::string(type) + " " + std::to_string(c_in) +
+                             "->" + std::to_string(c_out) + " (" + runner.name +
+                             ")";
     std::string where;
     std::vector<T> out(n_out * c_out, T(-99));
-    SparseConv<T>(in.data(), c_in, w.data(), c_out, false, view, n_out, out.data(),
-                  runner.parallel_for);
-    EXPECT_MSG(Close(out, want_out, tol, &where), what + " SparseConv: " + where);
+    SparseConv<T>(in.data(), c_in, w.data(), c_out, false, view, n_out,
+                  out.data(), runner.parallel_for);
+    EXPECT_MSG(Close(out, want_out, tol, &where),
+               what + " SparseConv: " + where);
     // transpose_weights: [K, c_out', c_in'] with c_out' = c_in, c_in' = c_out.
     std::vector<T> out_t(n_out * c_in, T(-99));
-    SparseConv<T>(in_t.data(), c_out, w.data(), c_in, true, view, n_out, out_t.data(),
-                  runner.parallel_for);
+    SparseConv<T>(in_t.data(), c_out, w.data(), c_in, true, view, n_out,
+                  out_t.data(), runner.parallel_for);
     EXPECT_MSG(Close(out_t, want_t, tol, &where),
                what + " SparseConv transpose_weights: " + where);
     std::vector<T> dw(K * c_in * c_out, T(-99));
     std::vector<T> scratch(WeightGradientScratchSize(view, c_in, c_out));
-    SparseConvWeightGradient<T>(in.data(), c_in, grad_out.data(), c_out, view, dw.data(),
-                                scratch.data(),
-                                runner.parallel_for);
+    SparseConvWeightGradient<T>(in.data(), c_in, grad_out.data(), c_out, view,
+                                dw.data(), scratch.data(), runner.parallel_for);
     EXPECT_MSG(Close(dw, want_dw, tol, &where),
                what + " SparseConvWeightGradient: " + where);
     if (first_out.empty()) {
@@ -510,7 +547,8 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
       first_t = out_t;
       first_dw = dw;
     } else {
-      EXPECT_MSG(BitwiseEqual(out, first_out), what + ": SparseConv not bitwise serial");
+      EXPECT_MSG(BitwiseEqual(out, first_out),
+                 what + ": SparseConv not bitwise serial");
       EXPECT_MSG(BitwiseEqual(out_t, first_t),
                  what + ": SparseConv transposed not bitwise serial");
       EXPECT_MSG(BitwiseEqual(dw, first_dw),
@@ -522,8 +560,8 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
 // Pruned weights: every WeightPath gives what the plain dense product gives
 // (bit for bit where both sides run AVX2 float products, c_out % 8 == 0),
 // for unstructured zeros, zero offsets and zero output channels.
-void CheckPrunedPaths(const KernelMap& map, int64_t n, int64_t c_in, int64_t c_out,
-                      std::mt19937_64* rng) {
+void CheckPrunedPaths(const KernelMap& map, int64_t n, int64_t c_in,
+                      int64_t c_out, std::mt19937_64* rng) {
   const int64_t K = map.splits.size() - 1;
   const KernelMapView view = map.view();
   const std::vector<float> in = RandomValues<float>(rng, n * c_in);
@@ -542,20 +580,21 @@ void CheckPrunedPaths(const KernelMap& map, int64_t n, int64_t c_in, int64_t c_o
       }
     }
     std::vector<float> want(n * c_out);
-    SparseConv<float>(in.data(), c_in, w.data(), c_out, false, view, n, want.data(),
-                      SerialFor, WeightPath::kDense);
+    SparseConv<float>(in.data(), c_in, w.data(), c_out, false, view, n,
+                      want.data(), SerialFor, WeightPath::kDense);
     std::vector<double> want_d(want.begin(), want.end());
     for (const Runner& runner : Runners()) {
       for (WeightPath path : {WeightPath::kAuto, WeightPath::kSparse}) {
-        const std::string what = std::string("pruned ") + pattern + " " +
-                                 std::to_string(c_in) + "->" + std::to_string(c_out) +
-                                 " (" + runner.name + ")";
+        const std::string what =
+            std::string("pruned ") + pattern + " " + std::to_string(c_in) +
+            "->" + std::to_string(c_out) + " (" + runner.name + ")";
         std::vector<float> out(n * c_out, -99.0f);
-        SparseConv<float>(in.data(), c_in, w.data(), c_out, false, view, n, out.data(),
-                          runner.parallel_for, path);
+        SparseConv<float>(in.data(), c_in, w.data(), c_out, false, view, n,
+                          out.data(), runner.parallel_for, path);
         std::string where;
         if (c_out % 8 == 0) {
-          EXPECT_MSG(BitwiseEqual(out, want), what + ": not bitwise the dense product");
+          EXPECT_MSG(BitwiseEqual(out, want),
+                     what + ": not bitwise the dense product");
         } else {
           EXPECT_MSG(Close(out, want_d, 1e-5, &where), what + ": " + where);
         }
@@ -568,11 +607,13 @@ void TestConvolutions() {
   std::mt19937_64 rng(777);
   // ~8000 sites: many 256-row output blocks, and several segments (of at
   // least 1024 pairs) per offset in the weight gradient.
-  const std::vector<Row> rows = RandomRows(&rng, {{0, -10, -10, -10}}, {{1, 9, 9, 9}}, 0.7);
+  const std::vector<Row> rows =
+      RandomRows(&rng, {{0, -10, -10, -10}}, {{1, 9, 9, 9}}, 0.7);
   const std::vector<int32_t> flat = Flatten(rows);
   const std::vector<int32_t> unit = {1, 1, 1};
   KernelMap map;
-  Status status = BuildKernelMap(flat, flat, true, Cube3(1), unit, SerialFor, &map);
+  Status status =
+      BuildKernelMap(flat, flat, true, Cube3(1), unit, SerialFor, &map);
   EXPECT_MSG(status.ok(), status.message());
   std::fprintf(stderr, "convolutions: %zu sites, %lld pairs\n", rows.size(),
                static_cast<long long>(map.splits.back()));
@@ -600,11 +641,13 @@ void TestConvolutions() {
     for (int i = 0; i < 300; ++i) coarse.push_back({0, 100 + 2 * i, 0, 0});
   }
   KernelMap strided;
-  status = BuildKernelMap(flat, Flatten(coarse), false, Corner2(), {2, 2, 2}, SerialFor,
-                          &strided);
+  status = BuildKernelMap(flat, Flatten(coarse), false, Corner2(), {2, 2, 2},
+                          SerialFor, &strided);
   EXPECT_MSG(status.ok(), status.message());
-  CheckConv<float>("float strided", 1e-4, strided, n, coarse.size(), 3, 4, &rng);
-  CheckConv<double>("double strided", 1e-11, strided, n, coarse.size(), 3, 4, &rng);
+  CheckConv<float>("float strided", 1e-4, strided, n, coarse.size(), 3, 4,
+                   &rng);
+  CheckConv<double>("double strided", 1e-11, strided, n, coarse.size(), 3, 4,
+                    &rng);
 
   // An empty map.
   KernelMap empty;
@@ -612,7 +655,8 @@ void TestConvolutions() {
   CheckConv<float>("float empty", 1e-6, empty, 0, 5, 2, 3, &rng);
 }
 
-// --- Pooling -------------------------------------------------------------------
+// --- Pooling
+// -------------------------------------------------------------------
 
 // Pooling over `map` for every runner: max (with argmax), sum, average, the
 // transpose, and the max gradient against brute force over the pairs (taken
@@ -655,7 +699,8 @@ void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
     for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
       const int64_t i = map.in_rows[p], o = map.out_rows[p];
       const T s = T(1) / static_cast<T>(count[o]);
-      for (int64_t c = 0; c < C; ++c) t_avg_want[i * C + c] += up[o * C + c] * s;
+      for (int64_t c = 0; c < C; ++c)
+        t_avg_want[i * C + c] += up[o * C + c] * s;
     }
   }
   std::vector<T> grad_want(n_in * C, T(0));
@@ -669,12 +714,12 @@ void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
   for (const Runner& runner : Runners()) {
     const std::string what = name + " (" + runner.name + ")";
     std::vector<T> max_got(n_out * C, T(-7)), sum_got(n_out * C, T(-7)),
-        avg_got(n_out * C, T(-7)), t_got(n_in * C, T(-7)), t_avg_got(n_in * C, T(-7)),
-        grad_got(n_in * C, T(-7)), inverse(n_out);
+        avg_got(n_out * C, T(-7)), t_got(n_in * C, T(-7)),
+        t_avg_got(n_in * C, T(-7)), grad_got(n_in * C, T(-7)), inverse(n_out);
     std::vector<int32_t> arg_got(n_out * C, -7), table(K * n_in, -7);
     std::vector<uint64_t> pair_scratch(map.splits.back());
-    SparseMaxPool<T>(in.data(), C, map.view(), n_out, max_got.data(), arg_got.data(),
-                     runner.parallel_for);
+    SparseMaxPool<T>(in.data(), C, map.view(), n_out, max_got.data(),
+                     arg_got.data(), runner.parallel_for);
     SparseSumPool<T>(in.data(), C, map.view(), n_out, false, sum_got.data(),
                      runner.parallel_for);
     SparseSumPool<T>(in.data(), C, map.view(), n_out, true, avg_got.data(),
@@ -684,8 +729,8 @@ void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
     std::vector<int64_t> t_splits(K + 1), s_splits(K + 1);
     std::vector<int32_t> t_in(P), t_out(P), s_in(P), s_out(P);
     Status status = TransposeKernelMap(map.view(), n_in, table.data(), nullptr,
-                                       t_splits.data(), t_in.data(), t_out.data(),
-                                       runner.parallel_for);
+                                       t_splits.data(), t_in.data(),
+                                       t_out.data(), runner.parallel_for);
     EXPECT_MSG(status.ok(), what + ": " + status.message());
     status = TransposeKernelMap(map.view(), n_in, nullptr, pair_scratch.data(),
                                 s_splits.data(), s_in.data(), s_out.data(),
@@ -693,15 +738,20 @@ void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
     EXPECT_MSG(status.ok(), what + ": " + status.message());
     EXPECT_MSG(t_splits == s_splits && t_in == s_in && t_out == s_out,
                what + ": transposed map by table != by sorting");
-    const KernelMapView transposed{t_splits.data(), t_in.data(), t_out.data(), K};
-    SparseSumPoolTranspose<T>(up.data(), C, map.view(), transposed, n_in, n_out, false,
-                              inverse.data(), t_got.data(), runner.parallel_for);
-    SparseSumPoolTranspose<T>(up.data(), C, map.view(), transposed, n_in, n_out, true,
-                              inverse.data(), t_avg_got.data(), runner.parallel_for);
-    EXPECT_MSG(ValidateArgmax(arg_got.data(), arg_got.size(), n_in, runner.parallel_for).ok(),
+    const KernelMapView transposed{t_splits.data(), t_in.data(), t_out.data(),
+                                   K};
+    SparseSumPoolTranspose<T>(up.data(), C, map.view(), transposed, n_in, n_out,
+                              false, inverse.data(), t_got.data(),
+                              runner.parallel_for);
+    SparseSumPoolTranspose<T>(up.data(), C, map.view(), transposed, n_in, n_out,
+                              true, inverse.data(), t_avg_got.data(),
+                              runner.parallel_for);
+    EXPECT_MSG(ValidateArgmax(arg_got.data(), arg_got.size(), n_in,
+                              runner.parallel_for)
+                   .ok(),
                what + ": argmax out of range");
-    SparseMaxPoolGrad<T>(grad.data(), arg_got.data(), C, n_out, n_in, grad_got.data(),
-                         runner.parallel_for);
+    SparseMaxPoolGrad<T>(grad.data(), arg_got.data(), C, n_out, n_in,
+                         grad_got.data(), runner.parallel_for);
     EXPECT_MSG(max_got == max_want, what + ": max pool");
     EXPECT_MSG(arg_got == arg_want, what + ": argmax");
     EXPECT_MSG(sum_got == sum_want, what + ": sum pool");
@@ -711,10 +761,12 @@ void CheckPool(const std::string& name, const KernelMap& map, int64_t n_in,
     EXPECT_MSG(t_got == t_want, what + ": sum pool transpose");
     bool close = true;
     for (size_t j = 0; j < t_avg_got.size(); ++j) {
-      close &= std::abs(t_avg_got[j] - t_avg_want[j]) <= 1e-5 * (1 + std::abs(t_avg_want[j]));
+      close &= std::abs(t_avg_got[j] - t_avg_want[j]) <=
+               1e-5 * (1 + std::abs(t_avg_want[j]));
     }
     EXPECT_MSG(close, what + ": average pool transpose");
-    std::vector<std::vector<T>> all = {max_got, sum_got, avg_got, t_got, t_avg_got, grad_got};
+    std::vector<std::vector<T>> all = {max_got, sum_got,   avg_got,
+                                       t_got,   t_avg_got, grad_got};
     if (first.empty()) first = all;
     EXPECT_MSG(all == first, what + ": differs from serial");
   }
@@ -734,7 +786,9 @@ void CheckGlobalPool(const std::string& name, int64_t n, int64_t num_batches,
   // Items 0 and B - 1 take most rows; item 1 none.
   for (int32_t& b : batch) {
     const int64_t r = (*rng)() % 10;
-    b = static_cast<int32_t>(r < 4 ? 0 : r < 8 ? B - 1 : 2 + (*rng)() % (B - 2));
+    b = static_cast<int32_t>(r < 4   ? 0
+                             : r < 8 ? B - 1
+                                     : 2 + (*rng)() % (B - 2));
   }
   std::vector<T> max_want(B * C, T(0)), sum_want(B * C, T(0));
   std::vector<int32_t> arg_want(B * C, -1), count(B, 0);
@@ -754,23 +808,26 @@ void CheckGlobalPool(const std::string& name, int64_t n, int64_t num_batches,
     const std::string what = name + " (" + runner.name + ")";
     std::vector<int64_t> starts(B + 1), chunk_first(B + 1);
     std::vector<int32_t> order(n);
-    const Status status = GroupByBatch(batch.data(), n, B, starts.data(), order.data(),
-                                       chunk_first.data());
+    const Status status = GroupByBatch(batch.data(), n, B, starts.data(),
+                                       order.data(), chunk_first.data());
     EXPECT_MSG(status.ok(), what + ": " + status.message());
-    const int64_t chunks = GlobalPoolChunks(starts.data(), B, chunk_first.data());
+    const int64_t chunks =
+        GlobalPoolChunks(starts.data(), B, chunk_first.data());
     EXPECT_MSG(chunks > B, what + ": expected items of several chunks");
-    std::vector<T> partial(chunks * C), max_got(B * C), sum_got(B * C), avg_got(B * C),
-        back(n * C), back_avg(n * C);
+    std::vector<T> partial(chunks * C), max_got(B * C), sum_got(B * C),
+        avg_got(B * C), back(n * C), back_avg(n * C);
     std::vector<int32_t> partial_arg(chunks * C), arg_got(B * C);
-    GlobalMaxPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
-                     partial.data(), partial_arg.data(), max_got.data(), arg_got.data(),
-                     runner.parallel_for);
-    GlobalSumPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
-                     false, partial.data(), sum_got.data(), runner.parallel_for);
-    GlobalSumPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
-                     true, partial.data(), avg_got.data(), runner.parallel_for);
-    GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), false, back.data(),
-                         runner.parallel_for);
+    GlobalMaxPool<T>(in.data(), C, starts.data(), order.data(),
+                     chunk_first.data(), B, partial.data(), partial_arg.data(),
+                     max_got.data(), arg_got.data(), runner.parallel_for);
+    GlobalSumPool<T>(in.data(), C, starts.data(), order.data(),
+                     chunk_first.data(), B, false, partial.data(),
+                     sum_got.data(), runner.parallel_for);
+    GlobalSumPool<T>(in.data(), C, starts.data(), order.data(),
+                     chunk_first.data(), B, true, partial.data(),
+                     avg_got.data(), runner.parallel_for);
+    GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), false,
+                         back.data(), runner.parallel_for);
     GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), true,
                          back_avg.data(), runner.parallel_for);
     EXPECT_MSG(max_got == max_want, what + ": global max");
@@ -788,11 +845,13 @@ void CheckGlobalPool(const std::string& name, int64_t n, int64_t num_batches,
       for (int64_t c = 0; c < C; ++c) {
         const T g = grad[batch[i] * C + c];
         close &= back[i * C + c] == g;
-        close &= back_avg[i * C + c] == g * (T(1) / static_cast<T>(count[batch[i]]));
+        close &=
+            back_avg[i * C + c] == g * (T(1) / static_cast<T>(count[batch[i]]));
       }
     }
     EXPECT_MSG(close, what + ": global sum / average / gradient");
-    std::vector<std::vector<T>> all = {max_got, sum_got, avg_got, back, back_avg};
+    std::vector<std::vector<T>> all = {max_got, sum_got, avg_got, back,
+                                       back_avg};
     if (first.empty()) first = all;
     EXPECT_MSG(all == first, what + ": differs from serial");
   }
@@ -800,20 +859,23 @@ void CheckGlobalPool(const std::string& name, int64_t n, int64_t num_batches,
   std::vector<int64_t> starts(B + 1), scratch(B + 1);
   std::vector<int32_t> order(n);
   batch[n / 2] = static_cast<int32_t>(B);
-  const Status bad = GroupByBatch(batch.data(), n, B, starts.data(), order.data(),
-                                  scratch.data());
-  EXPECT_MSG(!bad.ok() && bad.message().find(std::to_string(n / 2)) != std::string::npos,
+  const Status bad = GroupByBatch(batch.data(), n, B, starts.data(),
+                                  order.data(), scratch.data());
+  EXPECT_MSG(!bad.ok() &&
+                 bad.message().find(std::to_string(n / 2)) != std::string::npos,
              name + ": bad batch index: " + bad.message());
 }
 
 void TestPooling() {
   std::mt19937_64 rng(4242);
-  const std::vector<Row> rows = RandomRows(&rng, {{0, -10, -10, -10}}, {{1, 9, 9, 9}}, 0.5);
+  const std::vector<Row> rows =
+      RandomRows(&rng, {{0, -10, -10, -10}}, {{1, 9, 9, 9}}, 0.5);
   const std::vector<int32_t> flat = Flatten(rows);
   const int64_t n = rows.size();
   // Overlapping windows: the submanifold 3^3 map (many 256-row blocks).
   KernelMap subm;
-  Status status = BuildKernelMap(flat, flat, true, Cube3(1), {1, 1, 1}, SerialFor, &subm);
+  Status status =
+      BuildKernelMap(flat, flat, true, Cube3(1), {1, 1, 1}, SerialFor, &subm);
   EXPECT_MSG(status.ok(), status.message());
   CheckPool<float>("pool float 3^3", subm, n, n, 5, &rng);
   CheckPool<double>("pool double 3^3", subm, n, n, 3, &rng);
@@ -828,8 +890,8 @@ void TestPooling() {
   }
   for (int i = 0; i < 300; ++i) coarse.push_back({0, 100 + 2 * i, 0, 0});
   KernelMap strided;
-  status = BuildKernelMap(flat, Flatten(coarse), false, Corner2(), {1, 1, 1}, SerialFor,
-                          &strided);
+  status = BuildKernelMap(flat, Flatten(coarse), false, Corner2(), {1, 1, 1},
+                          SerialFor, &strided);
   EXPECT_MSG(status.ok(), status.message());
   CheckPool<float>("pool float 2/2", strided, n, coarse.size(), 16, &rng);
   // Empty: no pairs, no rows.
@@ -852,7 +914,9 @@ void CheckStrided(const std::string& name, const std::vector<Row>& rows,
   std::set<Row> want;
   for (const Row& r : rows) {
     Row q = r;
-    for (int a = 1; a < kDims; ++a) q[a] = static_cast<int32_t>(FloorDiv(r[a], stride[a - 1]) * stride[a - 1]);
+    for (int a = 1; a < kDims; ++a)
+      q[a] =
+          static_cast<int32_t>(FloorDiv(r[a], stride[a - 1]) * stride[a - 1]);
     want.insert(q);
   }
   const std::vector<int32_t> flat = Flatten(rows);
@@ -862,8 +926,9 @@ void CheckStrided(const std::string& name, const std::vector<Row>& rows,
     KeyPacker packer(kDims);
     std::vector<uint64_t> keys(rows.size());
     int64_t unique = -1;
-    const Status status = StridedKeys(flat.data(), rows.size(), kDims, stride.data(),
-                                      &packer, keys.data(), &unique);
+    const Status status =
+        StridedKeys(flat.data(), rows.size(), kDims, stride.data(), &packer,
+                    keys.data(), &unique);
     EXPECT_MSG(status.ok(), what + ": " + status.message());
     if (!status.ok()) continue;
     EXPECT_MSG(unique == static_cast<int64_t>(want.size()),
@@ -884,13 +949,15 @@ bool Contains(const std::string& s, const std::string& part) {
 }
 
 void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
-                     const std::vector<int32_t>& offsets, const std::vector<int32_t>& stride) {
+                     const std::vector<int32_t>& offsets,
+                     const std::vector<int32_t>& stride) {
   const int64_t K = offsets.size() / (kDims - 1);
   std::set<Row> want;
   for (const Row& r : rows) {
     for (int64_t k = 0; k < K; ++k) {
       Row q = r;
-      for (int a = 1; a < kDims; ++a) q[a] = r[a] + offsets[k * (kDims - 1) + a - 1] * stride[a - 1];
+      for (int a = 1; a < kDims; ++a)
+        q[a] = r[a] + offsets[k * (kDims - 1) + a - 1] * stride[a - 1];
       want.insert(q);
     }
   }
@@ -903,51 +970,58 @@ void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
                                  int64_t(5 * rows.size())}) {
       KeyPacker packer(kDims);
       std::vector<uint64_t> keys;
-      const Status status = GenerativeKeys(flat.data(), rows.size(), kDims, geometry,
-                                           budget, kMaxRows, &packer, &keys,
-                                           runner.parallel_for);
+      const Status status =
+          GenerativeKeys(flat.data(), rows.size(), kDims, geometry, budget,
+                         kMaxRows, &packer, &keys, runner.parallel_for);
       EXPECT_MSG(status.ok(), what + ": " + status.message());
       if (!status.ok()) continue;
       std::vector<int32_t> got(keys.size() * kDims, -7);
-      UnpackKeys(packer, keys.data(), keys.size(), got.data(), runner.parallel_for);
+      UnpackKeys(packer, keys.data(), keys.size(), got.data(),
+                 runner.parallel_for);
       std::vector<Row> want_rows(want.begin(), want.end());
       EXPECT_MSG(got == Flatten(want_rows),
                  what + ": generated sites, budget " + std::to_string(budget));
       // One site fewer allowed than there are: refused, whatever the chunks.
       KeyPacker small_packer(kDims);
-      const Status too_many = GenerativeKeys(
-          flat.data(), rows.size(), kDims, geometry, budget,
-          static_cast<int64_t>(want.size()), &small_packer, &keys, runner.parallel_for);
-      EXPECT_MSG(!too_many.ok() && Contains(too_many.message(), "too many sites"),
-                 what + ": max_sites not enforced, budget " + std::to_string(budget));
+      const Status too_many =
+          GenerativeKeys(flat.data(), rows.size(), kDims, geometry, budget,
+                         static_cast<int64_t>(want.size()), &small_packer,
+                         &keys, runner.parallel_for);
+      EXPECT_MSG(
+          !too_many.ok() && Contains(too_many.message(), "too many sites"),
+          what + ": max_sites not enforced, budget " + std::to_string(budget));
     }
   }
 }
 
 void TestKeys() {
   std::mt19937_64 rng(99);
-  const std::vector<Row> small = RandomRows(&rng, {{0, -9, -9, -9}}, {{2, 9, 9, 9}}, 0.3);
+  const std::vector<Row> small =
+      RandomRows(&rng, {{0, -9, -9, -9}}, {{2, 9, 9, 9}}, 0.3);
   CheckStrided("strided 2,2,2", small, {2, 2, 2});
   CheckStrided("strided 3,1,4", small, {3, 1, 4});
   CheckStrided("strided 1,1,1", small, {1, 1, 1});
   // Near the limits: floor division rounds towards -inf, never wraps.
-  const std::vector<Row> limits = RandomRows(
-      &rng, {{0, kMin, kMax - 20, -20}}, {{1, kMin + 20, kMax, 20}}, 0.05);
+  const std::vector<Row> limits = RandomRows(&rng, {{0, kMin, kMax - 20, -20}},
+                                             {{1, kMin + 20, kMax, 20}}, 0.05);
   CheckStrided("strided near limits", limits, {2, 4, 5});
   CheckGenerative("generative 3x3x3", small, Cube3(1), {2, 2, 2});
   CheckGenerative("generative {0,1}^3", small, Corner2(), {1, 3, 1});
   // Over 4,096 keys with a span across int32: the radix sort's every digit.
-  const std::vector<Row> wide = RandomRows(
-      &rng, {{0, kMin + 1, -9, -9}, {0, kMax - 20, -9, -9}},
-      {{3, kMin + 20, 9, 9}, {3, kMax - 1, 9, 9}}, 0.2);
+  const std::vector<Row> wide =
+      RandomRows(&rng, {{0, kMin + 1, -9, -9}, {0, kMax - 20, -9, -9}},
+                 {{3, kMin + 20, 9, 9}, {3, kMax - 1, 9, 9}}, 0.2);
   CheckStrided("strided wide span (radix)", wide, {2, 3, 1});
   CheckGenerative("generative wide span (radix)", wide, Cube3(1), {1, 1, 1});
 
   // Pack / Unpack round trip at exactly 63 bits: batch 0 .. 1 (1 bit),
   // x over all of int32 (32 bits), y over 2^30 values (30 bits), z fixed.
   {
-    const std::vector<Row> extremes = {{0, kMin, 0, 5}, {1, kMax, (1 << 30) - 1, 5},
-                                       {0, kMax, 0, 5}, {1, kMin, 17, 5}, {1, -1, 1 << 29, 5}};
+    const std::vector<Row> extremes = {{0, kMin, 0, 5},
+                                       {1, kMax, (1 << 30) - 1, 5},
+                                       {0, kMax, 0, 5},
+                                       {1, kMin, 17, 5},
+                                       {1, -1, 1 << 29, 5}};
     const std::vector<int32_t> flat = Flatten(extremes);
     KeyPacker packer(kDims);
     packer.CoverRows(flat.data(), extremes.size());
@@ -979,7 +1053,8 @@ void TestErrors() {
   for (const Runner& runner : Runners()) {
     const std::string who = std::string(" (") + runner.name + ")";
     // Duplicate sites: an error naming both rows, not a crash or a hang.
-    std::vector<Row> rows = RandomRows(&rng, {{0, -5, -5, -5}}, {{1, 5, 5, 5}}, 0.3);
+    std::vector<Row> rows =
+        RandomRows(&rng, {{0, -5, -5, -5}}, {{1, 5, 5, 5}}, 0.3);
     const size_t a = rows.size() / 3;
     rows.push_back(rows[a]);
     const std::vector<int32_t> flat = Flatten(rows);
@@ -988,17 +1063,20 @@ void TestErrors() {
                                    runner.parallel_for, &map);
     EXPECT_MSG(!status.ok(), "duplicates accepted" + who);
     EXPECT_MSG(Contains(status.message(), "duplicate"), status.message() + who);
-    EXPECT_MSG(Contains(status.message(), "rows " + std::to_string(a) + " and " +
-                                              std::to_string(rows.size() - 1)),
-               status.message() + who);
+    EXPECT_MSG(
+        Contains(status.message(), "rows " + std::to_string(a) + " and " +
+                                       std::to_string(rows.size() - 1)),
+        status.message() + who);
 
     // Keys wider than 63 bits: two axes over all of int32 need 64.
-    const std::vector<Row> wide = {{0, kMin, kMin, 0}, {0, kMax, kMax, 0}, {0, 0, 0, 0}};
+    const std::vector<Row> wide = {
+        {0, kMin, kMin, 0}, {0, kMax, kMax, 0}, {0, 0, 0, 0}};
     const std::vector<int32_t> wide_flat = Flatten(wide);
     status = BuildKernelMap(wide_flat, wide_flat, true, Cube3(1), {1, 1, 1},
                             runner.parallel_for, &map);
     EXPECT_MSG(!status.ok(), "64-bit keys accepted" + who);
-    EXPECT_MSG(Contains(status.message(), "64-bit key"), status.message() + who);
+    EXPECT_MSG(Contains(status.message(), "64-bit key"),
+               status.message() + who);
     // ... also with the batch taking the 64th bit.
     const std::vector<Row> wide2 = {{0, kMin, 0, 0}, {1, kMax, (1 << 30), 0}};
     const std::vector<int32_t> wide2_flat = Flatten(wide2);
@@ -1010,7 +1088,8 @@ void TestErrors() {
     std::vector<uint64_t> keys(wide.size());
     int64_t unique = 0;
     status = StridedKeys(wide_flat.data(), wide.size(), kDims,
-                         std::vector<int32_t>{1, 1, 1}.data(), &packer, keys.data(), &unique);
+                         std::vector<int32_t>{1, 1, 1}.data(), &packer,
+                         keys.data(), &unique);
     EXPECT_MSG(!status.ok(), "StridedKeys accepted 64-bit keys" + who);
 
     // Generated sites beyond int32.
@@ -1019,8 +1098,8 @@ void TestErrors() {
     const KernelGeometry geometry{offsets.data(), 27, stride.data()};
     std::vector<uint64_t> gen_keys;
     status = GenerativeKeys(wide_flat.data(), wide.size(), kDims, geometry,
-                            TableBudget(wide.size()), kMaxRows, &gen_packer, &gen_keys,
-                            runner.parallel_for);
+                            TableBudget(wide.size()), kMaxRows, &gen_packer,
+                            &gen_keys, runner.parallel_for);
     EXPECT_MSG(!status.ok(), "GenerativeKeys overflowed int32" + who);
   }
 
@@ -1031,9 +1110,9 @@ void TestErrors() {
     KeyPacker packer(kDims);
     std::vector<uint64_t> keys(1);
     int64_t unique = 0;
-    const Status status = StridedKeys(flat.data(), 1, kDims,
-                                      std::vector<int32_t>{3, 1, 1}.data(), &packer,
-                                      keys.data(), &unique);
+    const Status status =
+        StridedKeys(flat.data(), 1, kDims, std::vector<int32_t>{3, 1, 1}.data(),
+                    &packer, keys.data(), &unique);
     EXPECT_MSG(!status.ok(), "strided below int32 accepted");
   }
   // Bad stride; too many columns; rows outside the packer's range.
@@ -1042,8 +1121,9 @@ void TestErrors() {
     KeyPacker packer(kDims);
     std::vector<uint64_t> keys(1);
     int64_t unique = 0;
-    Status status = StridedKeys(flat.data(), 1, kDims, std::vector<int32_t>{1, 0, 1}.data(),
-                                &packer, keys.data(), &unique);
+    Status status =
+        StridedKeys(flat.data(), 1, kDims, std::vector<int32_t>{1, 0, 1}.data(),
+                    &packer, keys.data(), &unique);
     EXPECT_MSG(!status.ok(), "stride 0 accepted");
     KeyPacker zero(0);
     EXPECT_MSG(!zero.Finalize().ok(), "0 columns accepted");
@@ -1063,10 +1143,13 @@ void TestErrors() {
   }
   // A corrupted kernel map fails validation.
   {
-    const std::vector<Row> rows = RandomRows(&rng, {{0, -3, -3, -3}}, {{0, 3, 3, 3}}, 0.5);
+    const std::vector<Row> rows =
+        RandomRows(&rng, {{0, -3, -3, -3}}, {{0, 3, 3, 3}}, 0.5);
     const std::vector<int32_t> flat = Flatten(rows);
     KernelMap map;
-    EXPECT(BuildKernelMap(flat, flat, true, Cube3(1), {1, 1, 1}, SerialFor, &map).ok());
+    EXPECT(
+        BuildKernelMap(flat, flat, true, Cube3(1), {1, 1, 1}, SerialFor, &map)
+            .ok());
     const int64_t n = rows.size(), pairs = map.splits.back();
     KernelMap bad = map;
     bad.in_rows[pairs / 2] = static_cast<int32_t>(n);
@@ -1086,14 +1169,17 @@ void TestErrors() {
     std::vector<uint64_t> scratch(pairs);
     std::vector<int64_t> t_splits(28);
     Status repeated = TransposeKernelMap(bad.view(), n, table.data(), nullptr,
-                                         t_splits.data(), t_in.data(), t_out.data(),
-                                         SerialFor);
-    EXPECT_MSG(!repeated.ok() && Contains(repeated.message(), "repeats input row"),
-               repeated.message());
-    repeated = TransposeKernelMap(bad.view(), n, nullptr, scratch.data(), t_splits.data(),
-                                  t_in.data(), t_out.data(), SerialFor);
-    EXPECT_MSG(!repeated.ok() && Contains(repeated.message(), "repeats input row"),
-               repeated.message());
+                                         t_splits.data(), t_in.data(),
+                                         t_out.data(), SerialFor);
+    EXPECT_MSG(
+        !repeated.ok() && Contains(repeated.message(), "repeats input row"),
+        repeated.message());
+    repeated = TransposeKernelMap(bad.view(), n, nullptr, scratch.data(),
+                                  t_splits.data(), t_in.data(), t_out.data(),
+                                  SerialFor);
+    EXPECT_MSG(
+        !repeated.ok() && Contains(repeated.message(), "repeats input row"),
+        repeated.message());
   }
 }
 
@@ -1107,10 +1193,11 @@ int main() {
   sparse_ops::TestPooling();
   sparse_ops::TestErrors();
   if (sparse_ops::g_failures > 0) {
-    std::fprintf(stderr, "core_test: %d of %d checks FAILED\n", sparse_ops::g_failures,
-                 sparse_ops::g_checks);
+    std::fprintf(stderr, "core_test: %d of %d checks FAILED\n",
+                 sparse_ops::g_failures, sparse_ops::g_checks);
     return 1;
   }
-  std::fprintf(stderr, "core_test: all %d checks passed\n", sparse_ops::g_checks);
+  std::fprintf(stderr, "core_test: all %d checks passed\n",
+               sparse_ops::g_checks);
   return 0;
 }

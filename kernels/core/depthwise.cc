@@ -15,14 +15,16 @@ constexpr int kLanes = 16;  // channels a row accumulates in registers at once
 }  // namespace
 
 template <typename T>
-void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier, const T* weights,
-                   bool transpose, const KernelMapView& map, int64_t n_out, T* out,
-                   const ParallelFor& parallel_for) {
+void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier,
+                   const T* weights, bool transpose, const KernelMapView& map,
+                   int64_t n_out, T* out, const ParallelFor& parallel_for) {
   const int64_t C = channels, M = multiplier, K = map.num_offsets;
-  const int64_t in_width = transpose ? C * M : C, out_width = transpose ? C : C * M;
+  const int64_t in_width = transpose ? C * M : C,
+                out_width = transpose ? C : C * M;
   const int64_t blocks = (n_out + kRowBlock - 1) / kRowBlock;
   const int64_t pairs = K > 0 ? map.splits[K] : 0;
-  const int64_t cost = (pairs / std::max<int64_t>(blocks, 1) + kRowBlock) * C * M * 2;
+  const int64_t cost =
+      (pairs / std::max<int64_t>(blocks, 1) + kRowBlock) * C * M * 2;
   // Output-stationary: a block of output rows stays in cache while every
   // offset's pairs into it (a binary search away: each offset's pairs are
   // sorted by output row) are applied, offsets in order.
@@ -31,7 +33,8 @@ void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier, const T* w
     std::vector<const T*> xs(K), ws(K);
     for (int64_t b = begin; b < end; ++b) {
       const int32_t o0 = static_cast<int32_t>(b * kRowBlock);
-      const int32_t o1 = static_cast<int32_t>(std::min(n_out, (b + 1) * kRowBlock));
+      const int32_t o1 =
+          static_cast<int32_t>(std::min(n_out, (b + 1) * kRowBlock));
       if (M == 1) {
         // One row at a time, its terms in registers: the pairs of each
         // offset are walked with a cursor (sorted by output row).
@@ -56,7 +59,8 @@ void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier, const T* w
           for (; c + kLanes <= C; c += kLanes) {
             T acc[kLanes] = {};
             for (int64_t t = 0; t < terms; ++t) {
-              for (int l = 0; l < kLanes; ++l) acc[l] += xs[t][c + l] * ws[t][c + l];
+              for (int l = 0; l < kLanes; ++l)
+                acc[l] += xs[t][c + l] * ws[t][c + l];
             }
             std::copy(acc, acc + kLanes, y + c);
           }
@@ -80,12 +84,14 @@ void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier, const T* w
           T* __restrict y = out + int64_t{map.out_rows[p]} * out_width;
           if (!transpose) {
             for (int64_t c = 0; c < C; ++c) {
-              for (int64_t m = 0; m < M; ++m) y[c * M + m] += x[c] * w[c * M + m];
+              for (int64_t m = 0; m < M; ++m)
+                y[c * M + m] += x[c] * w[c * M + m];
             }
           } else {
             for (int64_t c = 0; c < C; ++c) {
               T sum = 0;
-              for (int64_t m = 0; m < M; ++m) sum += x[c * M + m] * w[c * M + m];
+              for (int64_t m = 0; m < M; ++m)
+                sum += x[c * M + m] * w[c * M + m];
               y[c] += sum;
             }
           }
@@ -96,12 +102,15 @@ void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier, const T* w
 }
 
 template <typename T>
-Status DepthwiseConvWeightGradient(const T* in, int64_t channels, int64_t multiplier,
-                                   const T* grad_out, const KernelMapView& map,
-                                   T* grad_weights, const Allocate& allocate,
+Status DepthwiseConvWeightGradient(const T* in, int64_t channels,
+                                   int64_t multiplier, const T* grad_out,
+                                   const KernelMapView& map, T* grad_weights,
+                                   const Allocate& allocate,
                                    const ParallelFor& parallel_for) {
-  const int64_t C = channels, M = multiplier, K = map.num_offsets, width = C * M;
-  // Units: segments of kSegment pairs within an offset; first[k] = offset k's first.
+  const int64_t C = channels, M = multiplier, K = map.num_offsets,
+                width = C * M;
+  // Units: segments of kSegment pairs within an offset; first[k] = offset k's
+  // first.
   std::vector<int64_t> first(K + 1, 0);
   for (int64_t k = 0; k < K; ++k) {
     const int64_t pairs = map.splits[k + 1] - map.splits[k];
@@ -114,7 +123,8 @@ Status DepthwiseConvWeightGradient(const T* in, int64_t channels, int64_t multip
                                std::to_string(units) + " partial sums");
   }
   parallel_for(units, kSegment * width * 2, [&](int64_t begin, int64_t end) {
-    int64_t k = std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
+    int64_t k =
+        std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
     for (int64_t u = begin; u < end; ++u) {
       while (first[k + 1] <= u) ++k;
       T* acc = partial + u * width;
@@ -128,7 +138,8 @@ Status DepthwiseConvWeightGradient(const T* in, int64_t channels, int64_t multip
           for (int64_t c = 0; c < C; ++c) acc[c] += x[c] * g[c];
         } else {
           for (int64_t c = 0; c < C; ++c) {
-            for (int64_t m = 0; m < M; ++m) acc[c * M + m] += x[c] * g[c * M + m];
+            for (int64_t m = 0; m < M; ++m)
+              acc[c * M + m] += x[c] * g[c * M + m];
           }
         }
       }
@@ -147,12 +158,13 @@ Status DepthwiseConvWeightGradient(const T* in, int64_t channels, int64_t multip
   return Status::Ok();
 }
 
-#define SPARSE_OPS_INSTANTIATE(T)                                                          \
-  template void DepthwiseConv<T>(const T*, int64_t, int64_t, const T*, bool,               \
-                                 const KernelMapView&, int64_t, T*, const ParallelFor&);   \
-  template Status DepthwiseConvWeightGradient<T>(const T*, int64_t, int64_t, const T*,     \
-                                                 const KernelMapView&, T*, const Allocate&, \
-                                                 const ParallelFor&);
+#define SPARSE_OPS_INSTANTIATE(T)                                            \
+  template void DepthwiseConv<T>(const T*, int64_t, int64_t, const T*, bool, \
+                                 const KernelMapView&, int64_t, T*,          \
+                                 const ParallelFor&);                        \
+  template Status DepthwiseConvWeightGradient<T>(                            \
+      const T*, int64_t, int64_t, const T*, const KernelMapView&, T*,        \
+      const Allocate&, const ParallelFor&);
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE

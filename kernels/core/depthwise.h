@@ -30,16 +30,17 @@ namespace sparse_ops {
 //   offset k and over m of in[o, c * M + m] * W[k, c, m].
 // Rows without pairs get zeros.
 template <typename T>
-void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier, const T* weights,
-                   bool transpose, const KernelMapView& map, int64_t n_out, T* out,
-                   const ParallelFor& parallel_for);
+void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier,
+                   const T* weights, bool transpose, const KernelMapView& map,
+                   int64_t n_out, T* out, const ParallelFor& parallel_for);
 
 // grad_weights [K, C, M]: the sum over pairs (i, o) of offset k of
 // in[i, c] * grad_out[o, c * M + m]. Scratch from `allocate`.
 template <typename T>
-Status DepthwiseConvWeightGradient(const T* in, int64_t channels, int64_t multiplier,
-                                   const T* grad_out, const KernelMapView& map,
-                                   T* grad_weights, const Allocate& allocate,
+Status DepthwiseConvWeightGradient(const T* in, int64_t channels,
+                                   int64_t multiplier, const T* grad_out,
+                                   const KernelMapView& map, T* grad_weights,
+                                   const Allocate& allocate,
                                    const ParallelFor& parallel_for);
 
 }  // namespace sparse_ops

@@ -24,8 +24,10 @@ inline Isa CpuIsa() {
 #if defined(__x86_64__) && defined(__GNUC__)
   static const Isa isa = [] {
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw")) {
+    if (__builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw")) {
       return __builtin_cpu_supports("avx512bf16") ? Isa::kAvx512Bf16
                                                   : Isa::kAvx512;
     }
@@ -81,6 +83,7 @@ inline Isa ActiveIsa() {
 #define SPARSE_OPS_TARGET_AVX512 \
   __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 #define SPARSE_OPS_TARGET_AVX512_BF16 \
-  __attribute__((target("avx512bf16,avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+  __attribute__((                     \
+      target("avx512bf16,avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
 
 #endif  // SPARSE_OPS_KERNELS_CORE_ISA_H_

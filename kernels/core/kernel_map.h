@@ -24,10 +24,10 @@ class KernelMapSearch {
   // half the offsets). Pointers must outlive the search. table_budget
   // (entries of the neighbour table; tests set it small) defaults to
   // TableBudget(n_in + n_out).
-  KernelMapSearch(const int32_t* in_coords, int64_t n_in, const int32_t* out_coords,
-                  int64_t n_out, int dims, const KernelGeometry& geometry,
-                  Allocate allocate, ParallelFor parallel_for,
-                  int64_t table_budget = 0);
+  KernelMapSearch(const int32_t* in_coords, int64_t n_in,
+                  const int32_t* out_coords, int64_t n_out, int dims,
+                  const KernelGeometry& geometry, Allocate allocate,
+                  ParallelFor parallel_for, int64_t table_budget = 0);
 
   // counts[k] = the pairs of offset k (K entries). Fails on duplicate
   // sites in either set, on keys wider than 63 bits, or without memory.
@@ -49,7 +49,7 @@ class KernelMapSearch {
   const KernelGeometry geometry_;
   const Allocate allocate_;
   const ParallelFor parallel_for_;
-  const int64_t chunk_;      // offsets per neighbour table
+  const int64_t chunk_;       // offsets per neighbour table
   int32_t* table_ = nullptr;  // [min(chunk_, K), n_out]
   bool try_sorted_ = true;    // until rows turn out not to be sorted
   KeyPacker packer_;
@@ -59,13 +59,16 @@ class KernelMapSearch {
 // Fails unless the rows of coords [n, dims] are unique (the error names
 // the two rows) and their keys fit 63 bits.
 Status CheckUniqueRows(const int32_t* coords, int64_t n, int dims,
-                       const Allocate& allocate, const ParallelFor& parallel_for);
+                       const Allocate& allocate,
+                       const ParallelFor& parallel_for);
 
 // The transposed map of a valid map (TransposeKernelMap) in memory from
 // `allocate`, scratch included (within TableBudget: a [K, n_in] table or
 // the pairs to sort). Fails when an input row repeats within an offset.
-Status TransposedKernelMap(const KernelMapView& map, int64_t n_in, const Allocate& allocate,
-                           const ParallelFor& parallel_for, KernelMapView* transposed);
+Status TransposedKernelMap(const KernelMapView& map, int64_t n_in,
+                           const Allocate& allocate,
+                           const ParallelFor& parallel_for,
+                           KernelMapView* transposed);
 
 }  // namespace sparse_ops
 

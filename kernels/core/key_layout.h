@@ -24,8 +24,8 @@
 
 namespace sparse_ops {
 
-constexpr int kMaxDims = 32;       // batch + up to 31 spatial axes
-constexpr int kMaxKeyBits = 63;    // all-ones is the hash tables' empty mark
+constexpr int kMaxDims = 32;     // batch + up to 31 spatial axes
+constexpr int kMaxKeyBits = 63;  // all-ones is the hash tables' empty mark
 constexpr uint64_t kEmptyKey = ~uint64_t{0};
 
 // Bits to hold 0 .. span.
@@ -46,7 +46,8 @@ struct KeyLayout {
 
 // The layout of per-axis ranges [lo[a], hi[a]] (lo > hi: no rows, the empty
 // range [0, 0]). The caller refuses total_bits > kMaxKeyBits.
-SPARSE_OPS_HOST_DEVICE inline void SetKeyLayout(int dims, const int64_t* lo, const int64_t* hi,
+SPARSE_OPS_HOST_DEVICE inline void SetKeyLayout(int dims, const int64_t* lo,
+                                                const int64_t* hi,
                                                 KeyLayout* l) {
   l->dims = dims;
   int total = 0;
@@ -66,8 +67,8 @@ SPARSE_OPS_HOST_DEVICE inline void SetKeyLayout(int dims, const int64_t* lo, con
 // KeyLayout or any copy of its lo, span and shift (the GPU keeps one in
 // shared memory).
 template <int D = 0, typename Layout, typename C>
-SPARSE_OPS_HOST_DEVICE inline bool PackKey(const Layout& l, int dims, const C* c,
-                                           uint64_t* key) {
+SPARSE_OPS_HOST_DEVICE inline bool PackKey(const Layout& l, int dims,
+                                           const C* c, uint64_t* key) {
   uint64_t k = 0;
   SPARSE_OPS_UNROLL
   for (int a = 0; a < (D > 0 ? D : kMaxDims); ++a) {
@@ -80,10 +81,12 @@ SPARSE_OPS_HOST_DEVICE inline bool PackKey(const Layout& l, int dims, const C* c
   return true;
 }
 
-SPARSE_OPS_HOST_DEVICE inline void UnpackKey(const KeyLayout& l, uint64_t key, int32_t* c) {
+SPARSE_OPS_HOST_DEVICE inline void UnpackKey(const KeyLayout& l, uint64_t key,
+                                             int32_t* c) {
   for (int a = 0; a < l.dims; ++a) {
     const uint64_t mask = l.bits[a] == 0 ? 0 : (uint64_t{1} << l.bits[a]) - 1;
-    c[a] = static_cast<int32_t>(l.lo[a] + static_cast<int64_t>((key >> l.shift[a]) & mask));
+    c[a] = static_cast<int32_t>(
+        l.lo[a] + static_cast<int64_t>((key >> l.shift[a]) & mask));
   }
 }
 
@@ -100,7 +103,8 @@ SPARSE_OPS_HOST_DEVICE inline uint64_t HashKey(uint64_t k) {
 // True when offset k and offset K-1-k (rows of offsets [K, d]) are
 // negatives of each other: a map between identical coordinate sets then
 // needs only half the probes, and mirrors the rest.
-SPARSE_OPS_HOST_DEVICE inline bool IsSymmetricOffsets(const int32_t* offsets, int64_t K, int d) {
+SPARSE_OPS_HOST_DEVICE inline bool IsSymmetricOffsets(const int32_t* offsets,
+                                                      int64_t K, int d) {
   for (int64_t k = 0; k < K; ++k) {
     for (int j = 0; j < d; ++j) {
       if (offsets[k * d + j] != -offsets[(K - 1 - k) * d + j]) return false;

@@ -56,12 +56,12 @@ Status UnionCoordinates(const int32_t* const* inputs, const int64_t* sizes,
       const int i = input_of[pos];
       int64_t offset = 0;
       for (int j = 0; j < i; ++j) offset += sizes[j];
-      return Status::Error(
-          "coordinates[" + std::to_string(i) + "] has duplicate sites: rows " +
-          std::to_string(entries[e - 1].second - offset) + " and " +
-          std::to_string(pos - offset) +
-          " are equal; merge duplicates first, e.g. with "
-          "sparse_ops.utils.sparse_quantize");
+      return Status::Error("coordinates[" + std::to_string(i) +
+                           "] has duplicate sites: rows " +
+                           std::to_string(entries[e - 1].second - offset) +
+                           " and " + std::to_string(pos - offset) +
+                           " are equal; merge duplicates first, e.g. with "
+                           "sparse_ops.utils.sparse_quantize");
     }
     first_of[pos] = new_site ? pos : first_of[entries[e - 1].second];
     if (new_site) is_first[pos] = 1;
@@ -89,7 +89,8 @@ void UnionSites(const int32_t* const* inputs, const int64_t* sizes, int dims,
   int64_t offset = 0;
   for (int64_t u = 0; u < num_union; ++u) {
     while (first[u] >= offset + sizes[input]) offset += sizes[input++];
-    std::copy_n(inputs[input] + (first[u] - offset) * dims, dims, out + u * dims);
+    std::copy_n(inputs[input] + (first[u] - offset) * dims, dims,
+                out + u * dims);
   }
 }
 

@@ -2,6 +2,8 @@
 // lookups (present, absent, out of range, int32 limits) and unions (order
 // of first appearance, rows, duplicate and overflow errors). Exits nonzero
 // on any failure. Run: bazel test //kernels:points_test
+#include "kernels/core/points.h"
+
 #include <cstdint>
 #include <cstdio>
 #include <limits>
@@ -11,21 +13,20 @@
 
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
-#include "kernels/core/points.h"
 
 namespace sparse_ops {
 namespace {
 
 int g_failures = 0, g_checks = 0;
 
-#define EXPECT(cond)                                                 \
-  do {                                                               \
-    ++g_checks;                                                      \
-    if (!(cond)) {                                                   \
-      if (++g_failures <= 20)                                        \
-      std::fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, \
-                   #cond);                                           \
-    }                                                                \
+#define EXPECT(cond)                                                    \
+  do {                                                                  \
+    ++g_checks;                                                         \
+    if (!(cond)) {                                                      \
+      if (++g_failures <= 20)                                           \
+        std::fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, \
+                     #cond);                                            \
+    }                                                                   \
   } while (0)
 
 using Row = std::vector<int32_t>;
@@ -80,7 +81,8 @@ void TestLookup() {
 
 void TestUnion() {
   std::mt19937 rng(2);
-  std::vector<std::vector<Row>> sets = {RandomRows(&rng, 200, -4, 4), {},
+  std::vector<std::vector<Row>> sets = {RandomRows(&rng, 200, -4, 4),
+                                        {},
                                         RandomRows(&rng, 150, -4, 4),
                                         RandomRows(&rng, 100, -4, 4)};
   sets[3].push_back({1, kMax, 0, 0});  // the int32 limits on one axis
@@ -99,14 +101,16 @@ void TestUnion() {
   std::vector<int64_t> first(total);
   int64_t num_union = -1;
   EXPECT(UnionCoordinates(ptrs.data(), sizes.data(), sets.size(), kDims,
-                          rows.data(), first.data(), &num_union).ok());
+                          rows.data(), first.data(), &num_union)
+             .ok());
   // Oracle: insertion order over the concatenation.
   std::map<Row, int32_t> index;
   std::vector<int64_t> want_first;
   int64_t p = 0;
   for (const auto& s : sets) {
     for (const Row& r : s) {
-      const auto inserted = index.emplace(r, static_cast<int32_t>(index.size()));
+      const auto inserted =
+          index.emplace(r, static_cast<int32_t>(index.size()));
       if (inserted.second) want_first.push_back(p);
       EXPECT(rows[p] == inserted.first->second);
       ++p;
@@ -114,26 +118,36 @@ void TestUnion() {
   }
   EXPECT(num_union == static_cast<int64_t>(index.size()));
   for (int64_t u = 0; u < num_union; ++u) EXPECT(first[u] == want_first[u]);
-  for (int64_t r = 0; r < 200; ++r) EXPECT(rows[r] == r);  // first input: identity
+  for (int64_t r = 0; r < 200; ++r)
+    EXPECT(rows[r] == r);  // first input: identity
 
   // A site repeated within one input is an error; across inputs it is not.
-  std::vector<int32_t> a = Flatten({{0, 1, 2, 3}}), b = Flatten({{0, 5, 5, 5}, {0, 1, 2, 3}, {0, 5, 5, 5}});
+  std::vector<int32_t> a = Flatten({{0, 1, 2, 3}}),
+                       b = Flatten({{0, 5, 5, 5}, {0, 1, 2, 3}, {0, 5, 5, 5}});
   const int32_t* two[] = {a.data(), b.data()};
   int64_t two_sizes[] = {1, 3};
   std::vector<int32_t> r4(4);
   std::vector<int64_t> f4(4);
-  EXPECT(!UnionCoordinates(two, two_sizes, 2, kDims, r4.data(), f4.data(), &num_union).ok());
+  EXPECT(!UnionCoordinates(two, two_sizes, 2, kDims, r4.data(), f4.data(),
+                           &num_union)
+              .ok());
   two_sizes[1] = 2;
-  EXPECT(UnionCoordinates(two, two_sizes, 2, kDims, r4.data(), f4.data(), &num_union).ok());
+  EXPECT(UnionCoordinates(two, two_sizes, 2, kDims, r4.data(), f4.data(),
+                          &num_union)
+             .ok());
   EXPECT(num_union == 2 && r4[0] == 0 && r4[1] == 1 && r4[2] == 0);
   // Ranges too wide for a 64-bit key.
-  std::vector<int32_t> wide = Flatten({{0, kMin, kMin, kMin}, {1, kMax, kMax, kMax}});
+  std::vector<int32_t> wide =
+      Flatten({{0, kMin, kMin, kMin}, {1, kMax, kMax, kMax}});
   const int32_t* one[] = {wide.data()};
   int64_t one_size[] = {2};
-  EXPECT(!UnionCoordinates(one, one_size, 1, kDims, r4.data(), f4.data(), &num_union).ok());
+  EXPECT(!UnionCoordinates(one, one_size, 1, kDims, r4.data(), f4.data(),
+                           &num_union)
+              .ok());
   // No rows at all.
   int64_t zero[] = {0};
-  EXPECT(UnionCoordinates(one, zero, 1, kDims, r4.data(), f4.data(), &num_union).ok());
+  EXPECT(UnionCoordinates(one, zero, 1, kDims, r4.data(), f4.data(), &num_union)
+             .ok());
   EXPECT(num_union == 0);
 }
 
@@ -143,7 +157,7 @@ void TestUnion() {
 int main() {
   sparse_ops::TestLookup();
   sparse_ops::TestUnion();
-  std::fprintf(stderr, "points_test: %d of %d checks failed\n", sparse_ops::g_failures,
-               sparse_ops::g_checks);
+  std::fprintf(stderr, "points_test: %d of %d checks failed\n",
+               sparse_ops::g_failures, sparse_ops::g_checks);
   return sparse_ops::g_failures > 0 ? 1 : 0;
 }

@@ -62,47 +62,46 @@ void SparseMaxPool(const T* in, int64_t channels, const KernelMapView& map,
   ForOutputBlocks(map, n_out, 2 * C, parallel_for,
                   [&](int64_t o0, int64_t rows, const int64_t* pair_begin,
                       const int64_t* pair_end) {
-    T* acc = out + o0 * C;
-    int32_t* arg = argmax + o0 * C;
-    std::fill(acc, acc + rows * C, T(0));
-    std::fill(arg, arg + rows * C, int32_t{-1});
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
-        const int32_t i = map.in_rows[p];
-        const T* src = in + int64_t{i} * C;
-        T* dst = acc + (map.out_rows[p] - o0) * C;
-        int32_t* a = arg + (map.out_rows[p] - o0) * C;
-        // Branch-free (random data defeats branch prediction); strict >:
-        // ties keep the earlier offset.
-        for (int64_t c = 0; c < C; ++c) {
-          const T v = src[c], cur = dst[c];
-          const int32_t a_cur = a[c];
-          const bool take = (a_cur < 0) | (v > cur);
-          dst[c] = take ? v : cur;
-          a[c] = take ? i : a_cur;
-        }
-      }
-    }
-  });
+                    T* acc = out + o0 * C;
+                    int32_t* arg = argmax + o0 * C;
+                    std::fill(acc, acc + rows * C, T(0));
+                    std::fill(arg, arg + rows * C, int32_t{-1});
+                    for (int64_t k = 0; k < K; ++k) {
+                      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
+                        const int32_t i = map.in_rows[p];
+                        const T* src = in + int64_t{i} * C;
+                        T* dst = acc + (map.out_rows[p] - o0) * C;
+                        int32_t* a = arg + (map.out_rows[p] - o0) * C;
+                        // Branch-free (random data defeats branch prediction);
+                        // strict >: ties keep the earlier offset.
+                        for (int64_t c = 0; c < C; ++c) {
+                          const T v = src[c], cur = dst[c];
+                          const int32_t a_cur = a[c];
+                          const bool take = (a_cur < 0) | (v > cur);
+                          dst[c] = take ? v : cur;
+                          a[c] = take ? i : a_cur;
+                        }
+                      }
+                    }
+                  });
 }
 
 Status ValidateArgmax(const int32_t* argmax, int64_t n, int64_t n_in,
                       const ParallelFor& parallel_for) {
   std::atomic<int64_t> bad{-1};
-  parallel_for(NumBlocks(n, kRowBlock), kRowBlock,
-               [&](int64_t begin, int64_t end) {
-                 const int64_t hi = std::min(n, end * kRowBlock);
-                 for (int64_t j = begin * kRowBlock; j < hi; ++j) {
-                   if (argmax[j] < -1 || argmax[j] >= n_in) {
-                     // Keep the smallest bad index for a stable message.
-                     int64_t cur = bad.load();
-                     while ((cur < 0 || cur > j) &&
-                            !bad.compare_exchange_weak(cur, j)) {
-                     }
-                     return;
-                   }
-                 }
-               });
+  parallel_for(
+      NumBlocks(n, kRowBlock), kRowBlock, [&](int64_t begin, int64_t end) {
+        const int64_t hi = std::min(n, end * kRowBlock);
+        for (int64_t j = begin * kRowBlock; j < hi; ++j) {
+          if (argmax[j] < -1 || argmax[j] >= n_in) {
+            // Keep the smallest bad index for a stable message.
+            int64_t cur = bad.load();
+            while ((cur < 0 || cur > j) && !bad.compare_exchange_weak(cur, j)) {
+            }
+            return;
+          }
+        }
+      });
   const int64_t j = bad.load();
   if (j < 0) return Status::Ok();
   return Status::Error("argmax entry " + std::to_string(j) + " is " +
@@ -146,26 +145,26 @@ void SparseSumPool(const T* in, int64_t channels, const KernelMapView& map,
   ForOutputBlocks(map, n_out, C, parallel_for,
                   [&](int64_t o0, int64_t rows, const int64_t* pair_begin,
                       const int64_t* pair_end) {
-    T* acc = out + o0 * C;
-    std::fill(acc, acc + rows * C, T(0));
-    int32_t count[kBlockRows] = {};
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
-        const T* src = in + int64_t{map.in_rows[p]} * C;
-        const int64_t r = map.out_rows[p] - o0;
-        T* dst = acc + r * C;
-        for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-        ++count[r];
-      }
-    }
-    if (!average) return;
-    for (int64_t r = 0; r < rows; ++r) {
-      if (count[r] < 2) continue;  // 0 stays 0, x / 1 == x
-      T* dst = acc + r * C;
-      const T n = static_cast<T>(count[r]);
-      for (int64_t c = 0; c < C; ++c) dst[c] /= n;
-    }
-  });
+                    T* acc = out + o0 * C;
+                    std::fill(acc, acc + rows * C, T(0));
+                    int32_t count[kBlockRows] = {};
+                    for (int64_t k = 0; k < K; ++k) {
+                      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
+                        const T* src = in + int64_t{map.in_rows[p]} * C;
+                        const int64_t r = map.out_rows[p] - o0;
+                        T* dst = acc + r * C;
+                        for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+                        ++count[r];
+                      }
+                    }
+                    if (!average) return;
+                    for (int64_t r = 0; r < rows; ++r) {
+                      if (count[r] < 2) continue;  // 0 stays 0, x / 1 == x
+                      T* dst = acc + r * C;
+                      const T n = static_cast<T>(count[r]);
+                      for (int64_t c = 0; c < C; ++c) dst[c] /= n;
+                    }
+                  });
 }
 
 template <typename T>
@@ -179,38 +178,39 @@ void SparseSumPoolTranspose(const T* in, int64_t channels,
     ForOutputBlocks(map, n_out, 1, parallel_for,
                     [&](int64_t o0, int64_t rows, const int64_t* pair_begin,
                         const int64_t* pair_end) {
-      int32_t count[kBlockRows] = {};
-      for (int64_t k = 0; k < K; ++k) {
-        for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
-          ++count[map.out_rows[p] - o0];
-        }
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        inverse_counts[o0 + r] = count[r] ? T(1) / static_cast<T>(count[r]) : T(0);
-      }
-    });
+                      int32_t count[kBlockRows] = {};
+                      for (int64_t k = 0; k < K; ++k) {
+                        for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
+                          ++count[map.out_rows[p] - o0];
+                        }
+                      }
+                      for (int64_t r = 0; r < rows; ++r) {
+                        inverse_counts[o0 + r] =
+                            count[r] ? T(1) / static_cast<T>(count[r]) : T(0);
+                      }
+                    });
   }
   // Blocks of rows of `out`; each adds its rows' terms offset by offset (at
   // most one per offset and row).
   ForOutputBlocks(transposed, n_in, C, parallel_for,
                   [&](int64_t i0, int64_t rows, const int64_t* pair_begin,
                       const int64_t* pair_end) {
-    T* acc = out + i0 * C;
-    std::fill(acc, acc + rows * C, T(0));
-    for (int64_t k = 0; k < K; ++k) {
-      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
-        const int32_t o = transposed.in_rows[p];
-        const T* src = in + int64_t{o} * C;
-        T* dst = acc + (transposed.out_rows[p] - i0) * C;
-        if (average) {
-          const T s = inverse_counts[o];
-          for (int64_t c = 0; c < C; ++c) dst[c] += src[c] * s;
-        } else {
-          for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-        }
-      }
-    }
-  });
+                    T* acc = out + i0 * C;
+                    std::fill(acc, acc + rows * C, T(0));
+                    for (int64_t k = 0; k < K; ++k) {
+                      for (int64_t p = pair_begin[k]; p < pair_end[k]; ++p) {
+                        const int32_t o = transposed.in_rows[p];
+                        const T* src = in + int64_t{o} * C;
+                        T* dst = acc + (transposed.out_rows[p] - i0) * C;
+                        if (average) {
+                          const T s = inverse_counts[o];
+                          for (int64_t c = 0; c < C; ++c) dst[c] += src[c] * s;
+                        } else {
+                          for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+                        }
+                      }
+                    }
+                  });
 }
 
 Status GroupByBatch(const int32_t* batch, int64_t n, int64_t num_batches,
@@ -230,7 +230,8 @@ Status GroupByBatch(const int32_t* batch, int64_t n, int64_t num_batches,
   for (int64_t b = 0; b < num_batches; ++b) starts[b + 1] += starts[b];
   int64_t* next = scratch;
   std::copy(starts, starts + num_batches, next);
-  for (int64_t i = 0; i < n; ++i) order[next[batch[i]]++] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < n; ++i)
+    order[next[batch[i]]++] = static_cast<int32_t>(i);
   return Status::Ok();
 }
 
@@ -250,8 +251,9 @@ Status GroupGlobalPoolRows(const int32_t* batch, int64_t n, int64_t num_batches,
   if (channels == 0) {
     for (int64_t i = 0; i < n; ++i) {
       if (batch[i] < 0 || batch[i] >= num_batches) {
-        return Status::Error("batch index of row " + std::to_string(i) + " is " +
-                             std::to_string(batch[i]) + ", out of range [0, " +
+        return Status::Error("batch index of row " + std::to_string(i) +
+                             " is " + std::to_string(batch[i]) +
+                             ", out of range [0, " +
                              std::to_string(num_batches) + ")");
       }
     }
@@ -266,7 +268,8 @@ Status GroupGlobalPoolRows(const int32_t* batch, int64_t n, int64_t num_batches,
                                " batch items");
   }
   // chunk_first doubles as GroupByBatch's scratch.
-  const Status status = GroupByBatch(batch, n, num_batches, starts, order, chunk_first);
+  const Status status =
+      GroupByBatch(batch, n, num_batches, starts, order, chunk_first);
   if (!status.ok()) return status;
   groups->starts = starts;
   groups->order = order;
@@ -280,24 +283,26 @@ namespace {
 // Calls chunk(lo, hi, j) for every chunk j (rows order[lo .. hi)) in
 // parallel, then item(b, first_chunk, end_chunk) for every item in parallel.
 template <typename ChunkFn, typename ItemFn>
-void ForChunks(const int64_t* starts, const int64_t* first,
-               int64_t num_batches, int64_t channels,
-               const ParallelFor& parallel_for, const ChunkFn& chunk,
-               const ItemFn& item) {
+void ForChunks(const int64_t* starts, const int64_t* first, int64_t num_batches,
+               int64_t channels, const ParallelFor& parallel_for,
+               const ChunkFn& chunk, const ItemFn& item) {
   const int64_t num_chunks = first[num_batches];
-  parallel_for(num_chunks, kGlobalChunk * channels, [&](int64_t begin, int64_t end) {
-    // The item of chunk `begin`: the last b with first[b] <= begin.
-    int64_t b = std::upper_bound(first, first + num_batches + 1, begin) - first - 1;
-    for (int64_t j = begin; j < end; ++j) {
-      while (first[b + 1] <= j) ++b;
-      const int64_t lo = starts[b] + (j - first[b]) * kGlobalChunk;
-      chunk(lo, std::min(starts[b + 1], lo + kGlobalChunk), j);
-    }
-  });
+  parallel_for(
+      num_chunks, kGlobalChunk * channels, [&](int64_t begin, int64_t end) {
+        // The item of chunk `begin`: the last b with first[b] <= begin.
+        int64_t b =
+            std::upper_bound(first, first + num_batches + 1, begin) - first - 1;
+        for (int64_t j = begin; j < end; ++j) {
+          while (first[b + 1] <= j) ++b;
+          const int64_t lo = starts[b] + (j - first[b]) * kGlobalChunk;
+          chunk(lo, std::min(starts[b + 1], lo + kGlobalChunk), j);
+        }
+      });
   parallel_for(num_batches,
                (num_chunks / std::max<int64_t>(num_batches, 1) + 1) * channels,
                [&](int64_t begin, int64_t end) {
-                 for (int64_t b = begin; b < end; ++b) item(b, first[b], first[b + 1]);
+                 for (int64_t b = begin; b < end; ++b)
+                   item(b, first[b], first[b + 1]);
                });
 }
 
@@ -311,43 +316,44 @@ void GlobalMaxPool(const T* in, int64_t channels, const int64_t* starts,
   const int64_t C = channels;
   // Strict > everywhere: ties keep the lowest row (rows and chunks are
   // visited in increasing row order).
-  ForChunks(starts, chunk_first, num_batches, C, parallel_for,
-            [&](int64_t lo, int64_t hi, int64_t j) {
-              T* acc = partial + j * C;
-              int32_t* arg = partial_argmax + j * C;
-              const int32_t first = order[lo];
-              std::copy(in + int64_t{first} * C, in + int64_t{first} * C + C, acc);
-              std::fill(arg, arg + C, first);
-              for (int64_t r = lo + 1; r < hi; ++r) {
-                const int32_t i = order[r];
-                const T* src = in + int64_t{i} * C;
-                for (int64_t c = 0; c < C; ++c) {
-                  const bool take = src[c] > acc[c];
-                  acc[c] = take ? src[c] : acc[c];
-                  arg[c] = take ? i : arg[c];
-                }
-              }
-            },
-            [&](int64_t b, int64_t j0, int64_t j1) {
-              T* dst = out + b * C;
-              int32_t* arg = argmax + b * C;
-              if (j0 == j1) {
-                std::fill(dst, dst + C, T(0));
-                std::fill(arg, arg + C, int32_t{-1});
-                return;
-              }
-              std::copy(partial + j0 * C, partial + j0 * C + C, dst);
-              std::copy(partial_argmax + j0 * C, partial_argmax + j0 * C + C, arg);
-              for (int64_t j = j0 + 1; j < j1; ++j) {
-                const T* src = partial + j * C;
-                const int32_t* src_arg = partial_argmax + j * C;
-                for (int64_t c = 0; c < C; ++c) {
-                  const bool take = src[c] > dst[c];
-                  dst[c] = take ? src[c] : dst[c];
-                  arg[c] = take ? src_arg[c] : arg[c];
-                }
-              }
-            });
+  ForChunks(
+      starts, chunk_first, num_batches, C, parallel_for,
+      [&](int64_t lo, int64_t hi, int64_t j) {
+        T* acc = partial + j * C;
+        int32_t* arg = partial_argmax + j * C;
+        const int32_t first = order[lo];
+        std::copy(in + int64_t{first} * C, in + int64_t{first} * C + C, acc);
+        std::fill(arg, arg + C, first);
+        for (int64_t r = lo + 1; r < hi; ++r) {
+          const int32_t i = order[r];
+          const T* src = in + int64_t{i} * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const bool take = src[c] > acc[c];
+            acc[c] = take ? src[c] : acc[c];
+            arg[c] = take ? i : arg[c];
+          }
+        }
+      },
+      [&](int64_t b, int64_t j0, int64_t j1) {
+        T* dst = out + b * C;
+        int32_t* arg = argmax + b * C;
+        if (j0 == j1) {
+          std::fill(dst, dst + C, T(0));
+          std::fill(arg, arg + C, int32_t{-1});
+          return;
+        }
+        std::copy(partial + j0 * C, partial + j0 * C + C, dst);
+        std::copy(partial_argmax + j0 * C, partial_argmax + j0 * C + C, arg);
+        for (int64_t j = j0 + 1; j < j1; ++j) {
+          const T* src = partial + j * C;
+          const int32_t* src_arg = partial_argmax + j * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const bool take = src[c] > dst[c];
+            dst[c] = take ? src[c] : dst[c];
+            arg[c] = take ? src_arg[c] : arg[c];
+          }
+        }
+      });
 }
 
 template <typename T>
@@ -356,27 +362,28 @@ void GlobalSumPool(const T* in, int64_t channels, const int64_t* starts,
                    int64_t num_batches, bool average, T* partial, T* out,
                    const ParallelFor& parallel_for) {
   const int64_t C = channels;
-  ForChunks(starts, chunk_first, num_batches, C, parallel_for,
-            [&](int64_t lo, int64_t hi, int64_t j) {
-              T* acc = partial + j * C;
-              std::fill(acc, acc + C, T(0));
-              for (int64_t r = lo; r < hi; ++r) {
-                const T* src = in + int64_t{order[r]} * C;
-                for (int64_t c = 0; c < C; ++c) acc[c] += src[c];
-              }
-            },
-            [&](int64_t b, int64_t j0, int64_t j1) {
-              T* dst = out + b * C;
-              std::fill(dst, dst + C, T(0));
-              for (int64_t j = j0; j < j1; ++j) {
-                const T* src = partial + j * C;
-                for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-              }
-              const int64_t n = starts[b + 1] - starts[b];
-              if (average && n > 1) {
-                for (int64_t c = 0; c < C; ++c) dst[c] /= static_cast<T>(n);
-              }
-            });
+  ForChunks(
+      starts, chunk_first, num_batches, C, parallel_for,
+      [&](int64_t lo, int64_t hi, int64_t j) {
+        T* acc = partial + j * C;
+        std::fill(acc, acc + C, T(0));
+        for (int64_t r = lo; r < hi; ++r) {
+          const T* src = in + int64_t{order[r]} * C;
+          for (int64_t c = 0; c < C; ++c) acc[c] += src[c];
+        }
+      },
+      [&](int64_t b, int64_t j0, int64_t j1) {
+        T* dst = out + b * C;
+        std::fill(dst, dst + C, T(0));
+        for (int64_t j = j0; j < j1; ++j) {
+          const T* src = partial + j * C;
+          for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+        }
+        const int64_t n = starts[b + 1] - starts[b];
+        if (average && n > 1) {
+          for (int64_t c = 0; c < C; ++c) dst[c] /= static_cast<T>(n);
+        }
+      });
 }
 
 template <typename T>
@@ -386,19 +393,20 @@ void GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch,
   const int64_t C = channels;
   parallel_for(NumBlocks(n, kBlockRows), kBlockRows * C,
                [&](int64_t begin, int64_t end) {
-    const int64_t hi = std::min(n, end * kBlockRows);
-    for (int64_t i = begin * kBlockRows; i < hi; ++i) {
-      const int32_t b = batch[i];
-      const T* src = grad + int64_t{b} * C;
-      T* dst = out + i * C;
-      if (average) {
-        const T s = T(1) / static_cast<T>(starts[b + 1] - starts[b]);
-        for (int64_t c = 0; c < C; ++c) dst[c] = src[c] * s;
-      } else {
-        std::copy(src, src + C, dst);
-      }
-    }
-  });
+                 const int64_t hi = std::min(n, end * kBlockRows);
+                 for (int64_t i = begin * kBlockRows; i < hi; ++i) {
+                   const int32_t b = batch[i];
+                   const T* src = grad + int64_t{b} * C;
+                   T* dst = out + i * C;
+                   if (average) {
+                     const T s =
+                         T(1) / static_cast<T>(starts[b + 1] - starts[b]);
+                     for (int64_t c = 0; c < C; ++c) dst[c] = src[c] * s;
+                   } else {
+                     std::copy(src, src + C, dst);
+                   }
+                 }
+               });
 }
 
 #define SPARSE_OPS_INSTANTIATE(T)                                             \

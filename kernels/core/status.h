@@ -34,7 +34,8 @@ class Status {
   const std::string& message() const { return message_; }
 
  private:
-  Status(Kind kind, std::string message) : kind_(kind), message_(std::move(message)) {}
+  Status(Kind kind, std::string message)
+      : kind_(kind), message_(std::move(message)) {}
 
   Kind kind_ = Kind::kOk;
   std::string message_;

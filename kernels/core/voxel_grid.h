@@ -14,9 +14,9 @@ namespace sparse_ops {
 
 enum VoxelPointProblem : int32_t {
   kVoxelPointOk = 0,
-  kVoxelBadBatch = 1,     // not a whole number in [0, 2^31)
-  kVoxelNonFinite = 2,    // a NaN or infinite position
-  kVoxelOutOfRange = 3,   // floor(position / voxel_size) outside int32
+  kVoxelBadBatch = 1,    // not a whole number in [0, 2^31)
+  kVoxelNonFinite = 2,   // a NaN or infinite position
+  kVoxelOutOfRange = 3,  // floor(position / voxel_size) outside int32
 };
 
 struct VoxelPointError {
@@ -38,9 +38,9 @@ SPARSE_OPS_HOST_DEVICE inline double FloorOf(double v) {
 // Row i of points [n, dims] into grid_row [dims]; voxel_size has dims - 1
 // entries, finite and > 0.
 template <typename P>
-SPARSE_OPS_HOST_DEVICE inline VoxelPointError GridRowOf(const P* points, int64_t i, int dims,
-                                                        const double* voxel_size,
-                                                        int32_t* grid_row) {
+SPARSE_OPS_HOST_DEVICE inline VoxelPointError GridRowOf(
+    const P* points, int64_t i, int dims, const double* voxel_size,
+    int32_t* grid_row) {
   constexpr double kLo = -2147483648.0, kHi = 2147483647.0;
   const P* p = points + i * dims;
   const double batch = static_cast<double>(p[0]);

@@ -12,7 +12,8 @@
 namespace sparse_ops {
 namespace {
 
-constexpr int64_t kRowBlock = 4096;  // fixed blocks: the first bad row is deterministic
+constexpr int64_t kRowBlock =
+    4096;  // fixed blocks: the first bad row is deterministic
 constexpr int kDigitBits = 11;
 constexpr int64_t kDigits = int64_t{1} << kDigitBits;
 
@@ -26,13 +27,15 @@ std::string Number(double v) {
 // `key_bits`); tmp_keys / tmp_rows are scratch of n. The result is in the
 // returned buffers (one of the two pairs).
 std::pair<uint64_t*, int32_t*> RadixSortWithRows(uint64_t* keys, int32_t* rows,
-                                                  uint64_t* tmp_keys, int32_t* tmp_rows,
-                                                  int64_t n, int key_bits) {
+                                                 uint64_t* tmp_keys,
+                                                 int32_t* tmp_rows, int64_t n,
+                                                 int key_bits) {
   std::vector<int64_t> start(kDigits);
   for (int shift = 0; shift < key_bits; shift += kDigitBits) {
     std::fill(start.begin(), start.end(), 0);
     for (int64_t i = 0; i < n; ++i) ++start[(keys[i] >> shift) & (kDigits - 1)];
-    if (start[(keys[0] >> shift) & (kDigits - 1)] == n) continue;  // one digit value
+    if (start[(keys[0] >> shift) & (kDigits - 1)] == n)
+      continue;  // one digit value
     int64_t sum = 0;
     for (int64_t& s : start) {
       const int64_t count = s;
@@ -55,33 +58,37 @@ std::pair<uint64_t*, int32_t*> RadixSortWithRows(uint64_t* keys, int32_t* rows,
 Status VoxelPointStatus(const VoxelPointError& e, const double* voxel_size) {
   const std::string row = "points row " + std::to_string(e.row);
   switch (e.problem) {
-    case kVoxelPointOk:
-      return Status::Ok();
+    case kVoxelPointOk: return Status::Ok();
     case kVoxelBadBatch:
-      return Status::Error(row + " has batch index " + Number(e.value) +
-                           "; batch indices (column 0) must be whole numbers in [0, 2^31)");
+      return Status::Error(
+          row + " has batch index " + Number(e.value) +
+          "; batch indices (column 0) must be whole numbers in [0, 2^31)");
     case kVoxelNonFinite:
-      return Status::Error(row + " has a non-finite position " + Number(e.value) +
-                           " in column " + std::to_string(e.column));
+      return Status::Error(row + " has a non-finite position " +
+                           Number(e.value) + " in column " +
+                           std::to_string(e.column));
     case kVoxelOutOfRange:
-      return Status::Error(row + ": position " + Number(e.value) + " / voxel_size " +
-                           Number(voxel_size[e.column - 1]) + " = " + Number(e.quotient) +
-                           " lies outside the int32 range of coordinates; use a larger "
-                           "voxel_size");
+      return Status::Error(
+          row + ": position " + Number(e.value) + " / voxel_size " +
+          Number(voxel_size[e.column - 1]) + " = " + Number(e.quotient) +
+          " lies outside the int32 range of coordinates; use a larger "
+          "voxel_size");
   }
-  return Status::Internal("voxelize: unknown point problem " + std::to_string(e.problem));
+  return Status::Internal("voxelize: unknown point problem " +
+                          std::to_string(e.problem));
 }
 
 template <typename P>
-Status VoxelGrid(const P* points, int64_t n, int dims, const double* voxel_size, int32_t* grid,
-                 const ParallelFor& parallel_for) {
+Status VoxelGrid(const P* points, int64_t n, int dims, const double* voxel_size,
+                 int32_t* grid, const ParallelFor& parallel_for) {
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
   std::vector<int64_t> first_bad(blocks, -1);
   parallel_for(blocks, kRowBlock * dims * 20, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const int64_t hi = std::min(n, (b + 1) * kRowBlock);
       for (int64_t i = b * kRowBlock; i < hi; ++i) {
-        if (GridRowOf(points, i, dims, voxel_size, grid + i * dims).problem != kVoxelPointOk) {
+        if (GridRowOf(points, i, dims, voxel_size, grid + i * dims).problem !=
+            kVoxelPointOk) {
           first_bad[b] = i;
           break;
         }
@@ -91,21 +98,23 @@ Status VoxelGrid(const P* points, int64_t n, int dims, const double* voxel_size,
   for (int64_t b = 0; b < blocks; ++b) {
     if (first_bad[b] >= 0) {
       std::vector<int32_t> row(dims);
-      return VoxelPointStatus(GridRowOf(points, first_bad[b], dims, voxel_size, row.data()),
-                              voxel_size);
+      return VoxelPointStatus(
+          GridRowOf(points, first_bad[b], dims, voxel_size, row.data()),
+          voxel_size);
     }
   }
   return Status::Ok();
 }
 
-Status FindVoxelSites(const int32_t* grid, int64_t n, int dims, const Allocate& allocate,
-                      int32_t* inverse, VoxelSites* sites, const ParallelFor& parallel_for) {
+Status FindVoxelSites(const int32_t* grid, int64_t n, int dims,
+                      const Allocate& allocate, int32_t* inverse,
+                      VoxelSites* sites, const ParallelFor& parallel_for) {
   int64_t* starts = AllocateArray<int64_t>(allocate, n + 1);
   int32_t* rows = AllocateArray<int32_t>(allocate, n);
   int32_t* tmp_rows = AllocateArray<int32_t>(allocate, n);
   if (starts == nullptr || rows == nullptr || tmp_rows == nullptr) {
-    return Status::OutOfMemory("voxelize: no memory for sorting " + std::to_string(n) +
-                               " points");
+    return Status::OutOfMemory("voxelize: no memory for sorting " +
+                               std::to_string(n) + " points");
   }
   *sites = VoxelSites{rows, starts, 0};
   starts[0] = 0;
@@ -120,28 +129,31 @@ Status FindVoxelSites(const int32_t* grid, int64_t n, int dims, const Allocate& 
     uint64_t* keys = AllocateArray<uint64_t>(allocate, n);
     uint64_t* tmp_keys = AllocateArray<uint64_t>(allocate, n);
     if (keys == nullptr || tmp_keys == nullptr) {
-      return Status::OutOfMemory("voxelize: no memory for the keys of " + std::to_string(n) +
-                                 " points");
+      return Status::OutOfMemory("voxelize: no memory for the keys of " +
+                                 std::to_string(n) + " points");
     }
     parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) packer.Pack(grid + i * dims, &keys[i]);
+      for (int64_t i = begin; i < end; ++i)
+        packer.Pack(grid + i * dims, &keys[i]);
     });
-    const auto sorted =
-        RadixSortWithRows(keys, rows, tmp_keys, tmp_rows, n, std::max(packer.key_bits(), 1));
+    const auto sorted = RadixSortWithRows(keys, rows, tmp_keys, tmp_rows, n,
+                                          std::max(packer.key_bits(), 1));
     sorted_keys = sorted.first;
     order = sorted.second;
   } else {
     // Rows too wide for one key: compare them (lexicographic, as np.unique).
     auto less = [&](int32_t a, int32_t b) {
-      return std::lexicographical_compare(grid + int64_t{a} * dims, grid + int64_t{a} * dims + dims,
-                                          grid + int64_t{b} * dims, grid + int64_t{b} * dims + dims);
+      return std::lexicographical_compare(
+          grid + int64_t{a} * dims, grid + int64_t{a} * dims + dims,
+          grid + int64_t{b} * dims, grid + int64_t{b} * dims + dims);
     };
     std::stable_sort(rows, rows + n, less);
   }
   // Whether point order[j] lies at the site of order[j - 1].
   auto same_site = [&](int64_t j) {
     if (sorted_keys != nullptr) return sorted_keys[j] == sorted_keys[j - 1];
-    return std::equal(grid + int64_t{order[j]} * dims, grid + int64_t{order[j]} * dims + dims,
+    return std::equal(grid + int64_t{order[j]} * dims,
+                      grid + int64_t{order[j]} * dims + dims,
                       grid + int64_t{order[j - 1]} * dims);
   };
   int64_t num_sites = 0;
@@ -155,7 +167,8 @@ Status FindVoxelSites(const int32_t* grid, int64_t n, int dims, const Allocate& 
 }
 
 void VoxelCoordinates(const int32_t* grid, int dims, const VoxelSites& sites,
-                      int32_t* coordinates, int32_t* counts, const ParallelFor& parallel_for) {
+                      int32_t* coordinates, int32_t* counts,
+                      const ParallelFor& parallel_for) {
   parallel_for(sites.num_sites, 4 * dims, [&](int64_t begin, int64_t end) {
     for (int64_t s = begin; s < end; ++s) {
       const int32_t* row = grid + int64_t{sites.order[sites.starts[s]]} * dims;
@@ -166,14 +179,15 @@ void VoxelCoordinates(const int32_t* grid, int dims, const VoxelSites& sites,
 }
 
 template <typename T>
-void MergeVoxelFeatures(const T* features, int64_t channels, const VoxelSites& sites,
-                        VoxelMode mode, T* merged, int32_t* source,
-                        const ParallelFor& parallel_for) {
+void MergeVoxelFeatures(const T* features, int64_t channels,
+                        const VoxelSites& sites, VoxelMode mode, T* merged,
+                        int32_t* source, const ParallelFor& parallel_for) {
   const int64_t C = channels, m = sites.num_sites;
   if (m == 0 || C == 0) return;
   const int64_t avg = std::max<int64_t>(1, sites.starts[m] / m);
   parallel_for(m, avg * C * 4, [&](int64_t begin, int64_t end) {
-    std::vector<double> sum(mode == VoxelMode::kSum || mode == VoxelMode::kAverage ? C : 0);
+    std::vector<double> sum(
+        mode == VoxelMode::kSum || mode == VoxelMode::kAverage ? C : 0);
     for (int64_t s = begin; s < end; ++s) {
       const int32_t* points = sites.order + sites.starts[s];
       const int64_t count = sites.starts[s + 1] - sites.starts[s];
@@ -190,7 +204,8 @@ void MergeVoxelFeatures(const T* features, int64_t channels, const VoxelSites& s
             for (int64_t c = 0; c < C; ++c) sum[c] += static_cast<double>(f[c]);
           }
           for (int64_t c = 0; c < C; ++c) {
-            out[c] = static_cast<T>(mode == VoxelMode::kAverage ? sum[c] / count : sum[c]);
+            out[c] = static_cast<T>(mode == VoxelMode::kAverage ? sum[c] / count
+                                                                : sum[c]);
           }
           break;
         }
@@ -221,11 +236,12 @@ void MergeVoxelFeatures(const T* features, int64_t channels, const VoxelSites& s
   });
 }
 
-#define SPARSE_OPS_INSTANTIATE(T)                                                         \
-  template Status VoxelGrid<T>(const T*, int64_t, int, const double*, int32_t*,          \
-                               const ParallelFor&);                                      \
-  template void MergeVoxelFeatures<T>(const T*, int64_t, const VoxelSites&, VoxelMode, \
-                                      T*, int32_t*, const ParallelFor&);
+#define SPARSE_OPS_INSTANTIATE(T)                                           \
+  template Status VoxelGrid<T>(const T*, int64_t, int, const double*,       \
+                               int32_t*, const ParallelFor&);               \
+  template void MergeVoxelFeatures<T>(const T*, int64_t, const VoxelSites&, \
+                                      VoxelMode, T*, int32_t*,              \
+                                      const ParallelFor&);
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE

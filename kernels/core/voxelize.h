@@ -37,8 +37,8 @@ Status VoxelPointStatus(const VoxelPointError& error, const double* voxel_size);
 // a whole number in [0, 2^31), a grid coordinate outside int32. voxel_size
 // (dims - 1 entries) must be finite and > 0 (checked by the caller).
 template <typename P>
-Status VoxelGrid(const P* points, int64_t n, int dims, const double* voxel_size, int32_t* grid,
-                 const ParallelFor& parallel_for);
+Status VoxelGrid(const P* points, int64_t n, int dims, const double* voxel_size,
+                 int32_t* grid, const ParallelFor& parallel_for);
 
 // The sites of grid rows [n, dims]: order[j] (j < n) lists the points by
 // (site, index), starts[s] (s <= num_sites) where site s begins in order;
@@ -51,21 +51,23 @@ struct VoxelSites {
 
 // Also writes inverse[i] = the site of point i. Memory from `allocate`
 // (about 28 bytes a point; alive as long as the caller's allocations).
-Status FindVoxelSites(const int32_t* grid, int64_t n, int dims, const Allocate& allocate,
-                      int32_t* inverse, VoxelSites* sites, const ParallelFor& parallel_for);
+Status FindVoxelSites(const int32_t* grid, int64_t n, int dims,
+                      const Allocate& allocate, int32_t* inverse,
+                      VoxelSites* sites, const ParallelFor& parallel_for);
 
 // coordinates [num_sites, dims] (the grid row of each site) and counts
 // [num_sites] (its points).
 void VoxelCoordinates(const int32_t* grid, int dims, const VoxelSites& sites,
-                      int32_t* coordinates, int32_t* counts, const ParallelFor& parallel_for);
+                      int32_t* coordinates, int32_t* counts,
+                      const ParallelFor& parallel_for);
 
 // merged [num_sites, channels] from features [n, channels]; for kMax and
 // kFirst also source [num_sites, channels] = the point each value came from
 // (nullptr: not wanted).
 template <typename T>
-void MergeVoxelFeatures(const T* features, int64_t channels, const VoxelSites& sites,
-                        VoxelMode mode, T* merged, int32_t* source,
-                        const ParallelFor& parallel_for);
+void MergeVoxelFeatures(const T* features, int64_t channels,
+                        const VoxelSites& sites, VoxelMode mode, T* merged,
+                        int32_t* source, const ParallelFor& parallel_for);
 
 }  // namespace sparse_ops
 

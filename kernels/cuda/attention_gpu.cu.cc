@@ -12,11 +12,10 @@
 
 #include <cuda_runtime.h>
 
-#include <cub/cub.cuh>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cub/cub.cuh>
 #include <string>
 
 #include "kernels/cuda/launch.cu.h"
@@ -25,11 +24,20 @@ namespace sparse_ops {
 namespace gpu {
 namespace {
 
-template <typename T> struct Unsigned;
-template <> struct Unsigned<float> { using type = uint32_t; };
-template <> struct Unsigned<double> { using type = uint64_t; };
+template <typename T>
+struct Unsigned;
+template <>
+struct Unsigned<float> {
+  using type = uint32_t;
+};
+template <>
+struct Unsigned<double> {
+  using type = uint64_t;
+};
 
-__device__ __forceinline__ uint32_t BitsOf(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ uint32_t BitsOf(float v) {
+  return __float_as_uint(v);
+}
 __device__ __forceinline__ uint64_t BitsOf(double v) {
   return static_cast<uint64_t>(__double_as_longlong(v));
 }
@@ -37,7 +45,8 @@ __device__ __forceinline__ uint64_t BitsOf(double v) {
 // The CPU core's ranking key (attention.cc, Key): value or magnitude, + 0
 // turning -0 into +0, NaN as -inf, as an unsigned integer in the same order.
 template <typename T>
-__device__ __forceinline__ typename Unsigned<T>::type RankKey(T v, bool magnitude) {
+__device__ __forceinline__ typename Unsigned<T>::type RankKey(T v,
+                                                              bool magnitude) {
   using U = typename Unsigned<T>::type;
   v = (magnitude ? fabs(v) : v) + T(0);
   if (isnan(v)) v = -INFINITY;
@@ -50,12 +59,12 @@ template <typename T>
 struct AttentionBuffers {
   using U = typename Unsigned<T>::type;
   int64_t entries;
-  U *keys, *sorted_keys;           // inverted ranking keys
+  U *keys, *sorted_keys;  // inverted ranking keys
   int32_t *ids, *ranked_ids, *grouped_ids;
   uint64_t *groups, *sorted_groups;  // (batch item << 32) | channel
   int32_t *head_mark, *head;
-  int8_t* row_kept;                  // [n]
-  int32_t *row_ids, *kept_rows;      // [n]
+  int8_t* row_kept;              // [n]
+  int32_t *row_ids, *kept_rows;  // [n]
   void* temp;
   size_t temp_bytes;
   size_t bytes;
@@ -69,17 +78,21 @@ size_t AttentionTempBytes(int64_t entries, int64_t n) {
   size_t by_key = 0, by_group = 0, scan = 0, select = 0;
   const cudaError_t e1 = cub::DeviceRadixSort::SortPairs(
       nullptr, by_key, static_cast<const U*>(nullptr), static_cast<U*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      items);
   const cudaError_t e2 = cub::DeviceRadixSort::SortPairs(
-      nullptr, by_group, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+      nullptr, by_group, static_cast<const uint64_t*>(nullptr),
+      static_cast<uint64_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), items);
   const cudaError_t e3 = cub::DeviceScan::InclusiveScan(
-      nullptr, scan, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-      MaxOf(), items);
+      nullptr, scan, static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), MaxOf(), items);
   const cudaError_t e4 = cub::DeviceSelect::Flagged(
-      nullptr, select, static_cast<const int32_t*>(nullptr), static_cast<const int8_t*>(nullptr),
-      static_cast<int32_t*>(nullptr), static_cast<int64_t*>(nullptr), rows);
-  if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess || e4 != cudaSuccess) {
+      nullptr, select, static_cast<const int32_t*>(nullptr),
+      static_cast<const int8_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<int64_t*>(nullptr), rows);
+  if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess ||
+      e4 != cudaSuccess) {
     return SIZE_MAX;
   }
   return std::max({by_key, by_group, scan, select});
@@ -117,19 +130,21 @@ __global__ void InitAttentionInfoKernel(AttentionInfo* info) {
   info->pad = 0;
 }
 
-__global__ void NegativeRowKernel(const int32_t* __restrict__ coords, int64_t n, int dims,
-                                  AttentionInfo* info) {
+__global__ void NegativeRowKernel(const int32_t* __restrict__ coords, int64_t n,
+                                  int dims, AttentionInfo* info) {
   SPARSE_OPS_GRID_STRIDE(i, n) {
     if (coords[i * dims] < 0) {
-      atomicMin(reinterpret_cast<ull*>(&info->negative_row), static_cast<ull>(i));
+      atomicMin(reinterpret_cast<ull*>(&info->negative_row),
+                static_cast<ull>(i));
     }
   }
 }
 
-__global__ void NegativeValueKernel(const int32_t* __restrict__ coords, int dims,
-                                    AttentionInfo* info) {
+__global__ void NegativeValueKernel(const int32_t* __restrict__ coords,
+                                    int dims, AttentionInfo* info) {
   if (info->negative_row != kNone) {
-    info->negative_value = coords[static_cast<int64_t>(info->negative_row) * dims];
+    info->negative_value =
+        coords[static_cast<int64_t>(info->negative_row) * dims];
   }
 }
 
@@ -157,29 +172,33 @@ __global__ void RankKeysKernel(const T* __restrict__ features, int64_t entries,
 }
 
 // The group of each ranked entry: (batch item << 32) | channel.
-__global__ void GroupKeysKernel(const int32_t* __restrict__ ranked_ids, int64_t entries,
-                                int64_t entry_channels, const int32_t* __restrict__ coords,
-                                int dims, uint64_t* groups) {
+__global__ void GroupKeysKernel(const int32_t* __restrict__ ranked_ids,
+                                int64_t entries, int64_t entry_channels,
+                                const int32_t* __restrict__ coords, int dims,
+                                uint64_t* groups) {
   SPARSE_OPS_GRID_STRIDE(e, entries) {
     const int64_t id = ranked_ids[e];
     const int64_t row = id / entry_channels;
     const uint32_t batch = static_cast<uint32_t>(coords[row * dims]);
-    groups[e] = (static_cast<uint64_t>(batch) << 32) | static_cast<uint64_t>(id % entry_channels);
+    groups[e] = (static_cast<uint64_t>(batch) << 32) |
+                static_cast<uint64_t>(id % entry_channels);
   }
 }
 
-__global__ void HeadMarkKernel(const uint64_t* __restrict__ groups, int64_t entries,
-                               int32_t* head_mark) {
+__global__ void HeadMarkKernel(const uint64_t* __restrict__ groups,
+                               int64_t entries, int32_t* head_mark) {
   SPARSE_OPS_GRID_STRIDE(e, entries) {
-    head_mark[e] = (e == 0 || groups[e] != groups[e - 1]) ? static_cast<int32_t>(e) : 0;
+    head_mark[e] =
+        (e == 0 || groups[e] != groups[e - 1]) ? static_cast<int32_t>(e) : 0;
   }
 }
 
 // keep of each entry: its rank in its group below k (per site: every
 // channel of the row).
 __global__ void KeepKernel(const int32_t* __restrict__ grouped_ids,
-                           const int32_t* __restrict__ head, int64_t entries, int64_t channels,
-                           bool per_site, int64_t k, bool* keep) {
+                           const int32_t* __restrict__ head, int64_t entries,
+                           int64_t channels, bool per_site, int64_t k,
+                           bool* keep) {
   SPARSE_OPS_GRID_STRIDE(e, entries) {
     const bool kept = e - head[e] < k;
     const int64_t id = grouped_ids[e];
@@ -191,8 +210,9 @@ __global__ void KeepKernel(const int32_t* __restrict__ grouped_ids,
   }
 }
 
-__global__ void RowKeptKernel(const bool* __restrict__ keep, int64_t n, int64_t channels,
-                              int8_t* row_kept, int32_t* row_ids) {
+__global__ void RowKeptKernel(const bool* __restrict__ keep, int64_t n,
+                              int64_t channels, int8_t* row_kept,
+                              int32_t* row_ids) {
   SPARSE_OPS_GRID_STRIDE(i, n) {
     int8_t any = 0;
     for (int64_t c = 0; c < channels && !any; ++c) any = keep[i * channels + c];
@@ -205,9 +225,9 @@ __global__ void RowKeptKernel(const bool* __restrict__ keep, int64_t n, int64_t 
 
 Status AttentionInfoStatus(const AttentionInfo& info) {
   if (info.negative_row != kNone) {
-    return Status::Error("coordinates row " + std::to_string(info.negative_row) +
-                         " has a negative batch index " +
-                         std::to_string(info.negative_value));
+    return Status::Error(
+        "coordinates row " + std::to_string(info.negative_row) +
+        " has a negative batch index " + std::to_string(info.negative_value));
   }
   return Status::Ok();
 }
@@ -218,23 +238,26 @@ size_t AttentionWorkspaceBytes(int64_t n, int64_t channels, AttentionPer per) {
 }
 
 template <typename T>
-Status AttentionKeep(const T* features, int64_t n, int64_t channels, const int32_t* coords,
-                     int dims, int64_t k, AttentionMode mode, AttentionPer per, bool* keep,
-                     AttentionInfo* info, void* workspace, size_t workspace_bytes,
-                     GpuStream stream) {
+Status AttentionKeep(const T* features, int64_t n, int64_t channels,
+                     const int32_t* coords, int dims, int64_t k,
+                     AttentionMode mode, AttentionPer per, bool* keep,
+                     AttentionInfo* info, void* workspace,
+                     size_t workspace_bytes, GpuStream stream) {
   const bool per_site = per == AttentionPer::kSite;
   const AttentionBuffers<T> b = CarveAttention<T>(workspace, n, channels, per);
   if (n < 0 || channels < 0 || k < 0 || dims < 1 || b.entries < 0 ||
       b.entries >= kMaxSortItems) {
-    return Status::Error("the GPU Attention ranks fewer than 2^31 - 1 entries (rows x "
-                         "channels), got " + std::to_string(n) + " x " +
-                         std::to_string(channels));
+    return Status::Error(
+        "the GPU Attention ranks fewer than 2^31 - 1 entries (rows x "
+        "channels), got " +
+        std::to_string(n) + " x " + std::to_string(channels));
   }
   Status status = CheckWorkspace(workspace_bytes, b.bytes, "Attention");
   if (!status.ok()) return status;
   InitAttentionInfoKernel<<<1, 1, 0, stream>>>(info);
   if (n > 0) {
-    NegativeRowKernel<<<GridFor(n), kThreads, 0, stream>>>(coords, n, dims, info);
+    NegativeRowKernel<<<GridFor(n), kThreads, 0, stream>>>(coords, n, dims,
+                                                           info);
     NegativeValueKernel<<<1, 1, 0, stream>>>(coords, dims, info);
   }
   if (n == 0 || channels == 0) return LaunchStatus("Attention");
@@ -246,57 +269,65 @@ Status AttentionKeep(const T* features, int64_t n, int64_t channels, const int32
     const int items = static_cast<int>(entries);
     const int64_t entry_channels = per_site ? 1 : channels;
     const int grid = GridFor(entries);
-    RankKeysKernel<T><<<grid, kThreads, 0, stream>>>(features, entries, channels, per_site,
-                                                     mode == AttentionMode::kAbs, b.keys,
-                                                     b.ids);
+    RankKeysKernel<T><<<grid, kThreads, 0, stream>>>(
+        features, entries, channels, per_site, mode == AttentionMode::kAbs,
+        b.keys, b.ids);
     size_t temp_bytes = b.temp_bytes;
-    e = cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, b.keys, b.sorted_keys, b.ids,
-                                        b.ranked_ids, items, 0,
-                                        static_cast<int>(8 * sizeof(b.keys[0])), stream);
+    e = cub::DeviceRadixSort::SortPairs(
+        b.temp, temp_bytes, b.keys, b.sorted_keys, b.ids, b.ranked_ids, items,
+        0, static_cast<int>(8 * sizeof(b.keys[0])), stream);
     if (e != cudaSuccess) return CudaStatus(e, "Attention");
-    GroupKeysKernel<<<grid, kThreads, 0, stream>>>(b.ranked_ids, entries, entry_channels,
-                                                   coords, dims, b.groups);
+    GroupKeysKernel<<<grid, kThreads, 0, stream>>>(
+        b.ranked_ids, entries, entry_channels, coords, dims, b.groups);
     temp_bytes = b.temp_bytes;
-    e = cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, b.groups, b.sorted_groups,
-                                        b.ranked_ids, b.grouped_ids, items, 0, 64, stream);
+    e = cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, b.groups,
+                                        b.sorted_groups, b.ranked_ids,
+                                        b.grouped_ids, items, 0, 64, stream);
     if (e != cudaSuccess) return CudaStatus(e, "Attention");
-    HeadMarkKernel<<<grid, kThreads, 0, stream>>>(b.sorted_groups, entries, b.head_mark);
+    HeadMarkKernel<<<grid, kThreads, 0, stream>>>(b.sorted_groups, entries,
+                                                  b.head_mark);
     temp_bytes = b.temp_bytes;
-    e = cub::DeviceScan::InclusiveScan(b.temp, temp_bytes, b.head_mark, b.head, MaxOf(), items,
-                                       stream);
+    e = cub::DeviceScan::InclusiveScan(b.temp, temp_bytes, b.head_mark, b.head,
+                                       MaxOf(), items, stream);
     if (e != cudaSuccess) return CudaStatus(e, "Attention");
-    KeepKernel<<<grid, kThreads, 0, stream>>>(b.grouped_ids, b.head, entries, channels,
-                                              per_site, k, keep);
+    KeepKernel<<<grid, kThreads, 0, stream>>>(b.grouped_ids, b.head, entries,
+                                              channels, per_site, k, keep);
   }
   if (e != cudaSuccess) return CudaStatus(e, "Attention");
-  RowKeptKernel<<<GridFor(n), kThreads, 0, stream>>>(keep, n, channels, b.row_kept,
-                                                     b.row_ids);
+  RowKeptKernel<<<GridFor(n), kThreads, 0, stream>>>(keep, n, channels,
+                                                     b.row_kept, b.row_ids);
   size_t temp_bytes = b.temp_bytes;
-  e = cub::DeviceSelect::Flagged(b.temp, temp_bytes, b.row_ids, b.row_kept, b.kept_rows,
-                                 &info->num_rows, static_cast<int>(n), stream);
-  return e == cudaSuccess ? LaunchStatus("Attention") : CudaStatus(e, "Attention");
+  e = cub::DeviceSelect::Flagged(b.temp, temp_bytes, b.row_ids, b.row_kept,
+                                 b.kept_rows, &info->num_rows,
+                                 static_cast<int>(n), stream);
+  return e == cudaSuccess ? LaunchStatus("Attention")
+                          : CudaStatus(e, "Attention");
 }
 
 template <typename T>
-Status AttentionKeptRows(int64_t n, int64_t channels, AttentionPer per, int64_t num_rows,
-                         int32_t* rows, void* workspace, size_t workspace_bytes,
-                         GpuStream stream) {
+Status AttentionKeptRows(int64_t n, int64_t channels, AttentionPer per,
+                         int64_t num_rows, int32_t* rows, void* workspace,
+                         size_t workspace_bytes, GpuStream stream) {
   const AttentionBuffers<T> b = CarveAttention<T>(workspace, n, channels, per);
   const Status status = CheckWorkspace(workspace_bytes, b.bytes, "Attention");
   if (!status.ok() || num_rows <= 0) return status;
-  if (num_rows > n) return Status::Internal("sparse_ops GPU Attention: more kept rows than rows");
-  return CudaStatus(cudaMemcpyAsync(rows, b.kept_rows, num_rows * sizeof(int32_t),
-                                    cudaMemcpyDeviceToDevice, stream),
-                    "Attention");
+  if (num_rows > n)
+    return Status::Internal(
+        "sparse_ops GPU Attention: more kept rows than rows");
+  return CudaStatus(
+      cudaMemcpyAsync(rows, b.kept_rows, num_rows * sizeof(int32_t),
+                      cudaMemcpyDeviceToDevice, stream),
+      "Attention");
 }
 
-#define SPARSE_OPS_INSTANTIATE(T)                                                          \
-  template size_t AttentionWorkspaceBytes<T>(int64_t, int64_t, AttentionPer);              \
-  template Status AttentionKeep<T>(const T*, int64_t, int64_t, const int32_t*, int,        \
-                                   int64_t, AttentionMode, AttentionPer, bool*,            \
-                                   AttentionInfo*, void*, size_t, GpuStream);              \
-  template Status AttentionKeptRows<T>(int64_t, int64_t, AttentionPer, int64_t, int32_t*, \
-                                       void*, size_t, GpuStream);
+#define SPARSE_OPS_INSTANTIATE(T)                                              \
+  template size_t AttentionWorkspaceBytes<T>(int64_t, int64_t, AttentionPer);  \
+  template Status AttentionKeep<T>(                                            \
+      const T*, int64_t, int64_t, const int32_t*, int, int64_t, AttentionMode, \
+      AttentionPer, bool*, AttentionInfo*, void*, size_t, GpuStream);          \
+  template Status AttentionKeptRows<T>(int64_t, int64_t, AttentionPer,         \
+                                       int64_t, int32_t*, void*, size_t,       \
+                                       GpuStream);
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE

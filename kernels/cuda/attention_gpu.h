@@ -25,8 +25,9 @@ namespace gpu {
 // Written by AttentionKeep; the op reads it back once (num_rows sizes its
 // rows output).
 struct AttentionInfo {
-  uint64_t negative_row;  // first row with a negative batch index (all ones: none)
-  int64_t num_rows;       // rows with at least one kept entry
+  uint64_t
+      negative_row;  // first row with a negative batch index (all ones: none)
+  int64_t num_rows;  // rows with at least one kept entry
   int32_t negative_value;
   int32_t pad;
 };
@@ -41,16 +42,17 @@ Status AttentionInfoStatus(const AttentionInfo& info);
 template <typename T>
 size_t AttentionWorkspaceBytes(int64_t n, int64_t channels, AttentionPer per);
 template <typename T>
-Status AttentionKeep(const T* features, int64_t n, int64_t channels, const int32_t* coords,
-                     int dims, int64_t k, AttentionMode mode, AttentionPer per, bool* keep,
-                     AttentionInfo* info, void* workspace, size_t workspace_bytes,
-                     GpuStream stream);
+Status AttentionKeep(const T* features, int64_t n, int64_t channels,
+                     const int32_t* coords, int dims, int64_t k,
+                     AttentionMode mode, AttentionPer per, bool* keep,
+                     AttentionInfo* info, void* workspace,
+                     size_t workspace_bytes, GpuStream stream);
 
 // Copies the num_rows (info->num_rows, read back) kept rows into rows.
 template <typename T>
-Status AttentionKeptRows(int64_t n, int64_t channels, AttentionPer per, int64_t num_rows,
-                         int32_t* rows, void* workspace, size_t workspace_bytes,
-                         GpuStream stream);
+Status AttentionKeptRows(int64_t n, int64_t channels, AttentionPer per,
+                         int64_t num_rows, int32_t* rows, void* workspace,
+                         size_t workspace_bytes, GpuStream stream);
 
 }  // namespace gpu
 }  // namespace sparse_ops

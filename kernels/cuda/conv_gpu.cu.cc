@@ -14,21 +14,21 @@
 // function of P and K only); a block computes one segment's partial
 // X^T dY tile, and a second kernel adds the partials of each offset in
 // segment order.
-#include "kernels/cuda/core_gpu.h"
-
 #include <cuda_runtime.h>
-
-#include "kernels/cuda/launch.cu.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <string>
 
+#include "kernels/cuda/core_gpu.h"
+#include "kernels/cuda/launch.cu.h"
+
 namespace sparse_ops {
 namespace gpu {
 namespace {
 
-// --- Convolution ---------------------------------------------------------------------
+// --- Convolution
+// ---------------------------------------------------------------------
 
 template <typename T>
 struct ConvConfig;
@@ -57,8 +57,8 @@ struct ConvConfig<double> {
 template <typename T>
 constexpr size_t ConvSharedBytes() {
   using C = ConvConfig<T>;
-  return sizeof(T) * (C::BM * C::BN + C::BK * (C::BM + C::PAD) +
-                      C::BK * C::BN) +
+  return sizeof(T) *
+             (C::BM * C::BN + C::BK * (C::BM + C::PAD) + C::BK * C::BN) +
          4 * C::BM * sizeof(int32_t);
 }
 
@@ -76,8 +76,7 @@ __device__ __forceinline__ void LoadFragment(const float* p, float (&r)[N]) {
   }
 }
 template <int N>
-__device__ __forceinline__ void LoadFragment(const double* p,
-                                             double (&r)[N]) {
+__device__ __forceinline__ void LoadFragment(const double* p, double (&r)[N]) {
   static_assert(N % 2 == 0, "double fragments are whole double2s");
 #pragma unroll
   for (int i = 0; i < N / 2; ++i) {
@@ -98,8 +97,8 @@ struct alignas(16) Vec16 {
 // weights, either layout). Pruned offsets are skipped, as the CPU's
 // default path skips them: a zero weight adds nothing to a sum.
 template <typename T>
-__global__ void NonzeroOffsetsKernel(const T* __restrict__ w, int64_t K, int64_t per_offset,
-                                     int32_t* nonzero) {
+__global__ void NonzeroOffsetsKernel(const T* __restrict__ w, int64_t K,
+                                     int64_t per_offset, int32_t* nonzero) {
   for (int64_t k = blockIdx.x; k < K; k += gridDim.x) {  // uniform in the block
     int any = 0;
     for (int64_t j = threadIdx.x; j < per_offset && !any; j += blockDim.x) {
@@ -120,8 +119,8 @@ __global__ void TilePointersKernel(const int64_t* __restrict__ splits,
                                    int64_t rows_per_tile, int64_t* tiles) {
   const int64_t n = K * (num_tiles + 1);
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x;
+  for (int64_t idx =
+           static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        idx < n; idx += step) {
     const int64_t k = idx / (num_tiles + 1), t = idx - k * (num_tiles + 1);
     // Clamped, so that a malformed map cannot send a reader out of bounds.
@@ -150,8 +149,8 @@ __global__ void TransposeWeightsKernel(const T* __restrict__ w, int64_t K,
   // w [K, a, b] -> out [K, b, a]
   const int64_t n = K * a * b;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x;
+  for (int64_t idx =
+           static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        idx < n; idx += step) {
     const int64_t k = idx / (a * b), r = idx - k * (a * b);
     const int64_t j = r / a, i = r - j * a;  // out[k][j][i]
@@ -173,8 +172,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
                const T* __restrict__ w, int c_out,
                const int64_t* __restrict__ tiles,
                const int32_t* __restrict__ in_rows,
-               const int32_t* __restrict__ out_rows, int64_t K,
-               int64_t n_out, int64_t num_tiles, T* __restrict__ out) {
+               const int32_t* __restrict__ out_rows, int64_t K, int64_t n_out,
+               int64_t num_tiles, T* __restrict__ out) {
   using C = ConvConfig<T>;
   constexpr int BM = C::BM, BN = C::BN, BK = C::BK, TM = C::TM, TN = C::TN;
   constexpr int LDA = BM + C::PAD;
@@ -251,8 +250,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
         const int32_t i = j < m ? rows[j] : -1;
         V16 v;
         if (i >= 0 && c < c_in) {
-          v = *reinterpret_cast<const V16*>(
-              in + static_cast<int64_t>(i) * c_in + c);
+          v = *reinterpret_cast<const V16*>(in +
+                                            static_cast<int64_t>(i) * c_in + c);
         } else {
 #pragma unroll
           for (int e = 0; e < V; ++e) v.v[e] = T(0);
@@ -282,8 +281,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
     for (int r = 0; r < kAPer; ++r) {
       const int j = a_j0 + r * kARowStep;
       const int32_t i = j < m ? rows[j] : -1;
-      ra[r] = (i >= 0 && c < c_in) ? in[static_cast<int64_t>(i) * c_in + c]
-                                   : T(0);
+      ra[r] =
+          (i >= 0 && c < c_in) ? in[static_cast<int64_t>(i) * c_in + c] : T(0);
     }
     const int col = n0 + b_n;
 #pragma unroll
@@ -319,7 +318,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
           const int j = av_j0 + r * kAVRowStep;
           if (j < cur.m) {
 #pragma unroll
-            for (int e = 0; e < V; ++e) as[(av_q * V + e) * LDA + j] = ra[r * V + e];
+            for (int e = 0; e < V; ++e)
+              as[(av_q * V + e) * LDA + j] = ra[r * V + e];
           }
         }
 #pragma unroll
@@ -337,7 +337,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
           if (j < cur.m) as[a_kk * LDA + j] = ra[r];
         }
 #pragma unroll
-        for (int r = 0; r < kBPer; ++r) bs[(b_kk0 + r * kBRowStep) * BN + b_n] = rb[r];
+        for (int r = 0; r < kBPer; ++r)
+          bs[(b_kk0 + r * kBRowStep) * BN + b_n] = rb[r];
       }
       if (c0 == 0 && tid < BM) {  // next offset's rows: the other buffer
         rin[(buf ^ 1) * BM + tid] = ir;
@@ -367,7 +368,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
 #pragma unroll
           for (int i = 0; i < TM; ++i) {
 #pragma unroll
-            for (int j = 0; j < TN; ++j) prod[i][j] = fma(a[i], b[j], prod[i][j]);
+            for (int j = 0; j < TN; ++j)
+              prod[i][j] = fma(a[i], b[j], prod[i][j]);
           }
         }
         if (c0 + BK >= c_in) {  // the offset's last chunk: add to the tile
@@ -378,7 +380,8 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
               const int lr = rout[buf * BM + r];
               if (lr >= 0) {
 #pragma unroll
-                for (int j = 0; j < TN; ++j) acc[lr * BN + tx * TN + j] += prod[i][j];
+                for (int j = 0; j < TN; ++j)
+                  acc[lr * BN + tx * TN + j] += prod[i][j];
               }
             }
           }
@@ -405,7 +408,7 @@ __global__ void __launch_bounds__(ConvConfig<T>::kThreads,
 struct ConvBuffers {
   int64_t* tiles;
   int32_t* nonzero;  // [K]
-  void* weights_t;  // [K, c_in, c_out] transposed copy, when asked for
+  void* weights_t;   // [K, c_in, c_out] transposed copy, when asked for
   int64_t num_tiles;
 };
 
@@ -416,16 +419,16 @@ ConvBuffers CarveConv(Carver* c, int64_t K, int64_t n_out, int64_t c_in,
   b.num_tiles = CeilDiv(n_out, ConvConfig<T>::BM);
   b.tiles = c->Take<int64_t>(K * (b.num_tiles + 1));
   b.nonzero = c->Take<int32_t>(K);
-  b.weights_t =
-      transpose_weights ? c->Take<T>(K * c_in * c_out) : nullptr;
+  b.weights_t = transpose_weights ? c->Take<T>(K * c_in * c_out) : nullptr;
   return b;
 }
 
 Status CheckChannels(int64_t c_in, int64_t c_out) {
   if (c_in < 0 || c_out < 0 || c_in > (1 << 24) || c_out > (1 << 24)) {
-    return Status::Error("sparse_ops GPU convolution: channel counts must be "
-                         "in [0, 2^24], got " + std::to_string(c_in) +
-                         " and " + std::to_string(c_out));
+    return Status::Error(
+        "sparse_ops GPU convolution: channel counts must be "
+        "in [0, 2^24], got " +
+        std::to_string(c_in) + " and " + std::to_string(c_out));
   }
   return Status::Ok();
 }
@@ -444,15 +447,17 @@ Status LaunchConv(const T* in, int64_t n_in, int64_t c_in, const T* weights,
   const T* w = weights;
   if (transpose_weights && K * c_in * c_out > 0) {
     T* wt = static_cast<T*>(b.weights_t);
-    TransposeWeightsKernel<T><<<GridFor(K * c_in * c_out), kThreads, 0,
-                                stream>>>(weights, K, c_out, c_in, wt);
+    TransposeWeightsKernel<T>
+        <<<GridFor(K * c_in * c_out), kThreads, 0, stream>>>(weights, K, c_out,
+                                                             c_in, wt);
     w = wt;
   }
-  NonzeroOffsetsKernel<T><<<static_cast<int>(std::min<int64_t>(K, 65535)), kThreads, 0,
-                            stream>>>(weights, K, c_in * c_out, b.nonzero);
-  TilePointersKernel<<<GridFor(K * (b.num_tiles + 1)), kThreads, 0,
-                       stream>>>(map.splits, map.out_rows, b.nonzero, K, map.num_pairs,
-                                 b.num_tiles, ConvConfig<T>::BM, b.tiles);
+  NonzeroOffsetsKernel<T>
+      <<<static_cast<int>(std::min<int64_t>(K, 65535)), kThreads, 0, stream>>>(
+          weights, K, c_in * c_out, b.nonzero);
+  TilePointersKernel<<<GridFor(K * (b.num_tiles + 1)), kThreads, 0, stream>>>(
+      map.splits, map.out_rows, b.nonzero, K, map.num_pairs, b.num_tiles,
+      ConvConfig<T>::BM, b.tiles);
   constexpr size_t smem = ConvSharedBytes<T>();
   constexpr int V = Vec16<T>::N;
   const bool vec = c_in % V == 0 && c_out % V == 0 &&
@@ -469,7 +474,8 @@ Status LaunchConv(const T* in, int64_t n_in, int64_t c_in, const T* weights,
   return LaunchStatus("Conv");
 }
 
-// --- Weight gradient -----------------------------------------------------------------
+// --- Weight gradient
+// -----------------------------------------------------------------
 
 constexpr int kGradBC = 64, kGradBN = 64, kGradBP = 32, kGradTM = 4,
               kGradTN = 4;
@@ -487,9 +493,9 @@ int64_t MaxSegments(int64_t P, int64_t K) {
 
 // One thread: first[k] = the first segment of offset k (first[K] = total),
 // capped at max_segments so that a malformed map stays in bounds.
-__global__ void SegmentPlanKernel(const int64_t* __restrict__ splits,
-                                  int64_t K, int64_t segment,
-                                  int64_t max_segments, int64_t* first) {
+__global__ void SegmentPlanKernel(const int64_t* __restrict__ splits, int64_t K,
+                                  int64_t segment, int64_t max_segments,
+                                  int64_t* first) {
   int64_t s = 0;
   first[0] = 0;
   for (int64_t k = 0; k < K; ++k) {
@@ -554,8 +560,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int r = 0; r < kPer; ++r) {
       const int pp = l_pp0 + r * kRowStep;
       const int32_t i = rows_i[pp], o = rows_o[pp];
-      rx[r] = (i >= 0 && c < c_in) ? in[static_cast<int64_t>(i) * c_in + c]
-                                   : T(0);
+      rx[r] =
+          (i >= 0 && c < c_in) ? in[static_cast<int64_t>(i) * c_in + c] : T(0);
       rg[r] = (o >= 0 && n < c_out) ? grad[static_cast<int64_t>(o) * c_out + n]
                                     : T(0);
     }
@@ -600,7 +606,8 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int i = 0; i < kGradTM; ++i) {
 #pragma unroll
-        for (int j = 0; j < kGradTN; ++j) acc[i][j] = fma(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < kGradTN; ++j)
+          acc[i][j] = fma(a[i], b[j], acc[i][j]);
       }
     }
     buf ^= 1;
@@ -625,12 +632,13 @@ __global__ void WeightGradReduceKernel(const T* __restrict__ partial,
                                        T* __restrict__ grad_weights) {
   const int64_t n = K * size;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                     threadIdx.x;
+  for (int64_t idx =
+           static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        idx < n; idx += step) {
     const int64_t k = idx / size, e = idx - k * size;
     T sum = T(0);
-    for (int64_t s = first[k]; s < first[k + 1]; ++s) sum += partial[s * size + e];
+    for (int64_t s = first[k]; s < first[k + 1]; ++s)
+      sum += partial[s * size + e];
     grad_weights[idx] = sum;
   }
 }
@@ -671,8 +679,8 @@ Status Conv(const T* in, int64_t n_in, int64_t c_in, const T* weights,
   Status status = CheckChannels(c_in, c_out);
   if (!status.ok()) return status;
   Carver c(workspace);
-  const ConvBuffers b = CarveConv<T>(&c, map.num_offsets, n_out, c_in, c_out,
-                                     transpose_weights);
+  const ConvBuffers b =
+      CarveConv<T>(&c, map.num_offsets, n_out, c_in, c_out, transpose_weights);
   status = CheckWorkspace(workspace_bytes, c.used(), "Conv");
   if (!status.ok()) return status;
   return LaunchConv<T>(in, n_in, c_in, weights, c_out, transpose_weights, map,
@@ -709,8 +717,8 @@ Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
   status = CheckWorkspace(workspace_bytes, c.used(), "ConvBackpropInput");
   if (!status.ok()) return status;
   if (n_in == 0 || c_in == 0) return Status::Ok();
-  status = TransposeKernelMap(map, n_in, t_in, t_out, transpose, transpose_bytes, stream,
-                              check);
+  status = TransposeKernelMap(map, n_in, t_in, t_out, transpose,
+                              transpose_bytes, stream, check);
   if (!status.ok()) return status;
   const DeviceKernelMap transposed{map.splits, t_in, t_out, K, P};
   return LaunchConv<T>(grad_out, n_out, c_out, weights, c_in,
@@ -719,9 +727,8 @@ Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
 }
 
 template <typename T>
-size_t ConvBackpropKernelWorkspaceBytes(int64_t num_offsets,
-                                        int64_t num_pairs, int64_t c_in,
-                                        int64_t c_out) {
+size_t ConvBackpropKernelWorkspaceBytes(int64_t num_offsets, int64_t num_pairs,
+                                        int64_t c_in, int64_t c_out) {
   Carver c(nullptr);
   CarveGrad<T>(&c, num_offsets, num_pairs, c_in, c_out);
   return c.used();
@@ -763,19 +770,16 @@ Status ConvBackpropKernel(const T* in, int64_t n_in, int64_t c_in,
   template Status Conv<T>(const T*, int64_t, int64_t, const T*, int64_t, bool, \
                           const DeviceKernelMap&, int64_t, T*, void*, size_t,  \
                           GpuStream);                                          \
-  template size_t ConvBackpropInputWorkspaceBytes<T>(int64_t, int64_t,         \
-                                                     int64_t, int64_t,         \
-                                                     int64_t);                 \
-  template Status ConvBackpropInput<T>(const T*, int64_t, int64_t, const T*,   \
-                                       int64_t, const DeviceKernelMap&,        \
-                                       int64_t, T*, void*, size_t, GpuStream,  \
-                                       KernelMapCheck*); \
+  template size_t ConvBackpropInputWorkspaceBytes<T>(                          \
+      int64_t, int64_t, int64_t, int64_t, int64_t);                            \
+  template Status ConvBackpropInput<T>(                                        \
+      const T*, int64_t, int64_t, const T*, int64_t, const DeviceKernelMap&,   \
+      int64_t, T*, void*, size_t, GpuStream, KernelMapCheck*);                 \
   template size_t ConvBackpropKernelWorkspaceBytes<T>(int64_t, int64_t,        \
                                                       int64_t, int64_t);       \
-  template Status ConvBackpropKernel<T>(const T*, int64_t, int64_t, const T*,  \
-                                        int64_t, int64_t,                      \
-                                        const DeviceKernelMap&, T*, void*,     \
-                                        size_t, GpuStream);
+  template Status ConvBackpropKernel<T>(                                       \
+      const T*, int64_t, int64_t, const T*, int64_t, int64_t,                  \
+      const DeviceKernelMap&, T*, void*, size_t, GpuStream);
 SPARSE_OPS_INSTANTIATE(float)
 SPARSE_OPS_INSTANTIATE(double)
 #undef SPARSE_OPS_INSTANTIATE

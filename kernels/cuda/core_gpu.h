@@ -44,23 +44,25 @@ using GpuStream = CUstream_st*;  // == cudaStream_t
 
 enum KernelMapError : int32_t {
   kMapOk = 0,
-  kMapKeyTooWide = 1,    // the ranges need more than 63 bits
-  kMapDuplicate = 2,     // two input rows are the same site
+  kMapKeyTooWide = 1,        // the ranges need more than 63 bits
+  kMapDuplicate = 2,         // two input rows are the same site
   kMapStridedUnderflow = 3,  // strided coordinates of error_axis below int32
-  kMapGenerativeOverflow = 4,  // generated coordinates of error_axis leave int32
+  kMapGenerativeOverflow =
+      4,  // generated coordinates of error_axis leave int32
 };
 
 // Written by KernelMapCount on the device; copy it back (one small
 // cudaMemcpyAsync + sync) to learn the pair count and any data error.
 struct KernelMapInfo {
-  int64_t num_pairs;        // what KernelMapFill writes (0 on a key error)
-  int32_t error;            // KernelMapError
-  int32_t mirrored;         // 1 when half the offsets were probed
-  int32_t duplicate_flag;   // set by the hash build, resolved below
-  int32_t error_axis;     // the axis of kMapStridedUnderflow / kMapGenerativeOverflow
-  int32_t lo[kMaxDims];     // per-axis bounds of in_coordinates
+  int64_t num_pairs;       // what KernelMapFill writes (0 on a key error)
+  int32_t error;           // KernelMapError
+  int32_t mirrored;        // 1 when half the offsets were probed
+  int32_t duplicate_flag;  // set by the hash build, resolved below
+  int32_t
+      error_axis;  // the axis of kMapStridedUnderflow / kMapGenerativeOverflow
+  int32_t lo[kMaxDims];  // per-axis bounds of in_coordinates
   int32_t hi[kMaxDims];
-  KeyLayout layout;         // kernels/core/key_layout.h, set on the device
+  KeyLayout layout;  // kernels/core/key_layout.h, set on the device
   // Smallest row that repeats an earlier site, as (row << 32) | earliest
   // row with that site; all ones when there is none. Deterministic.
   uint64_t duplicate;
@@ -93,7 +95,8 @@ struct DeviceGeometry {
 
 // Copies `bytes` from the device to (page-locked) host memory on `stream`,
 // without waiting: the way an op reads back a result struct.
-Status CopyToHost(void* host, const void* device, size_t bytes, GpuStream stream);
+Status CopyToHost(void* host, const void* device, size_t bytes,
+                  GpuStream stream);
 
 // --- Kernel map --------------------------------------------------------------
 // Two phases around one host sync (the pair count sizes the outputs):
@@ -118,14 +121,13 @@ Status KernelMapCount(const int32_t* in_coords, int64_t n_in,
 // splits [K + 1]; in_rows, out_rows [info.num_pairs].
 Status KernelMapFill(int64_t n_in, int64_t n_out, int64_t num_offsets,
                      int64_t* splits, int32_t* in_rows, int32_t* out_rows,
-                     void* workspace, size_t workspace_bytes,
-                     GpuStream stream);
+                     void* workspace, size_t workspace_bytes, GpuStream stream);
 
 // The key layout of coords [n, dims] into info->layout (per-axis bounds on
 // the device, then KeyPacker::Finalize's rules; info->error is
 // kMapKeyTooWide when the rows need more than 63 bits), for PackKeys.
-Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims, KernelMapInfo* info,
-                   GpuStream stream);
+Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims,
+                   KernelMapInfo* info, GpuStream stream);
 
 // keys[i] = the packed key of coords row i under info->layout (as set by
 // KernelMapCount or KeyLayoutOf); all ones for a row outside the layout's
@@ -133,12 +135,12 @@ Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims, KernelMapInfo* in
 Status PackKeys(const int32_t* coords, int64_t n, int dims,
                 const KernelMapInfo* info, uint64_t* keys, GpuStream stream);
 
-// --- Strided coordinates ------------------------------------------------------
-// The output sites of a strided convolution, as the CPU's StridedKeys gives
-// them: unique(floor(c / s) * s) per spatial axis, batch kept, sorted
-// batch-major and row-major (a radix sort of packed keys, then unique).
-// Two phases around one host read of `info` (the site count sizes the
-// output):
+// --- Strided coordinates
+// ------------------------------------------------------ The output sites of a
+// strided convolution, as the CPU's StridedKeys gives them: unique(floor(c / s)
+// * s) per spatial axis, batch kept, sorted batch-major and row-major (a radix
+// sort of packed keys, then unique). Two phases around one host read of `info`
+// (the site count sizes the output):
 //   StridedCoordinatesCount(...);   // info->num_pairs = the number of sites
 //   copy info to the host; StridedCoordinatesInfoStatus(host info) -> error?
 //   StridedCoordinatesFill(info, n, dims, sites, out [sites, dims], ...);
@@ -146,7 +148,8 @@ Status PackKeys(const int32_t* coords, int64_t n, int dims,
 size_t StridedCoordinatesWorkspaceBytes(int64_t n);
 Status StridedCoordinatesCount(const int32_t* coords, int64_t n, int dims,
                                const Stride& stride, KernelMapInfo* info,
-                               void* workspace, size_t workspace_bytes, GpuStream stream);
+                               void* workspace, size_t workspace_bytes,
+                               GpuStream stream);
 // The CPU op's errors, in its order: a negative batch index, strided
 // coordinates below the int32 range, keys wider than 63 bits.
 Status StridedCoordinatesInfoStatus(const KernelMapInfo& info);
@@ -154,58 +157,67 @@ Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
                               int64_t num_sites, int32_t* out, void* workspace,
                               size_t workspace_bytes, GpuStream stream);
 
-// --- Generative coordinates ---------------------------------------------------
-// Every site c + offsets[k] * stride of the rows c (a generative transposed
-// convolution), unique and sorted, as the CPU's GenerativeKeys gives them;
-// in the same two phases as the strided coordinates. All n * K candidates
-// are sorted at once (the CPU works in chunks within a budget), so n * K
-// must stay below 2^31 - 1 and fit the workspace.
+// --- Generative coordinates
+// --------------------------------------------------- Every site c + offsets[k]
+// * stride of the rows c (a generative transposed convolution), unique and
+// sorted, as the CPU's GenerativeKeys gives them; in the same two phases as the
+// strided coordinates. All n * K candidates are sorted at once (the CPU works
+// in chunks within a budget), so n * K must stay below 2^31 - 1 and fit the
+// workspace.
 size_t GenerativeCoordinatesWorkspaceBytes(int64_t n, int64_t num_offsets);
 Status GenerativeCoordinatesCount(const int32_t* coords, int64_t n, int dims,
-                                  const DeviceGeometry& geometry, KernelMapInfo* info,
-                                  void* workspace, size_t workspace_bytes, GpuStream stream);
+                                  const DeviceGeometry& geometry,
+                                  KernelMapInfo* info, void* workspace,
+                                  size_t workspace_bytes, GpuStream stream);
 // A negative batch index, generated coordinates leaving int32, keys wider
 // than 63 bits: the CPU op's errors, in its order.
 Status GenerativeCoordinatesInfoStatus(const KernelMapInfo& info);
-Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t num_offsets,
-                                 int dims, int64_t num_sites, int32_t* out, void* workspace,
-                                 size_t workspace_bytes, GpuStream stream);
+Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n,
+                                 int64_t num_offsets, int dims,
+                                 int64_t num_sites, int32_t* out,
+                                 void* workspace, size_t workspace_bytes,
+                                 GpuStream stream);
 
-// --- Coordinate lookup ----------------------------------------------------------
-// rows[q] = the row of coords [n, dims] equal to queries[q] ([num_queries,
-// dims]), or -1 (queries outside the set's range, a negative batch
-// included, are not found), as the CPU's LookupRows. The errors of coords
-// (a negative batch index, keys wider than 63 bits, duplicate sites) go to
-// `info`; the output's size needs no host read, so the op reads `info` back
-// after the work, once.
+// --- Coordinate lookup
+// ---------------------------------------------------------- rows[q] = the row
+// of coords [n, dims] equal to queries[q] ([num_queries, dims]), or -1 (queries
+// outside the set's range, a negative batch included, are not found), as the
+// CPU's LookupRows. The errors of coords (a negative batch index, keys wider
+// than 63 bits, duplicate sites) go to `info`; the output's size needs no host
+// read, so the op reads `info` back after the work, once.
 size_t CoordinateLookupWorkspaceBytes(int64_t n);
-Status CoordinateLookup(const int32_t* coords, int64_t n, int dims, const int32_t* queries,
-                        int64_t num_queries, int32_t* rows, KernelMapInfo* info,
-                        void* workspace, size_t workspace_bytes, GpuStream stream);
+Status CoordinateLookup(const int32_t* coords, int64_t n, int dims,
+                        const int32_t* queries, int64_t num_queries,
+                        int32_t* rows, KernelMapInfo* info, void* workspace,
+                        size_t workspace_bytes, GpuStream stream);
 Status CoordinateLookupInfoStatus(const KernelMapInfo& info);
 
-// --- Coordinate union -----------------------------------------------------------
-// The union of coordinate sets inputs[i] (host array of device pointers,
-// [sizes[i], dims] each), as the CPU's UnionCoordinates and UnionSites:
-// union rows in order of first appearance, rows[i][r] (host array of device
-// pointers, [sizes[i]] each) the union row of row r of input i. Two phases
-// around one host read of `info` (num_pairs = the number of union sites):
+// --- Coordinate union
+// ----------------------------------------------------------- The union of
+// coordinate sets inputs[i] (host array of device pointers, [sizes[i], dims]
+// each), as the CPU's UnionCoordinates and UnionSites: union rows in order of
+// first appearance, rows[i][r] (host array of device pointers, [sizes[i]] each)
+// the union row of row r of input i. Two phases around one host read of `info`
+// (num_pairs = the number of union sites):
 //   CoordinateUnionCount(...);      // writes rows[i]
 //   copy info to the host; CoordinateUnionInfoStatus(host info, sizes, n)
 //   CoordinateUnionFill(total, dims, out [num_pairs, dims], ...);
 // The workspace must stay untouched between the two calls.
 size_t CoordinateUnionWorkspaceBytes(int64_t total, int dims);
-Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, int num_inputs,
-                            int dims, int32_t* const* rows, KernelMapInfo* info,
-                            void* workspace, size_t workspace_bytes, GpuStream stream);
+Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes,
+                            int num_inputs, int dims, int32_t* const* rows,
+                            KernelMapInfo* info, void* workspace,
+                            size_t workspace_bytes, GpuStream stream);
 // A negative batch index, keys wider than 63 bits, a site repeated within
 // one input: the CPU op's errors, naming coordinates[i].
-Status CoordinateUnionInfoStatus(const KernelMapInfo& info, const int64_t* sizes,
-                                 int num_inputs);
-Status CoordinateUnionFill(int64_t total, int dims, int32_t* out, void* workspace,
-                           size_t workspace_bytes, GpuStream stream);
+Status CoordinateUnionInfoStatus(const KernelMapInfo& info,
+                                 const int64_t* sizes, int num_inputs);
+Status CoordinateUnionFill(int64_t total, int dims, int32_t* out,
+                           void* workspace, size_t workspace_bytes,
+                           GpuStream stream);
 
-// --- Kernel maps as inputs -----------------------------------------------------
+// --- Kernel maps as inputs
+// -----------------------------------------------------
 
 // A kernel map on the device. num_offsets and num_pairs are host values
 // (the shapes of the tensors).
@@ -222,11 +234,11 @@ struct DeviceKernelMap {
 // within each offset. The conv kernels never read or write out of bounds
 // even on a bad map, but their results are then meaningless.
 struct KernelMapCheck {
-  uint64_t bad_pair;       // first bad pair (all ones: none)
-  int32_t bad_splits;      // 1 when offset_splits is malformed
-  int32_t in_row;          // the bad pair's rows
+  uint64_t bad_pair;   // first bad pair (all ones: none)
+  int32_t bad_splits;  // 1 when offset_splits is malformed
+  int32_t in_row;      // the bad pair's rows
   int32_t out_row;
-  int32_t repeated_row;    // the input row of repeated_pair
+  int32_t repeated_row;  // the input row of repeated_pair
   // Set by a transposition given this struct: the smallest pair whose input
   // row occurs twice within its offset (all ones: none), which the CPU's
   // transposition refuses.
@@ -249,7 +261,8 @@ Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
                           void* workspace, size_t workspace_bytes,
                           GpuStream stream, KernelMapCheck* check = nullptr);
 
-// --- Convolution ---------------------------------------------------------------
+// --- Convolution
+// ---------------------------------------------------------------
 
 // out[o] = sum over pairs (i, o) of offset k of in[i] . W_k, for all n_out
 // rows (rows without pairs get zeros). W is [K, c_in, c_out]; with
@@ -286,9 +299,8 @@ Status ConvBackpropInput(const T* grad_out, int64_t n_out, int64_t c_out,
 // segments whose size depends only on (P, K); segment partial products are
 // summed in segment order.
 template <typename T>
-size_t ConvBackpropKernelWorkspaceBytes(int64_t num_offsets,
-                                        int64_t num_pairs, int64_t c_in,
-                                        int64_t c_out);
+size_t ConvBackpropKernelWorkspaceBytes(int64_t num_offsets, int64_t num_pairs,
+                                        int64_t c_in, int64_t c_out);
 template <typename T>
 Status ConvBackpropKernel(const T* in, int64_t n_in, int64_t c_in,
                           const T* grad_out, int64_t n_out, int64_t c_out,

@@ -25,30 +25,36 @@ namespace gpu {
 // out [n_out, C * M] as DepthwiseConv(transpose = false); W [K, C, M].
 size_t DepthwiseConvWorkspaceBytes(int64_t num_offsets, int64_t n_out);
 template <typename T>
-Status DepthwiseConv(const T* in, int64_t n_in, int64_t channels, int64_t multiplier,
-                     const T* weights, const DeviceKernelMap& map, int64_t n_out, T* out,
+Status DepthwiseConv(const T* in, int64_t n_in, int64_t channels,
+                     int64_t multiplier, const T* weights,
+                     const DeviceKernelMap& map, int64_t n_out, T* out,
                      void* workspace, size_t workspace_bytes, GpuStream stream);
 
 // grad_in [n_in, C] from grad_out [n_out, C * M]. With `check` (after
 // CheckKernelMap into it), an input row repeated within an offset is
 // reported there, as the CPU's transposition refuses it.
-size_t DepthwiseConvBackpropInputWorkspaceBytes(int64_t num_offsets, int64_t n_in);
+size_t DepthwiseConvBackpropInputWorkspaceBytes(int64_t num_offsets,
+                                                int64_t n_in);
 template <typename T>
-Status DepthwiseConvBackpropInput(const T* grad_out, int64_t n_out, int64_t channels,
-                                  int64_t multiplier, const T* weights,
-                                  const DeviceKernelMap& map, int64_t n_in, T* grad_in,
-                                  void* workspace, size_t workspace_bytes, GpuStream stream,
+Status DepthwiseConvBackpropInput(const T* grad_out, int64_t n_out,
+                                  int64_t channels, int64_t multiplier,
+                                  const T* weights, const DeviceKernelMap& map,
+                                  int64_t n_in, T* grad_in, void* workspace,
+                                  size_t workspace_bytes, GpuStream stream,
                                   KernelMapCheck* check = nullptr);
 
 // grad_weights [K, C, M].
 template <typename T>
-size_t DepthwiseConvBackpropKernelWorkspaceBytes(int64_t num_offsets, int64_t num_pairs,
-                                                 int64_t channels, int64_t multiplier);
+size_t DepthwiseConvBackpropKernelWorkspaceBytes(int64_t num_offsets,
+                                                 int64_t num_pairs,
+                                                 int64_t channels,
+                                                 int64_t multiplier);
 template <typename T>
 Status DepthwiseConvBackpropKernel(const T* in, int64_t n_in, int64_t channels,
-                                   int64_t multiplier, const T* grad_out, int64_t n_out,
-                                   const DeviceKernelMap& map, T* grad_weights,
-                                   void* workspace, size_t workspace_bytes, GpuStream stream);
+                                   int64_t multiplier, const T* grad_out,
+                                   int64_t n_out, const DeviceKernelMap& map,
+                                   T* grad_weights, void* workspace,
+                                   size_t workspace_bytes, GpuStream stream);
 
 }  // namespace gpu
 }  // namespace sparse_ops

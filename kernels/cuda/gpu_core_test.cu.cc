@@ -12,9 +12,13 @@
 // Build and run (see kernels/cuda/README.md; -x cu applies to every input,
 // so coordinates.cc for the KeyPacker comparison is compiled alongside):
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
-//     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc kernels/cuda/pool_gpu.cu.cc \
-//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc kernels/cuda/depthwise_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
-//     kernels/core/coordinates.cc kernels/core/points.cc kernels/core/voxelize.cc kernels/core/depthwise.cc kernels/core/kernel_map.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
+//     kernels/cuda/kernel_map_gpu.cu.cc kernels/cuda/conv_gpu.cu.cc
+//     kernels/cuda/pool_gpu.cu.cc \
+//     kernels/cuda/attention_gpu.cu.cc kernels/cuda/voxelize_gpu.cu.cc
+//     kernels/cuda/depthwise_gpu.cu.cc kernels/cuda/gpu_core_test.cu.cc \
+//     kernels/core/coordinates.cc kernels/core/points.cc
+//     kernels/core/voxelize.cc kernels/core/depthwise.cc
+//     kernels/core/kernel_map.cc -o /tmp/gpu_core_test && /tmp/gpu_core_test
 // Flags: --small (small and error cases, for compute-sanitizer memcheck),
 // --tiny (one case, for racecheck), --shell (the PEERS workload, for ncu).
 // Add -DSPARSE_OPS_WITH_CUBLAS -lcublas for the shape-matched GEMM rate.
@@ -62,7 +66,8 @@ namespace {
 namespace sg = sparse_ops::gpu;
 using sparse_ops::Status;
 
-// --- Host helpers ----------------------------------------------------------------
+// --- Host helpers
+// ----------------------------------------------------------------
 
 void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
   const int64_t threads = std::max<int64_t>(
@@ -78,13 +83,15 @@ void ParallelFor(int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
 struct Coords {
   int dims = 0;
   std::vector<int32_t> rows;
-  int64_t n() const { return dims ? static_cast<int64_t>(rows.size()) / dims : 0; }
+  int64_t n() const {
+    return dims ? static_cast<int64_t>(rows.size()) / dims : 0;
+  }
 };
 
 // Every grid site in [lo, hi]^(dims-1) x batches, kept with probability
 // `density`, in shuffled order.
-Coords RandomCoords(std::mt19937_64* rng, int dims, int batches, int lo,
-                    int hi, double density) {
+Coords RandomCoords(std::mt19937_64* rng, int dims, int batches, int lo, int hi,
+                    double density) {
   Coords c;
   c.dims = dims;
   std::uniform_real_distribution<double> u(0, 1);
@@ -204,9 +211,9 @@ HostMap OracleMap(const Coords& in, const Coords& out,
         key[0] = out.rows[o * dims];
         bool inside = true;
         for (int a = 1; a < dims; ++a) {
-          const int64_t v = static_cast<int64_t>(out.rows[o * dims + a]) +
-                            static_cast<int64_t>(offsets[k * d + a - 1]) *
-                                stride[a - 1];
+          const int64_t v =
+              static_cast<int64_t>(out.rows[o * dims + a]) +
+              static_cast<int64_t>(offsets[k * d + a - 1]) * stride[a - 1];
           if (v < INT32_MIN || v > INT32_MAX) inside = false;
           key[a] = static_cast<int32_t>(v);
         }
@@ -233,7 +240,8 @@ bool SameMap(const HostMap& a, const HostMap& b) {
          a.out_rows == b.out_rows;
 }
 
-// --- GPU kernel map ----------------------------------------------------------------
+// --- GPU kernel map
+// ----------------------------------------------------------------
 
 struct GpuMapRunner {
   const Coords* in;
@@ -270,10 +278,9 @@ struct GpuMapRunner {
   // Count, read the info back, size the outputs, fill. Returns the status.
   Status Run(cudaStream_t stream) {
     const sg::DeviceGeometry g{d_offsets.get(), K, stride_};
-    CORE_OK(sg::KernelMapCount(d_in.get(), in->n(),
-                               same ? d_in.get() : d_out.get(), out->n(),
-                               in->dims, g, same, d_info.get(), ws.get(),
-                               ws_bytes, stream));
+    CORE_OK(sg::KernelMapCount(
+        d_in.get(), in->n(), same ? d_in.get() : d_out.get(), out->n(),
+        in->dims, g, same, d_info.get(), ws.get(), ws_bytes, stream));
     CUDA_OK(cudaMemcpyAsync(h_info, d_info.get(), sizeof(sg::KernelMapInfo),
                             cudaMemcpyDeviceToHost, stream));
     CUDA_OK(cudaStreamSynchronize(stream));
@@ -284,9 +291,8 @@ struct GpuMapRunner {
       in_rows.Alloc(P);
       out_rows.Alloc(P);
     }
-    CORE_OK(sg::KernelMapFill(in->n(), out->n(), K, splits.get(),
-                              in_rows.get(), out_rows.get(), ws.get(),
-                              ws_bytes, stream));
+    CORE_OK(sg::KernelMapFill(in->n(), out->n(), K, splits.get(), in_rows.get(),
+                              out_rows.get(), ws.get(), ws_bytes, stream));
     return Status::Ok();
   }
 
@@ -307,7 +313,8 @@ struct GpuMapRunner {
   }
 };
 
-// --- Convolution oracles (float64) -------------------------------------------------
+// --- Convolution oracles (float64)
+// -------------------------------------------------
 
 std::vector<int32_t> NeighbourTable(const HostMap& m, int64_t n, bool by_out) {
   std::vector<int32_t> t(m.K() * n, -1);
@@ -353,8 +360,7 @@ std::vector<double> OracleApply(const std::vector<int32_t>& nbr, int64_t K,
 }
 
 std::vector<double> OracleWeightGrad(const HostMap& m,
-                                     const std::vector<double>& x,
-                                     int64_t c_in,
+                                     const std::vector<double>& x, int64_t c_in,
                                      const std::vector<double>& g,
                                      int64_t c_out) {
   std::vector<double> dw(m.K() * c_in * c_out, 0.0);
@@ -400,7 +406,8 @@ std::vector<T> Cast(const std::vector<double>& v) {
   return std::vector<T>(v.begin(), v.end());
 }
 
-// --- GPU convolution ----------------------------------------------------------------
+// --- GPU convolution
+// ----------------------------------------------------------------
 
 template <typename T>
 struct GpuConv {
@@ -420,8 +427,8 @@ struct GpuConv {
     y.Alloc(n_out * c_out);
     dx.Alloc(n_in * c_in);
     dw.Alloc(map.num_offsets * c_in * c_out);
-    fwd_bytes = sg::ConvWorkspaceBytes<T>(map.num_offsets, n_out, c_in, c_out,
-                                          false);
+    fwd_bytes =
+        sg::ConvWorkspaceBytes<T>(map.num_offsets, n_out, c_in, c_out, false);
     dx_bytes = sg::ConvBackpropInputWorkspaceBytes<T>(
         map.num_offsets, map.num_pairs, n_in, c_in, c_out);
     dw_bytes = sg::ConvBackpropKernelWorkspaceBytes<T>(
@@ -431,13 +438,12 @@ struct GpuConv {
     ws_dw.Alloc(dw_bytes);
   }
   void Forward(cudaStream_t s) {
-    CORE_OK(sg::Conv<T>(x.get(), n_in, c_in, w.get(), c_out, false, map,
-                        n_out, y.get(), ws_fwd.get(), fwd_bytes, s));
+    CORE_OK(sg::Conv<T>(x.get(), n_in, c_in, w.get(), c_out, false, map, n_out,
+                        y.get(), ws_fwd.get(), fwd_bytes, s));
   }
   void InputGrad(cudaStream_t s) {
-    CORE_OK(sg::ConvBackpropInput<T>(g.get(), n_out, c_out, w.get(), c_in,
-                                     map, n_in, dx.get(), ws_dx.get(),
-                                     dx_bytes, s));
+    CORE_OK(sg::ConvBackpropInput<T>(g.get(), n_out, c_out, w.get(), c_in, map,
+                                     n_in, dx.get(), ws_dx.get(), dx_bytes, s));
   }
   void WeightGrad(cudaStream_t s) {
     CORE_OK(sg::ConvBackpropKernel<T>(x.get(), n_in, c_in, g.get(), n_out,
@@ -451,8 +457,7 @@ struct Oracle {
 };
 
 Oracle ComputeOracle(const HostMap& m, int64_t n_in, int64_t n_out,
-                     int64_t c_in, int64_t c_out,
-                     const std::vector<double>& x,
+                     int64_t c_in, int64_t c_out, const std::vector<double>& x,
                      const std::vector<double>& w,
                      const std::vector<double>& g) {
   Oracle r;
@@ -493,10 +498,10 @@ ConvErrors CheckConv(GpuConv<T>* c, const Oracle& o, cudaStream_t s) {
   e.dw = RelErr(runs[0][2], o.dw);
   e.deterministic = true;
   for (int i = 0; i < 3; ++i) {
-    e.deterministic =
-        e.deterministic && runs[0][i].size() == runs[1][i].size() &&
-        std::memcmp(runs[0][i].data(), runs[1][i].data(),
-                    runs[0][i].size() * sizeof(T)) == 0;
+    e.deterministic = e.deterministic &&
+                      runs[0][i].size() == runs[1][i].size() &&
+                      std::memcmp(runs[0][i].data(), runs[1][i].data(),
+                                  runs[0][i].size() * sizeof(T)) == 0;
   }
   return e;
 }
@@ -517,8 +522,8 @@ void ExpectConv(const std::string& name, const ConvErrors& e, double tol,
 // One small case: map vs oracle (twice), keys vs KeyPacker, conv vs oracle.
 void SmallCase(const std::string& name, const Coords& in, const Coords& out,
                bool same, const std::vector<int32_t>& offsets,
-               const std::vector<int32_t>& stride, int64_t c_in,
-               int64_t c_out, std::mt19937_64* rng, cudaStream_t s) {
+               const std::vector<int32_t>& stride, int64_t c_in, int64_t c_out,
+               std::mt19937_64* rng, cudaStream_t s) {
   GpuMapRunner runner(in, out, same, offsets, stride);
   const Status st = runner.Run(s);
   Expect(st.ok(), name + ": map failed: " + st.message());
@@ -534,14 +539,14 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
   packer.CoverRows(in.rows.data(), in.n());
   CORE_OK(packer.Finalize());
   DevBuf<uint64_t> keys(in.n());
-  CORE_OK(sg::PackKeys(runner.d_in.get(), in.n(), in.dims,
-                       runner.d_info.get(), keys.get(), s));
+  CORE_OK(sg::PackKeys(runner.d_in.get(), in.n(), in.dims, runner.d_info.get(),
+                       keys.get(), s));
   const std::vector<uint64_t> got = keys.Download();
   bool keys_ok = true;
   for (int64_t i = 0; i < in.n(); ++i) {
     uint64_t key = 0;
-    keys_ok = keys_ok && packer.Pack(&in.rows[i * in.dims], &key) &&
-              key == got[i];
+    keys_ok =
+        keys_ok && packer.Pack(&in.rows[i * in.dims], &key) && key == got[i];
   }
   Expect(keys_ok, name + ": GPU keys differ from KeyPacker's");
 
@@ -558,8 +563,7 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
   const Oracle o = ComputeOracle(gpu, in.n(), out.n(), c_in, c_out, x, w, g);
   std::printf("  %s: n_in %lld, n_out %lld, K %lld, pairs %lld, map %s\n",
               name.c_str(), static_cast<long long>(in.n()),
-              static_cast<long long>(out.n()),
-              static_cast<long long>(runner.K),
+              static_cast<long long>(out.n()), static_cast<long long>(runner.K),
               static_cast<long long>(gpu.P()),
               SameMap(gpu, oracle) ? "== oracle" : "WRONG");
   {
@@ -574,9 +578,11 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
   // input-gradient kernels skip; every other offset's pairs must count.
   std::vector<double> pruned = w;
   for (int64_t k = 0; k < runner.K; k += 3) {
-    std::fill(pruned.begin() + k * c_in * c_out, pruned.begin() + (k + 1) * c_in * c_out, 0.0);
+    std::fill(pruned.begin() + k * c_in * c_out,
+              pruned.begin() + (k + 1) * c_in * c_out, 0.0);
   }
-  const Oracle po = ComputeOracle(gpu, in.n(), out.n(), c_in, c_out, x, pruned, g);
+  const Oracle po =
+      ComputeOracle(gpu, in.n(), out.n(), c_in, c_out, x, pruned, g);
   {
     GpuConv<float> c(runner.View(), in.n(), out.n(), c_in, c_out, x, pruned, g);
     ExpectConv<float>(name + " pruned", CheckConv(&c, po, s), 1e-5, 1e-5);
@@ -617,7 +623,8 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
   {
     Coords c;
     c.dims = 4;
-    c.rows = {0, INT32_MIN, INT32_MIN, 0, 0, INT32_MAX, INT32_MAX, 0, 0, 0, 0, 0};
+    c.rows = {0,         INT32_MIN, INT32_MIN, 0, 0, INT32_MAX,
+              INT32_MAX, 0,         0,         0, 0, 0};
     GpuMapRunner runner(c, c, true, cube, ones);
     const Status st = runner.Run(s);
     sparse_ops::KeyPacker packer(4);
@@ -635,8 +642,9 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     out.rows[5 * 4] = -2;
     GpuMapRunner runner(in, out, false, cube, ones);
     const Status st = runner.Run(s);
-    Expect(!st.ok() && st.message() == "out_coordinates row 5 has a "
-                                       "negative batch index -2",
+    Expect(!st.ok() && st.message() ==
+                           "out_coordinates row 5 has a "
+                           "negative batch index -2",
            "negative batch: " + st.message());
   }
   // Empty inputs.
@@ -647,12 +655,11 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     GpuMapRunner runner(empty, out, false, cube, ones);
     const Status st = runner.Run(s);
     const HostMap m = runner.Download();
-    Expect(st.ok() && m.P() == 0 &&
-               m.splits == std::vector<int64_t>(28, 0),
+    Expect(st.ok() && m.P() == 0 && m.splits == std::vector<int64_t>(28, 0),
            "empty input map: " + st.message());
     GpuMapRunner none(empty, empty, true, cube, ones);
-    Expect(none.Run(s).ok() && none.Download().splits ==
-                                   std::vector<int64_t>(28, 0),
+    Expect(none.Run(s).ok() &&
+               none.Download().splits == std::vector<int64_t>(28, 0),
            "empty map");
     // Convolutions over an empty map write zeros.
     const std::vector<double> w = RandomValues(rng, 27 * 8 * 8);
@@ -680,10 +687,10 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     DevBuf<sg::KernelMapCheck> check(1);
     const sg::DeviceKernelMap view{sp.get(), ir.get(), orr.get(), m.K(), m.P()};
     CORE_OK(sg::CheckKernelMap(view, c.n(), c.n(), check.get(), s));
-    const Status st = sg::KernelMapCheckStatus(check.Download()[0], m.P(),
-                                               c.n(), c.n());
-    Expect(!st.ok() && Contains(st.message(),
-                                "pair " + std::to_string(p + 1) + " "),
+    const Status st =
+        sg::KernelMapCheckStatus(check.Download()[0], m.P(), c.n(), c.n());
+    Expect(!st.ok() &&
+               Contains(st.message(), "pair " + std::to_string(p + 1) + " "),
            "corrupt map: " + st.message());
     m.splits[5] = m.splits[4] - 1;
     DevBuf<int64_t> sp2(m.splits);
@@ -707,8 +714,8 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     DevBuf<unsigned char> ws(sg::TransposeKernelMapWorkspaceBytes(3, 2));
     for (int run = 0; run < 2; ++run) {
       CORE_OK(sg::CheckKernelMap(view, 3, 3, check.get(), s));
-      CORE_OK(sg::TransposeKernelMap(view, 3, t_in.get(), t_out.get(), ws.get(), ws.size(),
-                                     s, check.get()));
+      CORE_OK(sg::TransposeKernelMap(view, 3, t_in.get(), t_out.get(), ws.get(),
+                                     ws.size(), s, check.get()));
       const Status st = sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 3);
       Expect(!st.ok() && Contains(st.message(), "pair 2 repeats input row 1"),
              "repeated input row: " + st.message());
@@ -716,7 +723,8 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
   }
 }
 
-// --- Strided coordinates -------------------------------------------------------------
+// --- Strided coordinates
+// -------------------------------------------------------------
 
 // GPU strided coordinates (count, read back, fill) or the error.
 Status GpuStrided(const Coords& c, const std::vector<int32_t>& stride,
@@ -726,15 +734,15 @@ Status GpuStrided(const Coords& c, const std::vector<int32_t>& stride,
   DevBuf<int32_t> d_in(c.rows);
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::StridedCoordinatesWorkspaceBytes(c.n()));
-  CORE_OK(sg::StridedCoordinatesCount(d_in.get(), c.n(), c.dims, by_value, info.get(),
-                                      ws.get(), ws.size(), s));
+  CORE_OK(sg::StridedCoordinatesCount(d_in.get(), c.n(), c.dims, by_value,
+                                      info.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::KernelMapInfo host = info.Download()[0];
   const Status status = sg::StridedCoordinatesInfoStatus(host);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_out(host.num_pairs * c.dims);
-  CORE_OK(sg::StridedCoordinatesFill(info.get(), c.n(), c.dims, host.num_pairs, d_out.get(),
-                                     ws.get(), ws.size(), s));
+  CORE_OK(sg::StridedCoordinatesFill(info.get(), c.n(), c.dims, host.num_pairs,
+                                     d_out.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   *out = d_out.Download();
   out->resize(host.num_pairs * c.dims);
@@ -747,11 +755,13 @@ Status CpuStrided(const Coords& c, const std::vector<int32_t>& stride,
   sparse_ops::KeyPacker packer(c.dims);
   std::vector<uint64_t> keys(c.n());
   int64_t unique = 0;
-  const Status status = sparse_ops::StridedKeys(c.rows.data(), c.n(), c.dims, stride.data(),
-                                                &packer, keys.data(), &unique);
+  const Status status =
+      sparse_ops::StridedKeys(c.rows.data(), c.n(), c.dims, stride.data(),
+                              &packer, keys.data(), &unique);
   if (!status.ok()) return status;
   out->assign(unique * c.dims, 0);
-  for (int64_t i = 0; i < unique; ++i) packer.Unpack(keys[i], out->data() + i * c.dims);
+  for (int64_t i = 0; i < unique; ++i)
+    packer.Unpack(keys[i], out->data() + i * c.dims);
   return Status::Ok();
 }
 
@@ -762,12 +772,15 @@ void StridedCases(std::mt19937_64* rng, cudaStream_t s) {
     std::vector<int32_t> stride;
   };
   std::vector<Case> cases = {
-      {"3D stride (2,1,3), negative coordinates", RandomCoords(rng, 4, 3, -9, 8, 0.3),
+      {"3D stride (2,1,3), negative coordinates",
+       RandomCoords(rng, 4, 3, -9, 8, 0.3),
        {2, 1, 3}},
       {"2D stride 4", RandomCoords(rng, 3, 2, -20, 20, 0.3), {4, 4}},
       {"5D stride 2", RandomCoords(rng, 6, 2, -2, 3, 0.3), {2, 2, 2, 2, 2}},
       {"no rows", Coords{4, {}}, {2, 2, 2}},
-      {"one row, huge stride", Coords{4, {1, -7, 2147483647, 5}}, {1 << 30, 3, 1}},
+      {"one row, huge stride",
+       Coords{4, {1, -7, 2147483647, 5}},
+       {1 << 30, 3, 1}},
   };
   for (const Case& k : cases) {
     std::vector<int32_t> want, got, again;
@@ -782,35 +795,39 @@ void StridedCases(std::mt19937_64* rng, cudaStream_t s) {
   std::vector<int32_t> out;
   Coords negative{4, {0, 1, 1, 1, 2, 0, 0, 0, -3, 5, 5, 5}};
   Status gpu = GpuStrided(negative, {2, 2, 2}, &out, s);
-  Expect(!gpu.ok() && gpu.message() == "coordinates row 2 has a negative batch index -3",
+  Expect(!gpu.ok() &&
+             gpu.message() == "coordinates row 2 has a negative batch index -3",
          "strided negative batch: " + gpu.message());
   Coords low{3, {0, -2147483647 - 1 + 1, 0}};
   gpu = GpuStrided(low, {3, 1}, &out, s);
   const Status cpu = CpuStrided(low, {3, 1}, &out);
   Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
-         "strided underflow: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+         "strided underflow: GPU '" + gpu.message() + "' vs CPU '" +
+             cpu.message() + "'");
 }
 
-// --- Generative coordinates -----------------------------------------------------------
+// --- Generative coordinates
+// -----------------------------------------------------------
 
 Status GpuGenerative(const Coords& c, const std::vector<int32_t>& offsets,
-                     const std::vector<int32_t>& stride, std::vector<int32_t>* out,
-                     cudaStream_t s) {
+                     const std::vector<int32_t>& stride,
+                     std::vector<int32_t>* out, cudaStream_t s) {
   const int64_t K = static_cast<int64_t>(offsets.size()) / (c.dims - 1);
   DevBuf<int32_t> d_in(c.rows), d_offsets(offsets);
   sg::DeviceGeometry g{d_offsets.get(), K, {}};
   std::copy(stride.begin(), stride.end(), g.stride.v);
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::GenerativeCoordinatesWorkspaceBytes(c.n(), K));
-  CORE_OK(sg::GenerativeCoordinatesCount(d_in.get(), c.n(), c.dims, g, info.get(), ws.get(),
-                                         ws.size(), s));
+  CORE_OK(sg::GenerativeCoordinatesCount(d_in.get(), c.n(), c.dims, g,
+                                         info.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::KernelMapInfo host = info.Download()[0];
   const Status status = sg::GenerativeCoordinatesInfoStatus(host);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_out(host.num_pairs * c.dims);
-  CORE_OK(sg::GenerativeCoordinatesFill(info.get(), c.n(), K, c.dims, host.num_pairs,
-                                        d_out.get(), ws.get(), ws.size(), s));
+  CORE_OK(sg::GenerativeCoordinatesFill(info.get(), c.n(), K, c.dims,
+                                        host.num_pairs, d_out.get(), ws.get(),
+                                        ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   *out = d_out.Download();
   out->resize(host.num_pairs * c.dims);
@@ -818,7 +835,8 @@ Status GpuGenerative(const Coords& c, const std::vector<int32_t>& offsets,
 }
 
 Status CpuGenerative(const Coords& c, const std::vector<int32_t>& offsets,
-                     const std::vector<int32_t>& stride, std::vector<int32_t>* out) {
+                     const std::vector<int32_t>& stride,
+                     std::vector<int32_t>* out) {
   const int64_t K = static_cast<int64_t>(offsets.size()) / (c.dims - 1);
   const sparse_ops::ParallelFor serial =
       [](int64_t n, int64_t, const std::function<void(int64_t, int64_t)>& fn) {
@@ -827,11 +845,13 @@ Status CpuGenerative(const Coords& c, const std::vector<int32_t>& offsets,
   sparse_ops::KeyPacker packer(c.dims);
   std::vector<uint64_t> keys;
   const Status status = sparse_ops::GenerativeKeys(
-      c.rows.data(), c.n(), c.dims, sparse_ops::KernelGeometry{offsets.data(), K, stride.data()},
+      c.rows.data(), c.n(), c.dims,
+      sparse_ops::KernelGeometry{offsets.data(), K, stride.data()},
       int64_t{1} << 40, sparse_ops::kMaxRows, &packer, &keys, serial);
   if (!status.ok()) return status;
   out->assign(keys.size() * c.dims, 0);
-  for (size_t i = 0; i < keys.size(); ++i) packer.Unpack(keys[i], out->data() + i * c.dims);
+  for (size_t i = 0; i < keys.size(); ++i)
+    packer.Unpack(keys[i], out->data() + i * c.dims);
   return Status::Ok();
 }
 
@@ -842,11 +862,17 @@ void GenerativeCases(std::mt19937_64* rng, cudaStream_t s) {
     std::vector<int32_t> offsets, stride;
   };
   const std::vector<Case> cases = {
-      {"3D 2x2x2 stride 2", RandomCoords(rng, 4, 3, -6, 6, 0.2), BoxOffsets({0, 0, 0}, {1, 1, 1}),
+      {"3D 2x2x2 stride 2",
+       RandomCoords(rng, 4, 3, -6, 6, 0.2),
+       BoxOffsets({0, 0, 0}, {1, 1, 1}),
        {2, 2, 2}},
-      {"3D 3x3x3 stride (1,2,4)", RandomCoords(rng, 4, 2, -5, 5, 0.2),
-       BoxOffsets({-1, -1, -1}, {1, 1, 1}), {1, 2, 4}},
-      {"2D cross", RandomCoords(rng, 3, 2, -20, 20, 0.2), {0, 0, 1, 0, -1, 0, 0, 1, 0, -1},
+      {"3D 3x3x3 stride (1,2,4)",
+       RandomCoords(rng, 4, 2, -5, 5, 0.2),
+       BoxOffsets({-1, -1, -1}, {1, 1, 1}),
+       {1, 2, 4}},
+      {"2D cross",
+       RandomCoords(rng, 3, 2, -20, 20, 0.2),
+       {0, 0, 1, 0, -1, 0, 0, 1, 0, -1},
        {1, 1}},
       {"no rows", Coords{4, {}}, BoxOffsets({0, 0, 0}, {1, 1, 1}), {2, 2, 2}},
       {"no offsets", RandomCoords(rng, 4, 1, 0, 3, 0.5), {}, {1, 1, 1}},
@@ -865,10 +891,12 @@ void GenerativeCases(std::mt19937_64* rng, cudaStream_t s) {
   const Status gpu = GpuGenerative(edge, {4, 0}, {1, 1}, &out, s);
   const Status cpu = CpuGenerative(edge, {4, 0}, {1, 1}, &out);
   Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
-         "generative overflow: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+         "generative overflow: GPU '" + gpu.message() + "' vs CPU '" +
+             cpu.message() + "'");
 }
 
-// --- Coordinate lookup ----------------------------------------------------------------
+// --- Coordinate lookup
+// ----------------------------------------------------------------
 
 Status GpuLookup(const Coords& c, const std::vector<int32_t>& queries,
                  std::vector<int32_t>* rows, cudaStream_t s) {
@@ -877,8 +905,9 @@ Status GpuLookup(const Coords& c, const std::vector<int32_t>& queries,
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::CoordinateLookupWorkspaceBytes(c.n()));
   d_rows.Poison();
-  CORE_OK(sg::CoordinateLookup(d_in.get(), c.n(), c.dims, d_q.get(), q, d_rows.get(),
-                               info.get(), ws.get(), ws.size(), s));
+  CORE_OK(sg::CoordinateLookup(d_in.get(), c.n(), c.dims, d_q.get(), q,
+                               d_rows.get(), info.get(), ws.get(), ws.size(),
+                               s));
   CUDA_OK(cudaStreamSynchronize(s));
   *rows = d_rows.Download();
   rows->resize(q);
@@ -892,11 +921,15 @@ void LookupCases(std::mt19937_64* rng, cudaStream_t s) {
   std::vector<int32_t> queries = c.rows;
   const Coords wide = RandomCoords(rng, 4, 4, -9, 8, 0.2);
   queries.insert(queries.end(), wide.rows.begin(), wide.rows.end());
-  queries.insert(queries.end(), {-1, 0, 0, 0, 0, 2147483647, -2147483647 - 1, 0});
+  queries.insert(queries.end(),
+                 {-1, 0, 0, 0, 0, 2147483647, -2147483647 - 1, 0});
   std::unordered_map<std::string, int32_t> index;
-  auto key = [&](const int32_t* r) { return std::string(reinterpret_cast<const char*>(r),
-                                                        c.dims * sizeof(int32_t)); };
-  for (int64_t i = 0; i < c.n(); ++i) index[key(&c.rows[i * c.dims])] = static_cast<int32_t>(i);
+  auto key = [&](const int32_t* r) {
+    return std::string(reinterpret_cast<const char*>(r),
+                       c.dims * sizeof(int32_t));
+  };
+  for (int64_t i = 0; i < c.n(); ++i)
+    index[key(&c.rows[i * c.dims])] = static_cast<int32_t>(i);
   const int64_t q = static_cast<int64_t>(queries.size()) / c.dims;
   std::vector<int32_t> want(q);
   for (int64_t i = 0; i < q; ++i) {
@@ -911,26 +944,32 @@ void LookupCases(std::mt19937_64* rng, cudaStream_t s) {
   std::vector<int32_t> none;
   CORE_OK(GpuLookup(Coords{4, {}}, {0, 0, 0, 0}, &none, s));
   Expect(none == std::vector<int32_t>{-1}, "lookup in an empty set");
-  const Status duplicate = GpuLookup(Coords{4, {0, 1, 1, 1, 0, 2, 2, 2, 0, 1, 1, 1}},
-                                     {0, 1, 1, 1}, &none, s);
-  Expect(!duplicate.ok() && Contains(duplicate.message(), "duplicate sites: rows 0 and 2"),
+  const Status duplicate = GpuLookup(
+      Coords{4, {0, 1, 1, 1, 0, 2, 2, 2, 0, 1, 1, 1}}, {0, 1, 1, 1}, &none, s);
+  Expect(!duplicate.ok() &&
+             Contains(duplicate.message(), "duplicate sites: rows 0 and 2"),
          "lookup duplicates: " + duplicate.message());
-  const Status negative = GpuLookup(Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}, {0, 1, 1, 1},
-                                    &none, s);
-  Expect(!negative.ok() &&
-             negative.message() == "coordinates row 1 has a negative batch index -4",
-         "lookup negative batch: " + negative.message());
+  const Status negative =
+      GpuLookup(Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}, {0, 1, 1, 1}, &none, s);
+  Expect(
+      !negative.ok() && negative.message() ==
+                            "coordinates row 1 has a negative batch index -4",
+      "lookup negative batch: " + negative.message());
 }
 
-// --- Coordinate union -----------------------------------------------------------------
+// --- Coordinate union
+// -----------------------------------------------------------------
 
 struct UnionResult {
   std::vector<int32_t> sites;
   std::vector<std::vector<int32_t>> rows;
-  bool operator==(const UnionResult& o) const { return sites == o.sites && rows == o.rows; }
+  bool operator==(const UnionResult& o) const {
+    return sites == o.sites && rows == o.rows;
+  }
 };
 
-Status GpuUnion(const std::vector<Coords>& inputs, UnionResult* out, cudaStream_t s) {
+Status GpuUnion(const std::vector<Coords>& inputs, UnionResult* out,
+                cudaStream_t s) {
   const int dims = inputs[0].dims;
   const int num = static_cast<int>(inputs.size());
   std::vector<DevBuf<int32_t>> d_in(num), d_rows(num);
@@ -949,14 +988,16 @@ Status GpuUnion(const std::vector<Coords>& inputs, UnionResult* out, cudaStream_
   }
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::CoordinateUnionWorkspaceBytes(total, dims));
-  CORE_OK(sg::CoordinateUnionCount(in_ptrs.data(), sizes.data(), num, dims, row_ptrs.data(),
-                                   info.get(), ws.get(), ws.size(), s));
+  CORE_OK(sg::CoordinateUnionCount(in_ptrs.data(), sizes.data(), num, dims,
+                                   row_ptrs.data(), info.get(), ws.get(),
+                                   ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::KernelMapInfo host = info.Download()[0];
   const Status status = sg::CoordinateUnionInfoStatus(host, sizes.data(), num);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_out(host.num_pairs * dims);
-  CORE_OK(sg::CoordinateUnionFill(total, dims, d_out.get(), ws.get(), ws.size(), s));
+  CORE_OK(sg::CoordinateUnionFill(total, dims, d_out.get(), ws.get(), ws.size(),
+                                  s));
   CUDA_OK(cudaStreamSynchronize(s));
   out->sites = d_out.Download();
   out->sites.resize(host.num_pairs * dims);
@@ -982,13 +1023,13 @@ Status CpuUnion(const std::vector<Coords>& inputs, UnionResult* out) {
   std::vector<int32_t> rows(total);
   std::vector<int64_t> first(total);
   int64_t num_union = 0;
-  const Status status = sparse_ops::UnionCoordinates(in_ptrs.data(), sizes.data(),
-                                                     static_cast<int>(inputs.size()), dims,
-                                                     rows.data(), first.data(), &num_union);
+  const Status status = sparse_ops::UnionCoordinates(
+      in_ptrs.data(), sizes.data(), static_cast<int>(inputs.size()), dims,
+      rows.data(), first.data(), &num_union);
   if (!status.ok()) return status;
   out->sites.assign(num_union * dims, 0);
-  sparse_ops::UnionSites(in_ptrs.data(), sizes.data(), dims, first.data(), num_union,
-                         out->sites.data());
+  sparse_ops::UnionSites(in_ptrs.data(), sizes.data(), dims, first.data(),
+                         num_union, out->sites.data());
   out->rows.clear();
   int64_t offset = 0;
   for (int64_t size : sizes) {
@@ -1010,10 +1051,13 @@ void UnionCases(std::mt19937_64* rng, cudaStream_t s) {
       {"an empty input between", {b, Coords{4, {}}, a}},
       {"one input", {c}},
       {"all empty", {Coords{4, {}}, Coords{4, {}}}},
-      {"2D", {RandomCoords(rng, 3, 2, -20, 20, 0.3), RandomCoords(rng, 3, 2, -20, 20, 0.3)}},
+      {"2D",
+       {RandomCoords(rng, 3, 2, -20, 20, 0.3),
+        RandomCoords(rng, 3, 2, -20, 20, 0.3)}},
       {"5D, huge coordinates",
        {RandomCoords(rng, 6, 2, -2, 3, 0.3),
-        Coords{6, {0, 2147483647, -2147483647 - 1, 0, 0, 0, 1, 0, 0, 0, 0, 0}}}},
+        Coords{6,
+               {0, 2147483647, -2147483647 - 1, 0, 0, 0, 1, 0, 0, 0, 0, 0}}}},
   };
   for (const auto& [name, inputs] : cases) {
     UnionResult want, got, again;
@@ -1030,50 +1074,60 @@ void UnionCases(std::mt19937_64* rng, cudaStream_t s) {
   Status gpu = GpuUnion({b, repeated}, &out, s);
   Status cpu = CpuUnion({b, repeated}, &cpu_out);
   Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message() &&
-             Contains(gpu.message(), "coordinates[1] has duplicate sites: rows 0 and 2"),
-         "union duplicates: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+             Contains(gpu.message(),
+                      "coordinates[1] has duplicate sites: rows 0 and 2"),
+         "union duplicates: GPU '" + gpu.message() + "' vs CPU '" +
+             cpu.message() + "'");
   gpu = GpuUnion({a, Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}}, &out, s);
-  Expect(!gpu.ok() && gpu.message() == "coordinates[1] row 1 has a negative batch index -4",
+  Expect(!gpu.ok() && gpu.message() ==
+                          "coordinates[1] row 1 has a negative batch index -4",
          "union negative batch: " + gpu.message());
-  const Coords wide{5, {0, -2147483647 - 1, -2147483647 - 1, -2147483647 - 1, 0,
-                        1, 2147483647, 2147483647, 2147483647, 0}};
+  const Coords wide{5,
+                    {0, -2147483647 - 1, -2147483647 - 1, -2147483647 - 1, 0, 1,
+                     2147483647, 2147483647, 2147483647, 0}};
   gpu = GpuUnion({wide}, &out, s);
   cpu = CpuUnion({wide}, &cpu_out);
   Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
-         "union key width: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+         "union key width: GPU '" + gpu.message() + "' vs CPU '" +
+             cpu.message() + "'");
 }
 
-// --- Voxelization --------------------------------------------------------------------
+// --- Voxelization
+// --------------------------------------------------------------------
 
 struct VoxelResult {
   std::vector<int32_t> coordinates, inverse, counts, source;
   std::vector<double> merged;  // as double, bitwise comparable
   bool operator==(const VoxelResult& o) const {
-    return coordinates == o.coordinates && inverse == o.inverse && counts == o.counts &&
-           source == o.source &&
-           std::memcmp(merged.data(), o.merged.data(), merged.size() * sizeof(double)) == 0 &&
+    return coordinates == o.coordinates && inverse == o.inverse &&
+           counts == o.counts && source == o.source &&
+           std::memcmp(merged.data(), o.merged.data(),
+                       merged.size() * sizeof(double)) == 0 &&
            merged.size() == o.merged.size();
   }
 };
 
 template <typename T>
-Status CpuVoxelize(const std::vector<T>& points, int dims, const std::vector<T>& features,
-                   int64_t C, const std::vector<double>& size, sparse_ops::VoxelMode mode,
+Status CpuVoxelize(const std::vector<T>& points, int dims,
+                   const std::vector<T>& features, int64_t C,
+                   const std::vector<double>& size, sparse_ops::VoxelMode mode,
                    VoxelResult* r) {
   const int64_t n = static_cast<int64_t>(points.size()) / dims;
   std::vector<int32_t> grid(n * dims);
-  Status status = sparse_ops::VoxelGrid<T>(points.data(), n, dims, size.data(), grid.data(),
-                                           sparse_ops::SerialFor);
+  Status status = sparse_ops::VoxelGrid<T>(points.data(), n, dims, size.data(),
+                                           grid.data(), sparse_ops::SerialFor);
   if (!status.ok()) return status;
   std::vector<std::vector<char>> memory;
   const sparse_ops::Allocate allocate = [&](int64_t bytes) -> void* {
     memory.emplace_back(bytes + 64);
-    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
-                                   ~uintptr_t{63});
+    return reinterpret_cast<void*>(
+        (reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
+        ~uintptr_t{63});
   };
   r->inverse.assign(n, 0);
   sparse_ops::VoxelSites sites;
-  status = sparse_ops::FindVoxelSites(grid.data(), n, dims, allocate, r->inverse.data(), &sites,
+  status = sparse_ops::FindVoxelSites(grid.data(), n, dims, allocate,
+                                      r->inverse.data(), &sites,
                                       sparse_ops::SerialFor);
   if (!status.ok()) return status;
   const int64_t m = sites.num_sites;
@@ -1082,19 +1136,20 @@ Status CpuVoxelize(const std::vector<T>& points, int dims, const std::vector<T>&
   sparse_ops::VoxelCoordinates(grid.data(), dims, sites, r->coordinates.data(),
                                r->counts.data(), sparse_ops::SerialFor);
   std::vector<T> merged(m * C);
-  const bool with_source =
-      mode == sparse_ops::VoxelMode::kMax || mode == sparse_ops::VoxelMode::kFirst;
+  const bool with_source = mode == sparse_ops::VoxelMode::kMax ||
+                           mode == sparse_ops::VoxelMode::kFirst;
   r->source.assign(with_source ? m * C : 0, 0);
-  sparse_ops::MergeVoxelFeatures<T>(features.data(), C, sites, mode, merged.data(),
-                                    with_source ? r->source.data() : nullptr,
-                                    sparse_ops::SerialFor);
+  sparse_ops::MergeVoxelFeatures<T>(
+      features.data(), C, sites, mode, merged.data(),
+      with_source ? r->source.data() : nullptr, sparse_ops::SerialFor);
   r->merged.assign(merged.begin(), merged.end());
   return Status::Ok();
 }
 
 template <typename T>
-Status GpuVoxelize(const std::vector<T>& points, int dims, const std::vector<T>& features,
-                   int64_t C, const std::vector<double>& size, sparse_ops::VoxelMode mode,
+Status GpuVoxelize(const std::vector<T>& points, int dims,
+                   const std::vector<T>& features, int64_t C,
+                   const std::vector<double>& size, sparse_ops::VoxelMode mode,
                    VoxelResult* r, cudaStream_t s) {
   const int64_t n = static_cast<int64_t>(points.size()) / dims;
   DevBuf<T> d_points(points), d_features(features);
@@ -1102,21 +1157,23 @@ Status GpuVoxelize(const std::vector<T>& points, int dims, const std::vector<T>&
   d_inverse.Poison();
   DevBuf<sg::VoxelInfo> info(1);
   DevBuf<unsigned char> ws(sg::VoxelizeWorkspaceBytes<T>(n, dims));
-  CORE_OK(sg::VoxelizeCount<T>(d_points.get(), n, dims, size.data(), d_inverse.get(),
-                               info.get(), ws.get(), ws.size(), s));
+  CORE_OK(sg::VoxelizeCount<T>(d_points.get(), n, dims, size.data(),
+                               d_inverse.get(), info.get(), ws.get(), ws.size(),
+                               s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::VoxelInfo host = info.Download()[0];
   const Status status = sg::VoxelInfoStatus(host, size.data());
   if (!status.ok()) return status;
   const int64_t m = host.num_sites;
-  const bool with_source =
-      mode == sparse_ops::VoxelMode::kMax || mode == sparse_ops::VoxelMode::kFirst;
+  const bool with_source = mode == sparse_ops::VoxelMode::kMax ||
+                           mode == sparse_ops::VoxelMode::kFirst;
   DevBuf<int32_t> coords(m * dims), counts(m), source(with_source ? m * C : 0);
   DevBuf<T> merged(m * C);
   coords.Poison();
   merged.Poison();
-  CORE_OK(sg::VoxelizeFill<T>(d_features.get(), n, dims, C, m, mode, coords.get(), counts.get(),
-                              merged.get(), with_source ? source.get() : nullptr, ws.get(),
+  CORE_OK(sg::VoxelizeFill<T>(d_features.get(), n, dims, C, m, mode,
+                              coords.get(), counts.get(), merged.get(),
+                              with_source ? source.get() : nullptr, ws.get(),
                               ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   r->coordinates = coords.Download();
@@ -1141,17 +1198,21 @@ void VoxelizeCasesOf(std::mt19937_64* rng, cudaStream_t s) {
     std::vector<T> points(n * dims), features(n * C);
     for (int64_t i = 0; i < n; ++i) {
       points[i * dims] = static_cast<T>((*rng)() % 3);
-      for (int a = 1; a < dims; ++a) points[i * dims + a] = static_cast<T>(normal(*rng) * 3);
+      for (int a = 1; a < dims; ++a)
+        points[i * dims + a] = static_cast<T>(normal(*rng) * 3);
     }
     // Few levels (ties for max), some NaN, signed zeros.
     for (int64_t e = 0; e < n * C; ++e) {
       const uint64_t r = (*rng)() % 50;
       features[e] = r == 0 ? std::numeric_limits<T>::quiet_NaN()
-                           : r == 1 ? -T(0) : static_cast<T>(static_cast<int>((*rng)() % 7) - 3);
+                    : r == 1
+                        ? -T(0)
+                        : static_cast<T>(static_cast<int>((*rng)() % 7) - 3);
     }
     const std::vector<double> size(dims - 1, 0.9);
-    for (const auto mode : {sparse_ops::VoxelMode::kAverage, sparse_ops::VoxelMode::kSum,
-                            sparse_ops::VoxelMode::kMax, sparse_ops::VoxelMode::kFirst}) {
+    for (const auto mode :
+         {sparse_ops::VoxelMode::kAverage, sparse_ops::VoxelMode::kSum,
+          sparse_ops::VoxelMode::kMax, sparse_ops::VoxelMode::kFirst}) {
       VoxelResult want, got, again;
       CORE_OK(CpuVoxelize<T>(points, dims, features, C, size, mode, &want));
       CORE_OK(GpuVoxelize<T>(points, dims, features, C, size, mode, &got, s));
@@ -1170,67 +1231,75 @@ void VoxelizeCases(std::mt19937_64* rng, cudaStream_t s) {
   VoxelizeCasesOf<double>(rng, s);
   const std::vector<double> ones = {1.0, 1.0, 1.0};
   VoxelResult none;
-  CORE_OK(GpuVoxelize<float>({}, 4, {}, 2, ones, sparse_ops::VoxelMode::kAverage, &none, s));
-  Expect(none.coordinates.empty() && none.inverse.empty(), "voxelize no points");
+  CORE_OK(GpuVoxelize<float>({}, 4, {}, 2, ones,
+                             sparse_ops::VoxelMode::kAverage, &none, s));
+  Expect(none.coordinates.empty() && none.inverse.empty(),
+         "voxelize no points");
   // The CPU's errors (the first bad point in row order).
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const std::vector<std::vector<double>> bad = {
-      {0, 1, 1, 1, 0, 2, nan, 2, -1, 0, 0, 0},  // NaN in row 1 before the batch in row 2
+      {0, 1, 1, 1, 0, 2, nan, 2, -1, 0, 0,
+       0},  // NaN in row 1 before the batch in row 2
       {0.5, 0, 0, 0},
       {0, 0, 0, 0, 0, 0, 5e9, 0},
   };
   for (const auto& points : bad) {
     VoxelResult cpu_r, gpu_r;
     const std::vector<double> f(points.size() / 4, 1.0);
-    const Status cpu =
-        CpuVoxelize<double>(points, 4, f, 1, ones, sparse_ops::VoxelMode::kSum, &cpu_r);
-    const Status gpu =
-        GpuVoxelize<double>(points, 4, f, 1, ones, sparse_ops::VoxelMode::kSum, &gpu_r, s);
+    const Status cpu = CpuVoxelize<double>(points, 4, f, 1, ones,
+                                           sparse_ops::VoxelMode::kSum, &cpu_r);
+    const Status gpu = GpuVoxelize<double>(
+        points, 4, f, 1, ones, sparse_ops::VoxelMode::kSum, &gpu_r, s);
     Expect(!cpu.ok() && !gpu.ok() && cpu.message() == gpu.message(),
-           "voxelize error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+           "voxelize error: GPU '" + gpu.message() + "' vs CPU '" +
+               cpu.message() + "'");
   }
   // Rows too wide for a 64-bit key: the CPU compares rows, the GPU refuses.
-  const std::vector<double> wide = {0, 2147483647.0, -2147483648.0, 0,
-                                    1, -2147483648.0, 2147483647.0, 5};
+  const std::vector<double> wide = {0, 2147483647.0,  -2147483648.0, 0,
+                                    1, -2147483648.0, 2147483647.0,  5};
   const Status gpu = GpuVoxelize<double>(wide, 4, {1.0, 2.0}, 1, ones,
                                          sparse_ops::VoxelMode::kSum, &none, s);
-  Expect(!gpu.ok() && Contains(gpu.message(), "64-bit key"), "voxelize wide keys: " +
-                                                                 gpu.message());
+  Expect(!gpu.ok() && Contains(gpu.message(), "64-bit key"),
+         "voxelize wide keys: " + gpu.message());
 }
 
-// --- Depthwise convolution -------------------------------------------------------------
+// --- Depthwise convolution
+// -------------------------------------------------------------
 
 // The CPU core's forward, input and weight gradients on a host map, and the
 // GPU's on the same map; compared bit for bit, the GPU twice.
 template <typename T>
-void DepthwiseCase(const std::string& name, const HostMap& m, const sg::DeviceKernelMap& view,
-                   int64_t n_in, int64_t n_out, int64_t C, int64_t M, std::mt19937_64* rng,
-                   cudaStream_t s) {
+void DepthwiseCase(const std::string& name, const HostMap& m,
+                   const sg::DeviceKernelMap& view, int64_t n_in, int64_t n_out,
+                   int64_t C, int64_t M, std::mt19937_64* rng, cudaStream_t s) {
   const std::vector<T> x = Cast<T>(RandomValues(rng, n_in * C));
   const std::vector<T> w = Cast<T>(RandomValues(rng, m.K() * C * M));
   const std::vector<T> g = Cast<T>(RandomValues(rng, n_out * C * M));
-  const sparse_ops::KernelMapView cpu_map{m.splits.data(), m.in_rows.data(), m.out_rows.data(),
-                                          m.K()};
+  const sparse_ops::KernelMapView cpu_map{m.splits.data(), m.in_rows.data(),
+                                          m.out_rows.data(), m.K()};
   std::vector<std::vector<char>> memory;
   const sparse_ops::Allocate allocate = [&](int64_t bytes) -> void* {
     memory.emplace_back(bytes + 64);
-    return reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
-                                   ~uintptr_t{63});
+    return reinterpret_cast<void*>(
+        (reinterpret_cast<uintptr_t>(memory.back().data()) + 63) &
+        ~uintptr_t{63});
   };
   std::vector<T> y(n_out * C * M), dx(n_in * C), dw(m.K() * C * M);
-  sparse_ops::DepthwiseConv<T>(x.data(), C, M, w.data(), false, cpu_map, n_out, y.data(),
-                               sparse_ops::SerialFor);
+  sparse_ops::DepthwiseConv<T>(x.data(), C, M, w.data(), false, cpu_map, n_out,
+                               y.data(), sparse_ops::SerialFor);
   sparse_ops::KernelMapView transposed;
-  CORE_OK(sparse_ops::TransposedKernelMap(cpu_map, n_in, allocate, sparse_ops::SerialFor,
-                                          &transposed));
-  sparse_ops::DepthwiseConv<T>(g.data(), C, M, w.data(), true, transposed, n_in, dx.data(),
-                               sparse_ops::SerialFor);
-  CORE_OK(sparse_ops::DepthwiseConvWeightGradient<T>(x.data(), C, M, g.data(), cpu_map,
-                                                     dw.data(), allocate,
-                                                     sparse_ops::SerialFor));
-  DevBuf<T> d_x(x), d_w(w), d_g(g), d_y(y.size()), d_dx(dx.size()), d_dw(dw.size());
+  CORE_OK(sparse_ops::TransposedKernelMap(cpu_map, n_in, allocate,
+                                          sparse_ops::SerialFor, &transposed));
+  sparse_ops::DepthwiseConv<T>(g.data(), C, M, w.data(), true, transposed, n_in,
+                               dx.data(), sparse_ops::SerialFor);
+  CORE_OK(sparse_ops::DepthwiseConvWeightGradient<T>(
+      x.data(), C, M, g.data(), cpu_map, dw.data(), allocate,
+      sparse_ops::SerialFor));
+  DevBuf<T> d_x(x), d_w(w), d_g(g), d_y(y.size()), d_dx(dx.size()),
+      d_dw(dw.size());
   DevBuf<unsigned char> ws_y(sg::DepthwiseConvWorkspaceBytes(m.K(), n_out));
-  DevBuf<unsigned char> ws_dx(sg::DepthwiseConvBackpropInputWorkspaceBytes(m.K(), n_in));
+  DevBuf<unsigned char> ws_dx(
+      sg::DepthwiseConvBackpropInputWorkspaceBytes(m.K(), n_in));
   DevBuf<unsigned char> ws_dw(
       sg::DepthwiseConvBackpropKernelWorkspaceBytes<T>(m.K(), m.P(), C, M));
   std::vector<T> runs[2][3];
@@ -1238,26 +1307,31 @@ void DepthwiseCase(const std::string& name, const HostMap& m, const sg::DeviceKe
     d_y.Poison();
     d_dx.Poison();
     d_dw.Poison();
-    CORE_OK(sg::DepthwiseConv<T>(d_x.get(), n_in, C, M, d_w.get(), view, n_out, d_y.get(),
-                                 ws_y.get(), ws_y.size(), s));
-    CORE_OK(sg::DepthwiseConvBackpropInput<T>(d_g.get(), n_out, C, M, d_w.get(), view, n_in,
-                                              d_dx.get(), ws_dx.get(), ws_dx.size(), s));
-    CORE_OK(sg::DepthwiseConvBackpropKernel<T>(d_x.get(), n_in, C, M, d_g.get(), n_out, view,
-                                               d_dw.get(), ws_dw.get(), ws_dw.size(), s));
+    CORE_OK(sg::DepthwiseConv<T>(d_x.get(), n_in, C, M, d_w.get(), view, n_out,
+                                 d_y.get(), ws_y.get(), ws_y.size(), s));
+    CORE_OK(sg::DepthwiseConvBackpropInput<T>(d_g.get(), n_out, C, M, d_w.get(),
+                                              view, n_in, d_dx.get(),
+                                              ws_dx.get(), ws_dx.size(), s));
+    CORE_OK(sg::DepthwiseConvBackpropKernel<T>(d_x.get(), n_in, C, M, d_g.get(),
+                                               n_out, view, d_dw.get(),
+                                               ws_dw.get(), ws_dw.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     runs[r][0] = d_y.Download();
     runs[r][1] = d_dx.Download();
     runs[r][2] = d_dw.Download();
   }
-  const std::string what = "depthwise " + name + (sizeof(T) == 4 ? " f32" : " f64") +
+  const std::string what = "depthwise " + name +
+                           (sizeof(T) == 4 ? " f32" : " f64") +
                            " M=" + std::to_string(M);
   const auto same = [](const std::vector<T>& a, const std::vector<T>& b) {
-    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+    return a.size() == b.size() &&
+           std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
   };
   Expect(same(runs[0][0], y), what + ": forward equals the CPU");
   Expect(same(runs[0][1], dx), what + ": input gradient equals the CPU");
   Expect(same(runs[0][2], dw), what + ": weight gradient equals the CPU");
-  for (int i = 0; i < 3; ++i) Expect(same(runs[1][i], runs[0][i]), what + ": twice");
+  for (int i = 0; i < 3; ++i)
+    Expect(same(runs[1][i], runs[0][i]), what + ": twice");
 }
 
 void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
@@ -1271,8 +1345,17 @@ void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
     std::vector<int32_t> offsets, stride;
   };
   const std::vector<MapCase> cases = {
-      {"subm 3x3x3", &c, &c, true, BoxOffsets({-1, -1, -1}, {1, 1, 1}), {1, 1, 1}},
-      {"box 2x2x2 onto other sites", &c, &coarse, false, BoxOffsets({0, 0, 0}, {1, 1, 1}),
+      {"subm 3x3x3",
+       &c,
+       &c,
+       true,
+       BoxOffsets({-1, -1, -1}, {1, 1, 1}),
+       {1, 1, 1}},
+      {"box 2x2x2 onto other sites",
+       &c,
+       &coarse,
+       false,
+       BoxOffsets({0, 0, 0}, {1, 1, 1}),
        {2, 2, 2}},
   };
   for (const MapCase& k : cases) {
@@ -1280,27 +1363,35 @@ void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
     CORE_OK(runner.Run(s));
     const HostMap m = runner.Download();
     for (const int64_t M : {int64_t{1}, int64_t{3}}) {
-      DepthwiseCase<float>(k.name, m, runner.View(), k.in->n(), k.out->n(), 37, M, rng, s);
-      DepthwiseCase<double>(k.name, m, runner.View(), k.in->n(), k.out->n(), 16, M, rng, s);
+      DepthwiseCase<float>(k.name, m, runner.View(), k.in->n(), k.out->n(), 37,
+                           M, rng, s);
+      DepthwiseCase<double>(k.name, m, runner.View(), k.in->n(), k.out->n(), 16,
+                            M, rng, s);
     }
   }
   // A user's map that repeats an input row within an offset: reported.
   DevBuf<int64_t> splits(std::vector<int64_t>{0, 2});
-  DevBuf<int32_t> in_rows(std::vector<int32_t>{1, 1}), out_rows(std::vector<int32_t>{0, 1});
-  const sg::DeviceKernelMap repeated{splits.get(), in_rows.get(), out_rows.get(), 1, 2};
+  DevBuf<int32_t> in_rows(std::vector<int32_t>{1, 1}),
+      out_rows(std::vector<int32_t>{0, 1});
+  const sg::DeviceKernelMap repeated{splits.get(), in_rows.get(),
+                                     out_rows.get(), 1, 2};
   DevBuf<sg::KernelMapCheck> check(1);
   CORE_OK(sg::CheckKernelMap(repeated, 4, 2, check.get(), s));
-  DevBuf<float> grad(std::vector<float>(2 * 3, 1.0f)), w(std::vector<float>(3, 1.0f)), dx(12);
+  DevBuf<float> grad(std::vector<float>(2 * 3, 1.0f)),
+      w(std::vector<float>(3, 1.0f)), dx(12);
   DevBuf<unsigned char> ws(sg::DepthwiseConvBackpropInputWorkspaceBytes(1, 4));
-  CORE_OK(sg::DepthwiseConvBackpropInput<float>(grad.get(), 2, 3, 1, w.get(), repeated, 4,
-                                                dx.get(), ws.get(), ws.size(), s, check.get()));
+  CORE_OK(sg::DepthwiseConvBackpropInput<float>(grad.get(), 2, 3, 1, w.get(),
+                                                repeated, 4, dx.get(), ws.get(),
+                                                ws.size(), s, check.get()));
   CUDA_OK(cudaStreamSynchronize(s));
   const Status status = sg::KernelMapCheckStatus(check.Download()[0], 2, 4, 2);
-  Expect(!status.ok() && Contains(status.message(), "kernel map pair 1 repeats input row 1"),
+  Expect(!status.ok() && Contains(status.message(),
+                                  "kernel map pair 1 repeats input row 1"),
          "depthwise repeated input row: " + status.message());
 }
 
-// --- Timing ----------------------------------------------------------------------------
+// --- Timing
+// ----------------------------------------------------------------------------
 
 template <typename F>
 double MedianMs(cudaStream_t s, F&& f, int reps = 20) {
@@ -1333,9 +1424,10 @@ double MedianMs(cudaStream_t s, F&& f, int reps = 20) {
 // the union of the shell and its strided sites, and the forward with two
 // offsets in three pruned. Each op as a TensorFlow op runs it: host reads
 // included.
-void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<double>& x,
-                    const std::vector<double>& w, const std::vector<double>& g,
-                    double conv_ms, cudaStream_t s) {
+void OtherOpTimings(const Coords& shell, GpuConv<float>& cf,
+                    const std::vector<double>& x, const std::vector<double>& w,
+                    const std::vector<double>& g, double conv_ms,
+                    cudaStream_t s) {
   const int64_t n = shell.n(), C = 64;
   const float* features = cf.x.get();
   DevBuf<int32_t> d_shell(shell.rows);
@@ -1348,7 +1440,8 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<d
     CUDA_OK(cudaStreamSynchronize(s));
   };
   auto report = [&](const char* what, double ms) {
-    std::printf("  %-44s %.3f ms  (%.2fx the conv forward)\n", what, ms, ms / conv_ms);
+    std::printf("  %-44s %.3f ms  (%.2fx the conv forward)\n", what, ms,
+                ms / conv_ms);
   };
 
   // Strided coordinates (stride 2): count, one host read, fill.
@@ -1357,11 +1450,13 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<d
   DevBuf<unsigned char> strided_ws(sg::StridedCoordinatesWorkspaceBytes(n));
   DevBuf<int32_t> d_coarse(n * 4);
   auto strided = [&] {
-    CORE_OK(sg::StridedCoordinatesCount(d_shell.get(), n, 4, two, info.get(), strided_ws.get(),
-                                        strided_ws.size(), s));
+    CORE_OK(sg::StridedCoordinatesCount(d_shell.get(), n, 4, two, info.get(),
+                                        strided_ws.get(), strided_ws.size(),
+                                        s));
     read_info();
-    CORE_OK(sg::StridedCoordinatesFill(info.get(), n, 4, host->num_pairs, d_coarse.get(),
-                                       strided_ws.get(), strided_ws.size(), s));
+    CORE_OK(sg::StridedCoordinatesFill(info.get(), n, 4, host->num_pairs,
+                                       d_coarse.get(), strided_ws.get(),
+                                       strided_ws.size(), s));
   };
   strided();
   CUDA_OK(cudaStreamSynchronize(s));
@@ -1371,29 +1466,35 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<d
   report("strided coordinates (stride 2)", MedianMs(s, strided));
 
   // The downsampling map and pooling over it.
-  GpuMapRunner down(shell, coarse, false, BoxOffsets({0, 0, 0}, {1, 1, 1}), {1, 1, 1});
+  GpuMapRunner down(shell, coarse, false, BoxOffsets({0, 0, 0}, {1, 1, 1}),
+                    {1, 1, 1});
   CORE_OK(down.Run(s));
-  report("kernel map 2x2x2 onto the strided sites", MedianMs(s, [&] { CORE_OK(down.Run(s)); }));
+  report("kernel map 2x2x2 onto the strided sites",
+         MedianMs(s, [&] { CORE_OK(down.Run(s)); }));
   DevBuf<float> pooled(nc * C);
   DevBuf<int32_t> argmax(nc * C);
   report("max pool 2x2x2", MedianMs(s, [&] {
-    CORE_OK(sg::MaxPool<float>(features, n, C, down.View(), nc, pooled.get(), argmax.get(), s));
-  }));
+           CORE_OK(sg::MaxPool<float>(features, n, C, down.View(), nc,
+                                      pooled.get(), argmax.get(), s));
+         }));
   report("average pool 2x2x2", MedianMs(s, [&] {
-    CORE_OK(sg::SumPool<float>(features, n, C, down.View(), nc, true, pooled.get(), s));
-  }));
+           CORE_OK(sg::SumPool<float>(features, n, C, down.View(), nc, true,
+                                      pooled.get(), s));
+         }));
   DevBuf<int32_t> batch(n);
   CUDA_OK(cudaMemset(batch.get(), 0, n * sizeof(int32_t)));
   DevBuf<sg::IndexCheck> index_check(1);
   DevBuf<unsigned char> global_ws(sg::GlobalPoolWorkspaceBytes<float>(n, C, 1));
   DevBuf<float> global(C);
   report("global average pool", MedianMs(s, [&] {
-    CORE_OK(sg::GlobalSumPool<float>(features, n, C, batch.get(), 1, true, global.get(),
-                                     index_check.get(), global_ws.get(), global_ws.size(), s));
-  }));
+           CORE_OK(sg::GlobalSumPool<float>(
+               features, n, C, batch.get(), 1, true, global.get(),
+               index_check.get(), global_ws.get(), global_ws.size(), s));
+         }));
 
   // Attention: the keep mask and the kept rows' count, read back.
-  for (const auto per : {sparse_ops::AttentionPer::kChannel, sparse_ops::AttentionPer::kSite}) {
+  for (const auto per :
+       {sparse_ops::AttentionPer::kChannel, sparse_ops::AttentionPer::kSite}) {
     DevBuf<unsigned char> ws(sg::AttentionWorkspaceBytes<float>(n, C, per));
     DevBuf<unsigned char> keep(n * C);
     DevBuf<sg::AttentionInfo> attention_info(1);
@@ -1401,11 +1502,13 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<d
       CORE_OK(sg::AttentionKeep<float>(features, n, C, d_shell.get(), 4, n / 10,
                                        sparse_ops::AttentionMode::kValue, per,
                                        reinterpret_cast<bool*>(keep.get()),
-                                       attention_info.get(), ws.get(), ws.size(), s));
+                                       attention_info.get(), ws.get(),
+                                       ws.size(), s));
       CUDA_OK(cudaStreamSynchronize(s));
     });
-    report(per == sparse_ops::AttentionPer::kSite ? "attention per site, k = n / 10"
-                                                  : "attention per channel, k = n / 10",
+    report(per == sparse_ops::AttentionPer::kSite
+               ? "attention per site, k = n / 10"
+               : "attention per channel, k = n / 10",
            ms);
   }
 
@@ -1416,21 +1519,26 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf, const std::vector<d
     DevBuf<int32_t> rows0(n), rows1(nc), out((n + nc) * 4);
     int32_t* rows[2] = {rows0.get(), rows1.get()};
     DevBuf<unsigned char> ws(sg::CoordinateUnionWorkspaceBytes(n + nc, 4));
-    report("coordinate union (shell + strided sites)", MedianMs(s, [&] {
-      CORE_OK(sg::CoordinateUnionCount(inputs, sizes, 2, 4, rows, info.get(), ws.get(),
-                                       ws.size(), s));
-      read_info();
-      CORE_OK(sg::CoordinateUnionFill(n + nc, 4, out.get(), ws.get(), ws.size(), s));
-    }));
+    report(
+        "coordinate union (shell + strided sites)", MedianMs(s, [&] {
+          CORE_OK(sg::CoordinateUnionCount(inputs, sizes, 2, 4, rows,
+                                           info.get(), ws.get(), ws.size(), s));
+          read_info();
+          CORE_OK(sg::CoordinateUnionFill(n + nc, 4, out.get(), ws.get(),
+                                          ws.size(), s));
+        }));
   }
 
   // Pruned offsets are skipped: 9 of 27 kept.
   std::vector<double> pruned = w;
   for (int64_t k = 0; k < 27; ++k) {
-    if (k % 3 != 0) std::fill(pruned.begin() + k * C * C, pruned.begin() + (k + 1) * C * C, 0.0);
+    if (k % 3 != 0)
+      std::fill(pruned.begin() + k * C * C, pruned.begin() + (k + 1) * C * C,
+                0.0);
   }
   GpuConv<float> pc(cf.map, n, n, C, C, x, pruned, g);
-  report("conv forward, 18 of 27 offsets pruned", MedianMs(s, [&] { pc.Forward(s); }));
+  report("conv forward, 18 of 27 offsets pruned",
+         MedianMs(s, [&] { pc.Forward(s); }));
   CUDA_OK(cudaFreeHost(host));
 }
 
@@ -1485,15 +1593,21 @@ void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
   const double d_dx = MedianMs(s, [&] { cd.InputGrad(s); });
   const double d_dw = MedianMs(s, [&] { cd.WeightGrad(s); });
   std::printf("timings (H100 median of 20, ms):\n");
-  std::printf("  kernel map (count + info sync + fill) %.3f ms  (%.0f Mpairs/s)"
-              "; unmirrored %.3f ms\n", t_map, P / t_map / 1e3, t_map_general);
+  std::printf(
+      "  kernel map (count + info sync + fill) %.3f ms  (%.0f Mpairs/s)"
+      "; unmirrored %.3f ms\n",
+      t_map, P / t_map / 1e3, t_map_general);
   std::printf("  transposed map (part of dX)           %.3f ms\n", t_transpose);
-  std::printf("  f32 forward %.3f ms (%.0f GFLOP/s)  dX %.3f ms (%.0f)  dW %.3f ms (%.0f)\n",
-              f_fwd, flops / f_fwd / 1e6, f_dx, flops / f_dx / 1e6, f_dw,
-              flops / f_dw / 1e6);
-  std::printf("  f64 forward %.3f ms (%.0f GFLOP/s)  dX %.3f ms (%.0f)  dW %.3f ms (%.0f)\n",
-              d_fwd, flops / d_fwd / 1e6, d_dx, flops / d_dx / 1e6, d_dw,
-              flops / d_dw / 1e6);
+  std::printf(
+      "  f32 forward %.3f ms (%.0f GFLOP/s)  dX %.3f ms (%.0f)  dW %.3f ms "
+      "(%.0f)\n",
+      f_fwd, flops / f_fwd / 1e6, f_dx, flops / f_dx / 1e6, f_dw,
+      flops / f_dw / 1e6);
+  std::printf(
+      "  f64 forward %.3f ms (%.0f GFLOP/s)  dX %.3f ms (%.0f)  dW %.3f ms "
+      "(%.0f)\n",
+      d_fwd, flops / d_fwd / 1e6, d_dx, flops / d_dx / 1e6, d_dw,
+      flops / d_dw / 1e6);
   std::printf("  workspace bytes: map %zu, f32 fwd %zu, dX %zu, dW %zu\n",
               runner.ws_bytes, cf.fwd_bytes, cf.dx_bytes, cf.dw_bytes);
   OtherOpTimings(shell, cf, x, w, g, f_fwd, s);
@@ -1511,9 +1625,10 @@ void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
       cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, C, P, C, &one, b.get(), C,
                   a.get(), C, &zero, c.get(), C);
     });
-    std::printf("  cuBLAS SGEMM [%lld,64]x[64,64] (the same FLOPs, packed): "
-                "%.3f ms (%.0f GFLOP/s)\n", static_cast<long long>(P), t,
-                flops / t / 1e6);
+    std::printf(
+        "  cuBLAS SGEMM [%lld,64]x[64,64] (the same FLOPs, packed): "
+        "%.3f ms (%.0f GFLOP/s)\n",
+        static_cast<long long>(P), t, flops / t / 1e6);
     cublasDestroy(h);
   }
 #endif
@@ -1551,24 +1666,24 @@ int main(int argc, char** argv) {
     // Submanifold 3x3x3 with negative coordinates, 3 batches: mirrored.
     const Coords c = RandomCoords(&rng, 4, 3, -7, 6, 0.3);
     const std::vector<int32_t> cube = BoxOffsets({-1, -1, -1}, {1, 1, 1});
-    SmallCase("subm 3x3x3 mirrored", c, c, true, cube, {1, 1, 1}, 37, 70,
-              &rng, s);
+    SmallCase("subm 3x3x3 mirrored", c, c, true, cube, {1, 1, 1}, 37, 70, &rng,
+              s);
     if (tiny) {
       return Report();
     }
-    SmallCase("subm 3x3x3 general", c, c, false, cube, {1, 1, 1}, 64, 64,
-              &rng, s);
+    SmallCase("subm 3x3x3 general", c, c, false, cube, {1, 1, 1}, 64, 64, &rng,
+              s);
     // Non-symmetric geometry, different in / out sets, a stride, output
     // sites far outside the input range.
     Coords out = RandomCoords(&rng, 4, 3, -9, 8, 0.2);
     out.rows.insert(out.rows.end(), {0, -100000, 5, 5, 2, 1 << 30, 0, 0});
     const std::vector<int32_t> box = BoxOffsets({0, -1, 0}, {1, 1, 2});
-    SmallCase("box 2x3x3 stride (2,1,3)", c, out, false, box, {2, 1, 3}, 5,
-              130, &rng, s);
+    SmallCase("box 2x3x3 stride (2,1,3)", c, out, false, box, {2, 1, 3}, 5, 130,
+              &rng, s);
     // 2D (dims 3) and 5D (dims 6, the generic path).
     const Coords c2 = RandomCoords(&rng, 3, 2, -20, 20, 0.3);
-    SmallCase("2D 5x5", c2, c2, true, BoxOffsets({-2, -2}, {2, 2}), {1, 1},
-              16, 16, &rng, s);
+    SmallCase("2D 5x5", c2, c2, true, BoxOffsets({-2, -2}, {2, 2}), {1, 1}, 16,
+              16, &rng, s);
     const Coords c5 = RandomCoords(&rng, 6, 2, -2, 3, 0.3);
     SmallCase("5D 3^5", c5, c5, true,
               BoxOffsets({-1, -1, -1, -1, -1}, {1, 1, 1, 1, 1}),

@@ -16,24 +16,24 @@
 
 namespace {
 
-#define CUDA_OK(expr)                                                   \
-  do {                                                                  \
-    const cudaError_t e_ = (expr);                                      \
-    if (e_ != cudaSuccess) {                                            \
-      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr,    \
-                  cudaGetErrorString(e_));                              \
-      std::exit(2);                                                     \
-    }                                                                   \
+#define CUDA_OK(expr)                                                \
+  do {                                                               \
+    const cudaError_t e_ = (expr);                                   \
+    if (e_ != cudaSuccess) {                                         \
+      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr, \
+                  cudaGetErrorString(e_));                           \
+      std::exit(2);                                                  \
+    }                                                                \
   } while (0)
 
-#define CORE_OK(expr)                                                   \
-  do {                                                                  \
-    const ::sparse_ops::Status s_ = (expr);                                           \
-    if (!s_.ok()) {                                                     \
-      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr,    \
-                  s_.message().c_str());                                \
-      std::exit(2);                                                     \
-    }                                                                   \
+#define CORE_OK(expr)                                                \
+  do {                                                               \
+    const ::sparse_ops::Status s_ = (expr);                          \
+    if (!s_.ok()) {                                                  \
+      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr, \
+                  s_.message().c_str());                             \
+      std::exit(2);                                                  \
+    }                                                                \
   } while (0)
 
 int g_checks = 0;
@@ -53,7 +53,8 @@ void Expect(bool ok, const std::string& what) {
   }
 }
 
-// --- Device buffers ------------------------------------------------------------
+// --- Device buffers
+// ------------------------------------------------------------
 
 template <typename T>
 class DevBuf {
@@ -84,8 +85,7 @@ class DevBuf {
   std::vector<T> Download() const {
     std::vector<T> v(n_);
     if (n_ > 0) {
-      CUDA_OK(cudaMemcpy(v.data(), p_, n_ * sizeof(T),
-                         cudaMemcpyDeviceToHost));
+      CUDA_OK(cudaMemcpy(v.data(), p_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
     }
     return v;
   }

@@ -10,18 +10,16 @@
 // stream compaction of the neighbour table in (k, o) order: per-block
 // counts, one exclusive scan, then a ballot-based fill. Pairs come out
 // sorted by output row within each offset, exactly as on the CPU.
-#include "kernels/cuda/core_gpu.h"
-
 #include <cuda_runtime.h>
-
-#include "kernels/cuda/launch.cu.h"
-
-#include <cub/cub.cuh>
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <cub/cub.cuh>
 #include <string>
+
+#include "kernels/cuda/core_gpu.h"
+#include "kernels/cuda/launch.cu.h"
 
 namespace sparse_ops {
 namespace gpu {
@@ -41,7 +39,8 @@ int64_t TableCapacity(int64_t n) {
   return capacity;
 }
 
-// --- Key layout (kernels/core/key_layout.h) ------------------------------------
+// --- Key layout (kernels/core/key_layout.h)
+// ------------------------------------
 
 // The layout's packing fields, in shared memory for PackKey.
 struct SharedLayout {
@@ -50,8 +49,7 @@ struct SharedLayout {
   int32_t shift[kMaxDims];
 };
 
-__device__ void LoadLayout(const KeyLayout& layout, int dims,
-                           SharedLayout* s) {
+__device__ void LoadLayout(const KeyLayout& layout, int dims, SharedLayout* s) {
   for (int a = threadIdx.x; a < dims; a += blockDim.x) {
     s->lo[a] = layout.lo[a];
     s->span[a] = layout.span[a];
@@ -112,8 +110,8 @@ __global__ void InitInfoKernel(KernelMapInfo* info) {
 __global__ void BoundsKernel(const int32_t* __restrict__ coords, int64_t n,
                              int dims, KernelMapInfo* info) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                        threadIdx.x;
+  const int64_t start =
+      static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (int a = 0; a < dims; ++a) {
     int lo = kInt32Max, hi = kInt32Min;
     for (int64_t i = start; i < n; i += step) {
@@ -139,8 +137,7 @@ __global__ void BoundsKernel(const int32_t* __restrict__ coords, int64_t n,
 __global__ void NegativeBatchKernel(const int32_t* __restrict__ coords,
                                     int64_t n, int dims, uint64_t* first) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                   threadIdx.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < n; i += step) {
     if (coords[i * dims] < 0) {
       atomicMin(reinterpret_cast<ull*>(first), static_cast<ull>(i));
@@ -176,8 +173,7 @@ __global__ void LayoutKernel(KernelMapInfo* info, int dims,
 __global__ void TableInitKernel(uint64_t* keys, int32_t* rows,
                                 int64_t capacity) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                   threadIdx.x;
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        s < capacity; s += step) {
     keys[s] = kEmptyKey;
     rows[s] = kInt32Max;
@@ -192,8 +188,7 @@ __global__ void InsertKernel(const int32_t* __restrict__ coords, int64_t n,
   if (info->error != kMapOk) return;  // the same for every thread
   LoadLayout(info->layout, dims, &layout);
   __syncthreads();
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                    threadIdx.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   int64_t q[D > 0 ? D : kMaxDims];
   LoadRow<D>(coords, i, dims, q);
@@ -201,9 +196,9 @@ __global__ void InsertKernel(const int32_t* __restrict__ coords, int64_t n,
   if (!PackKey<D>(layout, dims, q, &key)) return;  // cannot happen: own range
   uint64_t slot = HashKey(key) & mask;
   while (true) {
-    const ull prev = atomicCAS(reinterpret_cast<ull*>(&keys[slot]),
-                               static_cast<ull>(kEmptyKey),
-                               static_cast<ull>(key));
+    const ull prev =
+        atomicCAS(reinterpret_cast<ull*>(&keys[slot]),
+                  static_cast<ull>(kEmptyKey), static_cast<ull>(key));
     if (prev == kEmptyKey || prev == key) {
       // Each slot keeps the smallest row of its site.
       atomicMin(&rows[slot], static_cast<int32_t>(i));
@@ -226,8 +221,7 @@ __global__ void DuplicateKernel(const int32_t* __restrict__ coords, int64_t n,
   if (info->duplicate_flag == 0 || info->error != kMapOk) return;
   LoadLayout(info->layout, dims, &layout);
   __syncthreads();
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                    threadIdx.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   int64_t q[D > 0 ? D : kMaxDims];
   LoadRow<D>(coords, i, dims, q);
@@ -247,14 +241,12 @@ template <int D>
 __global__ void ProbeKernel(const int32_t* __restrict__ out_coords,
                             int64_t n_out, int dims,
                             const int32_t* __restrict__ offsets, int64_t K,
-                            const Stride stride,
-                            const KernelMapInfo* info,
+                            const Stride stride, const KernelMapInfo* info,
                             const uint64_t* __restrict__ keys,
                             const int32_t* __restrict__ rows, uint64_t mask,
                             int32_t* nbr) {
   __shared__ SharedLayout layout;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                    threadIdx.x;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (info->error != kMapOk) {  // no usable layout: an empty map
     for (int64_t k = blockIdx.y; k < K && o < n_out; k += gridDim.y) {
       nbr[k * n_out + o] = -1;
@@ -302,8 +294,7 @@ __global__ void PackKeysKernel(const int32_t* __restrict__ coords, int64_t n,
   const bool bad = info->error == kMapKeyTooWide;
   LoadLayout(info->layout, dims, &layout);
   __syncthreads();
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                    threadIdx.x;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
   int64_t q[D > 0 ? D : kMaxDims];
   LoadRow<D>(coords, i, dims, q);
@@ -333,14 +324,16 @@ __global__ void FinishInfoKernel(KernelMapInfo* info,
   }
 }
 
-// --- Coordinate lookup ---------------------------------------------------------------
+// --- Coordinate lookup
+// ---------------------------------------------------------------
 
 template <int D>
-__global__ void LookupKernel(const int32_t* __restrict__ queries, int64_t num_queries,
-                             int dims, const KernelMapInfo* info,
+__global__ void LookupKernel(const int32_t* __restrict__ queries,
+                             int64_t num_queries, int dims,
+                             const KernelMapInfo* info,
                              const uint64_t* __restrict__ keys,
-                             const int32_t* __restrict__ table_rows, uint64_t mask,
-                             int32_t* __restrict__ rows) {
+                             const int32_t* __restrict__ table_rows,
+                             uint64_t mask, int32_t* __restrict__ rows) {
   __shared__ SharedLayout layout;
   const bool ok = info->error == kMapOk;
   if (ok) LoadLayout(info->layout, dims, &layout);
@@ -352,12 +345,14 @@ __global__ void LookupKernel(const int32_t* __restrict__ queries, int64_t num_qu
     int64_t c[D > 0 ? D : kMaxDims];
     LoadRow<D>(queries, q, dims, c);
     uint64_t key;
-    if (PackKey<D>(layout, dims, c, &key)) row = Find(keys, table_rows, mask, key);
+    if (PackKey<D>(layout, dims, c, &key))
+      row = Find(keys, table_rows, mask, key);
   }
   rows[q] = row;
 }
 
-// --- Strided coordinates -----------------------------------------------------------
+// --- Strided coordinates
+// -----------------------------------------------------------
 
 __host__ __device__ inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
   return a >= 0 ? a / b : -((-a + b - 1) / b);
@@ -366,7 +361,8 @@ __host__ __device__ inline int64_t FloorDiv(int64_t a, int64_t b) {  // b > 0
 // KeyPacker::Finalize over the strided range (one thread): floor(c / s) * s
 // is monotone in c, so its range follows from the bounds. Records the
 // first axis whose strided range falls below int32, as the CPU does.
-__global__ void StridedLayoutKernel(KernelMapInfo* info, int dims, const Stride stride) {
+__global__ void StridedLayoutKernel(KernelMapInfo* info, int dims,
+                                    const Stride stride) {
   int64_t lo[kMaxDims], hi[kMaxDims];
   for (int a = 0; a < dims; ++a) {
     lo[a] = info->lo[a];
@@ -388,8 +384,9 @@ __global__ void StridedLayoutKernel(KernelMapInfo* info, int dims, const Stride 
 }
 
 template <int D>
-__global__ void StridedPackKernel(const int32_t* __restrict__ coords, int64_t n, int dims,
-                                  const Stride stride, const KernelMapInfo* info,
+__global__ void StridedPackKernel(const int32_t* __restrict__ coords, int64_t n,
+                                  int dims, const Stride stride,
+                                  const KernelMapInfo* info,
                                   uint64_t* __restrict__ keys) {
   __shared__ SharedLayout layout;
   const bool ok = info->error == kMapOk;
@@ -410,16 +407,18 @@ __global__ void StridedPackKernel(const int32_t* __restrict__ coords, int64_t n,
   keys[i] = key;
 }
 
-__global__ void UnpackKernel(const uint64_t* __restrict__ keys, int64_t n, int dims,
-                             const KernelMapInfo* info, int32_t* __restrict__ out) {
+__global__ void UnpackKernel(const uint64_t* __restrict__ keys, int64_t n,
+                             int dims, const KernelMapInfo* info,
+                             int32_t* __restrict__ out) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += step) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < n; i += step) {
     UnpackKey(info->layout, keys[i], out + i * dims);
   }
 }
 
-// --- Generative coordinates -------------------------------------------------------
+// --- Generative coordinates
+// -------------------------------------------------------
 
 // Per-axis min / max of the steps offsets[k] * stride (axis 0: none).
 struct StepBounds {
@@ -435,14 +434,15 @@ __global__ void StepBoundsInitKernel(StepBounds* b) {
   }
 }
 
-__global__ void StepBoundsKernel(const int32_t* __restrict__ offsets, int64_t K, int dims,
-                                 const Stride stride, StepBounds* b) {
+__global__ void StepBoundsKernel(const int32_t* __restrict__ offsets, int64_t K,
+                                 int dims, const Stride stride, StepBounds* b) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < K;
-       k += step) {
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       k < K; k += step) {
     for (int a = 1; a < dims; ++a) {
       const long long v =
-          static_cast<long long>(offsets[k * (dims - 1) + a - 1]) * stride.v[a - 1];
+          static_cast<long long>(offsets[k * (dims - 1) + a - 1]) *
+          stride.v[a - 1];
       atomicMin(&b->lo[a], v);
       atomicMax(&b->hi[a], v);
     }
@@ -475,9 +475,11 @@ __global__ void GenerativeLayoutKernel(KernelMapInfo* info, int dims, int64_t K,
 
 // keys[i * K + k] = the key of row i shifted by offset k.
 template <int D>
-__global__ void GenerativePackKernel(const int32_t* __restrict__ coords, int64_t n, int dims,
-                                     const int32_t* __restrict__ offsets, int64_t K,
-                                     const Stride stride, const KernelMapInfo* info,
+__global__ void GenerativePackKernel(const int32_t* __restrict__ coords,
+                                     int64_t n, int dims,
+                                     const int32_t* __restrict__ offsets,
+                                     int64_t K, const Stride stride,
+                                     const KernelMapInfo* info,
                                      uint64_t* __restrict__ keys) {
   __shared__ SharedLayout layout;
   const bool ok = info->error == kMapOk;
@@ -485,15 +487,16 @@ __global__ void GenerativePackKernel(const int32_t* __restrict__ coords, int64_t
   __syncthreads();
   const int64_t total = n * K;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < total;
-       t += step) {
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       t < total; t += step) {
     const int64_t i = t / K, k = t % K;
     int64_t q[D > 0 ? D : kMaxDims];
     LoadRow<D>(coords, i, dims, q);
 #pragma unroll
     for (int a = 1; a < (D > 0 ? D : kMaxDims); ++a) {
       if (D == 0 && a >= dims) break;
-      q[a] += static_cast<int64_t>(offsets[k * (dims - 1) + a - 1]) * stride.v[a - 1];
+      q[a] += static_cast<int64_t>(offsets[k * (dims - 1) + a - 1]) *
+              stride.v[a - 1];
     }
     uint64_t key = 0;
     if (ok) PackKey<D>(layout, dims, q, &key);  // in range by construction
@@ -514,12 +517,13 @@ size_t SortUniqueBytes(int64_t n) {
   const int items = static_cast<int>(std::min<int64_t>(n, kInt32Max));
   size_t sort = 0, unique = 0;
   const cudaError_t e1 = cub::DeviceRadixSort::SortKeys(
-      nullptr, sort, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      items);
+      nullptr, sort, static_cast<const uint64_t*>(nullptr),
+      static_cast<uint64_t*>(nullptr), items);
   const cudaError_t e2 = cub::DeviceSelect::Unique(
-      nullptr, unique, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<int64_t*>(nullptr), items);
-  return e1 == cudaSuccess && e2 == cudaSuccess ? std::max(sort, unique) : SIZE_MAX;
+      nullptr, unique, static_cast<const uint64_t*>(nullptr),
+      static_cast<uint64_t*>(nullptr), static_cast<int64_t*>(nullptr), items);
+  return e1 == cudaSuccess && e2 == cudaSuccess ? std::max(sort, unique)
+                                                : SIZE_MAX;
 }
 
 StridedBuffers CarveStrided(void* workspace, int64_t n) {
@@ -536,11 +540,11 @@ StridedBuffers CarveStrided(void* workspace, int64_t n) {
 
 // Sorts the n keys of b and makes them unique (into b.unique); the count
 // goes to *count on the device.
-Status SortUniqueKeys(const StridedBuffers& b, int64_t n, int64_t* count, GpuStream stream,
-                      const char* what) {
+Status SortUniqueKeys(const StridedBuffers& b, int64_t n, int64_t* count,
+                      GpuStream stream, const char* what) {
   size_t temp_bytes = b.temp_bytes;
-  cudaError_t e = cub::DeviceRadixSort::SortKeys(b.temp, temp_bytes, b.keys, b.sorted,
-                                                 static_cast<int>(n), 0, 64, stream);
+  cudaError_t e = cub::DeviceRadixSort::SortKeys(
+      b.temp, temp_bytes, b.keys, b.sorted, static_cast<int>(n), 0, 64, stream);
   temp_bytes = b.temp_bytes;
   if (e == cudaSuccess) {
     e = cub::DeviceSelect::Unique(b.temp, temp_bytes, b.sorted, b.unique, count,
@@ -553,13 +557,15 @@ Status SortUniqueKeys(const StridedBuffers& b, int64_t n, int64_t* count, GpuStr
 // GenerativeLayoutKernel), in the CPU op's order.
 Status SitesInfoStatus(const KernelMapInfo& info, const char* what) {
   if (info.negative_in_row != kNone) {
-    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
+    return Status::Error("coordinates row " +
+                         std::to_string(info.negative_in_row) +
                          " has a negative batch index " +
                          std::to_string(info.negative_in_value));
   }
   const std::string axis = std::to_string(info.error_axis);
   if (info.error == kMapStridedUnderflow) {
-    return Status::Error("strided coordinates of axis " + axis + " fall below the int32 range");
+    return Status::Error("strided coordinates of axis " + axis +
+                         " fall below the int32 range");
   }
   if (info.error == kMapGenerativeOverflow) {
     return Status::Error("generated coordinates of axis " + axis +
@@ -567,29 +573,31 @@ Status SitesInfoStatus(const KernelMapInfo& info, const char* what) {
   }
   if (info.error == kMapKeyTooWide) return KeyWidthStatus(info.layout);
   if (info.error != kMapOk) {
-    return Status::Internal(std::string("sparse_ops GPU ") + what + ": unknown error " +
-                            std::to_string(info.error));
+    return Status::Internal(std::string("sparse_ops GPU ") + what +
+                            ": unknown error " + std::to_string(info.error));
   }
   return Status::Ok();
 }
 
 // Writes the first num_sites unique keys of b (of at most `candidates`)
 // as coordinates.
-Status UnpackSites(const StridedBuffers& b, int64_t candidates, const KernelMapInfo* info,
-                   int dims, int64_t num_sites, int32_t* out, GpuStream stream,
-                   const char* what) {
+Status UnpackSites(const StridedBuffers& b, int64_t candidates,
+                   const KernelMapInfo* info, int dims, int64_t num_sites,
+                   int32_t* out, GpuStream stream, const char* what) {
   if (num_sites <= 0) return Status::Ok();
   if (num_sites > candidates) {
-    return Status::Internal(std::string("sparse_ops GPU ") + what + ": more sites than keys");
+    return Status::Internal(std::string("sparse_ops GPU ") + what +
+                            ": more sites than keys");
   }
-  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.unique, num_sites, dims, info,
-                                                            out);
+  UnpackKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(b.unique, num_sites,
+                                                            dims, info, out);
   return LaunchStatus(what);
 }
 
-// --- Stream compaction of a neighbour table ------------------------------------------
-// table [E] (E = K * n_cols) in (k, col) order -> pairs (table[e], e % n_cols)
-// for table[e] >= 0, in the same order.
+// --- Stream compaction of a neighbour table
+// ------------------------------------------ table [E] (E = K * n_cols) in (k,
+// col) order -> pairs (table[e], e % n_cols) for table[e] >= 0, in the same
+// order.
 
 __global__ void CountKernel(const int32_t* __restrict__ table, int64_t E,
                             int32_t* counts) {
@@ -614,8 +622,8 @@ __global__ void CountKernel(const int32_t* __restrict__ table, int64_t E,
 // One block of 1024 threads: offsets = exclusive scan of counts, *total =
 // the sum (also into info->num_pairs when info is given).
 __global__ void __launch_bounds__(1024)
-    ScanKernel(const int32_t* __restrict__ counts, int64_t nb,
-               int64_t* offsets, int64_t* total, KernelMapInfo* info) {
+    ScanKernel(const int32_t* __restrict__ counts, int64_t nb, int64_t* offsets,
+               int64_t* total, KernelMapInfo* info) {
   __shared__ int64_t warp_sum[32];
   __shared__ int64_t chunk_total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
@@ -655,11 +663,9 @@ __global__ void __launch_bounds__(1024)
 // Writes the pairs, and splits[k] = the position of entry k * n_cols (the
 // pairs of offsets before k) when splits is given.
 __global__ void FillKernel(const int32_t* __restrict__ table, int64_t E,
-                           int64_t n_cols,
-                           const int64_t* __restrict__ offsets,
+                           int64_t n_cols, const int64_t* __restrict__ offsets,
                            const int64_t* __restrict__ total, int64_t K,
-                           int64_t* splits, int32_t* rows_a,
-                           int32_t* rows_b) {
+                           int64_t* splits, int32_t* rows_a, int32_t* rows_b) {
   __shared__ int warp_base[kItems * kWarps];
   const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * kTile;
@@ -673,7 +679,8 @@ __global__ void FillKernel(const int32_t* __restrict__ table, int64_t E,
   }
   if (lane == 0) {
 #pragma unroll
-    for (int j = 0; j < kItems; ++j) warp_base[j * kWarps + warp] = __popc(bal[j]);
+    for (int j = 0; j < kItems; ++j)
+      warp_base[j * kWarps + warp] = __popc(bal[j]);
   }
   __syncthreads();
   if (warp == 0) {
@@ -754,12 +761,12 @@ void LaunchFill(const int32_t* table, int64_t E, int64_t n_cols,
     }
     return;
   }
-  FillKernel<<<c.blocks, kThreads, 0, stream>>>(table, E, n_cols, c.offsets,
-                                                c.total, K, splits, rows_a,
-                                                rows_b);
+  FillKernel<<<c.blocks, kThreads, 0, stream>>>(
+      table, E, n_cols, c.offsets, c.total, K, splits, rows_a, rows_b);
 }
 
-// --- Kernel map workspace ----------------------------------------------------------
+// --- Kernel map workspace
+// ----------------------------------------------------------
 
 struct MapBuffers {
   uint64_t* keys;
@@ -786,12 +793,12 @@ MapBuffers CarveMap(void* workspace, int64_t n_in, int64_t n_out, int64_t K) {
 
 Status CheckSizes(int64_t n_in, int64_t n_out, int64_t K) {
   const int64_t kMaxRows = (int64_t{1} << 31) - 1;
-  if (n_in < 0 || n_out < 0 || n_in >= kMaxRows || n_out >= kMaxRows ||
-      K < 0) {
-    return Status::Error("sparse_ops GPU kernel map: row counts must be in "
-                         "[0, 2^31 - 1) and the offset count >= 0, got " +
-                         std::to_string(n_in) + ", " + std::to_string(n_out) +
-                         ", " + std::to_string(K));
+  if (n_in < 0 || n_out < 0 || n_in >= kMaxRows || n_out >= kMaxRows || K < 0) {
+    return Status::Error(
+        "sparse_ops GPU kernel map: row counts must be in "
+        "[0, 2^31 - 1) and the offset count >= 0, got " +
+        std::to_string(n_in) + ", " + std::to_string(n_out) + ", " +
+        std::to_string(K));
   }
   return Status::Ok();
 }
@@ -800,28 +807,19 @@ Status CheckSizes(int64_t n_in, int64_t n_out, int64_t K) {
 #define SPARSE_OPS_DISPATCH_DIMS(dims, KERNEL, grid, block, stream, ...) \
   do {                                                                   \
     switch (dims) {                                                      \
-      case 2:                                                            \
-        KERNEL<2><<<grid, block, 0, stream>>>(__VA_ARGS__);              \
-        break;                                                           \
-      case 3:                                                            \
-        KERNEL<3><<<grid, block, 0, stream>>>(__VA_ARGS__);              \
-        break;                                                           \
-      case 4:                                                            \
-        KERNEL<4><<<grid, block, 0, stream>>>(__VA_ARGS__);              \
-        break;                                                           \
-      case 5:                                                            \
-        KERNEL<5><<<grid, block, 0, stream>>>(__VA_ARGS__);              \
-        break;                                                           \
-      default:                                                           \
-        KERNEL<0><<<grid, block, 0, stream>>>(__VA_ARGS__);              \
+      case 2: KERNEL<2><<<grid, block, 0, stream>>>(__VA_ARGS__); break; \
+      case 3: KERNEL<3><<<grid, block, 0, stream>>>(__VA_ARGS__); break; \
+      case 4: KERNEL<4><<<grid, block, 0, stream>>>(__VA_ARGS__); break; \
+      case 5: KERNEL<5><<<grid, block, 0, stream>>>(__VA_ARGS__); break; \
+      default: KERNEL<0><<<grid, block, 0, stream>>>(__VA_ARGS__);       \
     }                                                                    \
   } while (0)
 
-// --- Kernel map checks and transposition ----------------------------------------------
+// --- Kernel map checks and transposition
+// ----------------------------------------------
 
-__global__ void CheckSplitsKernel(const int64_t* __restrict__ splits,
-                                  int64_t K, int64_t P,
-                                  KernelMapCheck* check) {
+__global__ void CheckSplitsKernel(const int64_t* __restrict__ splits, int64_t K,
+                                  int64_t P, KernelMapCheck* check) {
   check->bad_pair = kNone;
   check->repeated_pair = kNone;
   check->in_row = check->out_row = check->repeated_row = 0;
@@ -839,8 +837,7 @@ __global__ void CheckPairsKernel(const int64_t* __restrict__ splits,
                                  int64_t n_out, KernelMapCheck* check) {
   if (check->bad_splits != 0) return;
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                   threadIdx.x;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        p < P; p += step) {
     const int64_t i = in_rows[p], o = out_rows[p];
     bool bad = i < 0 || i >= n_in || o < 0 || o >= n_out;
@@ -849,8 +846,7 @@ __global__ void CheckPairsKernel(const int64_t* __restrict__ splits,
       if (p > splits[k] && out_rows[p - 1] >= o) bad = true;
     }
     if (bad) {
-      atomicMin(reinterpret_cast<ull*>(&check->bad_pair),
-                static_cast<ull>(p));
+      atomicMin(reinterpret_cast<ull*>(&check->bad_pair), static_cast<ull>(p));
     }
   }
 }
@@ -870,8 +866,7 @@ __global__ void TransposeScatterKernel(const int64_t* __restrict__ splits,
                                        int64_t K, int64_t P, int64_t n_in,
                                        int32_t* table) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x +
-                   threadIdx.x;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        p < P; p += step) {
     const int64_t k = OffsetOf(splits, K, p);
     const int32_t i = in_rows[p];
@@ -884,20 +879,21 @@ __global__ void TransposeScatterKernel(const int64_t* __restrict__ splits,
 // same slot is a repeat, and the smallest such pair is reported, as the
 // CPU's serial scan of the offset finds it (the same pair on every run).
 __global__ void FirstPairKernel(const int64_t* __restrict__ splits,
-                                const int32_t* __restrict__ in_rows, int64_t K, int64_t P,
-                                int64_t n_in, unsigned int* first) {
+                                const int32_t* __restrict__ in_rows, int64_t K,
+                                int64_t P, int64_t n_in, unsigned int* first) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
        p < P; p += step) {
     const int64_t k = OffsetOf(splits, K, p);
     const int32_t i = in_rows[p];
-    if (i >= 0 && i < n_in) atomicMin(&first[k * n_in + i], static_cast<unsigned int>(p));
+    if (i >= 0 && i < n_in)
+      atomicMin(&first[k * n_in + i], static_cast<unsigned int>(p));
   }
 }
 
 __global__ void RepeatedPairKernel(const int64_t* __restrict__ splits,
-                                   const int32_t* __restrict__ in_rows, int64_t K,
-                                   int64_t P, int64_t n_in,
+                                   const int32_t* __restrict__ in_rows,
+                                   int64_t K, int64_t P, int64_t n_in,
                                    const unsigned int* __restrict__ first,
                                    KernelMapCheck* check) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -905,15 +901,18 @@ __global__ void RepeatedPairKernel(const int64_t* __restrict__ splits,
        p < P; p += step) {
     const int64_t k = OffsetOf(splits, K, p);
     const int32_t i = in_rows[p];
-    if (i >= 0 && i < n_in && first[k * n_in + i] < static_cast<unsigned int>(p)) {
-      atomicMin(reinterpret_cast<ull*>(&check->repeated_pair), static_cast<ull>(p));
+    if (i >= 0 && i < n_in &&
+        first[k * n_in + i] < static_cast<unsigned int>(p)) {
+      atomicMin(reinterpret_cast<ull*>(&check->repeated_pair),
+                static_cast<ull>(p));
     }
   }
 }
 
 __global__ void RepeatedRowKernel(const int32_t* __restrict__ in_rows,
                                   KernelMapCheck* check) {
-  if (check->repeated_pair != kNone) check->repeated_row = in_rows[check->repeated_pair];
+  if (check->repeated_pair != kNone)
+    check->repeated_row = in_rows[check->repeated_pair];
 }
 
 struct TransposeBuffers {
@@ -931,7 +930,6 @@ TransposeBuffers CarveTranspose(Carver* c, int64_t n_in, int64_t K) {
 }
 
 }  // namespace
-
 
 Status KernelMapInfoStatus(const KernelMapInfo& info) {
   if (info.negative_in_row != kNone) {
@@ -954,11 +952,11 @@ Status KernelMapInfoStatus(const KernelMapInfo& info) {
     for (int d = 0; d < info.layout.dims; ++d) {
       site += (d ? ", " : "") + std::to_string(info.duplicate_site[d]);
     }
-    return Status::Error(
-        "coordinates has duplicate sites: rows " + std::to_string(a) +
-        " and " + std::to_string(b) + " are both [" + site +
-        "]; merge duplicates first, e.g. with "
-        "sparse_ops.utils.sparse_quantize");
+    return Status::Error("coordinates has duplicate sites: rows " +
+                         std::to_string(a) + " and " + std::to_string(b) +
+                         " are both [" + site +
+                         "]; merge duplicates first, e.g. with "
+                         "sparse_ops.utils.sparse_quantize");
   }
   if (info.error != kMapOk) {
     return Status::Error("sparse_ops GPU kernel map: unknown error " +
@@ -967,7 +965,8 @@ Status KernelMapInfoStatus(const KernelMapInfo& info) {
   return Status::Ok();
 }
 
-Status CopyToHost(void* host, const void* device, size_t bytes, GpuStream stream) {
+Status CopyToHost(void* host, const void* device, size_t bytes,
+                  GpuStream stream) {
   const cudaError_t e =
       cudaMemcpyAsync(host, device, bytes, cudaMemcpyDeviceToHost, stream);
   if (e == cudaSuccess) return Status::Ok();
@@ -1001,9 +1000,8 @@ Status KernelMapCount(const int32_t* in_coords, int64_t n_in,
 
   InitInfoKernel<<<1, 32, 0, stream>>>(info);
   if (n_in > 0) {
-    BoundsKernel<<<GridFor(n_in, 1024), kThreads, 0, stream>>>(in_coords,
-                                                               n_in, dims,
-                                                               info);
+    BoundsKernel<<<GridFor(n_in, 1024), kThreads, 0, stream>>>(in_coords, n_in,
+                                                               dims, info);
   }
   if (!same_coordinates && n_out > 0) {
     NegativeBatchKernel<<<GridFor(n_out, 1024), kThreads, 0, stream>>>(
@@ -1011,16 +1009,14 @@ Status KernelMapCount(const int32_t* in_coords, int64_t n_in,
   }
   LayoutKernel<<<1, 1, 0, stream>>>(info, dims, geometry.offsets, K,
                                     same_coordinates);
-  TableInitKernel<<<GridFor(b.capacity), kThreads, 0, stream>>>(
-      b.keys, b.rows, b.capacity);
+  TableInitKernel<<<GridFor(b.capacity), kThreads, 0, stream>>>(b.keys, b.rows,
+                                                                b.capacity);
   if (n_in > 0) {
     const int grid = static_cast<int>(CeilDiv(n_in, kThreads));
     SPARSE_OPS_DISPATCH_DIMS(dims, InsertKernel, grid, kThreads, stream,
-                             in_coords, n_in, dims, info, b.keys, b.rows,
-                             mask);
+                             in_coords, n_in, dims, info, b.keys, b.rows, mask);
     SPARSE_OPS_DISPATCH_DIMS(dims, DuplicateKernel, grid, kThreads, stream,
-                             in_coords, n_in, dims, info, b.keys, b.rows,
-                             mask);
+                             in_coords, n_in, dims, info, b.keys, b.rows, mask);
   }
   if (b.entries > 0) {
     if (same_coordinates) {
@@ -1034,10 +1030,8 @@ Status KernelMapCount(const int32_t* in_coords, int64_t n_in,
                              b.nbr);
   }
   LaunchCountScan(b.nbr, b.entries, b.compaction, info, stream);
-  FinishInfoKernel<<<1, 1, 0, stream>>>(info, in_coords,
-                                        same_coordinates ? in_coords
-                                                         : out_coords,
-                                        dims);
+  FinishInfoKernel<<<1, 1, 0, stream>>>(
+      info, in_coords, same_coordinates ? in_coords : out_coords, dims);
   return LaunchStatus("KernelMapCount");
 }
 
@@ -1055,11 +1049,12 @@ Status KernelMapFill(int64_t n_in, int64_t n_out, int64_t num_offsets,
   return LaunchStatus("KernelMapFill");
 }
 
-Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims, KernelMapInfo* info,
-                   GpuStream stream) {
+Status KeyLayoutOf(const int32_t* coords, int64_t n, int dims,
+                   KernelMapInfo* info, GpuStream stream) {
   InitInfoKernel<<<1, 32, 0, stream>>>(info);
   if (n > 0) {
-    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims, info);
+    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims,
+                                                            info);
   }
   LayoutKernel<<<1, 1, 0, stream>>>(info, dims, nullptr, 0, false);
   return LaunchStatus("KeyLayoutOf");
@@ -1072,8 +1067,8 @@ Status PackKeys(const int32_t* coords, int64_t n, int dims,
     return Status::Error("PackKeys: dims must be in [1, 32]");
   }
   const int grid = static_cast<int>(CeilDiv(n, kThreads));
-  SPARSE_OPS_DISPATCH_DIMS(dims, PackKeysKernel, grid, kThreads, stream,
-                           coords, n, dims, info, keys);
+  SPARSE_OPS_DISPATCH_DIMS(dims, PackKeysKernel, grid, kThreads, stream, coords,
+                           n, dims, info, keys);
   return LaunchStatus("PackKeys");
 }
 
@@ -1083,8 +1078,8 @@ Status CheckKernelMap(const DeviceKernelMap& map, int64_t n_in, int64_t n_out,
                                          map.num_pairs, check);
   if (map.num_pairs > 0) {
     CheckPairsKernel<<<GridFor(map.num_pairs), kThreads, 0, stream>>>(
-        map.splits, map.in_rows, map.out_rows, map.num_offsets,
-        map.num_pairs, n_in, n_out, check);
+        map.splits, map.in_rows, map.out_rows, map.num_offsets, map.num_pairs,
+        n_in, n_out, check);
     CheckFinishKernel<<<1, 1, 0, stream>>>(map.in_rows, map.out_rows, check);
   }
   return LaunchStatus("CheckKernelMap");
@@ -1093,8 +1088,10 @@ Status CheckKernelMap(const DeviceKernelMap& map, int64_t n_in, int64_t n_out,
 Status KernelMapCheckStatus(const KernelMapCheck& check, int64_t num_pairs,
                             int64_t n_in, int64_t n_out) {
   if (check.bad_splits == 1) {
-    return Status::Error("kernel map offset_splits must start at 0 and end at "
-                         "the number of pairs " + std::to_string(num_pairs));
+    return Status::Error(
+        "kernel map offset_splits must start at 0 and end at "
+        "the number of pairs " +
+        std::to_string(num_pairs));
   }
   if (check.bad_splits != 0) {
     return Status::Error("kernel map offset_splits must be non-decreasing");
@@ -1108,10 +1105,11 @@ Status KernelMapCheckStatus(const KernelMapCheck& check, int64_t num_pairs,
         " output rows, or out rows are not increasing within an offset");
   }
   if (check.repeated_pair != kNone) {
-    return Status::Error("kernel map pair " + std::to_string(check.repeated_pair) +
-                         " repeats input row " + std::to_string(check.repeated_row) +
-                         " within one offset; a kernel map pairs each input row at "
-                         "most once per offset");
+    return Status::Error(
+        "kernel map pair " + std::to_string(check.repeated_pair) +
+        " repeats input row " + std::to_string(check.repeated_row) +
+        " within one offset; a kernel map pairs each input row at "
+        "most once per offset");
   }
   return Status::Ok();
 }
@@ -1136,19 +1134,19 @@ Status LaunchTranspose(const DeviceKernelMap& map, int64_t n_in,
     const int grid = GridFor(map.num_pairs, 8192);
     FirstPairKernel<<<grid, kThreads, 0, stream>>>(map.splits, map.in_rows, K,
                                                    map.num_pairs, n_in, first);
-    RepeatedPairKernel<<<grid, kThreads, 0, stream>>>(map.splits, map.in_rows, K,
-                                                      map.num_pairs, n_in, first, check);
+    RepeatedPairKernel<<<grid, kThreads, 0, stream>>>(
+        map.splits, map.in_rows, K, map.num_pairs, n_in, first, check);
     RepeatedRowKernel<<<1, 1, 0, stream>>>(map.in_rows, check);
   }
   cudaMemsetAsync(b.table, 0xff, E * sizeof(int32_t), stream);
   if (map.num_pairs > 0) {
     TransposeScatterKernel<<<GridFor(map.num_pairs, 8192), kThreads, 0,
-                             stream>>>(map.splits, map.in_rows, map.out_rows,
-                                       K, map.num_pairs, n_in, b.table);
+                             stream>>>(map.splits, map.in_rows, map.out_rows, K,
+                                       map.num_pairs, n_in, b.table);
   }
   LaunchCountScan(b.table, E, b.compaction, nullptr, stream);
-  LaunchFill(b.table, E, n_in, b.compaction, K, nullptr, t_in_rows,
-             t_out_rows, stream);
+  LaunchFill(b.table, E, n_in, b.compaction, K, nullptr, t_in_rows, t_out_rows,
+             stream);
   return LaunchStatus("TransposeKernelMap");
 }
 }  // namespace
@@ -1165,29 +1163,35 @@ Status TransposeKernelMap(const DeviceKernelMap& map, int64_t n_in,
   return LaunchTranspose(map, n_in, t_in_rows, t_out_rows, b, check, stream);
 }
 
-
-size_t StridedCoordinatesWorkspaceBytes(int64_t n) { return CarveStrided(nullptr, n).bytes; }
+size_t StridedCoordinatesWorkspaceBytes(int64_t n) {
+  return CarveStrided(nullptr, n).bytes;
+}
 
 Status StridedCoordinatesCount(const int32_t* coords, int64_t n, int dims,
                                const Stride& stride, KernelMapInfo* info,
-                               void* workspace, size_t workspace_bytes, GpuStream stream) {
+                               void* workspace, size_t workspace_bytes,
+                               GpuStream stream) {
   if (n < 0 || n >= kInt32Max || dims < 1 || dims > kMaxDims) {
-    return Status::Error("sparse_ops GPU StridedCoordinates: " + std::to_string(n) +
-                         " rows of " + std::to_string(dims) + " columns are not supported");
+    return Status::Error(
+        "sparse_ops GPU StridedCoordinates: " + std::to_string(n) +
+        " rows of " + std::to_string(dims) + " columns are not supported");
   }
   const StridedBuffers b = CarveStrided(workspace, n);
-  Status status = CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
+  Status status =
+      CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
   if (!status.ok()) return status;
   InitInfoKernel<<<1, 32, 0, stream>>>(info);
   if (n > 0) {
-    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims, info);
+    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims,
+                                                            info);
   }
   StridedLayoutKernel<<<1, 1, 0, stream>>>(info, dims, stride);
-  FinishInfoKernel<<<1, 1, 0, stream>>>(info, coords, coords, dims);  // the negative batch
+  FinishInfoKernel<<<1, 1, 0, stream>>>(info, coords, coords,
+                                        dims);            // the negative batch
   if (n == 0) return LaunchStatus("StridedCoordinates");  // num_pairs stays 0
   const int grid = static_cast<int>(CeilDiv(n, kThreads));
-  SPARSE_OPS_DISPATCH_DIMS(dims, StridedPackKernel, grid, kThreads, stream, coords, n, dims,
-                           stride, info, b.keys);
+  SPARSE_OPS_DISPATCH_DIMS(dims, StridedPackKernel, grid, kThreads, stream,
+                           coords, n, dims, stride, info, b.keys);
   return SortUniqueKeys(b, n, &info->num_pairs, stream, "StridedCoordinates");
 }
 
@@ -1198,10 +1202,13 @@ Status StridedCoordinatesInfoStatus(const KernelMapInfo& info) {
 Status StridedCoordinatesFill(const KernelMapInfo* info, int64_t n, int dims,
                               int64_t num_sites, int32_t* out, void* workspace,
                               size_t workspace_bytes, GpuStream stream) {
-  const StridedBuffers b = CarveStrided(workspace, n);  // where Count left the keys
-  const Status status = CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
+  const StridedBuffers b =
+      CarveStrided(workspace, n);  // where Count left the keys
+  const Status status =
+      CheckWorkspace(workspace_bytes, b.bytes, "StridedCoordinates");
   if (!status.ok()) return status;
-  return UnpackSites(b, n, info, dims, num_sites, out, stream, "StridedCoordinates");
+  return UnpackSites(b, n, info, dims, num_sites, out, stream,
+                     "StridedCoordinates");
 }
 
 namespace {
@@ -1230,8 +1237,9 @@ size_t GenerativeCoordinatesWorkspaceBytes(int64_t n, int64_t num_offsets) {
 }
 
 Status GenerativeCoordinatesCount(const int32_t* coords, int64_t n, int dims,
-                                  const DeviceGeometry& geometry, KernelMapInfo* info,
-                                  void* workspace, size_t workspace_bytes, GpuStream stream) {
+                                  const DeviceGeometry& geometry,
+                                  KernelMapInfo* info, void* workspace,
+                                  size_t workspace_bytes, GpuStream stream) {
   const int64_t K = geometry.num_offsets;
   const int64_t candidates = CountProduct(n, K);
   if (n < 0 || K < 0 || dims < 1 || dims > kMaxDims) {
@@ -1239,95 +1247,111 @@ Status GenerativeCoordinatesCount(const int32_t* coords, int64_t n, int dims,
   }
   if (candidates < 0 || candidates >= kInt32Max) {
     return Status::Error(
-        "the GPU GenerativeCoordinates supports fewer than 2^31 - 1 candidate sites "
-        "(rows x offsets), got " + std::to_string(n) + " x " + std::to_string(K));
+        "the GPU GenerativeCoordinates supports fewer than 2^31 - 1 candidate "
+        "sites "
+        "(rows x offsets), got " +
+        std::to_string(n) + " x " + std::to_string(K));
   }
   const GenerativeBuffers b = CarveGenerative(workspace, n, K);
-  Status status = CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
+  Status status =
+      CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
   if (!status.ok()) return status;
   InitInfoKernel<<<1, 32, 0, stream>>>(info);
   StepBoundsInitKernel<<<1, 32, 0, stream>>>(b.steps);
   if (n > 0) {
-    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims, info);
+    BoundsKernel<<<GridFor(n, 1024), kThreads, 0, stream>>>(coords, n, dims,
+                                                            info);
   }
   if (K > 0) {
-    StepBoundsKernel<<<GridFor(K, 1024), kThreads, 0, stream>>>(geometry.offsets, K, dims,
-                                                                geometry.stride, b.steps);
+    StepBoundsKernel<<<GridFor(K, 1024), kThreads, 0, stream>>>(
+        geometry.offsets, K, dims, geometry.stride, b.steps);
   }
   GenerativeLayoutKernel<<<1, 1, 0, stream>>>(info, dims, K, b.steps);
-  FinishInfoKernel<<<1, 1, 0, stream>>>(info, coords, coords, dims);  // the negative batch
-  if (candidates == 0) return LaunchStatus("GenerativeCoordinates");  // no sites
-  SPARSE_OPS_DISPATCH_DIMS(dims, GenerativePackKernel, GridFor(candidates, 65535), kThreads,
-                           stream, coords, n, dims, geometry.offsets, K, geometry.stride,
-                           info, b.keys.keys);
-  return SortUniqueKeys(b.keys, candidates, &info->num_pairs, stream, "GenerativeCoordinates");
+  FinishInfoKernel<<<1, 1, 0, stream>>>(info, coords, coords,
+                                        dims);  // the negative batch
+  if (candidates == 0)
+    return LaunchStatus("GenerativeCoordinates");  // no sites
+  SPARSE_OPS_DISPATCH_DIMS(
+      dims, GenerativePackKernel, GridFor(candidates, 65535), kThreads, stream,
+      coords, n, dims, geometry.offsets, K, geometry.stride, info, b.keys.keys);
+  return SortUniqueKeys(b.keys, candidates, &info->num_pairs, stream,
+                        "GenerativeCoordinates");
 }
 
 Status GenerativeCoordinatesInfoStatus(const KernelMapInfo& info) {
   return SitesInfoStatus(info, "GenerativeCoordinates");
 }
 
-Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n, int64_t num_offsets,
-                                 int dims, int64_t num_sites, int32_t* out, void* workspace,
-                                 size_t workspace_bytes, GpuStream stream) {
+Status GenerativeCoordinatesFill(const KernelMapInfo* info, int64_t n,
+                                 int64_t num_offsets, int dims,
+                                 int64_t num_sites, int32_t* out,
+                                 void* workspace, size_t workspace_bytes,
+                                 GpuStream stream) {
   const GenerativeBuffers b = CarveGenerative(workspace, n, num_offsets);
-  const Status status = CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
+  const Status status =
+      CheckWorkspace(workspace_bytes, b.bytes, "GenerativeCoordinates");
   if (!status.ok()) return status;
-  return UnpackSites(b.keys, CountProduct(n, num_offsets), info, dims, num_sites, out, stream,
-                     "GenerativeCoordinates");
+  return UnpackSites(b.keys, CountProduct(n, num_offsets), info, dims,
+                     num_sites, out, stream, "GenerativeCoordinates");
 }
 
-size_t CoordinateLookupWorkspaceBytes(int64_t n) { return KernelMapWorkspaceBytes(n, n, 0); }
+size_t CoordinateLookupWorkspaceBytes(int64_t n) {
+  return KernelMapWorkspaceBytes(n, n, 0);
+}
 
-Status CoordinateLookup(const int32_t* coords, int64_t n, int dims, const int32_t* queries,
-                        int64_t num_queries, int32_t* rows, KernelMapInfo* info,
-                        void* workspace, size_t workspace_bytes, GpuStream stream) {
+Status CoordinateLookup(const int32_t* coords, int64_t n, int dims,
+                        const int32_t* queries, int64_t num_queries,
+                        int32_t* rows, KernelMapInfo* info, void* workspace,
+                        size_t workspace_bytes, GpuStream stream) {
   if (num_queries < 0 || num_queries >= kInt32Max) {
-    return Status::Error("sparse_ops GPU CoordinateLookup: " + std::to_string(num_queries) +
-                         " queries are not supported");
+    return Status::Error(
+        "sparse_ops GPU CoordinateLookup: " + std::to_string(num_queries) +
+        " queries are not supported");
   }
   // The kernel map's count without offsets: bounds, layout, the hash table
   // of coords and its duplicate check.
   const DeviceGeometry none{nullptr, 0, {}};
-  Status status = KernelMapCount(coords, n, coords, n, dims, none, /*same_coordinates=*/true,
-                                 info, workspace, workspace_bytes, stream);
+  Status status = KernelMapCount(coords, n, coords, n, dims, none,
+                                 /*same_coordinates=*/true, info, workspace,
+                                 workspace_bytes, stream);
   if (!status.ok() || num_queries == 0) return status;
   const MapBuffers b = CarveMap(workspace, n, n, 0);
   const int grid = static_cast<int>(CeilDiv(num_queries, kThreads));
-  SPARSE_OPS_DISPATCH_DIMS(dims, LookupKernel, grid, kThreads, stream, queries, num_queries,
-                           dims, info, b.keys, b.rows, static_cast<uint64_t>(b.capacity - 1),
-                           rows);
+  SPARSE_OPS_DISPATCH_DIMS(dims, LookupKernel, grid, kThreads, stream, queries,
+                           num_queries, dims, info, b.keys, b.rows,
+                           static_cast<uint64_t>(b.capacity - 1), rows);
   return LaunchStatus("CoordinateLookup");
 }
 
 Status CoordinateLookupInfoStatus(const KernelMapInfo& info) {
   if (info.negative_in_row != kNone) {
-    return Status::Error("coordinates row " + std::to_string(info.negative_in_row) +
+    return Status::Error("coordinates row " +
+                         std::to_string(info.negative_in_row) +
                          " has a negative batch index " +
                          std::to_string(info.negative_in_value));
   }
   return KernelMapInfoStatus(info);  // key width, duplicate sites
 }
 
-
-// --- Coordinate union ------------------------------------------------------------------
-// The inputs concatenated; their keys sorted stably with their positions,
-// so each site's entries are adjacent with positions increasing (the CPU's
-// sort of (key, position)); run heads are first appearances, numbered in
-// position order by an exclusive scan.
+// --- Coordinate union
+// ------------------------------------------------------------------ The inputs
+// concatenated; their keys sorted stably with their positions, so each site's
+// entries are adjacent with positions increasing (the CPU's sort of (key,
+// position)); run heads are first appearances, numbered in position order by an
+// exclusive scan.
 
 namespace {
 
 struct UnionBuffers {
-  int32_t* coords;            // [total, dims], the inputs concatenated
-  int32_t* input_of;          // [total] by position
+  int32_t* coords;    // [total, dims], the inputs concatenated
+  int32_t* input_of;  // [total] by position
   uint64_t *keys, *sorted_keys;
   int32_t *positions, *sorted_positions;
-  int32_t* is_first;          // [total] by position: a site's first appearance
-  int32_t* union_row;         // [total] by position: exclusive scan of is_first
-  int32_t* run_mark;          // [total] by sorted index: e at a run head, else 0
-  int32_t* run_head;          // inclusive max scan of run_mark
-  int32_t* rows;              // [total] by position: its union row
+  int32_t* is_first;   // [total] by position: a site's first appearance
+  int32_t* union_row;  // [total] by position: exclusive scan of is_first
+  int32_t* run_mark;   // [total] by sorted index: e at a run head, else 0
+  int32_t* run_head;   // inclusive max scan of run_mark
+  int32_t* rows;       // [total] by position: its union row
   void* temp;
   size_t temp_bytes;
   size_t bytes;
@@ -1337,14 +1361,17 @@ size_t UnionTempBytes(int64_t total) {
   const int items = static_cast<int>(std::min<int64_t>(total, kInt32Max));
   size_t sort = 0, sum = 0, max_scan = 0;
   const cudaError_t e1 = cub::DeviceRadixSort::SortPairs(
-      nullptr, sort, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+      nullptr, sort, static_cast<const uint64_t*>(nullptr),
+      static_cast<uint64_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), items);
   const cudaError_t e2 = cub::DeviceScan::ExclusiveSum(
-      nullptr, sum, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+      nullptr, sum, static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), items);
   const cudaError_t e3 = cub::DeviceScan::InclusiveScan(
-      nullptr, max_scan, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
-      MaxOf(), items);
-  if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess) return SIZE_MAX;
+      nullptr, max_scan, static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), MaxOf(), items);
+  if (e1 != cudaSuccess || e2 != cudaSuccess || e3 != cudaSuccess)
+    return SIZE_MAX;
   return std::max({sort, sum, max_scan});
 }
 
@@ -1369,11 +1396,12 @@ UnionBuffers CarveUnion(void* workspace, int64_t total, int dims) {
 }
 
 // Positions [offset, offset + size) belong to input `input`.
-__global__ void UnionPositionsKernel(int32_t* positions, int32_t* input_of, int64_t offset,
-                                     int64_t size, int32_t input) {
+__global__ void UnionPositionsKernel(int32_t* positions, int32_t* input_of,
+                                     int64_t offset, int64_t size,
+                                     int32_t input) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; r < size;
-       r += step) {
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       r < size; r += step) {
     positions[offset + r] = static_cast<int32_t>(offset + r);
     input_of[offset + r] = input;
   }
@@ -1383,11 +1411,12 @@ __global__ void UnionPositionsKernel(int32_t* positions, int32_t* input_of, int6
 // the same input (the CPU reports the first such pair in sorted order).
 __global__ void UnionRunsKernel(const uint64_t* __restrict__ keys,
                                 const int32_t* __restrict__ positions,
-                                const int32_t* __restrict__ input_of, int64_t total,
-                                int32_t* is_first, int32_t* run_mark, KernelMapInfo* info) {
+                                const int32_t* __restrict__ input_of,
+                                int64_t total, int32_t* is_first,
+                                int32_t* run_mark, KernelMapInfo* info) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += step) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < total; e += step) {
     const bool head = e == 0 || keys[e] != keys[e - 1];
     is_first[positions[e]] = head;
     run_mark[e] = head ? static_cast<int32_t>(e) : 0;
@@ -1399,11 +1428,11 @@ __global__ void UnionRunsKernel(const uint64_t* __restrict__ keys,
 
 __global__ void UnionRowsKernel(const int32_t* __restrict__ positions,
                                 const int32_t* __restrict__ run_head,
-                                const int32_t* __restrict__ union_row, int64_t total,
-                                int32_t* rows) {
+                                const int32_t* __restrict__ union_row,
+                                int64_t total, int32_t* rows) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
-       e += step) {
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < total; e += step) {
     rows[positions[e]] = union_row[positions[run_head[e]]];
   }
 }
@@ -1411,9 +1440,10 @@ __global__ void UnionRowsKernel(const int32_t* __restrict__ positions,
 // One thread: the site count, and the duplicate as its two positions.
 __global__ void UnionFinishKernel(const int32_t* __restrict__ positions,
                                   const int32_t* __restrict__ is_first,
-                                  const int32_t* __restrict__ union_row, int64_t total,
-                                  KernelMapInfo* info) {
-  info->num_pairs = total == 0 ? 0 : int64_t{union_row[total - 1]} + is_first[total - 1];
+                                  const int32_t* __restrict__ union_row,
+                                  int64_t total, KernelMapInfo* info) {
+  info->num_pairs =
+      total == 0 ? 0 : int64_t{union_row[total - 1]} + is_first[total - 1];
   if (info->error == kMapOk && info->duplicate != kNone) {
     const int64_t e = static_cast<int64_t>(info->duplicate);
     info->error = kMapDuplicate;
@@ -1424,11 +1454,11 @@ __global__ void UnionFinishKernel(const int32_t* __restrict__ positions,
 
 __global__ void UnionSitesKernel(const int32_t* __restrict__ coords,
                                  const int32_t* __restrict__ is_first,
-                                 const int32_t* __restrict__ union_row, int64_t total, int dims,
-                                 int32_t* out) {
+                                 const int32_t* __restrict__ union_row,
+                                 int64_t total, int dims, int32_t* out) {
   const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < total;
-       p += step) {
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       p < total; p += step) {
     if (!is_first[p]) continue;
     const int64_t u = union_row[p];
     for (int a = 0; a < dims; ++a) out[u * dims + a] = coords[p * dims + a];
@@ -1441,14 +1471,17 @@ size_t CoordinateUnionWorkspaceBytes(int64_t total, int dims) {
   return CarveUnion(nullptr, total, dims).bytes;
 }
 
-Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, int num_inputs,
-                            int dims, int32_t* const* rows, KernelMapInfo* info,
-                            void* workspace, size_t workspace_bytes, GpuStream stream) {
+Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes,
+                            int num_inputs, int dims, int32_t* const* rows,
+                            KernelMapInfo* info, void* workspace,
+                            size_t workspace_bytes, GpuStream stream) {
   int64_t total = 0;
   for (int i = 0; i < num_inputs; ++i) total += sizes[i];
-  if (num_inputs < 1 || total < 0 || total >= kInt32Max || dims < 1 || dims > kMaxDims) {
-    return Status::Error("sparse_ops GPU CoordinateUnion: " + std::to_string(total) +
-                         " rows of " + std::to_string(dims) + " columns are not supported");
+  if (num_inputs < 1 || total < 0 || total >= kInt32Max || dims < 1 ||
+      dims > kMaxDims) {
+    return Status::Error(
+        "sparse_ops GPU CoordinateUnion: " + std::to_string(total) +
+        " rows of " + std::to_string(dims) + " columns are not supported");
   }
   const UnionBuffers b = CarveUnion(workspace, total, dims);
   Status status = CheckWorkspace(workspace_bytes, b.bytes, "CoordinateUnion");
@@ -1467,30 +1500,33 @@ Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, 
   }
   status = KeyLayoutOf(b.coords, total, dims, info, stream);
   if (!status.ok()) return status;
-  FinishInfoKernel<<<1, 1, 0, stream>>>(info, b.coords, b.coords, dims);  // the negative batch
+  FinishInfoKernel<<<1, 1, 0, stream>>>(info, b.coords, b.coords,
+                                        dims);             // the negative batch
   if (total == 0) return LaunchStatus("CoordinateUnion");  // no sites, no rows
   const int grid = static_cast<int>(CeilDiv(total, kThreads));
-  SPARSE_OPS_DISPATCH_DIMS(dims, PackKeysKernel, grid, kThreads, stream, b.coords, total, dims,
-                           info, b.keys);
+  SPARSE_OPS_DISPATCH_DIMS(dims, PackKeysKernel, grid, kThreads, stream,
+                           b.coords, total, dims, info, b.keys);
   const int items = static_cast<int>(total);
   size_t temp_bytes = b.temp_bytes;
-  cudaError_t e = cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, b.keys, b.sorted_keys,
-                                                  b.positions, b.sorted_positions, items, 0,
-                                                  64, stream);
+  cudaError_t e = cub::DeviceRadixSort::SortPairs(
+      b.temp, temp_bytes, b.keys, b.sorted_keys, b.positions,
+      b.sorted_positions, items, 0, 64, stream);
   if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
   UnionRunsKernel<<<GridFor(total), kThreads, 0, stream>>>(
-      b.sorted_keys, b.sorted_positions, b.input_of, total, b.is_first, b.run_mark, info);
+      b.sorted_keys, b.sorted_positions, b.input_of, total, b.is_first,
+      b.run_mark, info);
   temp_bytes = b.temp_bytes;
-  e = cub::DeviceScan::ExclusiveSum(b.temp, temp_bytes, b.is_first, b.union_row, items, stream);
+  e = cub::DeviceScan::ExclusiveSum(b.temp, temp_bytes, b.is_first, b.union_row,
+                                    items, stream);
   if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
   temp_bytes = b.temp_bytes;
-  e = cub::DeviceScan::InclusiveScan(b.temp, temp_bytes, b.run_mark, b.run_head, MaxOf(),
-                                     items, stream);
+  e = cub::DeviceScan::InclusiveScan(b.temp, temp_bytes, b.run_mark, b.run_head,
+                                     MaxOf(), items, stream);
   if (e != cudaSuccess) return CudaStatus(e, "CoordinateUnion");
-  UnionRowsKernel<<<GridFor(total), kThreads, 0, stream>>>(b.sorted_positions, b.run_head,
-                                                           b.union_row, total, b.rows);
-  UnionFinishKernel<<<1, 1, 0, stream>>>(b.sorted_positions, b.is_first, b.union_row, total,
-                                         info);
+  UnionRowsKernel<<<GridFor(total), kThreads, 0, stream>>>(
+      b.sorted_positions, b.run_head, b.union_row, total, b.rows);
+  UnionFinishKernel<<<1, 1, 0, stream>>>(b.sorted_positions, b.is_first,
+                                         b.union_row, total, info);
   offset = 0;
   for (int i = 0; i < num_inputs; ++i) {
     if (sizes[i] > 0) {
@@ -1503,8 +1539,8 @@ Status CoordinateUnionCount(const int32_t* const* inputs, const int64_t* sizes, 
   return LaunchStatus("CoordinateUnion");
 }
 
-Status CoordinateUnionInfoStatus(const KernelMapInfo& info, const int64_t* sizes,
-                                 int num_inputs) {
+Status CoordinateUnionInfoStatus(const KernelMapInfo& info,
+                                 const int64_t* sizes, int num_inputs) {
   // The input and its row of a position in the concatenation.
   auto locate = [&](uint64_t position, int* input, int64_t* row) {
     int64_t p = static_cast<int64_t>(position);
@@ -1527,7 +1563,8 @@ Status CoordinateUnionInfoStatus(const KernelMapInfo& info, const int64_t* sizes
     locate(info.duplicate & 0xffffffffull, &input, &earlier);
     locate(info.duplicate >> 32, &input, &row);
     return Status::Error("coordinates[" + std::to_string(input) +
-                         "] has duplicate sites: rows " + std::to_string(earlier) + " and " +
+                         "] has duplicate sites: rows " +
+                         std::to_string(earlier) + " and " +
                          std::to_string(row) +
                          " are equal; merge duplicates first, e.g. with "
                          "sparse_ops.utils.sparse_quantize");
@@ -1539,13 +1576,16 @@ Status CoordinateUnionInfoStatus(const KernelMapInfo& info, const int64_t* sizes
   return Status::Ok();
 }
 
-Status CoordinateUnionFill(int64_t total, int dims, int32_t* out, void* workspace,
-                           size_t workspace_bytes, GpuStream stream) {
-  const UnionBuffers b = CarveUnion(workspace, total, dims);  // where Count left its work
-  const Status status = CheckWorkspace(workspace_bytes, b.bytes, "CoordinateUnion");
+Status CoordinateUnionFill(int64_t total, int dims, int32_t* out,
+                           void* workspace, size_t workspace_bytes,
+                           GpuStream stream) {
+  const UnionBuffers b =
+      CarveUnion(workspace, total, dims);  // where Count left its work
+  const Status status =
+      CheckWorkspace(workspace_bytes, b.bytes, "CoordinateUnion");
   if (!status.ok() || total == 0) return status;
-  UnionSitesKernel<<<GridFor(total), kThreads, 0, stream>>>(b.coords, b.is_first, b.union_row,
-                                                            total, dims, out);
+  UnionSitesKernel<<<GridFor(total), kThreads, 0, stream>>>(
+      b.coords, b.is_first, b.union_row, total, dims, out);
   return LaunchStatus("CoordinateUnion");
 }
 

@@ -50,8 +50,9 @@ class Carver {
   template <typename U>
   U* Take(int64_t n) {
     size_t bytes;
-    if (n < 0 || __builtin_mul_overflow(static_cast<size_t>(std::max<int64_t>(n, 1)),
-                                        sizeof(U), &bytes)) {
+    if (n < 0 ||
+        __builtin_mul_overflow(static_cast<size_t>(std::max<int64_t>(n, 1)),
+                               sizeof(U), &bytes)) {
       bytes = SIZE_MAX;
     }
     return static_cast<U*>(TakeBytes(bytes));
@@ -82,15 +83,15 @@ inline Status LaunchStatus(const char* what) {
 
 inline Status CudaStatus(cudaError_t e, const char* what) {
   if (e == cudaSuccess) return Status::Ok();
-  return Status::Internal(std::string("CUDA error in sparse_ops ") + what + ": " +
-                          cudaGetErrorString(e));
+  return Status::Internal(std::string("CUDA error in sparse_ops ") + what +
+                          ": " + cudaGetErrorString(e));
 }
 
 inline Status CheckWorkspace(size_t have, size_t need, const char* what) {
   if (have >= need) return Status::Ok();
   return Status::Internal(std::string("sparse_ops ") + what + " needs " +
-                       std::to_string(need) + " bytes of workspace, got " +
-                       std::to_string(have));
+                          std::to_string(need) + " bytes of workspace, got " +
+                          std::to_string(have));
 }
 
 inline int GridFor(int64_t n, int64_t max_blocks = 4096) {
@@ -99,9 +100,10 @@ inline int GridFor(int64_t n, int64_t max_blocks = 4096) {
 }
 
 // A grid-stride loop over i in [0, n) (int64 indices).
-#define SPARSE_OPS_GRID_STRIDE(i, n)                                                  \
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+#define SPARSE_OPS_GRID_STRIDE(i, n)                                    \
+  for (int64_t i =                                                      \
+           static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; \
+       i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
 // The offset of pair p: the largest k with splits[k] <= p (clamped).
 __device__ __forceinline__ int64_t OffsetOf(const int64_t* __restrict__ splits,

@@ -40,8 +40,9 @@ Status BatchCheckStatus(const IndexCheck& check, int64_t num_batches);
 // out[o, c] = max over the pairs (i, o) of in[i, c]; argmax[o, c] = i (ties:
 // the first in offset order), or -1 and out 0 for rows without pairs.
 template <typename T>
-Status MaxPool(const T* in, int64_t n_in, int64_t channels, const DeviceKernelMap& map,
-               int64_t n_out, T* out, int32_t* argmax, GpuStream stream);
+Status MaxPool(const T* in, int64_t n_in, int64_t channels,
+               const DeviceKernelMap& map, int64_t n_out, T* out,
+               int32_t* argmax, GpuStream stream);
 
 // grad_in[i, c] = sum over o with argmax[o, c] == i of grad_out[o, c], in
 // increasing o. Entries outside [-1, n_in) go to `check`.
@@ -55,8 +56,9 @@ Status MaxPoolGrad(const T* grad_out, const int32_t* argmax, int64_t channels,
 // out[o] = sum over the pairs (i, o) of in[i] in offset order, divided by
 // the pair count of o when `average` (and it is >= 2).
 template <typename T>
-Status SumPool(const T* in, int64_t n_in, int64_t channels, const DeviceKernelMap& map,
-               int64_t n_out, bool average, T* out, GpuStream stream);
+Status SumPool(const T* in, int64_t n_in, int64_t channels,
+               const DeviceKernelMap& map, int64_t n_out, bool average, T* out,
+               GpuStream stream);
 
 // The transpose: out[i] = sum over the pairs (i, o) in offset order of
 // in[o] (times 1 / pair count of o when `average`); in is [n_out, C].
@@ -66,31 +68,35 @@ size_t SumPoolTransposeWorkspaceBytes(int64_t num_offsets, int64_t num_pairs,
                                       int64_t n_in, int64_t n_out);
 template <typename T>
 Status SumPoolTranspose(const T* in, int64_t n_out, int64_t channels,
-                        const DeviceKernelMap& map, int64_t n_in, bool average, T* out,
-                        void* workspace, size_t workspace_bytes, GpuStream stream,
-                        KernelMapCheck* check = nullptr);
+                        const DeviceKernelMap& map, int64_t n_in, bool average,
+                        T* out, void* workspace, size_t workspace_bytes,
+                        GpuStream stream, KernelMapCheck* check = nullptr);
 
 // Global pools over the rows of each batch item (batch [n]; entries
 // outside [0, num_batches) go to `check`). Max: argmax the row (ties: the
 // lowest), -1 and 0 for empty items. Sum: divided by the row count when
 // `average` (and it is >= 2).
 template <typename T>
-size_t GlobalPoolWorkspaceBytes(int64_t n, int64_t channels, int64_t num_batches);
+size_t GlobalPoolWorkspaceBytes(int64_t n, int64_t channels,
+                                int64_t num_batches);
 template <typename T>
-Status GlobalMaxPool(const T* in, int64_t n, int64_t channels, const int32_t* batch,
-                     int64_t num_batches, T* out, int32_t* argmax, IndexCheck* check,
-                     void* workspace, size_t workspace_bytes, GpuStream stream);
+Status GlobalMaxPool(const T* in, int64_t n, int64_t channels,
+                     const int32_t* batch, int64_t num_batches, T* out,
+                     int32_t* argmax, IndexCheck* check, void* workspace,
+                     size_t workspace_bytes, GpuStream stream);
 template <typename T>
-Status GlobalSumPool(const T* in, int64_t n, int64_t channels, const int32_t* batch,
-                     int64_t num_batches, bool average, T* out, IndexCheck* check,
-                     void* workspace, size_t workspace_bytes, GpuStream stream);
+Status GlobalSumPool(const T* in, int64_t n, int64_t channels,
+                     const int32_t* batch, int64_t num_batches, bool average,
+                     T* out, IndexCheck* check, void* workspace,
+                     size_t workspace_bytes, GpuStream stream);
 
 // out[i] = grad[batch[i]] (times 1 / rows of that item when `average`).
 size_t GlobalSumPoolGradWorkspaceBytes(int64_t num_batches, int64_t channels);
 template <typename T>
-Status GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch, int64_t n,
-                         int64_t num_batches, bool average, T* out, IndexCheck* check,
-                         void* workspace, size_t workspace_bytes, GpuStream stream);
+Status GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch,
+                         int64_t n, int64_t num_batches, bool average, T* out,
+                         IndexCheck* check, void* workspace,
+                         size_t workspace_bytes, GpuStream stream);
 
 }  // namespace gpu
 }  // namespace sparse_ops

@@ -2,8 +2,8 @@
 // against the CPU core (kernels/core/pool.h): no TensorFlow, needs a GPU.
 // Every result must equal the CPU's bit for bit (the same sums in the same
 // order, the same ties and NaN handling; averaged unpooling, whose CPU
-// rounding depends on FMA contraction, to rounding), twice (determinism); the index
-// errors must carry the CPU's message; empty inputs and a corrupted map
+// rounding depends on FMA contraction, to rounding), twice (determinism); the
+// index errors must carry the CPU's message; empty inputs and a corrupted map
 // must not fault (run under compute-sanitizer by device_check.sh).
 //
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -I. -x cu \
@@ -11,6 +11,8 @@
 //     kernels/cuda/pool_gpu_test.cu.cc kernels/core/coordinates.cc \
 //     kernels/core/kernel_map.cc kernels/core/pool.cc -o /tmp/pool_gpu_test
 #if !defined(GOOGLE_CUDA) || !GOOGLE_CUDA
+
+#include "kernels/cuda/pool_gpu.h"
 
 #include <cuda_runtime.h>
 
@@ -33,7 +35,6 @@
 #include "kernels/core/pool.h"
 #include "kernels/cuda/core_gpu.h"
 #include "kernels/cuda/gpu_test_harness.h"
-#include "kernels/cuda/pool_gpu.h"
 
 namespace {
 
@@ -64,13 +65,15 @@ HostMap CpuMap(const std::vector<int32_t>& in, const std::vector<int32_t>& out,
   sparse_ops::Allocate allocate = [&temps](int64_t bytes) -> void* {
     temps.emplace_back(new char[bytes + 64]);
     return reinterpret_cast<void*>(
-        (reinterpret_cast<uintptr_t>(temps.back().get()) + 63) & ~uintptr_t{63});
+        (reinterpret_cast<uintptr_t>(temps.back().get()) + 63) &
+        ~uintptr_t{63});
   };
   const int64_t K = static_cast<int64_t>(offsets.size()) / (dims - 1);
   sparse_ops::KernelMapSearch search(
       in.data(), static_cast<int64_t>(in.size()) / dims, out.data(),
       static_cast<int64_t>(out.size()) / dims, dims,
-      sparse_ops::KernelGeometry{offsets.data(), K, stride.data()}, allocate, kSerial);
+      sparse_ops::KernelGeometry{offsets.data(), K, stride.data()}, allocate,
+      kSerial);
   std::vector<int64_t> counts(K);
   CORE_OK(search.Count(counts.data()));
   HostMap m;
@@ -83,8 +86,8 @@ HostMap CpuMap(const std::vector<int32_t>& in, const std::vector<int32_t>& out,
 }
 
 // Unique random sites [batch, x, y, z] in a box, and their 2x coarsening.
-std::vector<int32_t> RandomSites(std::mt19937_64* rng, int batches, int lo, int hi,
-                                 double density) {
+std::vector<int32_t> RandomSites(std::mt19937_64* rng, int batches, int lo,
+                                 int hi, double density) {
   std::uniform_real_distribution<double> u(0.0, 1.0);
   std::vector<int32_t> rows;
   for (int b = 0; b < batches; ++b)
@@ -97,9 +100,12 @@ std::vector<int32_t> RandomSites(std::mt19937_64* rng, int batches, int lo, int 
 
 std::vector<int32_t> Coarsen(const std::vector<int32_t>& sites) {
   std::set<std::vector<int32_t>> out;
-  auto down = [](int32_t v) { return static_cast<int32_t>(std::floor(v / 2.0)) * 2; };
+  auto down = [](int32_t v) {
+    return static_cast<int32_t>(std::floor(v / 2.0)) * 2;
+  };
   for (size_t r = 0; r < sites.size(); r += 4) {
-    out.insert({sites[r], down(sites[r + 1]), down(sites[r + 2]), down(sites[r + 3])});
+    out.insert(
+        {sites[r], down(sites[r + 1]), down(sites[r + 2]), down(sites[r + 3])});
   }
   std::vector<int32_t> rows;
   for (const auto& row : out) rows.insert(rows.end(), row.begin(), row.end());
@@ -124,7 +130,8 @@ std::vector<T> TieValues(std::mt19937_64* rng, int64_t n, bool nans = true) {
   for (auto& x : v) {
     const double r = u(*rng);
     x = (nans && r < 0.02) ? std::numeric_limits<T>::quiet_NaN()
-                           : r < 0.05 ? T(-0.0) : static_cast<T>(d(*rng)) / T(3);
+        : r < 0.05         ? T(-0.0)
+                           : static_cast<T>(d(*rng)) / T(3);
   }
   return v;
 }
@@ -157,13 +164,15 @@ template <typename T>
 bool Close(const std::vector<T>& a, const std::vector<T>& b) {
   if (a.size() != b.size()) return false;
   T scale = 0;
-  for (const T v : b) scale = std::isnan(v) ? scale : std::max(scale, std::abs(v));
+  for (const T v : b)
+    scale = std::isnan(v) ? scale : std::max(scale, std::abs(v));
   for (size_t j = 0; j < a.size(); ++j) {
     if (std::isnan(a[j]) || std::isnan(b[j])) {
       if (std::isnan(a[j]) != std::isnan(b[j])) return false;
       continue;
     }
-    if (std::abs(a[j] - b[j]) > 64 * std::numeric_limits<T>::epsilon() * scale) return false;
+    if (std::abs(a[j] - b[j]) > 64 * std::numeric_limits<T>::epsilon() * scale)
+      return false;
   }
   return true;
 }
@@ -176,15 +185,16 @@ struct DeviceMap {
     splits.Upload(m.splits);
     in_rows.Upload(m.in_rows);
     out_rows.Upload(m.out_rows);
-    view = sg::DeviceKernelMap{splits.get(), in_rows.get(), out_rows.get(), m.K(), m.P()};
+    view = sg::DeviceKernelMap{splits.get(), in_rows.get(), out_rows.get(),
+                               m.K(), m.P()};
   }
 };
 
 template <typename T>
-void MapPools(const std::string& name, const HostMap& m, int64_t n_in, int64_t n_out,
-              int64_t C, std::mt19937_64* rng, cudaStream_t s) {
-  const std::string what = name + (sizeof(T) == 4 ? " f32" : " f64") + " C=" +
-                           std::to_string(C);
+void MapPools(const std::string& name, const HostMap& m, int64_t n_in,
+              int64_t n_out, int64_t C, std::mt19937_64* rng, cudaStream_t s) {
+  const std::string what =
+      name + (sizeof(T) == 4 ? " f32" : " f64") + " C=" + std::to_string(C);
   const std::vector<T> in = TieValues<T>(rng, n_in * C);
   DeviceMap dm(m);
   DevBuf<T> d_in(in), d_out(n_out * C);
@@ -192,42 +202,51 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in, int64_t n
   // Max pooling and its argmax.
   std::vector<T> out(n_out * C);
   std::vector<int32_t> arg(n_out * C);
-  sparse_ops::SparseMaxPool<T>(in.data(), C, m.View(), n_out, out.data(), arg.data(), kSerial);
+  sparse_ops::SparseMaxPool<T>(in.data(), C, m.View(), n_out, out.data(),
+                               arg.data(), kSerial);
   for (int run = 0; run < 2; ++run) {
     d_out.Poison();
     d_arg.Poison();
-    CORE_OK(sg::MaxPool<T>(d_in.get(), n_in, C, dm.view, n_out, d_out.get(), d_arg.get(), s));
+    CORE_OK(sg::MaxPool<T>(d_in.get(), n_in, C, dm.view, n_out, d_out.get(),
+                           d_arg.get(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), out), what + " max pool values, run " + std::to_string(run));
-    Expect(Bitwise(d_arg.Download(), arg), what + " max pool argmax, run " + std::to_string(run));
+    Expect(Bitwise(d_out.Download(), out),
+           what + " max pool values, run " + std::to_string(run));
+    Expect(Bitwise(d_arg.Download(), arg),
+           what + " max pool argmax, run " + std::to_string(run));
   }
   // Its gradient, through the CPU's argmax.
   const std::vector<T> grad = NormalValues<T>(rng, n_out * C);
   std::vector<T> grad_in(n_in * C);
-  sparse_ops::SparseMaxPoolGrad<T>(grad.data(), arg.data(), C, n_out, n_in, grad_in.data(),
-                                   kSerial);
+  sparse_ops::SparseMaxPoolGrad<T>(grad.data(), arg.data(), C, n_out, n_in,
+                                   grad_in.data(), kSerial);
   DevBuf<T> d_grad(grad), d_grad_in(n_in * C);
   DevBuf<sg::IndexCheck> d_check(1);
   DevBuf<unsigned char> ws(sg::MaxPoolGradWorkspaceBytes<T>(n_out, C, n_in));
   for (int run = 0; run < 2; ++run) {
     d_grad_in.Poison();
-    CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in, d_grad_in.get(),
-                               d_check.get(), ws.get(), ws.size(), s));
+    CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
+                               d_grad_in.get(), d_check.get(), ws.get(),
+                               ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_grad_in.Download(), grad_in), what + " max pool grad, run " +
-                                                       std::to_string(run));
-    Expect(sg::ArgmaxCheckStatus(d_check.Download()[0], n_in).ok(), what + " argmax check");
+    Expect(Bitwise(d_grad_in.Download(), grad_in),
+           what + " max pool grad, run " + std::to_string(run));
+    Expect(sg::ArgmaxCheckStatus(d_check.Download()[0], n_in).ok(),
+           what + " argmax check");
   }
   // Sum and average pooling, and their transposes.
   for (const bool average : {false, true}) {
     const std::string w = what + (average ? " average" : " sum");
     std::vector<T> sum(n_out * C);
-    sparse_ops::SparseSumPool<T>(in.data(), C, m.View(), n_out, average, sum.data(), kSerial);
+    sparse_ops::SparseSumPool<T>(in.data(), C, m.View(), n_out, average,
+                                 sum.data(), kSerial);
     for (int run = 0; run < 2; ++run) {
       d_out.Poison();
-      CORE_OK(sg::SumPool<T>(d_in.get(), n_in, C, dm.view, n_out, average, d_out.get(), s));
+      CORE_OK(sg::SumPool<T>(d_in.get(), n_in, C, dm.view, n_out, average,
+                             d_out.get(), s));
       CUDA_OK(cudaStreamSynchronize(s));
-      Expect(Bitwise(d_out.Download(), sum), w + " pool, run " + std::to_string(run));
+      Expect(Bitwise(d_out.Download(), sum),
+             w + " pool, run " + std::to_string(run));
     }
 
     // The CPU transposed map, as the op builds it.
@@ -237,23 +256,28 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in, int64_t n
     const bool table = sparse_ops::TransposeUsesTable(m.View(), n_in);
     std::vector<int32_t> table_buf(table ? K * n_in : 0);
     std::vector<uint64_t> pair_buf(table ? 0 : P);
-    CORE_OK(sparse_ops::TransposeKernelMap(m.View(), n_in, table ? table_buf.data() : nullptr,
-                                           table ? nullptr : pair_buf.data(), t_splits.data(),
-                                           t_in.data(), t_out.data(), kSerial));
-    const KernelMapView transposed{t_splits.data(), t_in.data(), t_out.data(), K};
+    CORE_OK(sparse_ops::TransposeKernelMap(
+        m.View(), n_in, table ? table_buf.data() : nullptr,
+        table ? nullptr : pair_buf.data(), t_splits.data(), t_in.data(),
+        t_out.data(), kSerial));
+    const KernelMapView transposed{t_splits.data(), t_in.data(), t_out.data(),
+                                   K};
     const std::vector<T> up_in = NormalValues<T>(rng, n_out * C);
     std::vector<T> inverse(n_out), up(n_in * C);
-    sparse_ops::SparseSumPoolTranspose<T>(up_in.data(), C, m.View(), transposed, n_in, n_out,
-                                          average, inverse.data(), up.data(), kSerial);
+    sparse_ops::SparseSumPoolTranspose<T>(up_in.data(), C, m.View(), transposed,
+                                          n_in, n_out, average, inverse.data(),
+                                          up.data(), kSerial);
     DevBuf<T> d_up_in(up_in), d_up(n_in * C);
-    DevBuf<unsigned char> tws(sg::SumPoolTransposeWorkspaceBytes<T>(K, P, n_in, n_out));
+    DevBuf<unsigned char> tws(
+        sg::SumPoolTransposeWorkspaceBytes<T>(K, P, n_in, n_out));
     DevBuf<sg::KernelMapCheck> map_check(1);
     for (int run = 0; run < 2; ++run) {
       d_up.Poison();
       // As the op runs it: the map check, then the transpose adding to it.
       CORE_OK(sg::CheckKernelMap(dm.view, n_in, n_out, map_check.get(), s));
-      CORE_OK(sg::SumPoolTranspose<T>(d_up_in.get(), n_out, C, dm.view, n_in, average,
-                                      d_up.get(), tws.get(), tws.size(), s, map_check.get()));
+      CORE_OK(sg::SumPoolTranspose<T>(d_up_in.get(), n_out, C, dm.view, n_in,
+                                      average, d_up.get(), tws.get(),
+                                      tws.size(), s, map_check.get()));
       CUDA_OK(cudaStreamSynchronize(s));
       const Status checked =
           sg::KernelMapCheckStatus(map_check.Download()[0], m.P(), n_in, n_out);
@@ -274,37 +298,43 @@ void MaxPoolGradCollisions(std::mt19937_64* rng, cudaStream_t s) {
   for (auto& a : arg) a = d(*rng);
   const std::vector<T> grad = NormalValues<T>(rng, n_out * C);
   std::vector<T> want(n_in * C);
-  sparse_ops::SparseMaxPoolGrad<T>(grad.data(), arg.data(), C, n_out, n_in, want.data(),
-                                   kSerial);
+  sparse_ops::SparseMaxPoolGrad<T>(grad.data(), arg.data(), C, n_out, n_in,
+                                   want.data(), kSerial);
   DevBuf<T> d_grad(grad), d_out(n_in * C);
   DevBuf<int32_t> d_arg(arg);
   DevBuf<sg::IndexCheck> d_check(1);
   DevBuf<unsigned char> ws(sg::MaxPoolGradWorkspaceBytes<T>(n_out, C, n_in));
   for (int run = 0; run < 2; ++run) {
     d_out.Poison();
-    CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in, d_out.get(),
-                               d_check.get(), ws.get(), ws.size(), s));
+    CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
+                               d_out.get(), d_check.get(), ws.get(), ws.size(),
+                               s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), want), "max pool grad, ~73 terms per target, run " +
-                                                std::to_string(run));
+    Expect(Bitwise(d_out.Download(), want),
+           "max pool grad, ~73 terms per target, run " + std::to_string(run));
   }
   // A bad entry: the CPU's message, the smallest bad position.
   arg[5 * C + 3] = static_cast<int32_t>(n_in);
   arg[9 * C + 1] = -2;
   d_arg.Upload(arg);
-  CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in, d_out.get(),
-                             d_check.get(), ws.get(), ws.size(), s));
+  CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
+                             d_out.get(), d_check.get(), ws.get(), ws.size(),
+                             s));
   CUDA_OK(cudaStreamSynchronize(s));
   const Status gpu = sg::ArgmaxCheckStatus(d_check.Download()[0], n_in);
-  const Status cpu = sparse_ops::ValidateArgmax(arg.data(), n_out * C, n_in, kSerial);
+  const Status cpu =
+      sparse_ops::ValidateArgmax(arg.data(), n_out * C, n_in, kSerial);
   Expect(!gpu.ok() && gpu.message() == cpu.message(),
-         "argmax error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
+         "argmax error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() +
+             "'");
 }
 
 template <typename T>
-void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStream_t s) {
-  const std::string what = std::string("global pools") + (sizeof(T) == 4 ? " f32" : " f64") +
-                           " n=" + std::to_string(n) + " B=" + std::to_string(B);
+void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng,
+                 cudaStream_t s) {
+  const std::string what =
+      std::string("global pools") + (sizeof(T) == 4 ? " f32" : " f64") +
+      " n=" + std::to_string(n) + " B=" + std::to_string(B);
   // Unsorted items; item 1 left empty when there are several.
   std::uniform_int_distribution<int32_t> d(0, static_cast<int32_t>(B - 1));
   std::vector<int32_t> batch(n);
@@ -318,18 +348,21 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
   if (n * C > 0) in[0] = std::numeric_limits<T>::quiet_NaN();
   std::vector<int64_t> starts(B + 1), chunk_first(B + 1), scratch(B + 1);
   std::vector<int32_t> order(n);
-  CORE_OK(sparse_ops::GroupByBatch(batch.data(), n, B, starts.data(), order.data(),
-                                   scratch.data()));
-  const int64_t chunks = sparse_ops::GlobalPoolChunks(starts.data(), B, chunk_first.data());
+  CORE_OK(sparse_ops::GroupByBatch(batch.data(), n, B, starts.data(),
+                                   order.data(), scratch.data()));
+  const int64_t chunks =
+      sparse_ops::GlobalPoolChunks(starts.data(), B, chunk_first.data());
   std::vector<T> partial(chunks * C), max(B * C), sum(B * C), mean(B * C);
   std::vector<int32_t> partial_arg(chunks * C), arg(B * C);
-  sparse_ops::GlobalMaxPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(),
-                               B, partial.data(), partial_arg.data(), max.data(), arg.data(),
-                               kSerial);
-  sparse_ops::GlobalSumPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(),
-                               B, false, partial.data(), sum.data(), kSerial);
-  sparse_ops::GlobalSumPool<T>(in.data(), C, starts.data(), order.data(), chunk_first.data(),
-                               B, true, partial.data(), mean.data(), kSerial);
+  sparse_ops::GlobalMaxPool<T>(
+      in.data(), C, starts.data(), order.data(), chunk_first.data(), B,
+      partial.data(), partial_arg.data(), max.data(), arg.data(), kSerial);
+  sparse_ops::GlobalSumPool<T>(in.data(), C, starts.data(), order.data(),
+                               chunk_first.data(), B, false, partial.data(),
+                               sum.data(), kSerial);
+  sparse_ops::GlobalSumPool<T>(in.data(), C, starts.data(), order.data(),
+                               chunk_first.data(), B, true, partial.data(),
+                               mean.data(), kSerial);
   DevBuf<T> d_in(in), d_out(B * C);
   DevBuf<int32_t> d_batch(batch), d_arg(B * C);
   DevBuf<sg::IndexCheck> d_check(1);
@@ -337,19 +370,25 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
   for (int run = 0; run < 2; ++run) {
     d_out.Poison();
     d_arg.Poison();
-    CORE_OK(sg::GlobalMaxPool<T>(d_in.get(), n, C, d_batch.get(), B, d_out.get(), d_arg.get(),
-                                 d_check.get(), ws.get(), ws.size(), s));
+    CORE_OK(sg::GlobalMaxPool<T>(d_in.get(), n, C, d_batch.get(), B,
+                                 d_out.get(), d_arg.get(), d_check.get(),
+                                 ws.get(), ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), max), what + " max, run " + std::to_string(run));
-    Expect(Bitwise(d_arg.Download(), arg), what + " argmax, run " + std::to_string(run));
-    Expect(sg::BatchCheckStatus(d_check.Download()[0], B).ok(), what + " batch check");
+    Expect(Bitwise(d_out.Download(), max),
+           what + " max, run " + std::to_string(run));
+    Expect(Bitwise(d_arg.Download(), arg),
+           what + " argmax, run " + std::to_string(run));
+    Expect(sg::BatchCheckStatus(d_check.Download()[0], B).ok(),
+           what + " batch check");
     for (const bool average : {false, true}) {
       d_out.Poison();
-      CORE_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, average, d_out.get(),
-                                   d_check.get(), ws.get(), ws.size(), s));
+      CORE_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, average,
+                                   d_out.get(), d_check.get(), ws.get(),
+                                   ws.size(), s));
       CUDA_OK(cudaStreamSynchronize(s));
-      Expect(Bitwise(d_out.Download(), average ? mean : sum),
-             what + (average ? " mean" : " sum") + ", run " + std::to_string(run));
+      Expect(
+          Bitwise(d_out.Download(), average ? mean : sum),
+          what + (average ? " mean" : " sum") + ", run " + std::to_string(run));
     }
   }
   // The gradients of the sum and the mean.
@@ -358,12 +397,13 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
   DevBuf<unsigned char> gws(sg::GlobalSumPoolGradWorkspaceBytes(B, C));
   for (const bool average : {false, true}) {
     std::vector<T> grad_in(n * C);
-    sparse_ops::GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n, starts.data(), average,
-                                     grad_in.data(), kSerial);
+    sparse_ops::GlobalSumPoolGrad<T>(grad.data(), C, batch.data(), n,
+                                     starts.data(), average, grad_in.data(),
+                                     kSerial);
     d_grad_in.Poison();
-    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B, average,
-                                     d_grad_in.get(), d_check.get(), gws.get(), gws.size(),
-                                     s));
+    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B,
+                                     average, d_grad_in.get(), d_check.get(),
+                                     gws.get(), gws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     Expect(Bitwise(d_grad_in.Download(), grad_in),
            what + (average ? " mean" : " sum") + " gradient");
@@ -373,17 +413,19 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng, cudaStre
     batch[7] = static_cast<int32_t>(B);
     batch[10] = -1;
     d_batch.Upload(batch);
-    CORE_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, false, d_out.get(),
-                                 d_check.get(), ws.get(), ws.size(), s));
+    CORE_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, false,
+                                 d_out.get(), d_check.get(), ws.get(),
+                                 ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     const Status gpu = sg::BatchCheckStatus(d_check.Download()[0], B);
-    const Status cpu = sparse_ops::GroupByBatch(batch.data(), n, B, starts.data(),
-                                                order.data(), scratch.data());
+    const Status cpu = sparse_ops::GroupByBatch(
+        batch.data(), n, B, starts.data(), order.data(), scratch.data());
     Expect(!gpu.ok() && gpu.message() == cpu.message(),
-           "batch error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() + "'");
-    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B, false,
-                                     d_grad_in.get(), d_check.get(), gws.get(), gws.size(),
-                                     s));
+           "batch error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() +
+               "'");
+    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B,
+                                     false, d_grad_in.get(), d_check.get(),
+                                     gws.get(), gws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     const Status grad_gpu = sg::BatchCheckStatus(d_check.Download()[0], B);
     Expect(!grad_gpu.ok() && grad_gpu.message() == cpu.message(),
@@ -402,15 +444,19 @@ void CorruptMap(cudaStream_t s) {
   DevBuf<float> in(std::vector<float>(3 * 4, 1.0f)), out(5 * 4);
   DevBuf<int32_t> arg(5 * 4);
   DevBuf<sg::KernelMapCheck> check(1);
-  DevBuf<unsigned char> ws(sg::SumPoolTransposeWorkspaceBytes<float>(3, 4, 3, 5));
-  CORE_OK(sg::MaxPool<float>(in.get(), 3, 4, dm.view, 5, out.get(), arg.get(), s));
+  DevBuf<unsigned char> ws(
+      sg::SumPoolTransposeWorkspaceBytes<float>(3, 4, 3, 5));
+  CORE_OK(
+      sg::MaxPool<float>(in.get(), 3, 4, dm.view, 5, out.get(), arg.get(), s));
   CORE_OK(sg::SumPool<float>(in.get(), 3, 4, dm.view, 5, true, out.get(), s));
   CORE_OK(sg::CheckKernelMap(dm.view, 3, 5, check.get(), s));
-  CORE_OK(sg::SumPoolTranspose<float>(out.get(), 5, 4, dm.view, 3, true, in.get(), ws.get(),
-                                      ws.size(), s, check.get()));
+  CORE_OK(sg::SumPoolTranspose<float>(out.get(), 5, 4, dm.view, 3, true,
+                                      in.get(), ws.get(), ws.size(), s,
+                                      check.get()));
   CUDA_OK(cudaStreamSynchronize(s));
   Expect(!sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 5).ok(),
-         "corrupt map: the check refuses it (and compute-sanitizer sees no fault)");
+         "corrupt map: the check refuses it (and compute-sanitizer sees no "
+         "fault)");
 }
 
 }  // namespace

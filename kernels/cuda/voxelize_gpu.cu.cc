@@ -3,10 +3,9 @@
 
 #include <cuda_runtime.h>
 
-#include <cub/cub.cuh>
-
 #include <algorithm>
 #include <cstdint>
+#include <cub/cub.cuh>
 #include <string>
 
 #include "kernels/core/coordinates.h"
@@ -35,11 +34,14 @@ size_t VoxelTempBytes(int64_t n) {
   const int items = static_cast<int>(std::min(n, kMaxSortItems));
   size_t sort = 0, scan = 0;
   const cudaError_t e1 = cub::DeviceRadixSort::SortPairs(
-      nullptr, sort, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
+      nullptr, sort, static_cast<const uint64_t*>(nullptr),
+      static_cast<uint64_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), items);
   const cudaError_t e2 = cub::DeviceScan::InclusiveSum(
-      nullptr, scan, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items);
-  return e1 == cudaSuccess && e2 == cudaSuccess ? std::max(sort, scan) : SIZE_MAX;
+      nullptr, scan, static_cast<const int32_t*>(nullptr),
+      static_cast<int32_t*>(nullptr), items);
+  return e1 == cudaSuccess && e2 == cudaSuccess ? std::max(sort, scan)
+                                                : SIZE_MAX;
 }
 
 VoxelBuffers CarveVoxels(void* workspace, int64_t n, int dims) {
@@ -69,8 +71,8 @@ __global__ void InitVoxelInfoKernel(VoxelInfo* info) {
 // that the key layout stays that of the good rows.
 template <typename P>
 __global__ void GridKernel(const P* __restrict__ points, int64_t n, int dims,
-                           const VoxelSize size, int32_t* grid, int32_t* positions,
-                           VoxelInfo* info) {
+                           const VoxelSize size, int32_t* grid,
+                           int32_t* positions, VoxelInfo* info) {
   SPARSE_OPS_GRID_STRIDE(i, n) {
     int32_t* row = grid + i * dims;
     if (GridRowOf(points, i, dims, size.v, row).problem != kVoxelPointOk) {
@@ -82,21 +84,24 @@ __global__ void GridKernel(const P* __restrict__ points, int64_t n, int dims,
 }
 
 template <typename P>
-__global__ void BadPointKernel(const P* __restrict__ points, int dims, const VoxelSize size,
-                               VoxelInfo* info) {
+__global__ void BadPointKernel(const P* __restrict__ points, int dims,
+                               const VoxelSize size, VoxelInfo* info) {
   if (info->first_bad == kNone) return;
   int32_t row[kMaxDims];
-  info->bad = GridRowOf(points, static_cast<int64_t>(info->first_bad), dims, size.v, row);
+  info->bad = GridRowOf(points, static_cast<int64_t>(info->first_bad), dims,
+                        size.v, row);
 }
 
-__global__ void HeadKernel(const uint64_t* __restrict__ keys, int64_t n, int32_t* head) {
+__global__ void HeadKernel(const uint64_t* __restrict__ keys, int64_t n,
+                           int32_t* head) {
   SPARSE_OPS_GRID_STRIDE(j, n) { head[j] = j == 0 || keys[j] != keys[j - 1]; }
 }
 
 // Each point's site, and where each site starts in the sorted order.
-__global__ void SitesKernel(const int32_t* __restrict__ order, const int32_t* __restrict__ head,
-                            const int32_t* __restrict__ site_end, int64_t n, int32_t* inverse,
-                            int64_t* starts) {
+__global__ void SitesKernel(const int32_t* __restrict__ order,
+                            const int32_t* __restrict__ head,
+                            const int32_t* __restrict__ site_end, int64_t n,
+                            int32_t* inverse, int64_t* starts) {
   SPARSE_OPS_GRID_STRIDE(j, n) {
     const int32_t site = site_end[j] - 1;
     inverse[order[j]] = site;
@@ -113,11 +118,13 @@ __global__ void SiteCountKernel(const int32_t* __restrict__ site_end, int64_t n,
 
 __global__ void VoxelCoordinatesKernel(const int32_t* __restrict__ grid,
                                        const int32_t* __restrict__ order,
-                                       const int64_t* __restrict__ starts, int64_t m, int dims,
+                                       const int64_t* __restrict__ starts,
+                                       int64_t m, int dims,
                                        int32_t* coordinates, int32_t* counts) {
   SPARSE_OPS_GRID_STRIDE(s, m) {
     const int64_t first = order[starts[s]];
-    for (int a = 0; a < dims; ++a) coordinates[s * dims + a] = grid[first * dims + a];
+    for (int a = 0; a < dims; ++a)
+      coordinates[s * dims + a] = grid[first * dims + a];
     counts[s] = static_cast<int32_t>(starts[s + 1] - starts[s]);
   }
 }
@@ -125,9 +132,11 @@ __global__ void VoxelCoordinatesKernel(const int32_t* __restrict__ grid,
 // One thread per (site, channel), its points in input order: the core's
 // MergeVoxelFeatures.
 template <typename T>
-__global__ void MergeKernel(const T* __restrict__ features, const int32_t* __restrict__ order,
-                            const int64_t* __restrict__ starts, int64_t m, int64_t C,
-                            VoxelMode mode, T* merged, int32_t* source) {
+__global__ void MergeKernel(const T* __restrict__ features,
+                            const int32_t* __restrict__ order,
+                            const int64_t* __restrict__ starts, int64_t m,
+                            int64_t C, VoxelMode mode, T* merged,
+                            int32_t* source) {
   SPARSE_OPS_GRID_STRIDE(e, m * C) {
     const int64_t s = e / C, c = e - s * C;
     const int64_t begin = starts[s], end = starts[s + 1];
@@ -138,10 +147,12 @@ __global__ void MergeKernel(const T* __restrict__ features, const int32_t* __res
       for (int64_t j = begin; j < end; ++j) {
         sum += static_cast<double>(features[int64_t{order[j]} * C + c]);
       }
-      merged[e] = static_cast<T>(mode == VoxelMode::kAverage ? sum / (end - begin) : sum);
+      merged[e] = static_cast<T>(
+          mode == VoxelMode::kAverage ? sum / (end - begin) : sum);
       continue;
     }
-    if (mode == VoxelMode::kMax) {  // the first point holding it; NaN, once met, stays
+    if (mode ==
+        VoxelMode::kMax) {  // the first point holding it; NaN, once met, stays
       for (int64_t j = begin + 1; j < end && value == value; ++j) {
         const T v = features[int64_t{order[j]} * C + c];
         if (v != v || v > value) {
@@ -159,7 +170,8 @@ __global__ void MergeKernel(const T* __restrict__ features, const int32_t* __res
 
 Status VoxelInfoStatus(const VoxelInfo& info, const double* voxel_size) {
   if (info.first_bad != kNone) return VoxelPointStatus(info.bad, voxel_size);
-  if (info.keys.error == kMapKeyTooWide) return KeyWidthStatus(info.keys.layout);
+  if (info.keys.error == kMapKeyTooWide)
+    return KeyWidthStatus(info.keys.layout);
   if (info.keys.error != kMapOk) {
     return Status::Internal("sparse_ops GPU Voxelize: unknown error " +
                             std::to_string(info.keys.error));
@@ -173,12 +185,14 @@ size_t VoxelizeWorkspaceBytes(int64_t n, int dims) {
 }
 
 template <typename P>
-Status VoxelizeCount(const P* points, int64_t n, int dims, const double* voxel_size,
-                     int32_t* inverse, VoxelInfo* info, void* workspace,
-                     size_t workspace_bytes, GpuStream stream) {
+Status VoxelizeCount(const P* points, int64_t n, int dims,
+                     const double* voxel_size, int32_t* inverse,
+                     VoxelInfo* info, void* workspace, size_t workspace_bytes,
+                     GpuStream stream) {
   if (n < 0 || n >= kMaxSortItems || dims < 2 || dims > kMaxDims) {
-    return Status::Error("sparse_ops GPU Voxelize: " + std::to_string(n) + " points of " +
-                         std::to_string(dims) + " columns are not supported");
+    return Status::Error("sparse_ops GPU Voxelize: " + std::to_string(n) +
+                         " points of " + std::to_string(dims) +
+                         " columns are not supported");
   }
   const VoxelBuffers b = CarveVoxels(workspace, n, dims);
   Status status = CheckWorkspace(workspace_bytes, b.bytes, "Voxelize");
@@ -187,8 +201,8 @@ Status VoxelizeCount(const P* points, int64_t n, int dims, const double* voxel_s
   std::copy(voxel_size, voxel_size + dims - 1, size.v);
   InitVoxelInfoKernel<<<1, 1, 0, stream>>>(info);
   if (n > 0) {
-    GridKernel<P><<<GridFor(n), kThreads, 0, stream>>>(points, n, dims, size, b.grid,
-                                                       b.positions, info);
+    GridKernel<P><<<GridFor(n), kThreads, 0, stream>>>(
+        points, n, dims, size, b.grid, b.positions, info);
     BadPointKernel<P><<<1, 1, 0, stream>>>(points, dims, size, info);
   }
   status = KeyLayoutOf(b.grid, n, dims, &info->keys, stream);
@@ -198,15 +212,17 @@ Status VoxelizeCount(const P* points, int64_t n, int dims, const double* voxel_s
     if (!status.ok()) return status;
     const int items = static_cast<int>(n);
     size_t temp_bytes = b.temp_bytes;
-    cudaError_t e = cub::DeviceRadixSort::SortPairs(b.temp, temp_bytes, b.keys, b.sorted_keys,
-                                                    b.positions, b.order, items, 0, 64, stream);
+    cudaError_t e = cub::DeviceRadixSort::SortPairs(
+        b.temp, temp_bytes, b.keys, b.sorted_keys, b.positions, b.order, items,
+        0, 64, stream);
     if (e != cudaSuccess) return CudaStatus(e, "Voxelize");
     HeadKernel<<<GridFor(n), kThreads, 0, stream>>>(b.sorted_keys, n, b.head);
     temp_bytes = b.temp_bytes;
-    e = cub::DeviceScan::InclusiveSum(b.temp, temp_bytes, b.head, b.site_end, items, stream);
+    e = cub::DeviceScan::InclusiveSum(b.temp, temp_bytes, b.head, b.site_end,
+                                      items, stream);
     if (e != cudaSuccess) return CudaStatus(e, "Voxelize");
-    SitesKernel<<<GridFor(n), kThreads, 0, stream>>>(b.order, b.head, b.site_end, n, inverse,
-                                                     b.starts);
+    SitesKernel<<<GridFor(n), kThreads, 0, stream>>>(
+        b.order, b.head, b.site_end, n, inverse, b.starts);
   }
   SiteCountKernel<<<1, 1, 0, stream>>>(b.site_end, n, b.starts, info);
   return LaunchStatus("Voxelize");
@@ -214,35 +230,39 @@ Status VoxelizeCount(const P* points, int64_t n, int dims, const double* voxel_s
 
 template <typename T>
 Status VoxelizeFill(const T* features, int64_t n, int dims, int64_t channels,
-                    int64_t num_sites, VoxelMode mode, int32_t* coordinates, int32_t* counts,
-                    T* merged, int32_t* source, void* workspace, size_t workspace_bytes,
-                    GpuStream stream) {
-  const VoxelBuffers b = CarveVoxels(workspace, n, dims);  // where Count left its work
+                    int64_t num_sites, VoxelMode mode, int32_t* coordinates,
+                    int32_t* counts, T* merged, int32_t* source,
+                    void* workspace, size_t workspace_bytes, GpuStream stream) {
+  const VoxelBuffers b =
+      CarveVoxels(workspace, n, dims);  // where Count left its work
   const Status status = CheckWorkspace(workspace_bytes, b.bytes, "Voxelize");
   if (!status.ok() || num_sites == 0) return status;
-  if (num_sites > n) return Status::Internal("sparse_ops GPU Voxelize: more sites than points");
+  if (num_sites > n)
+    return Status::Internal("sparse_ops GPU Voxelize: more sites than points");
   VoxelCoordinatesKernel<<<GridFor(num_sites), kThreads, 0, stream>>>(
       b.grid, b.order, b.starts, num_sites, dims, coordinates, counts);
   const int64_t entries = CountProduct(num_sites, channels);
   if (entries > 0) {
-    MergeKernel<T><<<GridFor(entries), kThreads, 0, stream>>>(features, b.order, b.starts,
-                                                              num_sites, channels, mode, merged,
-                                                              source);
+    MergeKernel<T><<<GridFor(entries), kThreads, 0, stream>>>(
+        features, b.order, b.starts, num_sites, channels, mode, merged, source);
   }
   return LaunchStatus("Voxelize");
 }
 
 template size_t VoxelizeWorkspaceBytes<float>(int64_t, int);
 template size_t VoxelizeWorkspaceBytes<double>(int64_t, int);
-template Status VoxelizeCount<float>(const float*, int64_t, int, const double*, int32_t*,
-                                     VoxelInfo*, void*, size_t, GpuStream);
-template Status VoxelizeCount<double>(const double*, int64_t, int, const double*, int32_t*,
-                                      VoxelInfo*, void*, size_t, GpuStream);
-template Status VoxelizeFill<float>(const float*, int64_t, int, int64_t, int64_t, VoxelMode,
-                                    int32_t*, int32_t*, float*, int32_t*, void*, size_t,
-                                    GpuStream);
-template Status VoxelizeFill<double>(const double*, int64_t, int, int64_t, int64_t, VoxelMode,
-                                     int32_t*, int32_t*, double*, int32_t*, void*, size_t,
+template Status VoxelizeCount<float>(const float*, int64_t, int, const double*,
+                                     int32_t*, VoxelInfo*, void*, size_t,
+                                     GpuStream);
+template Status VoxelizeCount<double>(const double*, int64_t, int,
+                                      const double*, int32_t*, VoxelInfo*,
+                                      void*, size_t, GpuStream);
+template Status VoxelizeFill<float>(const float*, int64_t, int, int64_t,
+                                    int64_t, VoxelMode, int32_t*, int32_t*,
+                                    float*, int32_t*, void*, size_t, GpuStream);
+template Status VoxelizeFill<double>(const double*, int64_t, int, int64_t,
+                                     int64_t, VoxelMode, int32_t*, int32_t*,
+                                     double*, int32_t*, void*, size_t,
                                      GpuStream);
 
 }  // namespace gpu

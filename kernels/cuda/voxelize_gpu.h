@@ -29,9 +29,9 @@ namespace gpu {
 
 // Written by VoxelizeCount; the op reads it back once.
 struct VoxelInfo {
-  KernelMapInfo keys;       // the key layout (and its width error)
-  uint64_t first_bad;       // the first bad point's row (all ones: none)
-  VoxelPointError bad;      // why it is bad
+  KernelMapInfo keys;   // the key layout (and its width error)
+  uint64_t first_bad;   // the first bad point's row (all ones: none)
+  VoxelPointError bad;  // why it is bad
   int64_t num_sites;
 };
 
@@ -42,18 +42,19 @@ Status VoxelInfoStatus(const VoxelInfo& info, const double* voxel_size);
 template <typename P>
 size_t VoxelizeWorkspaceBytes(int64_t n, int dims);
 template <typename P>
-Status VoxelizeCount(const P* points, int64_t n, int dims, const double* voxel_size,
-                     int32_t* inverse, VoxelInfo* info, void* workspace,
-                     size_t workspace_bytes, GpuStream stream);
+Status VoxelizeCount(const P* points, int64_t n, int dims,
+                     const double* voxel_size, int32_t* inverse,
+                     VoxelInfo* info, void* workspace, size_t workspace_bytes,
+                     GpuStream stream);
 
 // After the read: coordinates [num_sites, dims], counts [num_sites],
 // merged [num_sites, channels] and, for kMax and kFirst, source (nullptr:
 // not wanted), as MergeVoxelFeatures.
 template <typename T>
 Status VoxelizeFill(const T* features, int64_t n, int dims, int64_t channels,
-                    int64_t num_sites, VoxelMode mode, int32_t* coordinates, int32_t* counts,
-                    T* merged, int32_t* source, void* workspace, size_t workspace_bytes,
-                    GpuStream stream);
+                    int64_t num_sites, VoxelMode mode, int32_t* coordinates,
+                    int32_t* counts, T* merged, int32_t* source,
+                    void* workspace, size_t workspace_bytes, GpuStream stream);
 
 }  // namespace gpu
 }  // namespace sparse_ops

@@ -273,8 +273,8 @@ REGISTER_OP("SparseOps>Attention")
       TF_RETURN_IF_ERROR(CoordinatesShape(c, 1, &coordinates));
       TF_RETURN_IF_ERROR(c->WithRank(c->input(2), 0, &unused));
       DimensionHandle rows;
-      TF_RETURN_IF_ERROR(c->Merge(c->Dim(features, 0), c->Dim(coordinates, 0),
-                                  &rows));
+      TF_RETURN_IF_ERROR(
+          c->Merge(c->Dim(features, 0), c->Dim(coordinates, 0), &rows));
       c->set_output(0, c->Matrix(rows, c->Dim(features, 1)));
       c->set_output(1, c->Vector(c->UnknownDim()));
       return absl::OkStatus();
@@ -491,7 +491,8 @@ REGISTER_OP("SparseOps>DepthwiseConv")
       TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 3, &kernel));
       DimensionHandle rows, width;
       TF_RETURN_IF_ERROR(c->MakeDimForScalarInput(5, &rows));
-      TF_RETURN_IF_ERROR(c->Multiply(c->Dim(kernel, 1), c->Dim(kernel, 2), &width));
+      TF_RETURN_IF_ERROR(
+          c->Multiply(c->Dim(kernel, 1), c->Dim(kernel, 2), &width));
       c->set_output(0, c->Matrix(rows, width));
       return absl::OkStatus();
     })

@@ -18,7 +18,8 @@ using tensorflow::Tensor;
 template <typename T>
 class AttentionOp : public SparseOpKernel {
  public:
-  explicit AttentionOp(OpKernelConstruction* context) : SparseOpKernel(context) {
+  explicit AttentionOp(OpKernelConstruction* context)
+      : SparseOpKernel(context) {
     std::string mode, per;
     OP_REQUIRES_OK(context, context->GetAttr("mode", &mode));
     OP_REQUIRES_OK(context, context->GetAttr("per", &per));

@@ -21,7 +21,8 @@ using tensorflow::Tensor;
 template <typename T>
 class AttentionGpuOp : public SparseAsyncOpKernel {
  public:
-  explicit AttentionGpuOp(OpKernelConstruction* context) : SparseAsyncOpKernel(context) {
+  explicit AttentionGpuOp(OpKernelConstruction* context)
+      : SparseAsyncOpKernel(context) {
     std::string mode, per;
     OP_REQUIRES_OK(context, context->GetAttr("mode", &mode));
     OP_REQUIRES_OK(context, context->GetAttr("per", &per));
@@ -29,7 +30,8 @@ class AttentionGpuOp : public SparseAsyncOpKernel {
     per_ = per == "site" ? AttentionPer::kSite : AttentionPer::kChannel;
   }
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     if (!CheckAttentionInputs(context, CheckCoordinatesShape)) return done();
     const Tensor& features = context->input(0);
     const Tensor& coordinates = context->input(1);
@@ -41,25 +43,30 @@ class AttentionGpuOp : public SparseAsyncOpKernel {
     DeviceResult<gpu::AttentionInfo> info;
     const size_t bytes = gpu::AttentionWorkspaceBytes<T>(n, c, per);
     if (!AllocateOutput(context, 0, {n, c}, &keep) ||
-        !AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info)) {
+        !AllocateDeviceBytes(context, bytes, &workspace) ||
+        !AllocateResult(context, &info)) {
       return done();
     }
-    if (Failed(context, gpu::AttentionKeep<T>(
-                            features.flat<T>().data(), n, c, coordinates.flat<int32_t>().data(),
-                            coordinates.dim_size(1), k, mode_, per, keep->flat<bool>().data(),
-                            info.on_device(), BytesOf(workspace), bytes, StreamOf(context)))) {
+    if (Failed(context,
+               gpu::AttentionKeep<T>(
+                   features.flat<T>().data(), n, c,
+                   coordinates.flat<int32_t>().data(), coordinates.dim_size(1),
+                   k, mode_, per, keep->flat<bool>().data(), info.on_device(),
+                   BytesOf(workspace), bytes, StreamOf(context)))) {
       return done();
     }
     // The workspace holds the kept rows until they are copied.
     FinishWithResult(
         context, info,
-        [context, workspace, bytes, n, c, per](const gpu::AttentionInfo& host) mutable {
+        [context, workspace, bytes, n, c,
+         per](const gpu::AttentionInfo& host) mutable {
           Status status = gpu::AttentionInfoStatus(host);
           Tensor* rows = nullptr;
-          if (status.ok() && AllocateOutput(context, 1, {host.num_rows}, &rows)) {
-            status = gpu::AttentionKeptRows<T>(n, c, per, host.num_rows,
-                                               rows->flat<int32_t>().data(),
-                                               BytesOf(workspace), bytes, StreamOf(context));
+          if (status.ok() &&
+              AllocateOutput(context, 1, {host.num_rows}, &rows)) {
+            status = gpu::AttentionKeptRows<T>(
+                n, c, per, host.num_rows, rows->flat<int32_t>().data(),
+                BytesOf(workspace), bytes, StreamOf(context));
           }
           return status;
         },
@@ -71,11 +78,11 @@ class AttentionGpuOp : public SparseAsyncOpKernel {
   AttentionPer per_;
 };
 
-#define SPARSE_OPS_REGISTER(T)                                  \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>Attention")           \
-                              .Device(DEVICE_GPU)               \
-                              .TypeConstraint<T>("T")           \
-                              .HostMemory("k"),                 \
+#define SPARSE_OPS_REGISTER(T)                        \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>Attention") \
+                              .Device(DEVICE_GPU)     \
+                              .TypeConstraint<T>("T") \
+                              .HostMemory("k"),       \
                           AttentionGpuOp<T>);
 SPARSE_OPS_REGISTER(float)
 SPARSE_OPS_REGISTER(double)

@@ -65,7 +65,9 @@ class ConvOp : public SparseOpKernel {
     if (!GetRowCount(context, 5, "num_out_rows", &n_out)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, features.dim_size(0), n_out, &map)) return;
-    if (!CheckConvKernel(context, kernel, map.num_offsets, features, 1, "features")) return;
+    if (!CheckConvKernel(context, kernel, map.num_offsets, features, 1,
+                         "features"))
+      return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_out, c_out}, &output)) return;
@@ -91,19 +93,22 @@ class ConvBackpropInputOp : public SparseOpKernel {
     if (!GetRowCount(context, 5, "num_in_rows", &n_in)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, n_in, grad.dim_size(0), &map)) return;
-    if (!CheckConvKernel(context, kernel, map.num_offsets, grad, 2, "grad_output")) return;
+    if (!CheckConvKernel(context, kernel, map.num_offsets, grad, 2,
+                         "grad_output"))
+      return;
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     // The transposed map, sorted by input row, as the core needs.
     TempAllocator temp(context);
     KernelMapView transposed;
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, TransposedKernelMap(map, n_in, temp.callback(), IntraOpParallelFor(context),
-                                     &transposed));
+        context, TransposedKernelMap(map, n_in, temp.callback(),
+                                     IntraOpParallelFor(context), &transposed));
 
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c_in}, &output)) return;
     RunSparseConv<T>(context, grad, c_out, kernel, c_in,
-                     /*transpose_weights=*/true, transposed, n_in, output, path_);
+                     /*transpose_weights=*/true, transposed, n_in, output,
+                     path_);
   }
 
  private:
@@ -133,28 +138,28 @@ class ConvBackpropKernelOp : public SparseOpKernel {
     }
     Tensor scratch;
     if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
-                      {WeightGradientScratchSize(map, c_in, c_out)}, &scratch)) {
+                      {WeightGradientScratchSize(map, c_in, c_out)},
+                      &scratch)) {
       return;
     }
-    SparseConvWeightGradient<T>(features.flat<T>().data(), c_in,
-                                grad.flat<T>().data(), c_out, map,
-                                output->flat<T>().data(),
-                                scratch.flat<T>().data(),
-                                IntraOpParallelFor(context));
+    SparseConvWeightGradient<T>(
+        features.flat<T>().data(), c_in, grad.flat<T>().data(), c_out, map,
+        output->flat<T>().data(), scratch.flat<T>().data(),
+        IntraOpParallelFor(context));
   }
 };
 
-#define SPARSE_OPS_REGISTER(T)                                             \
-  REGISTER_KERNEL_BUILDER(                                                 \
-      Name("SparseOps>Conv").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
-      ConvOp<T>);                                                          \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropInput")              \
-                              .Device(DEVICE_CPU)                          \
-                              .TypeConstraint<T>("T"),                     \
-                          ConvBackpropInputOp<T>);                         \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropKernel")             \
-                              .Device(DEVICE_CPU)                          \
-                              .TypeConstraint<T>("T"),                     \
+#define SPARSE_OPS_REGISTER(T)                                          \
+  REGISTER_KERNEL_BUILDER(                                              \
+      Name("SparseOps>Conv").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      ConvOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropInput")           \
+                              .Device(DEVICE_CPU)                       \
+                              .TypeConstraint<T>("T"),                  \
+                          ConvBackpropInputOp<T>);                      \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropKernel")          \
+                              .Device(DEVICE_CPU)                       \
+                              .TypeConstraint<T>("T"),                  \
                           ConvBackpropKernelOp<T>);
 SPARSE_OPS_REGISTER(float)
 SPARSE_OPS_REGISTER(double)

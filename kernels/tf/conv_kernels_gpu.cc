@@ -18,14 +18,14 @@ using tensorflow::OpKernelConstruction;
 using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 
-
 template <typename T>
 class ConvGpuOp : public SparseAsyncOpKernel {
  public:
   explicit ConvGpuOp(OpKernelConstruction* context)
       : SparseAsyncOpKernel(context), validate_map_(GetValidateMap(context)) {}
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& features = context->input(0);
     const Tensor& kernel = context->input(1);
     int64_t n_out;
@@ -36,15 +36,16 @@ class ConvGpuOp : public SparseAsyncOpKernel {
     }
     const gpu::DeviceKernelMap map = DeviceMap(context, 2);
     const int64_t n_in = features.dim_size(0);
-    if (!CheckConvKernel(context, kernel, map.num_offsets, features, 1, "features")) {
+    if (!CheckConvKernel(context, kernel, map.num_offsets, features, 1,
+                         "features")) {
       return done();
     }
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
     Tensor* output = nullptr;
     Tensor workspace;
     DeviceResult<gpu::KernelMapCheck> check;
-    const size_t bytes = gpu::ConvWorkspaceBytes<T>(map.num_offsets, n_out, c_in,
-                                                    c_out, /*transpose_weights=*/false);
+    const size_t bytes = gpu::ConvWorkspaceBytes<T>(
+        map.num_offsets, n_out, c_in, c_out, /*transpose_weights=*/false);
     if (!AllocateOutput(context, 0, {n_out, c_out}, &output) ||
         !AllocateDeviceBytes(context, bytes, &workspace) ||
         !StartMapCheck(context, validate_map_, map, n_in, n_out, &check)) {
@@ -55,7 +56,8 @@ class ConvGpuOp : public SparseAsyncOpKernel {
         /*transpose_weights=*/false, map, n_out, output->flat<T>().data(),
         BytesOf(workspace), bytes, StreamOf(context));
     if (Failed(context, status)) return done();
-    FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
+    FinishMapCheck(context, std::move(check), map, n_in, n_out,
+                   std::move(done));
   }
 
  private:
@@ -68,7 +70,8 @@ class ConvBackpropInputGpuOp : public SparseAsyncOpKernel {
   explicit ConvBackpropInputGpuOp(OpKernelConstruction* context)
       : SparseAsyncOpKernel(context), validate_map_(GetValidateMap(context)) {}
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& grad = context->input(0);
     const Tensor& kernel = context->input(1);
     int64_t n_in;
@@ -79,7 +82,8 @@ class ConvBackpropInputGpuOp : public SparseAsyncOpKernel {
     }
     const gpu::DeviceKernelMap map = DeviceMap(context, 2);
     const int64_t n_out = grad.dim_size(0);
-    if (!CheckConvKernel(context, kernel, map.num_offsets, grad, 2, "grad_output")) {
+    if (!CheckConvKernel(context, kernel, map.num_offsets, grad, 2,
+                         "grad_output")) {
       return done();
     }
     const int64_t c_in = kernel.dim_size(1), c_out = kernel.dim_size(2);
@@ -95,10 +99,11 @@ class ConvBackpropInputGpuOp : public SparseAsyncOpKernel {
     }
     const Status status = gpu::ConvBackpropInput<T>(
         grad.flat<T>().data(), n_out, c_out, kernel.flat<T>().data(), c_in, map,
-        n_in, output->flat<T>().data(), BytesOf(workspace), bytes, StreamOf(context),
-        MapCheckOrNull(check));
+        n_in, output->flat<T>().data(), BytesOf(workspace), bytes,
+        StreamOf(context), MapCheckOrNull(check));
     if (Failed(context, status)) return done();
-    FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
+    FinishMapCheck(context, std::move(check), map, n_in, n_out,
+                   std::move(done));
   }
 
  private:
@@ -111,7 +116,8 @@ class ConvBackpropKernelGpuOp : public SparseAsyncOpKernel {
   explicit ConvBackpropKernelGpuOp(OpKernelConstruction* context)
       : SparseAsyncOpKernel(context), validate_map_(GetValidateMap(context)) {}
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& features = context->input(0);
     const Tensor& grad = context->input(1);
     if (!CheckMatrix(context, features, "features") ||
@@ -133,30 +139,32 @@ class ConvBackpropKernelGpuOp : public SparseAsyncOpKernel {
       return done();
     }
     const Status status = gpu::ConvBackpropKernel<T>(
-        features.flat<T>().data(), n_in, c_in, grad.flat<T>().data(), n_out, c_out,
-        map, output->flat<T>().data(), BytesOf(workspace), bytes, StreamOf(context));
+        features.flat<T>().data(), n_in, c_in, grad.flat<T>().data(), n_out,
+        c_out, map, output->flat<T>().data(), BytesOf(workspace), bytes,
+        StreamOf(context));
     if (Failed(context, status)) return done();
-    FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
+    FinishMapCheck(context, std::move(check), map, n_in, n_out,
+                   std::move(done));
   }
 
  private:
   const bool validate_map_;
 };
 
-#define SPARSE_OPS_REGISTER_GPU(T)                                          \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>Conv")                            \
-                              .Device(DEVICE_GPU)                           \
-                              .TypeConstraint<T>("T")                       \
-                              .HostMemory("num_out_rows"),                  \
-                          ConvGpuOp<T>);                                    \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropInput")               \
-                              .Device(DEVICE_GPU)                           \
-                              .TypeConstraint<T>("T")                       \
-                              .HostMemory("num_in_rows"),                   \
-                          ConvBackpropInputGpuOp<T>);                       \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropKernel")              \
-                              .Device(DEVICE_GPU)                           \
-                              .TypeConstraint<T>("T"),                      \
+#define SPARSE_OPS_REGISTER_GPU(T)                             \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>Conv")               \
+                              .Device(DEVICE_GPU)              \
+                              .TypeConstraint<T>("T")          \
+                              .HostMemory("num_out_rows"),     \
+                          ConvGpuOp<T>);                       \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropInput")  \
+                              .Device(DEVICE_GPU)              \
+                              .TypeConstraint<T>("T")          \
+                              .HostMemory("num_in_rows"),      \
+                          ConvBackpropInputGpuOp<T>);          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>ConvBackpropKernel") \
+                              .Device(DEVICE_GPU)              \
+                              .TypeConstraint<T>("T"),         \
                           ConvBackpropKernelGpuOp<T>);
 SPARSE_OPS_REGISTER_GPU(float)
 SPARSE_OPS_REGISTER_GPU(double)

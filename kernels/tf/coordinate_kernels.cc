@@ -30,7 +30,8 @@ void OutputCoordinates(OpKernelContext* context, const KeyPacker& packer,
 
 class KernelMapOp : public SparseOpKernel {
  public:
-  explicit KernelMapOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
+  explicit KernelMapOp(OpKernelConstruction* context)
+      : SparseOpKernel(context) {}
 
   void ComputeChecked(OpKernelContext* context) override {
     const Tensor& in = context->input(0);
@@ -40,11 +41,12 @@ class KernelMapOp : public SparseOpKernel {
     if (!CheckCoordinates(context, in, "in_coordinates")) return;
     if (!CheckCoordinates(context, out, "out_coordinates")) return;
     const int dims = in.dim_size(1);
-    OP_REQUIRES(context, out.dim_size(1) == dims,
-                absl::InvalidArgumentError(
-                    "in_coordinates and out_coordinates must have the same "
-                    "number of columns, got " + std::to_string(dims) +
-                    " and " + std::to_string(out.dim_size(1))));
+    OP_REQUIRES(
+        context, out.dim_size(1) == dims,
+        absl::InvalidArgumentError(
+            "in_coordinates and out_coordinates must have the same "
+            "number of columns, got " +
+            std::to_string(dims) + " and " + std::to_string(out.dim_size(1))));
     if (!CheckOffsets(context, offsets, dims - 1)) return;
     if (!CheckStride(context, stride, dims - 1)) return;
 
@@ -116,19 +118,19 @@ class GenerativeCoordinatesOp : public SparseOpKernel {
     const KernelGeometry geometry{offsets.flat<int32_t>().data(), K,
                                   stride.flat<int32_t>().data()};
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, GenerativeKeys(in.flat<int32_t>().data(), in.dim_size(0), dims,
-                                geometry, TableBudget(in.dim_size(0)) / 4, kMaxRows,
-                                &packer,
-                                &keys, IntraOpParallelFor(context)));
-    OutputCoordinates(context, packer, keys.data(), static_cast<int64_t>(keys.size()));
+        context,
+        GenerativeKeys(in.flat<int32_t>().data(), in.dim_size(0), dims,
+                       geometry, TableBudget(in.dim_size(0)) / 4, kMaxRows,
+                       &packer, &keys, IntraOpParallelFor(context)));
+    OutputCoordinates(context, packer, keys.data(),
+                      static_cast<int64_t>(keys.size()));
   }
 };
 
 REGISTER_KERNEL_BUILDER(Name("SparseOps>KernelMap").Device(DEVICE_CPU),
                         KernelMapOp);
-REGISTER_KERNEL_BUILDER(
-    Name("SparseOps>StridedCoordinates").Device(DEVICE_CPU),
-    StridedCoordinatesOp);
+REGISTER_KERNEL_BUILDER(Name("SparseOps>StridedCoordinates").Device(DEVICE_CPU),
+                        StridedCoordinatesOp);
 REGISTER_KERNEL_BUILDER(
     Name("SparseOps>GenerativeCoordinates").Device(DEVICE_CPU),
     GenerativeCoordinatesOp);

@@ -26,7 +26,8 @@ class KernelMapGpuOp : public SparseAsyncOpKernel {
  public:
   using SparseAsyncOpKernel::SparseAsyncOpKernel;
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& in = context->input(0);
     const Tensor& out = context->input(1);
     const Tensor& offsets = context->input(2);
@@ -39,8 +40,8 @@ class KernelMapGpuOp : public SparseAsyncOpKernel {
     if (out.dim_size(1) != dims) {
       context->CtxFailure(absl::InvalidArgumentError(
           "in_coordinates and out_coordinates must have the same number of "
-          "columns, got " + std::to_string(dims) + " and " +
-          std::to_string(out.dim_size(1))));
+          "columns, got " +
+          std::to_string(dims) + " and " + std::to_string(out.dim_size(1))));
       return done();
     }
     if (!CheckOffsets(context, offsets, dims - 1) ||
@@ -61,21 +62,24 @@ class KernelMapGpuOp : public SparseAsyncOpKernel {
     Tensor workspace, out_workspace;
     DeviceResult<gpu::KernelMapInfo> info, out_info;
     const size_t bytes = gpu::KernelMapWorkspaceBytes(n_in, n_out, K);
-    const size_t out_bytes = same ? 0 : gpu::KernelMapWorkspaceBytes(n_out, n_out, 0);
-    if (!AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info) ||
+    const size_t out_bytes =
+        same ? 0 : gpu::KernelMapWorkspaceBytes(n_out, n_out, 0);
+    if (!AllocateDeviceBytes(context, bytes, &workspace) ||
+        !AllocateResult(context, &info) ||
         (!same && (!AllocateDeviceBytes(context, out_bytes, &out_workspace) ||
                    !AllocateResult(context, &out_info)))) {
       return done();
     }
     const int32_t* out_coords = out.flat<int32_t>().data();
-    Status status = gpu::KernelMapCount(in.flat<int32_t>().data(), n_in, out_coords, n_out,
-                                        dims, geometry, same, info.on_device(),
-                                        BytesOf(workspace), bytes, StreamOf(context));
+    Status status = gpu::KernelMapCount(
+        in.flat<int32_t>().data(), n_in, out_coords, n_out, dims, geometry,
+        same, info.on_device(), BytesOf(workspace), bytes, StreamOf(context));
     if (status.ok() && !same) {
       const gpu::DeviceGeometry none{geometry.offsets, 0, geometry.stride};
-      status = gpu::KernelMapCount(out_coords, n_out, out_coords, n_out, dims, none,
-                                   /*same_coordinates=*/true, out_info.on_device(),
-                                   BytesOf(out_workspace), out_bytes, StreamOf(context));
+      status = gpu::KernelMapCount(
+          out_coords, n_out, out_coords, n_out, dims, none,
+          /*same_coordinates=*/true, out_info.on_device(),
+          BytesOf(out_workspace), out_bytes, StreamOf(context));
     }
     if (status.ok()) {
       status = gpu::CopyToHost(BytesOf(info.host), info.on_device(),
@@ -89,10 +93,12 @@ class KernelMapGpuOp : public SparseAsyncOpKernel {
     // The workspace holds the neighbour table until the fill has run.
     ThenOnHost(
         context,
-        [context, workspace, info, out_info, same, bytes, n_in, n_out, K]() mutable {
+        [context, workspace, info, out_info, same, bytes, n_in, n_out,
+         K]() mutable {
           Status data = gpu::KernelMapInfoStatus(info.on_host());
           if (data.ok() && !same) {
-            const Status out_data = gpu::KernelMapInfoStatus(out_info.on_host());
+            const Status out_data =
+                gpu::KernelMapInfoStatus(out_info.on_host());
             if (!out_data.ok()) {
               data = Status::Error("out_coordinates: " + out_data.message());
             }
@@ -119,7 +125,8 @@ class StridedCoordinatesGpuOp : public SparseAsyncOpKernel {
  public:
   using SparseAsyncOpKernel::SparseAsyncOpKernel;
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& in = context->input(0);
     const Tensor& stride = context->input(1);  // host memory
     if (!CheckCoordinatesShape(context, in, "coordinates")) return done();
@@ -131,25 +138,29 @@ class StridedCoordinatesGpuOp : public SparseAsyncOpKernel {
     Tensor workspace;
     DeviceResult<gpu::KernelMapInfo> info;
     const size_t bytes = gpu::StridedCoordinatesWorkspaceBytes(n);
-    if (!AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info)) {
+    if (!AllocateDeviceBytes(context, bytes, &workspace) ||
+        !AllocateResult(context, &info)) {
       return done();
     }
-    if (Failed(context, gpu::StridedCoordinatesCount(in.flat<int32_t>().data(), n, dims,
-                                                     by_value, info.on_device(),
-                                                     BytesOf(workspace), bytes,
-                                                     StreamOf(context)))) {
+    if (Failed(context, gpu::StridedCoordinatesCount(
+                            in.flat<int32_t>().data(), n, dims, by_value,
+                            info.on_device(), BytesOf(workspace), bytes,
+                            StreamOf(context)))) {
       return done();
     }
     // The workspace holds the unique keys until the fill has run.
     FinishWithResult(
         context, info,
-        [context, workspace, info, bytes, n, dims](const gpu::KernelMapInfo& host) mutable {
+        [context, workspace, info, bytes, n,
+         dims](const gpu::KernelMapInfo& host) mutable {
           Status status = gpu::StridedCoordinatesInfoStatus(host);
           Tensor* out = nullptr;
-          if (status.ok() && AllocateOutput(context, 0, {host.num_pairs, dims}, &out)) {
-            status = gpu::StridedCoordinatesFill(info.on_device(), n, dims, host.num_pairs,
-                                                 out->flat<int32_t>().data(),
-                                                 BytesOf(workspace), bytes, StreamOf(context));
+          if (status.ok() &&
+              AllocateOutput(context, 0, {host.num_pairs, dims}, &out)) {
+            status = gpu::StridedCoordinatesFill(
+                info.on_device(), n, dims, host.num_pairs,
+                out->flat<int32_t>().data(), BytesOf(workspace), bytes,
+                StreamOf(context));
           }
           return status;
         },
@@ -161,13 +172,15 @@ class GenerativeCoordinatesGpuOp : public SparseAsyncOpKernel {
  public:
   using SparseAsyncOpKernel::SparseAsyncOpKernel;
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& in = context->input(0);
     const Tensor& offsets = context->input(1);
     const Tensor& stride = context->input(2);  // host memory
     if (!CheckCoordinatesShape(context, in, "coordinates")) return done();
     const int dims = in.dim_size(1);
-    if (!CheckOffsets(context, offsets, dims - 1) || !CheckStride(context, stride, dims - 1)) {
+    if (!CheckOffsets(context, offsets, dims - 1) ||
+        !CheckStride(context, stride, dims - 1)) {
       return done();
     }
     const int64_t n = in.dim_size(0), K = offsets.dim_size(0);
@@ -176,25 +189,29 @@ class GenerativeCoordinatesGpuOp : public SparseAsyncOpKernel {
     Tensor workspace;
     DeviceResult<gpu::KernelMapInfo> info;
     const size_t bytes = gpu::GenerativeCoordinatesWorkspaceBytes(n, K);
-    if (!AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info)) {
+    if (!AllocateDeviceBytes(context, bytes, &workspace) ||
+        !AllocateResult(context, &info)) {
       return done();
     }
-    if (Failed(context, gpu::GenerativeCoordinatesCount(in.flat<int32_t>().data(), n, dims,
-                                                        geometry, info.on_device(),
-                                                        BytesOf(workspace), bytes,
-                                                        StreamOf(context)))) {
+    if (Failed(context, gpu::GenerativeCoordinatesCount(
+                            in.flat<int32_t>().data(), n, dims, geometry,
+                            info.on_device(), BytesOf(workspace), bytes,
+                            StreamOf(context)))) {
       return done();
     }
     // The workspace holds the unique keys until the fill has run.
     FinishWithResult(
         context, info,
-        [context, workspace, info, bytes, n, K, dims](const gpu::KernelMapInfo& host) mutable {
+        [context, workspace, info, bytes, n, K,
+         dims](const gpu::KernelMapInfo& host) mutable {
           Status status = gpu::GenerativeCoordinatesInfoStatus(host);
           Tensor* out = nullptr;
-          if (status.ok() && AllocateOutput(context, 0, {host.num_pairs, dims}, &out)) {
+          if (status.ok() &&
+              AllocateOutput(context, 0, {host.num_pairs, dims}, &out)) {
             status = gpu::GenerativeCoordinatesFill(
-                info.on_device(), n, K, dims, host.num_pairs, out->flat<int32_t>().data(),
-                BytesOf(workspace), bytes, StreamOf(context));
+                info.on_device(), n, K, dims, host.num_pairs,
+                out->flat<int32_t>().data(), BytesOf(workspace), bytes,
+                StreamOf(context));
           }
           return status;
         },
@@ -205,12 +222,14 @@ class GenerativeCoordinatesGpuOp : public SparseAsyncOpKernel {
 REGISTER_KERNEL_BUILDER(
     Name("SparseOps>KernelMap").Device(DEVICE_GPU).HostMemory("stride"),
     KernelMapGpuOp);
-REGISTER_KERNEL_BUILDER(
-    Name("SparseOps>StridedCoordinates").Device(DEVICE_GPU).HostMemory("stride"),
-    StridedCoordinatesGpuOp);
-REGISTER_KERNEL_BUILDER(
-    Name("SparseOps>GenerativeCoordinates").Device(DEVICE_GPU).HostMemory("stride"),
-    GenerativeCoordinatesGpuOp);
+REGISTER_KERNEL_BUILDER(Name("SparseOps>StridedCoordinates")
+                            .Device(DEVICE_GPU)
+                            .HostMemory("stride"),
+                        StridedCoordinatesGpuOp);
+REGISTER_KERNEL_BUILDER(Name("SparseOps>GenerativeCoordinates")
+                            .Device(DEVICE_GPU)
+                            .HostMemory("stride"),
+                        GenerativeCoordinatesGpuOp);
 
 }  // namespace sparse_ops
 

@@ -26,8 +26,8 @@ class DepthwiseConvOp : public SparseOpKernel {
     if (!GetRowCount(context, 5, "num_out_rows", &n_out)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, features.dim_size(0), n_out, &map)) return;
-    if (!CheckDepthwiseKernel(context, kernel, map.num_offsets, features.dim_size(1),
-                              "features")) {
+    if (!CheckDepthwiseKernel(context, kernel, map.num_offsets,
+                              features.dim_size(1), "features")) {
       return;
     }
     const int64_t C = kernel.dim_size(1), M = kernel.dim_size(2);
@@ -52,14 +52,16 @@ class DepthwiseConvBackpropInputOp : public SparseOpKernel {
     if (!GetRowCount(context, 5, "num_in_rows", &n_in)) return;
     KernelMapView map;
     if (!GetKernelMap(context, 2, n_in, grad.dim_size(0), &map)) return;
-    if (kernel.dims() != 3 || kernel.dim_size(1) * kernel.dim_size(2) != grad.dim_size(1)) {
+    if (kernel.dims() != 3 ||
+        kernel.dim_size(1) * kernel.dim_size(2) != grad.dim_size(1)) {
       context->CtxFailure(absl::InvalidArgumentError(
-          "kernel [K, C, M] must give grad_output's " + std::to_string(grad.dim_size(1)) +
-          " columns as C x M, got shape " + kernel.shape().DebugString()));
+          "kernel [K, C, M] must give grad_output's " +
+          std::to_string(grad.dim_size(1)) + " columns as C x M, got shape " +
+          kernel.shape().DebugString()));
       return;
     }
-    if (!CheckDepthwiseKernel(context, kernel, map.num_offsets, kernel.dim_size(1),
-                              "grad_features")) {
+    if (!CheckDepthwiseKernel(context, kernel, map.num_offsets,
+                              kernel.dim_size(1), "grad_features")) {
       return;
     }
     const int64_t C = kernel.dim_size(1), M = kernel.dim_size(2);
@@ -67,12 +69,13 @@ class DepthwiseConvBackpropInputOp : public SparseOpKernel {
     TempAllocator temp(context);
     KernelMapView transposed;
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, TransposedKernelMap(map, n_in, temp.callback(), IntraOpParallelFor(context),
-                                     &transposed));
+        context, TransposedKernelMap(map, n_in, temp.callback(),
+                                     IntraOpParallelFor(context), &transposed));
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, C}, &output)) return;
-    DepthwiseConv<T>(grad.flat<T>().data(), C, M, kernel.flat<T>().data(), /*transpose=*/true,
-                     transposed, n_in, output->flat<T>().data(), IntraOpParallelFor(context));
+    DepthwiseConv<T>(grad.flat<T>().data(), C, M, kernel.flat<T>().data(),
+                     /*transpose=*/true, transposed, n_in,
+                     output->flat<T>().data(), IntraOpParallelFor(context));
   }
 };
 
@@ -87,7 +90,8 @@ class DepthwiseConvBackpropKernelOp : public SparseOpKernel {
     if (!CheckMatrix(context, features, "features")) return;
     if (!CheckMatrix(context, grad, "grad_output")) return;
     KernelMapView map;
-    if (!GetKernelMap(context, 2, features.dim_size(0), grad.dim_size(0), &map)) return;
+    if (!GetKernelMap(context, 2, features.dim_size(0), grad.dim_size(0), &map))
+      return;
     const int64_t C = features.dim_size(1);
     int64_t M;
     if (!GetDepthwiseMultiplier(context, 5, C, grad.dim_size(1), &M)) return;
@@ -95,24 +99,25 @@ class DepthwiseConvBackpropKernelOp : public SparseOpKernel {
     if (!AllocateOutput(context, 0, {map.num_offsets, C, M}, &output)) return;
     TempAllocator temp(context);
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, DepthwiseConvWeightGradient<T>(features.flat<T>().data(), C, M,
-                                                grad.flat<T>().data(), map,
-                                                output->flat<T>().data(), temp.callback(),
-                                                IntraOpParallelFor(context)));
+        context, DepthwiseConvWeightGradient<T>(
+                     features.flat<T>().data(), C, M, grad.flat<T>().data(),
+                     map, output->flat<T>().data(), temp.callback(),
+                     IntraOpParallelFor(context)));
   }
 };
 
-#define SPARSE_OPS_REGISTER(T)                                                      \
-  REGISTER_KERNEL_BUILDER(                                                          \
-      Name("SparseOps>DepthwiseConv").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
-      DepthwiseConvOp<T>);                                                          \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>DepthwiseConvBackpropInput")              \
-                              .Device(DEVICE_CPU)                                   \
-                              .TypeConstraint<T>("T"),                              \
-                          DepthwiseConvBackpropInputOp<T>);                         \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>DepthwiseConvBackpropKernel")             \
-                              .Device(DEVICE_CPU)                                   \
-                              .TypeConstraint<T>("T"),                              \
+#define SPARSE_OPS_REGISTER(T)                                          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>DepthwiseConv")               \
+                              .Device(DEVICE_CPU)                       \
+                              .TypeConstraint<T>("T"),                  \
+                          DepthwiseConvOp<T>);                          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>DepthwiseConvBackpropInput")  \
+                              .Device(DEVICE_CPU)                       \
+                              .TypeConstraint<T>("T"),                  \
+                          DepthwiseConvBackpropInputOp<T>);             \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>DepthwiseConvBackpropKernel") \
+                              .Device(DEVICE_CPU)                       \
+                              .TypeConstraint<T>("T"),                  \
                           DepthwiseConvBackpropKernelOp<T>);
 SPARSE_OPS_REGISTER(float)
 SPARSE_OPS_REGISTER(double)

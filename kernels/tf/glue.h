@@ -54,16 +54,20 @@ class SparseOpKernel : public tensorflow::OpKernel {
 // allocator, the tensors kept alive as long as this object.
 class TempAllocator {
  public:
-  explicit TempAllocator(tensorflow::OpKernelContext* context) : context_(context) {}
+  explicit TempAllocator(tensorflow::OpKernelContext* context)
+      : context_(context) {}
 
   Allocate callback() {
     return [this](int64_t bytes) -> void* {
       tensorflow::Tensor tensor;
       // One byte at least: an empty tensor has no data pointer, and nullptr
       // means "no memory" to the core.
-      if (!context_->allocate_temp(tensorflow::DT_INT8,
-                                   tensorflow::TensorShape({std::max<int64_t>(bytes, 1)}),
-                                   &tensor).ok()) {
+      if (!context_
+               ->allocate_temp(
+                   tensorflow::DT_INT8,
+                   tensorflow::TensorShape({std::max<int64_t>(bytes, 1)}),
+                   &tensor)
+               .ok()) {
         return nullptr;
       }
       tensors_.push_back(std::move(tensor));
@@ -79,14 +83,11 @@ class TempAllocator {
 // The TensorFlow error of a failed core Status.
 inline absl::Status ToTfStatus(const Status& status) {
   switch (status.kind()) {
-    case Status::Kind::kOk:
-      return absl::OkStatus();
+    case Status::Kind::kOk: return absl::OkStatus();
     case Status::Kind::kOutOfMemory:
       return absl::ResourceExhaustedError(status.message());
-    case Status::Kind::kInternal:
-      return absl::InternalError(status.message());
-    case Status::Kind::kBadInput:
-      break;
+    case Status::Kind::kInternal: return absl::InternalError(status.message());
+    case Status::Kind::kBadInput: break;
   }
   return absl::InvalidArgumentError(status.message());
 }
@@ -97,7 +98,8 @@ inline absl::Status ToTfStatus(const Status& status) {
 // Builds a shape, failing the op (instead of aborting the process) when the
 // element count overflows.
 inline bool MakeShape(tensorflow::OpKernelContext* context,
-                      std::vector<int64_t> dims, tensorflow::TensorShape* shape) {
+                      std::vector<int64_t> dims,
+                      tensorflow::TensorShape* shape) {
   const absl::Status status =
       tensorflow::TensorShape::BuildTensorShape(dims, shape);
   if (!status.ok()) {
@@ -111,7 +113,8 @@ inline bool MakeShape(tensorflow::OpKernelContext* context,
 // Allocates an output or temporary tensor of the given dims, failing the op
 // cleanly on overflow or when memory runs out.
 inline bool AllocateOutput(tensorflow::OpKernelContext* context, int index,
-                           std::vector<int64_t> dims, tensorflow::Tensor** out) {
+                           std::vector<int64_t> dims,
+                           tensorflow::Tensor** out) {
   tensorflow::TensorShape shape;
   if (!MakeShape(context, std::move(dims), &shape)) return false;
   const absl::Status status = context->allocate_output(index, shape, out);
@@ -131,12 +134,15 @@ inline bool AllocateTemp(tensorflow::OpKernelContext* context,
 
 // Checks a coordinates input's shape: int32 [N, 1 + D] with N below 2^31.
 inline bool CheckCoordinatesShape(tensorflow::OpKernelContext* context,
-                             const tensorflow::Tensor& t, const char* name) {
+                                  const tensorflow::Tensor& t,
+                                  const char* name) {
   if (t.dims() != 2 || t.dim_size(1) < 2 || t.dim_size(1) > kMaxDims) {
     context->CtxFailure(absl::InvalidArgumentError(
-        std::string(name) + " must be [N, 1 + D] with 1 <= D <= " +
-        std::to_string(kMaxDims - 1) + " (column 0 the batch index), got "
-        "shape " + t.shape().DebugString()));
+        std::string(name) +
+        " must be [N, 1 + D] with 1 <= D <= " + std::to_string(kMaxDims - 1) +
+        " (column 0 the batch index), got "
+        "shape " +
+        t.shape().DebugString()));
     return false;
   }
   if (t.dim_size(0) >= kMaxRows) {
@@ -153,8 +159,8 @@ inline bool CheckCoordinatesShape(tensorflow::OpKernelContext* context,
 inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
                              const tensorflow::Tensor& t, const char* name) {
   if (!CheckCoordinatesShape(context, t, name)) return false;
-  const int64_t bad = FindNegativeBatch(t.flat<int32_t>().data(),
-                                        t.dim_size(0), t.dim_size(1));
+  const int64_t bad =
+      FindNegativeBatch(t.flat<int32_t>().data(), t.dim_size(0), t.dim_size(1));
   if (bad >= 0) {
     context->CtxFailure(absl::InvalidArgumentError(
         std::string(name) + " row " + std::to_string(bad) +
@@ -171,7 +177,8 @@ inline bool CheckCoordinates(tensorflow::OpKernelContext* context,
 // Fills the inputs' data pointers and row counts.
 template <typename Check>
 bool CheckUnionInputs(tensorflow::OpKernelContext* context, Check check,
-                      std::vector<const int32_t*>* data, std::vector<int64_t>* sizes) {
+                      std::vector<const int32_t*>* data,
+                      std::vector<int64_t>* sizes) {
   tensorflow::OpInputList inputs;
   const absl::Status listed = context->input_list("coordinates", &inputs);
   if (!listed.ok()) {
@@ -184,8 +191,10 @@ bool CheckUnionInputs(tensorflow::OpKernelContext* context, Check check,
     if (!check(context, inputs[i], name.c_str())) return false;
     if (inputs[i].dim_size(1) != inputs[0].dim_size(1)) {
       context->CtxFailure(absl::InvalidArgumentError(
-          "every coordinates input must have the same number of columns: coordinates[0] "
-          "has " + std::to_string(inputs[0].dim_size(1)) + ", " + name + " has " +
+          "every coordinates input must have the same number of columns: "
+          "coordinates[0] "
+          "has " +
+          std::to_string(inputs[0].dim_size(1)) + ", " + name + " has " +
           std::to_string(inputs[i].dim_size(1))));
       return false;
     }
@@ -194,9 +203,10 @@ bool CheckUnionInputs(tensorflow::OpKernelContext* context, Check check,
     total += inputs[i].dim_size(0);
   }
   if (total >= kMaxRows) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "the coordinates inputs have too many rows together for int32 row indices: " +
-        std::to_string(total)));
+    context->CtxFailure(
+        absl::InvalidArgumentError("the coordinates inputs have too many rows "
+                                   "together for int32 row indices: " +
+                                   std::to_string(total)));
     return false;
   }
   return true;
@@ -214,9 +224,9 @@ inline bool CheckStride(tensorflow::OpKernelContext* context,
   }
   for (int64_t a = 0; a < d; ++a) {
     if (t.flat<int32_t>()(a) < 1) {
-      context->CtxFailure(absl::InvalidArgumentError(
-          "stride entries must be >= 1, got " +
-          std::to_string(t.flat<int32_t>()(a))));
+      context->CtxFailure(
+          absl::InvalidArgumentError("stride entries must be >= 1, got " +
+                                     std::to_string(t.flat<int32_t>()(a))));
       return false;
     }
   }
@@ -244,7 +254,8 @@ constexpr int64_t kMaxChannels = 1 << 16;
 // view of them; the map may come from a user, so every index is checked.
 // The shapes of a kernel map's inputs (offset_splits, in_rows, out_rows at
 // `first`, `first` + 1, `first` + 2); the values are checked by the device.
-inline bool CheckKernelMapShapes(tensorflow::OpKernelContext* context, int first) {
+inline bool CheckKernelMapShapes(tensorflow::OpKernelContext* context,
+                                 int first) {
   const tensorflow::Tensor& splits = context->input(first);
   const tensorflow::Tensor& in_rows = context->input(first + 1);
   const tensorflow::Tensor& out_rows = context->input(first + 2);
@@ -252,23 +263,23 @@ inline bool CheckKernelMapShapes(tensorflow::OpKernelContext* context, int first
       out_rows.dims() != 1 || in_rows.dim_size(0) != out_rows.dim_size(0)) {
     context->CtxFailure(absl::InvalidArgumentError(
         "kernel map must be offset_splits [K + 1], in_rows [P] and out_rows "
-        "[P], got shapes " + splits.shape().DebugString() + ", " +
-        in_rows.shape().DebugString() + ", " + out_rows.shape().DebugString()));
+        "[P], got shapes " +
+        splits.shape().DebugString() + ", " + in_rows.shape().DebugString() +
+        ", " + out_rows.shape().DebugString()));
     return false;
   }
   return true;
 }
 
-inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_t n_in,
-                  int64_t n_out, KernelMapView* map) {
+inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first,
+                         int64_t n_in, int64_t n_out, KernelMapView* map) {
   if (!CheckKernelMapShapes(context, first)) return false;
   const tensorflow::Tensor& splits = context->input(first);
   const tensorflow::Tensor& in_rows = context->input(first + 1);
   const tensorflow::Tensor& out_rows = context->input(first + 2);
   *map = KernelMapView{splits.flat<int64_t>().data(),
                        in_rows.flat<int32_t>().data(),
-                       out_rows.flat<int32_t>().data(),
-                       splits.dim_size(0) - 1};
+                       out_rows.flat<int32_t>().data(), splits.dim_size(0) - 1};
   const Status status = ValidateKernelMap(*map, in_rows.dim_size(0), n_in,
                                           n_out, IntraOpParallelFor(context));
   if (!status.ok()) {
@@ -279,8 +290,8 @@ inline bool GetKernelMap(tensorflow::OpKernelContext* context, int first, int64_
 }
 
 // A features-like input: [rows < 2^31 - 1, channels <= kMaxChannels].
-inline bool CheckMatrix(tensorflow::OpKernelContext* context, const tensorflow::Tensor& t,
-                 const char* name) {
+inline bool CheckMatrix(tensorflow::OpKernelContext* context,
+                        const tensorflow::Tensor& t, const char* name) {
   if (t.dims() != 2) {
     context->CtxFailure(absl::InvalidArgumentError(
         std::string(name) + " must be a matrix [rows, channels], got shape " +
@@ -332,9 +343,10 @@ bool CheckAttentionInputs(tensorflow::OpKernelContext* context, Check check) {
 // Checks a conv kernel [K, c_in, c_out] against the map's offset count and a
 // features input (its channels are dimension features_dim of the kernel).
 inline bool CheckConvKernel(tensorflow::OpKernelContext* context,
-                            const tensorflow::Tensor& kernel, int64_t num_offsets,
-                            const tensorflow::Tensor& features, int features_dim,
-                            const char* features_name) {
+                            const tensorflow::Tensor& kernel,
+                            int64_t num_offsets,
+                            const tensorflow::Tensor& features,
+                            int features_dim, const char* features_name) {
   if (kernel.dims() != 3 || kernel.dim_size(0) != num_offsets ||
       kernel.dim_size(features_dim) != features.dim_size(1) ||
       kernel.dim_size(3 - features_dim) > kMaxChannels) {
@@ -342,15 +354,17 @@ inline bool CheckConvKernel(tensorflow::OpKernelContext* context,
         "kernel must be [K, C_in, C_out] with K = " +
         std::to_string(num_offsets) + " kernel offsets and " +
         (features_dim == 1 ? "C_in" : "C_out") + " = " +
-        std::to_string(features.dim_size(1)) + " channels of " +
-        features_name + ", got shape " + kernel.shape().DebugString()));
+        std::to_string(features.dim_size(1)) + " channels of " + features_name +
+        ", got shape " + kernel.shape().DebugString()));
     return false;
   }
   return true;
 }
 
 // A batch_index input: int32 [rows].
-inline bool CheckBatchIndexShape(tensorflow::OpKernelContext* context, const tensorflow::Tensor& batch, int64_t rows) {
+inline bool CheckBatchIndexShape(tensorflow::OpKernelContext* context,
+                                 const tensorflow::Tensor& batch,
+                                 int64_t rows) {
   if (batch.dims() != 1 || batch.dim_size(0) != rows) {
     context->CtxFailure(absl::InvalidArgumentError(
         "batch_index must be a vector of " + std::to_string(rows) +
@@ -361,8 +375,8 @@ inline bool CheckBatchIndexShape(tensorflow::OpKernelContext* context, const ten
 }
 
 // Reads a scalar row count input.
-inline bool GetRowCount(tensorflow::OpKernelContext* context, int index, const char* name,
-                 int64_t* rows) {
+inline bool GetRowCount(tensorflow::OpKernelContext* context, int index,
+                        const char* name, int64_t* rows) {
   const tensorflow::Tensor& t = context->input(index);
   if (t.dims() != 0 || t.scalar<int64_t>()() < 0 ||
       t.scalar<int64_t>()() >= kMaxRows) {

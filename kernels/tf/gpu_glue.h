@@ -25,15 +25,17 @@
 namespace sparse_ops {
 
 inline gpu::GpuStream StreamOf(tensorflow::OpKernelContext* context) {
-  return static_cast<gpu::GpuStream>(
-      context->op_device_context()->stream()->platform_specific_handle().stream);
+  return static_cast<gpu::GpuStream>(context->op_device_context()
+                                         ->stream()
+                                         ->platform_specific_handle()
+                                         .stream);
 }
 
 // A device temporary of `bytes` bytes (the cores' workspaces and result
 // structs); TensorFlow's GPU allocator orders its reuse on the op's stream.
 // Sizes past int64 (a core's saturated SIZE_MAX included) are refused.
-inline bool AllocateDeviceBytes(tensorflow::OpKernelContext* context, size_t bytes,
-                                tensorflow::Tensor* out) {
+inline bool AllocateDeviceBytes(tensorflow::OpKernelContext* context,
+                                size_t bytes, tensorflow::Tensor* out) {
   if (bytes > static_cast<size_t>(INT64_MAX)) {
     context->CtxFailure(absl::ResourceExhaustedError(
         "sparse_ops: a GPU workspace would exceed 2^63 bytes"));
@@ -47,13 +49,15 @@ inline void* BytesOf(tensorflow::Tensor& t) { return t.flat<int8_t>().data(); }
 
 // Page-locked host memory for a struct the device writes back.
 template <typename S>
-bool AllocateHostStruct(tensorflow::OpKernelContext* context, tensorflow::Tensor* out) {
+bool AllocateHostStruct(tensorflow::OpKernelContext* context,
+                        tensorflow::Tensor* out) {
   tensorflow::AllocatorAttributes attributes;
   attributes.set_on_host(true);
   attributes.set_gpu_compatible(true);
   const absl::Status status = context->allocate_temp(
-      tensorflow::DT_INT8, tensorflow::TensorShape({static_cast<int64_t>(sizeof(S))}),
-      out, attributes);
+      tensorflow::DT_INT8,
+      tensorflow::TensorShape({static_cast<int64_t>(sizeof(S))}), out,
+      attributes);
   if (!status.ok()) context->CtxFailure(status);
   return status.ok();
 }
@@ -62,11 +66,14 @@ bool AllocateHostStruct(tensorflow::OpKernelContext* context, tensorflow::Tensor
 // the op's stream so far has finished, with the op's GPU context active,
 // then ends the op (done). `body` must not block; it may allocate outputs
 // and enqueue more work.
-inline void ThenOnHost(tensorflow::OpKernelContext* context, std::function<void()> body,
+inline void ThenOnHost(tensorflow::OpKernelContext* context,
+                       std::function<void()> body,
                        tensorflow::AsyncOpKernel::DoneCallback done) {
   auto* stream = context->op_device_context()->stream();
-  context->device()->tensorflow_accelerator_device_info()->event_mgr->ThenExecute(
-      stream, [context, stream, body = std::move(body), done = std::move(done)]() {
+  context->device()
+      ->tensorflow_accelerator_device_info()
+      ->event_mgr->ThenExecute(stream, [context, stream, body = std::move(body),
+                                        done = std::move(done)]() {
         auto activation = stream->parent()->Activate();
         try {
           body();
@@ -94,7 +101,8 @@ struct DeviceResult {
 };
 
 template <typename S>
-bool AllocateResult(tensorflow::OpKernelContext* context, DeviceResult<S>* result) {
+bool AllocateResult(tensorflow::OpKernelContext* context,
+                    DeviceResult<S>* result) {
   return AllocateDeviceBytes(context, sizeof(S), &result->device) &&
          AllocateHostStruct<S>(context, &result->host);
 }
@@ -103,10 +111,12 @@ bool AllocateResult(tensorflow::OpKernelContext* context, DeviceResult<S>* resul
 // the op on a callback thread with then(host copy) (a core Status: the
 // op's error, if any).
 template <typename S, typename Then>
-void FinishWithResult(tensorflow::OpKernelContext* context, DeviceResult<S> result,
-                      Then then, tensorflow::AsyncOpKernel::DoneCallback done) {
-  if (Failed(context, gpu::CopyToHost(BytesOf(result.host), BytesOf(result.device),
-                                      sizeof(S), StreamOf(context)))) {
+void FinishWithResult(tensorflow::OpKernelContext* context,
+                      DeviceResult<S> result, Then then,
+                      tensorflow::AsyncOpKernel::DoneCallback done) {
+  if (Failed(context,
+             gpu::CopyToHost(BytesOf(result.host), BytesOf(result.device),
+                             sizeof(S), StreamOf(context)))) {
     done();
     return;
   }
@@ -119,7 +129,8 @@ void FinishWithResult(tensorflow::OpKernelContext* context, DeviceResult<S> resu
 }
 
 // The kernel map inputs at `first` (shapes checked) as the core's view.
-inline gpu::DeviceKernelMap DeviceMap(tensorflow::OpKernelContext* context, int first) {
+inline gpu::DeviceKernelMap DeviceMap(tensorflow::OpKernelContext* context,
+                                      int first) {
   const tensorflow::Tensor& splits = context->input(first);
   const tensorflow::Tensor& in_rows = context->input(first + 1);
   return gpu::DeviceKernelMap{splits.flat<int64_t>().data(),
@@ -140,22 +151,26 @@ inline bool GetValidateMap(tensorflow::OpKernelConstruction* context) {
 // the map holds) and ends with FinishMapCheck, which fails with the CPU's
 // message. Without, both do nothing but end the op.
 inline bool StartMapCheck(tensorflow::OpKernelContext* context, bool validate,
-                          const gpu::DeviceKernelMap& map, int64_t n_in, int64_t n_out,
+                          const gpu::DeviceKernelMap& map, int64_t n_in,
+                          int64_t n_out,
                           DeviceResult<gpu::KernelMapCheck>* check) {
   if (!validate) return true;
   if (!AllocateResult(context, check)) return false;
-  return !Failed(context, gpu::CheckKernelMap(map, n_in, n_out, check->on_device(),
-                                              StreamOf(context)));
+  return !Failed(context,
+                 gpu::CheckKernelMap(map, n_in, n_out, check->on_device(),
+                                     StreamOf(context)));
 }
 
 // The check for a transposing core (repeated input rows), or nullptr.
-inline gpu::KernelMapCheck* MapCheckOrNull(DeviceResult<gpu::KernelMapCheck>& check) {
+inline gpu::KernelMapCheck* MapCheckOrNull(
+    DeviceResult<gpu::KernelMapCheck>& check) {
   return check.device.IsInitialized() ? check.on_device() : nullptr;
 }
 
 inline void FinishMapCheck(tensorflow::OpKernelContext* context,
                            DeviceResult<gpu::KernelMapCheck> check,
-                           const gpu::DeviceKernelMap& map, int64_t n_in, int64_t n_out,
+                           const gpu::DeviceKernelMap& map, int64_t n_in,
+                           int64_t n_out,
                            tensorflow::AsyncOpKernel::DoneCallback done) {
   if (!check.device.IsInitialized()) {  // not validating: done once enqueued
     done();
@@ -176,7 +191,8 @@ class SparseAsyncOpKernel : public tensorflow::AsyncOpKernel {
  public:
   using tensorflow::AsyncOpKernel::AsyncOpKernel;
 
-  void ComputeAsync(tensorflow::OpKernelContext* context, DoneCallback done) final {
+  void ComputeAsync(tensorflow::OpKernelContext* context,
+                    DoneCallback done) final {
     // done at most once, even if an exception follows a scheduled callback.
     auto called = std::make_shared<std::atomic<bool>>(false);
     DoneCallback once = [called, done = std::move(done)]() {

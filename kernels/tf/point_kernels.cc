@@ -43,15 +43,16 @@ class CoordinateLookupOp : public SparseOpKernel {
     SPARSE_OPS_RETURN_IF_CORE_ERROR(context, packer.Finalize());
     const int64_t capacity = CoordinateTable::CapacityFor(n);
     Tensor table_keys, table_rows;
-    if (!AllocateTemp(context, tensorflow::DT_UINT64, {capacity}, &table_keys) ||
+    if (!AllocateTemp(context, tensorflow::DT_UINT64, {capacity},
+                      &table_keys) ||
         !AllocateTemp(context, tensorflow::DT_INT32, {capacity}, &table_rows)) {
       return;
     }
     CoordinateTable table(table_keys.flat<uint64_t>().data(),
                           table_rows.flat<int32_t>().data(), capacity);
     const ParallelFor parallel_for = IntraOpParallelFor(context);
-    SPARSE_OPS_RETURN_IF_CORE_ERROR(context,
-                                    table.Build(coords, n, packer, parallel_for));
+    SPARSE_OPS_RETURN_IF_CORE_ERROR(
+        context, table.Build(coords, n, packer, parallel_for));
     Tensor* rows = nullptr;
     if (!AllocateOutput(context, 0, {q}, &rows)) return;
     LookupRows(table, packer, queries.flat<int32_t>().data(), q,
@@ -69,7 +70,8 @@ class CoordinateUnionOp : public SparseOpKernel {
     std::vector<int64_t> sizes;
     if (!CheckUnionInputs(context, CheckCoordinates, &data, &sizes)) return;
     const int num_inputs = static_cast<int>(sizes.size());
-    const int64_t total = std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
+    const int64_t total =
+        std::accumulate(sizes.begin(), sizes.end(), int64_t{0});
     const int dims = context->input(0).dim_size(1);
     Tensor rows, first;
     if (!AllocateTemp(context, tensorflow::DT_INT32, {total}, &rows) ||

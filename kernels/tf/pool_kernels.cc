@@ -40,7 +40,8 @@ class MaxPoolOp : public SparseOpKernel {
 template <typename T>
 class MaxPoolGradOp : public SparseOpKernel {
  public:
-  explicit MaxPoolGradOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
+  explicit MaxPoolGradOp(OpKernelConstruction* context)
+      : SparseOpKernel(context) {}
 
   void ComputeChecked(OpKernelContext* context) override {
     const Tensor& grad = context->input(0);
@@ -113,8 +114,8 @@ class SumPoolTransposeOp : public SparseOpKernel {
     TempAllocator temp(context);
     KernelMapView transposed;
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, TransposedKernelMap(map, n_in, temp.callback(), IntraOpParallelFor(context),
-                                     &transposed));
+        context, TransposedKernelMap(map, n_in, temp.callback(),
+                                     IntraOpParallelFor(context), &transposed));
     Tensor inverse_counts;
     if (!AllocateTemp(context, tensorflow::DataTypeToEnum<T>::value,
                       {average_ ? n_out : 0}, &inverse_counts)) {
@@ -122,10 +123,10 @@ class SumPoolTransposeOp : public SparseOpKernel {
     }
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n_in, c}, &output)) return;
-    SparseSumPoolTranspose<T>(features.flat<T>().data(), c, map, transposed,
-                              n_in, n_out, average_,
-                              inverse_counts.flat<T>().data(),
-                              output->flat<T>().data(), IntraOpParallelFor(context));
+    SparseSumPoolTranspose<T>(
+        features.flat<T>().data(), c, map, transposed, n_in, n_out, average_,
+        inverse_counts.flat<T>().data(), output->flat<T>().data(),
+        IntraOpParallelFor(context));
   }
 
  private:
@@ -134,16 +135,16 @@ class SumPoolTransposeOp : public SparseOpKernel {
 
 // The global pools' num_batches (input 2) and their rows (batch_index,
 // input 1) grouped by item, in temporaries of `temp`.
-bool GroupGlobalPoolInputs(OpKernelContext* context, int64_t n, int64_t channels,
-                           TempAllocator* temp, int64_t* num_batches,
-                           GlobalPoolGroups* groups) {
+bool GroupGlobalPoolInputs(OpKernelContext* context, int64_t n,
+                           int64_t channels, TempAllocator* temp,
+                           int64_t* num_batches, GlobalPoolGroups* groups) {
   if (!GetRowCount(context, 2, "num_batches", num_batches) ||
       !CheckBatchIndexShape(context, context->input(1), n)) {
     return false;
   }
   const Status status =
-      GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n, *num_batches,
-                          channels, temp->callback(), groups);
+      GroupGlobalPoolRows(context->input(1).flat<int32_t>().data(), n,
+                          *num_batches, channels, temp->callback(), groups);
   if (!status.ok()) context->CtxFailure(ToTfStatus(status));
   return status.ok();
 }
@@ -151,7 +152,8 @@ bool GroupGlobalPoolInputs(OpKernelContext* context, int64_t n, int64_t channels
 template <typename T>
 class GlobalMaxPoolOp : public SparseOpKernel {
  public:
-  explicit GlobalMaxPoolOp(OpKernelConstruction* context) : SparseOpKernel(context) {}
+  explicit GlobalMaxPoolOp(OpKernelConstruction* context)
+      : SparseOpKernel(context) {}
 
   void ComputeChecked(OpKernelContext* context) override {
     const Tensor& features = context->input(0);
@@ -173,11 +175,8 @@ class GlobalMaxPoolOp : public SparseOpKernel {
                       &partial_argmax)) {
       return;
     }
-    GlobalMaxPool<T>(features.flat<T>().data(), c,
-                     groups.starts,
-                     groups.order,
-                     groups.chunk_first, B,
-                     partial.flat<T>().data(),
+    GlobalMaxPool<T>(features.flat<T>().data(), c, groups.starts, groups.order,
+                     groups.chunk_first, B, partial.flat<T>().data(),
                      partial_argmax.flat<int32_t>().data(),
                      output->flat<T>().data(), argmax->flat<int32_t>().data(),
                      IntraOpParallelFor(context));
@@ -187,7 +186,8 @@ class GlobalMaxPoolOp : public SparseOpKernel {
 template <typename T>
 class GlobalSumPoolOp : public SparseOpKernel {
  public:
-  explicit GlobalSumPoolOp(OpKernelConstruction* context) : SparseOpKernel(context) {
+  explicit GlobalSumPoolOp(OpKernelConstruction* context)
+      : SparseOpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
@@ -207,12 +207,9 @@ class GlobalSumPoolOp : public SparseOpKernel {
                       {groups.num_chunks, c}, &partial)) {
       return;
     }
-    GlobalSumPool<T>(features.flat<T>().data(), c,
-                     groups.starts,
-                     groups.order,
-                     groups.chunk_first, B, average_,
-                     partial.flat<T>().data(), output->flat<T>().data(),
-                     IntraOpParallelFor(context));
+    GlobalSumPool<T>(features.flat<T>().data(), c, groups.starts, groups.order,
+                     groups.chunk_first, B, average_, partial.flat<T>().data(),
+                     output->flat<T>().data(), IntraOpParallelFor(context));
   }
 
  private:
@@ -234,7 +231,8 @@ class GlobalSumPoolGradOp : public SparseOpKernel {
     if (batch.dims() != 1 || batch.dim_size(0) >= kMaxRows) {
       context->CtxFailure(absl::InvalidArgumentError(
           "batch_index must be a vector of fewer than 2^31 - 1 entries, got "
-          "shape " + batch.shape().DebugString()));
+          "shape " +
+          batch.shape().DebugString()));
       return;
     }
     const int64_t n = batch.dim_size(0), c = grad.dim_size(1);
@@ -242,48 +240,47 @@ class GlobalSumPoolGradOp : public SparseOpKernel {
     TempAllocator temp(context);
     GlobalPoolGroups groups;
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, GroupGlobalPoolRows(batch.flat<int32_t>().data(), n, grad.dim_size(0), c,
-                                     temp.callback(), &groups));
+        context,
+        GroupGlobalPoolRows(batch.flat<int32_t>().data(), n, grad.dim_size(0),
+                            c, temp.callback(), &groups));
     Tensor* output = nullptr;
     if (!AllocateOutput(context, 0, {n, c}, &output)) return;
     if (c == 0) return;
-    GlobalSumPoolGrad<T>(grad.flat<T>().data(), c,
-                         batch.flat<int32_t>().data(), n,
-                         groups.starts, average_,
-                         output->flat<T>().data(), IntraOpParallelFor(context));
+    GlobalSumPoolGrad<T>(grad.flat<T>().data(), c, batch.flat<int32_t>().data(),
+                         n, groups.starts, average_, output->flat<T>().data(),
+                         IntraOpParallelFor(context));
   }
 
  private:
   bool average_;
 };
 
-#define SPARSE_OPS_REGISTER(T)                                             \
+#define SPARSE_OPS_REGISTER(T)                                                 \
+  REGISTER_KERNEL_BUILDER(                                                     \
+      Name("SparseOps>MaxPool").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      MaxPoolOp<T>);                                                           \
+  REGISTER_KERNEL_BUILDER(                                                     \
+      Name("SparseOps>MaxPoolGrad").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      MaxPoolGradOp<T>);
+#define SPARSE_OPS_REGISTER_MORE(T)                                        \
   REGISTER_KERNEL_BUILDER(                                                 \
-      Name("SparseOps>MaxPool").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
-      MaxPoolOp<T>);                                                       \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>MaxPoolGrad")                    \
+      Name("SparseOps>SumPool").Device(DEVICE_CPU).TypeConstraint<T>("T"), \
+      SumPoolOp<T>);                                                       \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPoolTranspose")               \
                               .Device(DEVICE_CPU)                          \
                               .TypeConstraint<T>("T"),                     \
-                          MaxPoolGradOp<T>);
-#define SPARSE_OPS_REGISTER_MORE(T)                                           \
-  REGISTER_KERNEL_BUILDER(                                                    \
-      Name("SparseOps>SumPool").Device(DEVICE_CPU).TypeConstraint<T>("T"),    \
-      SumPoolOp<T>);                                                          \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPoolTranspose")                  \
-                              .Device(DEVICE_CPU)                             \
-                              .TypeConstraint<T>("T"),                        \
-                          SumPoolTransposeOp<T>);                             \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalMaxPool")                     \
-                              .Device(DEVICE_CPU)                             \
-                              .TypeConstraint<T>("T"),                        \
-                          GlobalMaxPoolOp<T>);                                \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPool")                     \
-                              .Device(DEVICE_CPU)                             \
-                              .TypeConstraint<T>("T"),                        \
-                          GlobalSumPoolOp<T>);                                \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPoolGrad")                 \
-                              .Device(DEVICE_CPU)                             \
-                              .TypeConstraint<T>("T"),                        \
+                          SumPoolTransposeOp<T>);                          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalMaxPool")                  \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          GlobalMaxPoolOp<T>);                             \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPool")                  \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
+                          GlobalSumPoolOp<T>);                             \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPoolGrad")              \
+                              .Device(DEVICE_CPU)                          \
+                              .TypeConstraint<T>("T"),                     \
                           GlobalSumPoolGradOp<T>);
 SPARSE_OPS_REGISTER_MORE(float)
 SPARSE_OPS_REGISTER_MORE(double)

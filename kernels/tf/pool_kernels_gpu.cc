@@ -28,7 +28,8 @@ class MapPoolGpuOp : public SparseAsyncOpKernel {
     if (!kMax) OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& features = context->input(0);
     int64_t n_out;
     if (!CheckMatrix(context, features, "features") ||
@@ -46,13 +47,16 @@ class MapPoolGpuOp : public SparseAsyncOpKernel {
       return done();
     }
     const Status status =
-        kMax ? gpu::MaxPool<T>(features.flat<T>().data(), n_in, c, map, n_out,
-                                  output->flat<T>().data(),
-                                  argmax->flat<int32_t>().data(), StreamOf(context))
-                : gpu::SumPool<T>(features.flat<T>().data(), n_in, c, map, n_out,
-                                  average_, output->flat<T>().data(), StreamOf(context));
+        kMax
+            ? gpu::MaxPool<T>(features.flat<T>().data(), n_in, c, map, n_out,
+                              output->flat<T>().data(),
+                              argmax->flat<int32_t>().data(), StreamOf(context))
+            : gpu::SumPool<T>(features.flat<T>().data(), n_in, c, map, n_out,
+                              average_, output->flat<T>().data(),
+                              StreamOf(context));
     if (Failed(context, status)) return done();
-    FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
+    FinishMapCheck(context, std::move(check), map, n_in, n_out,
+                   std::move(done));
   }
 
  private:
@@ -68,7 +72,8 @@ class SumPoolTransposeGpuOp : public SparseAsyncOpKernel {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& features = context->input(0);
     int64_t n_in;
     if (!CheckMatrix(context, features, "features") ||
@@ -81,8 +86,8 @@ class SumPoolTransposeGpuOp : public SparseAsyncOpKernel {
     Tensor* output = nullptr;
     Tensor workspace;
     DeviceResult<gpu::KernelMapCheck> check;
-    const size_t bytes = gpu::SumPoolTransposeWorkspaceBytes<T>(map.num_offsets,
-                                                                map.num_pairs, n_in, n_out);
+    const size_t bytes = gpu::SumPoolTransposeWorkspaceBytes<T>(
+        map.num_offsets, map.num_pairs, n_in, n_out);
     if (!AllocateOutput(context, 0, {n_in, c}, &output) ||
         !AllocateDeviceBytes(context, bytes, &workspace) ||
         !StartMapCheck(context, validate_map_, map, n_in, n_out, &check)) {
@@ -93,7 +98,8 @@ class SumPoolTransposeGpuOp : public SparseAsyncOpKernel {
         output->flat<T>().data(), BytesOf(workspace), bytes, StreamOf(context),
         MapCheckOrNull(check));
     if (Failed(context, status)) return done();
-    FinishMapCheck(context, std::move(check), map, n_in, n_out, std::move(done));
+    FinishMapCheck(context, std::move(check), map, n_in, n_out,
+                   std::move(done));
   }
 
  private:
@@ -106,14 +112,16 @@ class MaxPoolGradGpuOp : public SparseAsyncOpKernel {
  public:
   using SparseAsyncOpKernel::SparseAsyncOpKernel;
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& grad = context->input(0);
     const Tensor& argmax = context->input(1);
     if (!CheckMatrix(context, grad, "grad_output")) return done();
     if (argmax.shape() != grad.shape()) {
       context->CtxFailure(absl::InvalidArgumentError(
-          "argmax must have the shape of grad_output " + grad.shape().DebugString() +
-          ", got " + argmax.shape().DebugString()));
+          "argmax must have the shape of grad_output " +
+          grad.shape().DebugString() + ", got " +
+          argmax.shape().DebugString()));
       return done();
     }
     int64_t n_in;
@@ -135,7 +143,9 @@ class MaxPoolGradGpuOp : public SparseAsyncOpKernel {
     if (Failed(context, status)) return done();
     FinishWithResult(
         context, std::move(check),
-        [n_in](const gpu::IndexCheck& result) { return gpu::ArgmaxCheckStatus(result, n_in); },
+        [n_in](const gpu::IndexCheck& result) {
+          return gpu::ArgmaxCheckStatus(result, n_in);
+        },
         std::move(done));
   }
 };
@@ -145,11 +155,13 @@ class MaxPoolGradGpuOp : public SparseAsyncOpKernel {
 template <typename T, bool kMax>
 class GlobalPoolGpuOp : public SparseAsyncOpKernel {
  public:
-  explicit GlobalPoolGpuOp(OpKernelConstruction* context) : SparseAsyncOpKernel(context) {
+  explicit GlobalPoolGpuOp(OpKernelConstruction* context)
+      : SparseAsyncOpKernel(context) {
     if (!kMax) OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& features = context->input(0);
     const Tensor& batch = context->input(1);
     int64_t B;
@@ -173,15 +185,19 @@ class GlobalPoolGpuOp : public SparseAsyncOpKernel {
     const int32_t* b = batch.flat<int32_t>().data();
     const Status status =
         kMax ? gpu::GlobalMaxPool<T>(in, n, c, b, B, output->flat<T>().data(),
-                                        argmax->flat<int32_t>().data(), check.on_device(),
-                                        BytesOf(workspace), bytes, StreamOf(context))
-                : gpu::GlobalSumPool<T>(in, n, c, b, B, average_, output->flat<T>().data(),
-                                        check.on_device(), BytesOf(workspace), bytes,
-                                        StreamOf(context));
+                                     argmax->flat<int32_t>().data(),
+                                     check.on_device(), BytesOf(workspace),
+                                     bytes, StreamOf(context))
+             : gpu::GlobalSumPool<T>(in, n, c, b, B, average_,
+                                     output->flat<T>().data(),
+                                     check.on_device(), BytesOf(workspace),
+                                     bytes, StreamOf(context));
     if (Failed(context, status)) return done();
     FinishWithResult(
         context, std::move(check),
-        [B](const gpu::IndexCheck& result) { return gpu::BatchCheckStatus(result, B); },
+        [B](const gpu::IndexCheck& result) {
+          return gpu::BatchCheckStatus(result, B);
+        },
         std::move(done));
   }
 
@@ -192,22 +208,26 @@ class GlobalPoolGpuOp : public SparseAsyncOpKernel {
 template <typename T>
 class GlobalSumPoolGradGpuOp : public SparseAsyncOpKernel {
  public:
-  explicit GlobalSumPoolGradGpuOp(OpKernelConstruction* context) : SparseAsyncOpKernel(context) {
+  explicit GlobalSumPoolGradGpuOp(OpKernelConstruction* context)
+      : SparseAsyncOpKernel(context) {
     OP_REQUIRES_OK(context, context->GetAttr("average", &average_));
   }
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     const Tensor& grad = context->input(0);
     const Tensor& batch = context->input(1);
     if (!CheckMatrix(context, grad, "grad_output")) return done();
     if (batch.dims() != 1 || batch.dim_size(0) >= kMaxRows) {
       context->CtxFailure(absl::InvalidArgumentError(
           "batch_index must be a vector of fewer than 2^31 - 1 entries, got "
-          "shape " + batch.shape().DebugString()));
+          "shape " +
+          batch.shape().DebugString()));
       return done();
     }
     // One row of grad_output per batch item.
-    const int64_t n = batch.dim_size(0), c = grad.dim_size(1), B = grad.dim_size(0);
+    const int64_t n = batch.dim_size(0), c = grad.dim_size(1),
+                  B = grad.dim_size(0);
     Tensor* output = nullptr;
     Tensor workspace;
     DeviceResult<gpu::IndexCheck> check;
@@ -224,7 +244,9 @@ class GlobalSumPoolGradGpuOp : public SparseAsyncOpKernel {
     if (Failed(context, status)) return done();
     FinishWithResult(
         context, std::move(check),
-        [B](const gpu::IndexCheck& result) { return gpu::BatchCheckStatus(result, B); },
+        [B](const gpu::IndexCheck& result) {
+          return gpu::BatchCheckStatus(result, B);
+        },
         std::move(done));
   }
 
@@ -232,40 +254,40 @@ class GlobalSumPoolGradGpuOp : public SparseAsyncOpKernel {
   bool average_ = false;
 };
 
-#define SPARSE_OPS_REGISTER_GPU(T)                                                  \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>MaxPool")                                 \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T")                               \
-                              .HostMemory("num_out_rows"),                          \
-                          MapPoolGpuOp<T, true>);                                   \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPool")                                 \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T")                               \
-                              .HostMemory("num_out_rows"),                          \
-                          MapPoolGpuOp<T, false>);                                         \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPoolTranspose")                        \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T")                               \
-                              .HostMemory("num_in_rows"),                           \
-                          SumPoolTransposeGpuOp<T>);                                \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>MaxPoolGrad")                             \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T")                               \
-                              .HostMemory("num_in_rows"),                           \
-                          MaxPoolGradGpuOp<T>);                                     \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalMaxPool")                           \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T")                               \
-                              .HostMemory("num_batches"),                           \
-                          GlobalPoolGpuOp<T, true>);                                \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPool")                           \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T")                               \
-                              .HostMemory("num_batches"),                           \
-                          GlobalPoolGpuOp<T, false>);                                      \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPoolGrad")                       \
-                              .Device(DEVICE_GPU)                                   \
-                              .TypeConstraint<T>("T"),                              \
+#define SPARSE_OPS_REGISTER_GPU(T)                            \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>MaxPool")           \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("num_out_rows"),    \
+                          MapPoolGpuOp<T, true>);             \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPool")           \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("num_out_rows"),    \
+                          MapPoolGpuOp<T, false>);            \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>SumPoolTranspose")  \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("num_in_rows"),     \
+                          SumPoolTransposeGpuOp<T>);          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>MaxPoolGrad")       \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("num_in_rows"),     \
+                          MaxPoolGradGpuOp<T>);               \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalMaxPool")     \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("num_batches"),     \
+                          GlobalPoolGpuOp<T, true>);          \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPool")     \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T")         \
+                              .HostMemory("num_batches"),     \
+                          GlobalPoolGpuOp<T, false>);         \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>GlobalSumPoolGrad") \
+                              .Device(DEVICE_GPU)             \
+                              .TypeConstraint<T>("T"),        \
                           GlobalSumPoolGradGpuOp<T>);
 SPARSE_OPS_REGISTER_GPU(float)
 SPARSE_OPS_REGISTER_GPU(double)

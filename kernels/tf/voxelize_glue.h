@@ -27,10 +27,13 @@ inline bool CheckVoxelizeInputs(tensorflow::OpKernelContext* context) {
   const tensorflow::Tensor& points = context->input(0);
   const tensorflow::Tensor& features = context->input(1);
   const tensorflow::Tensor& voxel_size = context->input(2);
-  if (points.dims() != 2 || points.dim_size(1) < 2 || points.dim_size(1) > kMaxDims) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "points must be [N, 1 + D] with 1 <= D <= " + std::to_string(kMaxDims - 1) +
-        " (column 0 the batch index), got shape " + points.shape().DebugString()));
+  if (points.dims() != 2 || points.dim_size(1) < 2 ||
+      points.dim_size(1) > kMaxDims) {
+    context->CtxFailure(
+        absl::InvalidArgumentError("points must be [N, 1 + D] with 1 <= D <= " +
+                                   std::to_string(kMaxDims - 1) +
+                                   " (column 0 the batch index), got shape " +
+                                   points.shape().DebugString()));
     return false;
   }
   if (points.dim_size(0) >= kMaxRows) {
@@ -43,22 +46,25 @@ inline bool CheckVoxelizeInputs(tensorflow::OpKernelContext* context) {
   if (features.dim_size(0) != points.dim_size(0)) {
     context->CtxFailure(absl::InvalidArgumentError(
         "features and points must have the same number of rows, got " +
-        std::to_string(features.dim_size(0)) + " and " + std::to_string(points.dim_size(0))));
+        std::to_string(features.dim_size(0)) + " and " +
+        std::to_string(points.dim_size(0))));
     return false;
   }
   const int64_t d = points.dim_size(1) - 1;
   if (voxel_size.dims() != 1 || voxel_size.dim_size(0) != d) {
-    context->CtxFailure(absl::InvalidArgumentError(
-        "voxel_size must have " + std::to_string(d) + " entries (one per position column), "
-        "got shape " + voxel_size.shape().DebugString()));
+    context->CtxFailure(
+        absl::InvalidArgumentError("voxel_size must have " + std::to_string(d) +
+                                   " entries (one per position column), "
+                                   "got shape " +
+                                   voxel_size.shape().DebugString()));
     return false;
   }
   for (int64_t a = 0; a < d; ++a) {
     const double size = voxel_size.flat<double>()(a);
     if (!(size > 0 && size <= std::numeric_limits<double>::max())) {
       context->CtxFailure(absl::InvalidArgumentError(
-          "voxel_size must be finite and > 0, got " + std::to_string(size) + " for axis " +
-          std::to_string(a + 1)));
+          "voxel_size must be finite and > 0, got " + std::to_string(size) +
+          " for axis " + std::to_string(a + 1)));
       return false;
     }
   }

@@ -36,11 +36,14 @@ class VoxelizeOp : public SparseOpKernel {
     TempAllocator temp(context);
     VoxelSites sites;
     SPARSE_OPS_RETURN_IF_CORE_ERROR(
-        context, FindVoxelSites(grid.flat<int32_t>().data(), n, dims, temp.callback(),
-                                inverse->flat<int32_t>().data(), &sites, parallel_for));
+        context,
+        FindVoxelSites(grid.flat<int32_t>().data(), n, dims, temp.callback(),
+                       inverse->flat<int32_t>().data(), &sites, parallel_for));
     const int64_t m = sites.num_sites;
-    const bool with_source = mode_ == VoxelMode::kMax || mode_ == VoxelMode::kFirst;
-    Tensor *coordinates = nullptr, *merged = nullptr, *counts = nullptr, *source = nullptr;
+    const bool with_source =
+        mode_ == VoxelMode::kMax || mode_ == VoxelMode::kFirst;
+    Tensor *coordinates = nullptr, *merged = nullptr, *counts = nullptr,
+           *source = nullptr;
     if (!AllocateOutput(context, 0, {m, dims}, &coordinates) ||
         !AllocateOutput(context, 1, {m, C}, &merged) ||
         !AllocateOutput(context, 3, {m}, &counts) ||
@@ -48,22 +51,22 @@ class VoxelizeOp : public SparseOpKernel {
       return;
     }
     VoxelCoordinates(grid.flat<int32_t>().data(), dims, sites,
-                     coordinates->flat<int32_t>().data(), counts->flat<int32_t>().data(),
-                     parallel_for);
-    MergeVoxelFeatures<T>(features.flat<T>().data(), C, sites, mode_,
-                          merged->flat<T>().data(),
-                          with_source ? source->flat<int32_t>().data() : nullptr, parallel_for);
+                     coordinates->flat<int32_t>().data(),
+                     counts->flat<int32_t>().data(), parallel_for);
+    MergeVoxelFeatures<T>(
+        features.flat<T>().data(), C, sites, mode_, merged->flat<T>().data(),
+        with_source ? source->flat<int32_t>().data() : nullptr, parallel_for);
   }
 
  private:
   VoxelMode mode_;
 };
 
-#define SPARSE_OPS_REGISTER(P, T)                               \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>Voxelize")            \
-                              .Device(DEVICE_CPU)               \
-                              .TypeConstraint<P>("P")           \
-                              .TypeConstraint<T>("T"),          \
+#define SPARSE_OPS_REGISTER(P, T)                      \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>Voxelize")   \
+                              .Device(DEVICE_CPU)      \
+                              .TypeConstraint<P>("P")  \
+                              .TypeConstraint<T>("T"), \
                           VoxelizeOp<P, T>);
 SPARSE_OPS_REGISTER(float, float)
 SPARSE_OPS_REGISTER(float, double)

@@ -25,7 +25,8 @@ class VoxelizeGpuOp : public SparseAsyncOpKernel {
   explicit VoxelizeGpuOp(OpKernelConstruction* context)
       : SparseAsyncOpKernel(context), mode_(GetVoxelMode(context)) {}
 
-  void ComputeAsyncChecked(OpKernelContext* context, DoneCallback done) override {
+  void ComputeAsyncChecked(OpKernelContext* context,
+                           DoneCallback done) override {
     if (!CheckVoxelizeInputs(context)) return done();
     const Tensor& points = context->input(0);
     const Tensor& features = context->input(1);
@@ -39,39 +40,42 @@ class VoxelizeGpuOp : public SparseAsyncOpKernel {
     DeviceResult<gpu::VoxelInfo> info;
     const size_t bytes = gpu::VoxelizeWorkspaceBytes<P>(n, dims);
     if (!AllocateOutput(context, 2, {n}, &inverse) ||
-        !AllocateDeviceBytes(context, bytes, &workspace) || !AllocateResult(context, &info)) {
+        !AllocateDeviceBytes(context, bytes, &workspace) ||
+        !AllocateResult(context, &info)) {
       return done();
     }
-    if (Failed(context, gpu::VoxelizeCount<P>(points.flat<P>().data(), n, dims, sizes.data(),
-                                               inverse->flat<int32_t>().data(),
-                                               info.on_device(), BytesOf(workspace), bytes,
-                                               StreamOf(context)))) {
+    if (Failed(context, gpu::VoxelizeCount<P>(
+                            points.flat<P>().data(), n, dims, sizes.data(),
+                            inverse->flat<int32_t>().data(), info.on_device(),
+                            BytesOf(workspace), bytes, StreamOf(context)))) {
       return done();
     }
     // The workspace holds the sorted points until the fill has run.
     const VoxelMode mode = mode_;
     FinishWithResult(
         context, info,
-        [context, workspace, sizes, bytes, n, dims, channels, mode](
-            const gpu::VoxelInfo& host) mutable {
+        [context, workspace, sizes, bytes, n, dims, channels,
+         mode](const gpu::VoxelInfo& host) mutable {
           Status status = gpu::VoxelInfoStatus(host, sizes.data());
           if (!status.ok()) return status;
           const int64_t m = host.num_sites;
-          const bool with_source = mode == VoxelMode::kMax || mode == VoxelMode::kFirst;
+          const bool with_source =
+              mode == VoxelMode::kMax || mode == VoxelMode::kFirst;
           Tensor *coordinates = nullptr, *merged = nullptr, *counts = nullptr,
                  *source = nullptr;
           if (!AllocateOutput(context, 0, {m, dims}, &coordinates) ||
               !AllocateOutput(context, 1, {m, channels}, &merged) ||
               !AllocateOutput(context, 3, {m}, &counts) ||
-              !AllocateOutput(context, 4, {with_source ? m : 0, channels}, &source)) {
+              !AllocateOutput(context, 4, {with_source ? m : 0, channels},
+                              &source)) {
             return Status::Ok();  // the allocation failed the op
           }
           return gpu::VoxelizeFill<T>(
               context->input(1).flat<T>().data(), n, dims, channels, m, mode,
-              coordinates->flat<int32_t>().data(), counts->flat<int32_t>().data(),
-              merged->flat<T>().data(),
-              with_source ? source->flat<int32_t>().data() : nullptr, BytesOf(workspace),
-              bytes, StreamOf(context));
+              coordinates->flat<int32_t>().data(),
+              counts->flat<int32_t>().data(), merged->flat<T>().data(),
+              with_source ? source->flat<int32_t>().data() : nullptr,
+              BytesOf(workspace), bytes, StreamOf(context));
         },
         std::move(done));
   }
@@ -80,12 +84,12 @@ class VoxelizeGpuOp : public SparseAsyncOpKernel {
   VoxelMode mode_;
 };
 
-#define SPARSE_OPS_REGISTER(P, T)                               \
-  REGISTER_KERNEL_BUILDER(Name("SparseOps>Voxelize")            \
-                              .Device(DEVICE_GPU)               \
-                              .TypeConstraint<P>("P")           \
-                              .TypeConstraint<T>("T")           \
-                              .HostMemory("voxel_size"),        \
+#define SPARSE_OPS_REGISTER(P, T)                        \
+  REGISTER_KERNEL_BUILDER(Name("SparseOps>Voxelize")     \
+                              .Device(DEVICE_GPU)        \
+                              .TypeConstraint<P>("P")    \
+                              .TypeConstraint<T>("T")    \
+                              .HostMemory("voxel_size"), \
                           VoxelizeGpuOp<P, T>);
 SPARSE_OPS_REGISTER(float, float)
 SPARSE_OPS_REGISTER(float, double)
