@@ -18,21 +18,10 @@
 #include <vector>
 
 #include "kernels/core/parallel.h"
+#include "kernels/core/test_harness.h"
 
 namespace sparse_ops {
 namespace {
-
-int g_failures = 0;
-int g_checks = 0;
-
-#define EXPECT_MSG(cond, msg)                                             \
-  do {                                                                    \
-    ++g_checks;                                                           \
-    if (!(cond) && ++g_failures <= 20) {                                  \
-      std::fprintf(stderr, "%s:%d: FAILED: %s: %s\n", __FILE__, __LINE__, \
-                   #cond, std::string(msg).c_str());                      \
-    }                                                                     \
-  } while (0)
 
 // [0, n) in chunks of 7 units dealt round-robin to `threads` threads.
 void ThreeThreads(int64_t n, int64_t /*cost*/,
@@ -184,12 +173,5 @@ int main() {
   Random<float>("huge batch indices", 120, 4, 3, 1 << 30, 2, 5);  // sorted path
   Random<float>("one site", 1, 3, 1, 7, 2, 6);
   sparse_ops::Special();
-  if (sparse_ops::g_failures) {
-    std::fprintf(stderr, "attention_test: %d of %d checks FAILED\n",
-                 sparse_ops::g_failures, sparse_ops::g_checks);
-    return 1;
-  }
-  std::fprintf(stderr, "attention_test: all %d checks passed\n",
-               sparse_ops::g_checks);
-  return 0;
+  return sparse_ops::testing::TestResult("attention_test");
 }

@@ -25,31 +25,14 @@
 #include "kernels/core/parallel.h"
 #include "kernels/core/pool.h"
 #include "kernels/core/status.h"
+#include "kernels/core/test_harness.h"
 
 namespace sparse_ops {
 namespace {
 
-int g_failures = 0;
-int g_checks = 0;
-
-void Fail(const char* file, int line, const std::string& what) {
-  ++g_failures;
-  if (g_failures <= 30)
-    std::fprintf(stderr, "%s:%d: FAILED: %s\n", file, line, what.c_str());
-  if (g_failures == 30) std::fprintf(stderr, "(further failures not shown)\n");
-}
-
-#define EXPECT(cond)                              \
-  do {                                            \
-    ++g_checks;                                   \
-    if (!(cond)) Fail(__FILE__, __LINE__, #cond); \
-  } while (0)
-
-#define EXPECT_MSG(cond, msg)                                                 \
-  do {                                                                        \
-    ++g_checks;                                                               \
-    if (!(cond)) Fail(__FILE__, __LINE__, std::string(#cond) + ": " + (msg)); \
-  } while (0)
+using testing::AllNear;
+using testing::BitwiseEqual;
+using testing::Contains;
 
 constexpr int32_t kMin = std::numeric_limits<int32_t>::min();
 constexpr int32_t kMax = std::numeric_limits<int32_t>::max();
@@ -450,32 +433,6 @@ std::vector<T> RandomValues(std::mt19937_64* rng, int64_t n) {
 }
 
 template <typename T>
-bool Close(const std::vector<T>& got, const std::vector<double>& want,
-           double tol, std::string* where) {
-  if (got.size() != want.size()) {
-    *where = "size " + std::to_string(got.size()) + " vs " +
-             std::to_string(want.size());
-    return false;
-  }
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (!(std::fabs(static_cast<double>(got[i]) - want[i]) <=
-          tol * (1 + std::fabs(want[i])))) {
-      *where = "element " + std::to_string(i) + ": " + std::to_string(got[i]) +
-               " vs " + std::to_string(want[i]);
-      return false;
-    }
-  }
-  return true;
-}
-
-template <typename T>
-bool BitwiseEqual(const std::vector<T>& a, const std::vector<T>& b) {
-  return a.size() == b.size() &&
-         (a.empty() ||
-          std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
-}
-
-template <typename T>
 void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
                int64_t n_out, int64_t c_in, int64_t c_out,
                std::mt19937_64* rng) {
@@ -528,19 +485,19 @@ void CheckConv(const char* type, double tol, const KernelMap& map, int64_t n_in,
     std::vector<T> out(n_out * c_out, T(-99));
     SparseConv<T>(in.data(), c_in, w.data(), c_out, false, view, n_out,
                   out.data(), runner.parallel_for);
-    EXPECT_MSG(Close(out, want_out, tol, &where),
+    EXPECT_MSG(AllNear(out, want_out, tol, &where),
                what + " SparseConv: " + where);
     // transpose_weights: [K, c_out', c_in'] with c_out' = c_in, c_in' = c_out.
     std::vector<T> out_t(n_out * c_in, T(-99));
     SparseConv<T>(in_t.data(), c_out, w.data(), c_in, true, view, n_out,
                   out_t.data(), runner.parallel_for);
-    EXPECT_MSG(Close(out_t, want_t, tol, &where),
+    EXPECT_MSG(AllNear(out_t, want_t, tol, &where),
                what + " SparseConv transpose_weights: " + where);
     std::vector<T> dw(K * c_in * c_out, T(-99));
     std::vector<T> scratch(WeightGradientScratchSize(view, c_in, c_out));
     SparseConvWeightGradient<T>(in.data(), c_in, grad_out.data(), c_out, view,
                                 dw.data(), scratch.data(), runner.parallel_for);
-    EXPECT_MSG(Close(dw, want_dw, tol, &where),
+    EXPECT_MSG(AllNear(dw, want_dw, tol, &where),
                what + " SparseConvWeightGradient: " + where);
     if (first_out.empty()) {
       first_out = out;
@@ -596,7 +553,7 @@ void CheckPrunedPaths(const KernelMap& map, int64_t n, int64_t c_in,
           EXPECT_MSG(BitwiseEqual(out, want),
                      what + ": not bitwise the dense product");
         } else {
-          EXPECT_MSG(Close(out, want_d, 1e-5, &where), what + ": " + where);
+          EXPECT_MSG(AllNear(out, want_d, 1e-5, &where), what + ": " + where);
         }
       }
     }
@@ -944,10 +901,6 @@ void CheckStrided(const std::string& name, const std::vector<Row>& rows,
   }
 }
 
-bool Contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 void CheckGenerative(const std::string& name, const std::vector<Row>& rows,
                      const std::vector<int32_t>& offsets,
                      const std::vector<int32_t>& stride) {
@@ -1192,12 +1145,5 @@ int main() {
   sparse_ops::TestKeys();
   sparse_ops::TestPooling();
   sparse_ops::TestErrors();
-  if (sparse_ops::g_failures > 0) {
-    std::fprintf(stderr, "core_test: %d of %d checks FAILED\n",
-                 sparse_ops::g_failures, sparse_ops::g_checks);
-    return 1;
-  }
-  std::fprintf(stderr, "core_test: all %d checks passed\n",
-               sparse_ops::g_checks);
-  return 0;
+  return sparse_ops::testing::TestResult("core_test");
 }

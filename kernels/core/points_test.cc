@@ -13,21 +13,10 @@
 
 #include "kernels/core/coordinates.h"
 #include "kernels/core/parallel.h"
+#include "kernels/core/test_harness.h"
 
 namespace sparse_ops {
 namespace {
-
-int g_failures = 0, g_checks = 0;
-
-#define EXPECT(cond)                                                    \
-  do {                                                                  \
-    ++g_checks;                                                         \
-    if (!(cond)) {                                                      \
-      if (++g_failures <= 20)                                           \
-        std::fprintf(stderr, "%s:%d: FAILED: %s\n", __FILE__, __LINE__, \
-                     #cond);                                            \
-    }                                                                   \
-  } while (0)
 
 using Row = std::vector<int32_t>;
 constexpr int kDims = 4;
@@ -157,7 +146,5 @@ void TestUnion() {
 int main() {
   sparse_ops::TestLookup();
   sparse_ops::TestUnion();
-  std::fprintf(stderr, "points_test: %d of %d checks failed\n",
-               sparse_ops::g_failures, sparse_ops::g_checks);
-  return sparse_ops::g_failures > 0 ? 1 : 0;
+  return sparse_ops::testing::TestResult("points_test");
 }

@@ -77,17 +77,17 @@ Status Gpu(const Case& c, const std::vector<T>& features, int64_t k,
   DevBuf<sg::AttentionInfo> info(1);
   DevBuf<unsigned char> ws(
       sg::AttentionWorkspaceBytes<T>(c.n, c.channels, per));
-  CORE_OK(sg::AttentionKeep<T>(d_features.get(), c.n, c.channels,
-                               d_coords.get(), 4, k, mode, per,
-                               reinterpret_cast<bool*>(d_keep.get()),
-                               info.get(), ws.get(), ws.size(), s));
+  ASSERT_OK(sg::AttentionKeep<T>(d_features.get(), c.n, c.channels,
+                                 d_coords.get(), 4, k, mode, per,
+                                 reinterpret_cast<bool*>(d_keep.get()),
+                                 info.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::AttentionInfo host = info.Download()[0];
   const Status status = sg::AttentionInfoStatus(host);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_rows(host.num_rows);
-  CORE_OK(sg::AttentionKeptRows<T>(c.n, c.channels, per, host.num_rows,
-                                   d_rows.get(), ws.get(), ws.size(), s));
+  ASSERT_OK(sg::AttentionKeptRows<T>(c.n, c.channels, per, host.num_rows,
+                                     d_rows.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   r->keep = d_keep.Download();
   r->keep.resize(c.n * c.channels);
@@ -149,10 +149,10 @@ void Compare(const Case& c, int64_t k, bool ties, std::mt19937_64* rng,
           " k=" + std::to_string(k) + (ties ? " ties" : "");
       const Result want = Cpu<T>(c, f, k, mode, per);
       Result got, again;
-      CORE_OK(Gpu<T>(c, f, k, mode, per, &got, s));
-      CORE_OK(Gpu<T>(c, f, k, mode, per, &again, s));
-      Expect(got == want, "attention equals the CPU: " + what);
-      Expect(again == got, "attention twice: " + what);
+      ASSERT_OK(Gpu<T>(c, f, k, mode, per, &got, s));
+      ASSERT_OK(Gpu<T>(c, f, k, mode, per, &again, s));
+      EXPECT_MSG(got == want, "attention equals the CPU: " + what);
+      EXPECT_MSG(again == got, "attention twice: " + what);
     }
   }
 }
@@ -191,11 +191,12 @@ int main() {
   const Status status =
       Gpu<float>(negative, std::vector<float>(20, 1.0f), 3,
                  AttentionMode::kValue, AttentionPer::kChannel, &r, s);
-  Expect(!status.ok() && status.message() ==
-                             "coordinates row 6 has a negative batch index -3",
-         "attention negative batch: " + status.message());
+  EXPECT_MSG(
+      !status.ok() &&
+          status.message() == "coordinates row 6 has a negative batch index -3",
+      "attention negative batch: " + status.message());
   CUDA_OK(cudaStreamDestroy(s));
-  return Report();
+  return sparse_ops::testing::TestResult("attention_gpu_test");
 }
 
 #endif  // !GOOGLE_CUDA

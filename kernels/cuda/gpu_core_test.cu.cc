@@ -65,6 +65,7 @@ namespace {
 
 namespace sg = sparse_ops::gpu;
 using sparse_ops::Status;
+using sparse_ops::testing::Contains;
 
 // --- Host helpers
 // ----------------------------------------------------------------
@@ -278,7 +279,7 @@ struct GpuMapRunner {
   // Count, read the info back, size the outputs, fill. Returns the status.
   Status Run(cudaStream_t stream) {
     const sg::DeviceGeometry g{d_offsets.get(), K, stride_};
-    CORE_OK(sg::KernelMapCount(
+    ASSERT_OK(sg::KernelMapCount(
         d_in.get(), in->n(), same ? d_in.get() : d_out.get(), out->n(),
         in->dims, g, same, d_info.get(), ws.get(), ws_bytes, stream));
     CUDA_OK(cudaMemcpyAsync(h_info, d_info.get(), sizeof(sg::KernelMapInfo),
@@ -291,8 +292,9 @@ struct GpuMapRunner {
       in_rows.Alloc(P);
       out_rows.Alloc(P);
     }
-    CORE_OK(sg::KernelMapFill(in->n(), out->n(), K, splits.get(), in_rows.get(),
-                              out_rows.get(), ws.get(), ws_bytes, stream));
+    ASSERT_OK(sg::KernelMapFill(in->n(), out->n(), K, splits.get(),
+                                in_rows.get(), out_rows.get(), ws.get(),
+                                ws_bytes, stream));
     return Status::Ok();
   }
 
@@ -438,17 +440,18 @@ struct GpuConv {
     ws_dw.Alloc(dw_bytes);
   }
   void Forward(cudaStream_t s) {
-    CORE_OK(sg::Conv<T>(x.get(), n_in, c_in, w.get(), c_out, false, map, n_out,
-                        y.get(), ws_fwd.get(), fwd_bytes, s));
+    ASSERT_OK(sg::Conv<T>(x.get(), n_in, c_in, w.get(), c_out, false, map,
+                          n_out, y.get(), ws_fwd.get(), fwd_bytes, s));
   }
   void InputGrad(cudaStream_t s) {
-    CORE_OK(sg::ConvBackpropInput<T>(g.get(), n_out, c_out, w.get(), c_in, map,
-                                     n_in, dx.get(), ws_dx.get(), dx_bytes, s));
+    ASSERT_OK(sg::ConvBackpropInput<T>(g.get(), n_out, c_out, w.get(), c_in,
+                                       map, n_in, dx.get(), ws_dx.get(),
+                                       dx_bytes, s));
   }
   void WeightGrad(cudaStream_t s) {
-    CORE_OK(sg::ConvBackpropKernel<T>(x.get(), n_in, c_in, g.get(), n_out,
-                                      c_out, map, dw.get(), ws_dw.get(),
-                                      dw_bytes, s));
+    ASSERT_OK(sg::ConvBackpropKernel<T>(x.get(), n_in, c_in, g.get(), n_out,
+                                        c_out, map, dw.get(), ws_dw.get(),
+                                        dw_bytes, s));
   }
 };
 
@@ -513,10 +516,10 @@ void ExpectConv(const std::string& name, const ConvErrors& e, double tol,
   std::printf("  %-34s %s  fwd %.2e  dX %.2e  dW %.2e  %s\n", name.c_str(),
               type, e.fwd, e.dx, e.dw,
               e.deterministic ? "deterministic" : "NOT DETERMINISTIC");
-  Expect(e.fwd <= tol, name + " " + type + " forward error");
-  Expect(e.dx <= tol, name + " " + type + " input-gradient error");
-  Expect(e.dw <= dw_tol, name + " " + type + " weight-gradient error");
-  Expect(e.deterministic, name + " " + type + " runs differ");
+  EXPECT_MSG(e.fwd <= tol, name + " " + type + " forward error");
+  EXPECT_MSG(e.dx <= tol, name + " " + type + " input-gradient error");
+  EXPECT_MSG(e.dw <= dw_tol, name + " " + type + " weight-gradient error");
+  EXPECT_MSG(e.deterministic, name + " " + type + " runs differ");
 }
 
 // One small case: map vs oracle (twice), keys vs KeyPacker, conv vs oracle.
@@ -526,21 +529,21 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
                std::mt19937_64* rng, cudaStream_t s) {
   GpuMapRunner runner(in, out, same, offsets, stride);
   const Status st = runner.Run(s);
-  Expect(st.ok(), name + ": map failed: " + st.message());
+  EXPECT_MSG(st.ok(), name + ": map failed: " + st.message());
   if (!st.ok()) return;
   const HostMap gpu = runner.Download();
   const HostMap oracle = OracleMap(in, same ? in : out, offsets, stride);
-  Expect(SameMap(gpu, oracle), name + ": map differs from the oracle");
-  CORE_OK(runner.Run(s));
-  Expect(SameMap(runner.Download(), gpu), name + ": map not deterministic");
+  EXPECT_MSG(SameMap(gpu, oracle), name + ": map differs from the oracle");
+  ASSERT_OK(runner.Run(s));
+  EXPECT_MSG(SameMap(runner.Download(), gpu), name + ": map not deterministic");
 
   // Keys: the GPU layout packs exactly as the CPU KeyPacker.
   sparse_ops::KeyPacker packer(in.dims);
   packer.CoverRows(in.rows.data(), in.n());
-  CORE_OK(packer.Finalize());
+  ASSERT_OK(packer.Finalize());
   DevBuf<uint64_t> keys(in.n());
-  CORE_OK(sg::PackKeys(runner.d_in.get(), in.n(), in.dims, runner.d_info.get(),
-                       keys.get(), s));
+  ASSERT_OK(sg::PackKeys(runner.d_in.get(), in.n(), in.dims,
+                         runner.d_info.get(), keys.get(), s));
   const std::vector<uint64_t> got = keys.Download();
   bool keys_ok = true;
   for (int64_t i = 0; i < in.n(); ++i) {
@@ -548,14 +551,14 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
     keys_ok =
         keys_ok && packer.Pack(&in.rows[i * in.dims], &key) && key == got[i];
   }
-  Expect(keys_ok, name + ": GPU keys differ from KeyPacker's");
+  EXPECT_MSG(keys_ok, name + ": GPU keys differ from KeyPacker's");
 
   // The map passes the GPU validation.
   DevBuf<sg::KernelMapCheck> check(1);
-  CORE_OK(sg::CheckKernelMap(runner.View(), in.n(), out.n(), check.get(), s));
+  ASSERT_OK(sg::CheckKernelMap(runner.View(), in.n(), out.n(), check.get(), s));
   const sg::KernelMapCheck hc = check.Download()[0];
-  Expect(sg::KernelMapCheckStatus(hc, gpu.P(), in.n(), out.n()).ok(),
-         name + ": valid map rejected");
+  EXPECT_MSG(sg::KernelMapCheckStatus(hc, gpu.P(), in.n(), out.n()).ok(),
+             name + ": valid map rejected");
 
   const std::vector<double> x = RandomValues(rng, in.n() * c_in);
   const std::vector<double> w = RandomValues(rng, runner.K * c_in * c_out);
@@ -589,10 +592,6 @@ void SmallCase(const std::string& name, const Coords& in, const Coords& out,
   }
 }
 
-bool Contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
 void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
   const std::vector<int32_t> cube = BoxOffsets({-1, -1, -1}, {1, 1, 1});
   const std::vector<int32_t> ones = {1, 1, 1};
@@ -609,13 +608,14 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     for (int run = 0; run < 2; ++run) {
       GpuMapRunner runner(c, c, true, cube, ones);
       const Status st = runner.Run(s);
-      Expect(!st.ok() && Contains(st.message(), "duplicate"),
-             "duplicates accepted: " + st.message());
-      Expect(Contains(st.message(), "rows " + std::to_string(a) + " and " +
-                                        std::to_string(n)),
-             "duplicate rows misreported: " + st.message());
+      EXPECT_MSG(!st.ok() && Contains(st.message(), "duplicate"),
+                 "duplicates accepted: " + st.message());
+      EXPECT_MSG(Contains(st.message(), "rows " + std::to_string(a) + " and " +
+                                            std::to_string(n)),
+                 "duplicate rows misreported: " + st.message());
       if (run == 0) first = st.message();
-      if (run == 1) Expect(st.message() == first, "duplicate report varies");
+      if (run == 1)
+        EXPECT_MSG(st.message() == first, "duplicate report varies");
     }
     std::printf("  duplicates: %s\n", first.c_str());
   }
@@ -630,10 +630,10 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     sparse_ops::KeyPacker packer(4);
     packer.CoverRows(c.rows.data(), c.n());
     const Status cpu = packer.Finalize();
-    Expect(!st.ok() && st.message() == cpu.message(),
-           "wide keys: GPU says '" + st.message() + "', CPU says '" +
-               cpu.message() + "'");
-    Expect(runner.h_info->num_pairs == 0, "wide keys: pairs reported");
+    EXPECT_MSG(!st.ok() && st.message() == cpu.message(),
+               "wide keys: GPU says '" + st.message() + "', CPU says '" +
+                   cpu.message() + "'");
+    EXPECT_MSG(runner.h_info->num_pairs == 0, "wide keys: pairs reported");
   }
   // Negative batch index in the output coordinates.
   {
@@ -642,10 +642,10 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     out.rows[5 * 4] = -2;
     GpuMapRunner runner(in, out, false, cube, ones);
     const Status st = runner.Run(s);
-    Expect(!st.ok() && st.message() ==
-                           "out_coordinates row 5 has a "
-                           "negative batch index -2",
-           "negative batch: " + st.message());
+    EXPECT_MSG(!st.ok() && st.message() ==
+                               "out_coordinates row 5 has a "
+                               "negative batch index -2",
+               "negative batch: " + st.message());
   }
   // Empty inputs.
   {
@@ -655,12 +655,12 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     GpuMapRunner runner(empty, out, false, cube, ones);
     const Status st = runner.Run(s);
     const HostMap m = runner.Download();
-    Expect(st.ok() && m.P() == 0 && m.splits == std::vector<int64_t>(28, 0),
-           "empty input map: " + st.message());
+    EXPECT_MSG(st.ok() && m.P() == 0 && m.splits == std::vector<int64_t>(28, 0),
+               "empty input map: " + st.message());
     GpuMapRunner none(empty, empty, true, cube, ones);
-    Expect(none.Run(s).ok() &&
-               none.Download().splits == std::vector<int64_t>(28, 0),
-           "empty map");
+    EXPECT_MSG(none.Run(s).ok() &&
+                   none.Download().splits == std::vector<int64_t>(28, 0),
+               "empty map");
     // Convolutions over an empty map write zeros.
     const std::vector<double> w = RandomValues(rng, 27 * 8 * 8);
     GpuConv<float> c(runner.View(), 0, out.n(), 8, 8, {}, w,
@@ -672,13 +672,13 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     bool zeros = true;
     for (float v : c.y.Download()) zeros = zeros && v == 0.f;
     for (float v : c.dw.Download()) zeros = zeros && v == 0.f;
-    Expect(zeros, "empty map convolution is not zero");
+    EXPECT_MSG(zeros, "empty map convolution is not zero");
   }
   // A corrupted map fails the GPU validation at the first bad pair.
   {
     Coords c = RandomCoords(rng, 4, 1, -4, 4, 0.4);
     GpuMapRunner runner(c, c, true, cube, ones);
-    CORE_OK(runner.Run(s));
+    ASSERT_OK(runner.Run(s));
     HostMap m = runner.Download();
     const int64_t p = m.splits[3] + 2;  // swap two output rows of offset 3
     std::swap(m.out_rows[p], m.out_rows[p + 1]);
@@ -686,20 +686,21 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     DevBuf<int32_t> ir(m.in_rows), orr(m.out_rows);
     DevBuf<sg::KernelMapCheck> check(1);
     const sg::DeviceKernelMap view{sp.get(), ir.get(), orr.get(), m.K(), m.P()};
-    CORE_OK(sg::CheckKernelMap(view, c.n(), c.n(), check.get(), s));
+    ASSERT_OK(sg::CheckKernelMap(view, c.n(), c.n(), check.get(), s));
     const Status st =
         sg::KernelMapCheckStatus(check.Download()[0], m.P(), c.n(), c.n());
-    Expect(!st.ok() &&
-               Contains(st.message(), "pair " + std::to_string(p + 1) + " "),
-           "corrupt map: " + st.message());
+    EXPECT_MSG(!st.ok() && Contains(st.message(),
+                                    "pair " + std::to_string(p + 1) + " "),
+               "corrupt map: " + st.message());
     m.splits[5] = m.splits[4] - 1;
     DevBuf<int64_t> sp2(m.splits);
     const sg::DeviceKernelMap view2{sp2.get(), ir.get(), orr.get(), m.K(),
                                     m.P()};
-    CORE_OK(sg::CheckKernelMap(view2, c.n(), c.n(), check.get(), s));
-    Expect(!sg::KernelMapCheckStatus(check.Download()[0], m.P(), c.n(), c.n())
-                .ok(),
-           "non-monotone splits accepted");
+    ASSERT_OK(sg::CheckKernelMap(view2, c.n(), c.n(), check.get(), s));
+    EXPECT_MSG(
+        !sg::KernelMapCheckStatus(check.Download()[0], m.P(), c.n(), c.n())
+             .ok(),
+        "non-monotone splits accepted");
   }
   // A map that repeats an input row within an offset (valid for the
   // forward pass) is refused by the transposition given a check, naming
@@ -713,12 +714,13 @@ void ErrorCases(std::mt19937_64* rng, cudaStream_t s) {
     const sg::DeviceKernelMap view{sp.get(), ir.get(), orr.get(), 2, 4};
     DevBuf<unsigned char> ws(sg::TransposeKernelMapWorkspaceBytes(3, 2));
     for (int run = 0; run < 2; ++run) {
-      CORE_OK(sg::CheckKernelMap(view, 3, 3, check.get(), s));
-      CORE_OK(sg::TransposeKernelMap(view, 3, t_in.get(), t_out.get(), ws.get(),
-                                     ws.size(), s, check.get()));
+      ASSERT_OK(sg::CheckKernelMap(view, 3, 3, check.get(), s));
+      ASSERT_OK(sg::TransposeKernelMap(view, 3, t_in.get(), t_out.get(),
+                                       ws.get(), ws.size(), s, check.get()));
       const Status st = sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 3);
-      Expect(!st.ok() && Contains(st.message(), "pair 2 repeats input row 1"),
-             "repeated input row: " + st.message());
+      EXPECT_MSG(
+          !st.ok() && Contains(st.message(), "pair 2 repeats input row 1"),
+          "repeated input row: " + st.message());
     }
   }
 }
@@ -734,15 +736,16 @@ Status GpuStrided(const Coords& c, const std::vector<int32_t>& stride,
   DevBuf<int32_t> d_in(c.rows);
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::StridedCoordinatesWorkspaceBytes(c.n()));
-  CORE_OK(sg::StridedCoordinatesCount(d_in.get(), c.n(), c.dims, by_value,
-                                      info.get(), ws.get(), ws.size(), s));
+  ASSERT_OK(sg::StridedCoordinatesCount(d_in.get(), c.n(), c.dims, by_value,
+                                        info.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::KernelMapInfo host = info.Download()[0];
   const Status status = sg::StridedCoordinatesInfoStatus(host);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_out(host.num_pairs * c.dims);
-  CORE_OK(sg::StridedCoordinatesFill(info.get(), c.n(), c.dims, host.num_pairs,
-                                     d_out.get(), ws.get(), ws.size(), s));
+  ASSERT_OK(sg::StridedCoordinatesFill(info.get(), c.n(), c.dims,
+                                       host.num_pairs, d_out.get(), ws.get(),
+                                       ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   *out = d_out.Download();
   out->resize(host.num_pairs * c.dims);
@@ -784,26 +787,26 @@ void StridedCases(std::mt19937_64* rng, cudaStream_t s) {
   };
   for (const Case& k : cases) {
     std::vector<int32_t> want, got, again;
-    CORE_OK(CpuStrided(k.c, k.stride, &want));
-    CORE_OK(GpuStrided(k.c, k.stride, &got, s));
-    CORE_OK(GpuStrided(k.c, k.stride, &again, s));
-    Expect(got == want, "strided coordinates: " + k.name);
-    Expect(again == got, "strided coordinates twice: " + k.name);
+    ASSERT_OK(CpuStrided(k.c, k.stride, &want));
+    ASSERT_OK(GpuStrided(k.c, k.stride, &got, s));
+    ASSERT_OK(GpuStrided(k.c, k.stride, &again, s));
+    EXPECT_MSG(got == want, "strided coordinates: " + k.name);
+    EXPECT_MSG(again == got, "strided coordinates twice: " + k.name);
   }
   // The CPU op's errors: a negative batch index (its glue's message), a
   // strided range below int32.
   std::vector<int32_t> out;
   Coords negative{4, {0, 1, 1, 1, 2, 0, 0, 0, -3, 5, 5, 5}};
   Status gpu = GpuStrided(negative, {2, 2, 2}, &out, s);
-  Expect(!gpu.ok() &&
-             gpu.message() == "coordinates row 2 has a negative batch index -3",
-         "strided negative batch: " + gpu.message());
+  EXPECT_MSG(!gpu.ok() && gpu.message() ==
+                              "coordinates row 2 has a negative batch index -3",
+             "strided negative batch: " + gpu.message());
   Coords low{3, {0, -2147483647 - 1 + 1, 0}};
   gpu = GpuStrided(low, {3, 1}, &out, s);
   const Status cpu = CpuStrided(low, {3, 1}, &out);
-  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
-         "strided underflow: GPU '" + gpu.message() + "' vs CPU '" +
-             cpu.message() + "'");
+  EXPECT_MSG(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
+             "strided underflow: GPU '" + gpu.message() + "' vs CPU '" +
+                 cpu.message() + "'");
 }
 
 // --- Generative coordinates
@@ -818,16 +821,16 @@ Status GpuGenerative(const Coords& c, const std::vector<int32_t>& offsets,
   std::copy(stride.begin(), stride.end(), g.stride.v);
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::GenerativeCoordinatesWorkspaceBytes(c.n(), K));
-  CORE_OK(sg::GenerativeCoordinatesCount(d_in.get(), c.n(), c.dims, g,
-                                         info.get(), ws.get(), ws.size(), s));
+  ASSERT_OK(sg::GenerativeCoordinatesCount(d_in.get(), c.n(), c.dims, g,
+                                           info.get(), ws.get(), ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::KernelMapInfo host = info.Download()[0];
   const Status status = sg::GenerativeCoordinatesInfoStatus(host);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_out(host.num_pairs * c.dims);
-  CORE_OK(sg::GenerativeCoordinatesFill(info.get(), c.n(), K, c.dims,
-                                        host.num_pairs, d_out.get(), ws.get(),
-                                        ws.size(), s));
+  ASSERT_OK(sg::GenerativeCoordinatesFill(info.get(), c.n(), K, c.dims,
+                                          host.num_pairs, d_out.get(), ws.get(),
+                                          ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   *out = d_out.Download();
   out->resize(host.num_pairs * c.dims);
@@ -879,20 +882,20 @@ void GenerativeCases(std::mt19937_64* rng, cudaStream_t s) {
   };
   for (const Case& k : cases) {
     std::vector<int32_t> want, got, again;
-    CORE_OK(CpuGenerative(k.c, k.offsets, k.stride, &want));
-    CORE_OK(GpuGenerative(k.c, k.offsets, k.stride, &got, s));
-    CORE_OK(GpuGenerative(k.c, k.offsets, k.stride, &again, s));
-    Expect(got == want, "generative coordinates: " + k.name);
-    Expect(again == got, "generative coordinates twice: " + k.name);
+    ASSERT_OK(CpuGenerative(k.c, k.offsets, k.stride, &want));
+    ASSERT_OK(GpuGenerative(k.c, k.offsets, k.stride, &got, s));
+    ASSERT_OK(GpuGenerative(k.c, k.offsets, k.stride, &again, s));
+    EXPECT_MSG(got == want, "generative coordinates: " + k.name);
+    EXPECT_MSG(again == got, "generative coordinates twice: " + k.name);
   }
   // A shift past int32: the CPU's error.
   const Coords edge{3, {0, 2147483647 - 1, 0}};
   std::vector<int32_t> out;
   const Status gpu = GpuGenerative(edge, {4, 0}, {1, 1}, &out, s);
   const Status cpu = CpuGenerative(edge, {4, 0}, {1, 1}, &out);
-  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
-         "generative overflow: GPU '" + gpu.message() + "' vs CPU '" +
-             cpu.message() + "'");
+  EXPECT_MSG(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
+             "generative overflow: GPU '" + gpu.message() + "' vs CPU '" +
+                 cpu.message() + "'");
 }
 
 // --- Coordinate lookup
@@ -905,9 +908,9 @@ Status GpuLookup(const Coords& c, const std::vector<int32_t>& queries,
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::CoordinateLookupWorkspaceBytes(c.n()));
   d_rows.Poison();
-  CORE_OK(sg::CoordinateLookup(d_in.get(), c.n(), c.dims, d_q.get(), q,
-                               d_rows.get(), info.get(), ws.get(), ws.size(),
-                               s));
+  ASSERT_OK(sg::CoordinateLookup(d_in.get(), c.n(), c.dims, d_q.get(), q,
+                                 d_rows.get(), info.get(), ws.get(), ws.size(),
+                                 s));
   CUDA_OK(cudaStreamSynchronize(s));
   *rows = d_rows.Download();
   rows->resize(q);
@@ -937,21 +940,21 @@ void LookupCases(std::mt19937_64* rng, cudaStream_t s) {
     want[i] = it == index.end() ? -1 : it->second;
   }
   std::vector<int32_t> got, again;
-  CORE_OK(GpuLookup(c, queries, &got, s));
-  CORE_OK(GpuLookup(c, queries, &again, s));
-  Expect(got == want, "coordinate lookup against a hash map");
-  Expect(again == got, "coordinate lookup twice");
+  ASSERT_OK(GpuLookup(c, queries, &got, s));
+  ASSERT_OK(GpuLookup(c, queries, &again, s));
+  EXPECT_MSG(got == want, "coordinate lookup against a hash map");
+  EXPECT_MSG(again == got, "coordinate lookup twice");
   std::vector<int32_t> none;
-  CORE_OK(GpuLookup(Coords{4, {}}, {0, 0, 0, 0}, &none, s));
-  Expect(none == std::vector<int32_t>{-1}, "lookup in an empty set");
+  ASSERT_OK(GpuLookup(Coords{4, {}}, {0, 0, 0, 0}, &none, s));
+  EXPECT_MSG(none == std::vector<int32_t>{-1}, "lookup in an empty set");
   const Status duplicate = GpuLookup(
       Coords{4, {0, 1, 1, 1, 0, 2, 2, 2, 0, 1, 1, 1}}, {0, 1, 1, 1}, &none, s);
-  Expect(!duplicate.ok() &&
-             Contains(duplicate.message(), "duplicate sites: rows 0 and 2"),
-         "lookup duplicates: " + duplicate.message());
+  EXPECT_MSG(!duplicate.ok() &&
+                 Contains(duplicate.message(), "duplicate sites: rows 0 and 2"),
+             "lookup duplicates: " + duplicate.message());
   const Status negative =
       GpuLookup(Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}, {0, 1, 1, 1}, &none, s);
-  Expect(
+  EXPECT_MSG(
       !negative.ok() && negative.message() ==
                             "coordinates row 1 has a negative batch index -4",
       "lookup negative batch: " + negative.message());
@@ -988,16 +991,16 @@ Status GpuUnion(const std::vector<Coords>& inputs, UnionResult* out,
   }
   DevBuf<sg::KernelMapInfo> info(1);
   DevBuf<unsigned char> ws(sg::CoordinateUnionWorkspaceBytes(total, dims));
-  CORE_OK(sg::CoordinateUnionCount(in_ptrs.data(), sizes.data(), num, dims,
-                                   row_ptrs.data(), info.get(), ws.get(),
-                                   ws.size(), s));
+  ASSERT_OK(sg::CoordinateUnionCount(in_ptrs.data(), sizes.data(), num, dims,
+                                     row_ptrs.data(), info.get(), ws.get(),
+                                     ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::KernelMapInfo host = info.Download()[0];
   const Status status = sg::CoordinateUnionInfoStatus(host, sizes.data(), num);
   if (!status.ok()) return status;
   DevBuf<int32_t> d_out(host.num_pairs * dims);
-  CORE_OK(sg::CoordinateUnionFill(total, dims, d_out.get(), ws.get(), ws.size(),
-                                  s));
+  ASSERT_OK(sg::CoordinateUnionFill(total, dims, d_out.get(), ws.get(),
+                                    ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   out->sites = d_out.Download();
   out->sites.resize(host.num_pairs * dims);
@@ -1061,11 +1064,11 @@ void UnionCases(std::mt19937_64* rng, cudaStream_t s) {
   };
   for (const auto& [name, inputs] : cases) {
     UnionResult want, got, again;
-    CORE_OK(CpuUnion(inputs, &want));
-    CORE_OK(GpuUnion(inputs, &got, s));
-    CORE_OK(GpuUnion(inputs, &again, s));
-    Expect(got == want, "coordinate union: " + name);
-    Expect(again == got, "coordinate union twice: " + name);
+    ASSERT_OK(CpuUnion(inputs, &want));
+    ASSERT_OK(GpuUnion(inputs, &got, s));
+    ASSERT_OK(GpuUnion(inputs, &again, s));
+    EXPECT_MSG(got == want, "coordinate union: " + name);
+    EXPECT_MSG(again == got, "coordinate union twice: " + name);
   }
   // The CPU's errors: a site repeated within one input (not across inputs),
   // a negative batch index (the glue's wording), keys wider than 63 bits.
@@ -1073,23 +1076,24 @@ void UnionCases(std::mt19937_64* rng, cudaStream_t s) {
   UnionResult out, cpu_out;
   Status gpu = GpuUnion({b, repeated}, &out, s);
   Status cpu = CpuUnion({b, repeated}, &cpu_out);
-  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message() &&
-             Contains(gpu.message(),
-                      "coordinates[1] has duplicate sites: rows 0 and 2"),
-         "union duplicates: GPU '" + gpu.message() + "' vs CPU '" +
-             cpu.message() + "'");
+  EXPECT_MSG(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message() &&
+                 Contains(gpu.message(),
+                          "coordinates[1] has duplicate sites: rows 0 and 2"),
+             "union duplicates: GPU '" + gpu.message() + "' vs CPU '" +
+                 cpu.message() + "'");
   gpu = GpuUnion({a, Coords{4, {0, 1, 1, 1, -4, 2, 2, 2}}}, &out, s);
-  Expect(!gpu.ok() && gpu.message() ==
-                          "coordinates[1] row 1 has a negative batch index -4",
-         "union negative batch: " + gpu.message());
+  EXPECT_MSG(
+      !gpu.ok() &&
+          gpu.message() == "coordinates[1] row 1 has a negative batch index -4",
+      "union negative batch: " + gpu.message());
   const Coords wide{5,
                     {0, -2147483647 - 1, -2147483647 - 1, -2147483647 - 1, 0, 1,
                      2147483647, 2147483647, 2147483647, 0}};
   gpu = GpuUnion({wide}, &out, s);
   cpu = CpuUnion({wide}, &cpu_out);
-  Expect(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
-         "union key width: GPU '" + gpu.message() + "' vs CPU '" +
-             cpu.message() + "'");
+  EXPECT_MSG(!gpu.ok() && !cpu.ok() && gpu.message() == cpu.message(),
+             "union key width: GPU '" + gpu.message() + "' vs CPU '" +
+                 cpu.message() + "'");
 }
 
 // --- Voxelization
@@ -1157,9 +1161,9 @@ Status GpuVoxelize(const std::vector<T>& points, int dims,
   d_inverse.Poison();
   DevBuf<sg::VoxelInfo> info(1);
   DevBuf<unsigned char> ws(sg::VoxelizeWorkspaceBytes<T>(n, dims));
-  CORE_OK(sg::VoxelizeCount<T>(d_points.get(), n, dims, size.data(),
-                               d_inverse.get(), info.get(), ws.get(), ws.size(),
-                               s));
+  ASSERT_OK(sg::VoxelizeCount<T>(d_points.get(), n, dims, size.data(),
+                                 d_inverse.get(), info.get(), ws.get(),
+                                 ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   const sg::VoxelInfo host = info.Download()[0];
   const Status status = sg::VoxelInfoStatus(host, size.data());
@@ -1171,10 +1175,10 @@ Status GpuVoxelize(const std::vector<T>& points, int dims,
   DevBuf<T> merged(m * C);
   coords.Poison();
   merged.Poison();
-  CORE_OK(sg::VoxelizeFill<T>(d_features.get(), n, dims, C, m, mode,
-                              coords.get(), counts.get(), merged.get(),
-                              with_source ? source.get() : nullptr, ws.get(),
-                              ws.size(), s));
+  ASSERT_OK(sg::VoxelizeFill<T>(d_features.get(), n, dims, C, m, mode,
+                                coords.get(), counts.get(), merged.get(),
+                                with_source ? source.get() : nullptr, ws.get(),
+                                ws.size(), s));
   CUDA_OK(cudaStreamSynchronize(s));
   r->coordinates = coords.Download();
   r->coordinates.resize(m * dims);
@@ -1214,14 +1218,15 @@ void VoxelizeCasesOf(std::mt19937_64* rng, cudaStream_t s) {
          {sparse_ops::VoxelMode::kAverage, sparse_ops::VoxelMode::kSum,
           sparse_ops::VoxelMode::kMax, sparse_ops::VoxelMode::kFirst}) {
       VoxelResult want, got, again;
-      CORE_OK(CpuVoxelize<T>(points, dims, features, C, size, mode, &want));
-      CORE_OK(GpuVoxelize<T>(points, dims, features, C, size, mode, &got, s));
-      CORE_OK(GpuVoxelize<T>(points, dims, features, C, size, mode, &again, s));
+      ASSERT_OK(CpuVoxelize<T>(points, dims, features, C, size, mode, &want));
+      ASSERT_OK(GpuVoxelize<T>(points, dims, features, C, size, mode, &got, s));
+      ASSERT_OK(
+          GpuVoxelize<T>(points, dims, features, C, size, mode, &again, s));
       const std::string what = "voxelize" + std::string(type) + " dims " +
                                std::to_string(dims) + " mode " +
                                std::to_string(static_cast<int>(mode));
-      Expect(got == want, what + " equals the CPU");
-      Expect(again == got, what + " twice");
+      EXPECT_MSG(got == want, what + " equals the CPU");
+      EXPECT_MSG(again == got, what + " twice");
     }
   }
 }
@@ -1231,10 +1236,10 @@ void VoxelizeCases(std::mt19937_64* rng, cudaStream_t s) {
   VoxelizeCasesOf<double>(rng, s);
   const std::vector<double> ones = {1.0, 1.0, 1.0};
   VoxelResult none;
-  CORE_OK(GpuVoxelize<float>({}, 4, {}, 2, ones,
-                             sparse_ops::VoxelMode::kAverage, &none, s));
-  Expect(none.coordinates.empty() && none.inverse.empty(),
-         "voxelize no points");
+  ASSERT_OK(GpuVoxelize<float>({}, 4, {}, 2, ones,
+                               sparse_ops::VoxelMode::kAverage, &none, s));
+  EXPECT_MSG(none.coordinates.empty() && none.inverse.empty(),
+             "voxelize no points");
   // The CPU's errors (the first bad point in row order).
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const std::vector<std::vector<double>> bad = {
@@ -1250,17 +1255,17 @@ void VoxelizeCases(std::mt19937_64* rng, cudaStream_t s) {
                                            sparse_ops::VoxelMode::kSum, &cpu_r);
     const Status gpu = GpuVoxelize<double>(
         points, 4, f, 1, ones, sparse_ops::VoxelMode::kSum, &gpu_r, s);
-    Expect(!cpu.ok() && !gpu.ok() && cpu.message() == gpu.message(),
-           "voxelize error: GPU '" + gpu.message() + "' vs CPU '" +
-               cpu.message() + "'");
+    EXPECT_MSG(!cpu.ok() && !gpu.ok() && cpu.message() == gpu.message(),
+               "voxelize error: GPU '" + gpu.message() + "' vs CPU '" +
+                   cpu.message() + "'");
   }
   // Rows too wide for a 64-bit key: the CPU compares rows, the GPU refuses.
   const std::vector<double> wide = {0, 2147483647.0,  -2147483648.0, 0,
                                     1, -2147483648.0, 2147483647.0,  5};
   const Status gpu = GpuVoxelize<double>(wide, 4, {1.0, 2.0}, 1, ones,
                                          sparse_ops::VoxelMode::kSum, &none, s);
-  Expect(!gpu.ok() && Contains(gpu.message(), "64-bit key"),
-         "voxelize wide keys: " + gpu.message());
+  EXPECT_MSG(!gpu.ok() && Contains(gpu.message(), "64-bit key"),
+             "voxelize wide keys: " + gpu.message());
 }
 
 // --- Depthwise convolution
@@ -1288,11 +1293,11 @@ void DepthwiseCase(const std::string& name, const HostMap& m,
   sparse_ops::DepthwiseConv<T>(x.data(), C, M, w.data(), false, cpu_map, n_out,
                                y.data(), sparse_ops::SerialFor);
   sparse_ops::KernelMapView transposed;
-  CORE_OK(sparse_ops::TransposedKernelMap(cpu_map, n_in, allocate,
-                                          sparse_ops::SerialFor, &transposed));
+  ASSERT_OK(sparse_ops::TransposedKernelMap(
+      cpu_map, n_in, allocate, sparse_ops::SerialFor, &transposed));
   sparse_ops::DepthwiseConv<T>(g.data(), C, M, w.data(), true, transposed, n_in,
                                dx.data(), sparse_ops::SerialFor);
-  CORE_OK(sparse_ops::DepthwiseConvWeightGradient<T>(
+  ASSERT_OK(sparse_ops::DepthwiseConvWeightGradient<T>(
       x.data(), C, M, g.data(), cpu_map, dw.data(), allocate,
       sparse_ops::SerialFor));
   DevBuf<T> d_x(x), d_w(w), d_g(g), d_y(y.size()), d_dx(dx.size()),
@@ -1307,14 +1312,15 @@ void DepthwiseCase(const std::string& name, const HostMap& m,
     d_y.Poison();
     d_dx.Poison();
     d_dw.Poison();
-    CORE_OK(sg::DepthwiseConv<T>(d_x.get(), n_in, C, M, d_w.get(), view, n_out,
-                                 d_y.get(), ws_y.get(), ws_y.size(), s));
-    CORE_OK(sg::DepthwiseConvBackpropInput<T>(d_g.get(), n_out, C, M, d_w.get(),
-                                              view, n_in, d_dx.get(),
-                                              ws_dx.get(), ws_dx.size(), s));
-    CORE_OK(sg::DepthwiseConvBackpropKernel<T>(d_x.get(), n_in, C, M, d_g.get(),
-                                               n_out, view, d_dw.get(),
-                                               ws_dw.get(), ws_dw.size(), s));
+    ASSERT_OK(sg::DepthwiseConv<T>(d_x.get(), n_in, C, M, d_w.get(), view,
+                                   n_out, d_y.get(), ws_y.get(), ws_y.size(),
+                                   s));
+    ASSERT_OK(sg::DepthwiseConvBackpropInput<T>(
+        d_g.get(), n_out, C, M, d_w.get(), view, n_in, d_dx.get(), ws_dx.get(),
+        ws_dx.size(), s));
+    ASSERT_OK(sg::DepthwiseConvBackpropKernel<T>(
+        d_x.get(), n_in, C, M, d_g.get(), n_out, view, d_dw.get(), ws_dw.get(),
+        ws_dw.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     runs[r][0] = d_y.Download();
     runs[r][1] = d_dx.Download();
@@ -1327,11 +1333,11 @@ void DepthwiseCase(const std::string& name, const HostMap& m,
     return a.size() == b.size() &&
            std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
   };
-  Expect(same(runs[0][0], y), what + ": forward equals the CPU");
-  Expect(same(runs[0][1], dx), what + ": input gradient equals the CPU");
-  Expect(same(runs[0][2], dw), what + ": weight gradient equals the CPU");
+  EXPECT_MSG(same(runs[0][0], y), what + ": forward equals the CPU");
+  EXPECT_MSG(same(runs[0][1], dx), what + ": input gradient equals the CPU");
+  EXPECT_MSG(same(runs[0][2], dw), what + ": weight gradient equals the CPU");
   for (int i = 0; i < 3; ++i)
-    Expect(same(runs[1][i], runs[0][i]), what + ": twice");
+    EXPECT_MSG(same(runs[1][i], runs[0][i]), what + ": twice");
 }
 
 void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
@@ -1360,7 +1366,7 @@ void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
   };
   for (const MapCase& k : cases) {
     GpuMapRunner runner(*k.in, *k.out, k.same, k.offsets, k.stride);
-    CORE_OK(runner.Run(s));
+    ASSERT_OK(runner.Run(s));
     const HostMap m = runner.Download();
     for (const int64_t M : {int64_t{1}, int64_t{3}}) {
       DepthwiseCase<float>(k.name, m, runner.View(), k.in->n(), k.out->n(), 37,
@@ -1376,18 +1382,18 @@ void DepthwiseCases(std::mt19937_64* rng, cudaStream_t s) {
   const sg::DeviceKernelMap repeated{splits.get(), in_rows.get(),
                                      out_rows.get(), 1, 2};
   DevBuf<sg::KernelMapCheck> check(1);
-  CORE_OK(sg::CheckKernelMap(repeated, 4, 2, check.get(), s));
+  ASSERT_OK(sg::CheckKernelMap(repeated, 4, 2, check.get(), s));
   DevBuf<float> grad(std::vector<float>(2 * 3, 1.0f)),
       w(std::vector<float>(3, 1.0f)), dx(12);
   DevBuf<unsigned char> ws(sg::DepthwiseConvBackpropInputWorkspaceBytes(1, 4));
-  CORE_OK(sg::DepthwiseConvBackpropInput<float>(grad.get(), 2, 3, 1, w.get(),
-                                                repeated, 4, dx.get(), ws.get(),
-                                                ws.size(), s, check.get()));
+  ASSERT_OK(sg::DepthwiseConvBackpropInput<float>(
+      grad.get(), 2, 3, 1, w.get(), repeated, 4, dx.get(), ws.get(), ws.size(),
+      s, check.get()));
   CUDA_OK(cudaStreamSynchronize(s));
   const Status status = sg::KernelMapCheckStatus(check.Download()[0], 2, 4, 2);
-  Expect(!status.ok() && Contains(status.message(),
-                                  "kernel map pair 1 repeats input row 1"),
-         "depthwise repeated input row: " + status.message());
+  EXPECT_MSG(!status.ok() && Contains(status.message(),
+                                      "kernel map pair 1 repeats input row 1"),
+             "depthwise repeated input row: " + status.message());
 }
 
 // --- Timing
@@ -1450,13 +1456,13 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf,
   DevBuf<unsigned char> strided_ws(sg::StridedCoordinatesWorkspaceBytes(n));
   DevBuf<int32_t> d_coarse(n * 4);
   auto strided = [&] {
-    CORE_OK(sg::StridedCoordinatesCount(d_shell.get(), n, 4, two, info.get(),
-                                        strided_ws.get(), strided_ws.size(),
-                                        s));
+    ASSERT_OK(sg::StridedCoordinatesCount(d_shell.get(), n, 4, two, info.get(),
+                                          strided_ws.get(), strided_ws.size(),
+                                          s));
     read_info();
-    CORE_OK(sg::StridedCoordinatesFill(info.get(), n, 4, host->num_pairs,
-                                       d_coarse.get(), strided_ws.get(),
-                                       strided_ws.size(), s));
+    ASSERT_OK(sg::StridedCoordinatesFill(info.get(), n, 4, host->num_pairs,
+                                         d_coarse.get(), strided_ws.get(),
+                                         strided_ws.size(), s));
   };
   strided();
   CUDA_OK(cudaStreamSynchronize(s));
@@ -1468,18 +1474,18 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf,
   // The downsampling map and pooling over it.
   GpuMapRunner down(shell, coarse, false, BoxOffsets({0, 0, 0}, {1, 1, 1}),
                     {1, 1, 1});
-  CORE_OK(down.Run(s));
+  ASSERT_OK(down.Run(s));
   report("kernel map 2x2x2 onto the strided sites",
-         MedianMs(s, [&] { CORE_OK(down.Run(s)); }));
+         MedianMs(s, [&] { ASSERT_OK(down.Run(s)); }));
   DevBuf<float> pooled(nc * C);
   DevBuf<int32_t> argmax(nc * C);
   report("max pool 2x2x2", MedianMs(s, [&] {
-           CORE_OK(sg::MaxPool<float>(features, n, C, down.View(), nc,
-                                      pooled.get(), argmax.get(), s));
+           ASSERT_OK(sg::MaxPool<float>(features, n, C, down.View(), nc,
+                                        pooled.get(), argmax.get(), s));
          }));
   report("average pool 2x2x2", MedianMs(s, [&] {
-           CORE_OK(sg::SumPool<float>(features, n, C, down.View(), nc, true,
-                                      pooled.get(), s));
+           ASSERT_OK(sg::SumPool<float>(features, n, C, down.View(), nc, true,
+                                        pooled.get(), s));
          }));
   DevBuf<int32_t> batch(n);
   CUDA_OK(cudaMemset(batch.get(), 0, n * sizeof(int32_t)));
@@ -1487,7 +1493,7 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf,
   DevBuf<unsigned char> global_ws(sg::GlobalPoolWorkspaceBytes<float>(n, C, 1));
   DevBuf<float> global(C);
   report("global average pool", MedianMs(s, [&] {
-           CORE_OK(sg::GlobalSumPool<float>(
+           ASSERT_OK(sg::GlobalSumPool<float>(
                features, n, C, batch.get(), 1, true, global.get(),
                index_check.get(), global_ws.get(), global_ws.size(), s));
          }));
@@ -1499,11 +1505,11 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf,
     DevBuf<unsigned char> keep(n * C);
     DevBuf<sg::AttentionInfo> attention_info(1);
     const double ms = MedianMs(s, [&] {
-      CORE_OK(sg::AttentionKeep<float>(features, n, C, d_shell.get(), 4, n / 10,
-                                       sparse_ops::AttentionMode::kValue, per,
-                                       reinterpret_cast<bool*>(keep.get()),
-                                       attention_info.get(), ws.get(),
-                                       ws.size(), s));
+      ASSERT_OK(sg::AttentionKeep<float>(
+          features, n, C, d_shell.get(), 4, n / 10,
+          sparse_ops::AttentionMode::kValue, per,
+          reinterpret_cast<bool*>(keep.get()), attention_info.get(), ws.get(),
+          ws.size(), s));
       CUDA_OK(cudaStreamSynchronize(s));
     });
     report(per == sparse_ops::AttentionPer::kSite
@@ -1521,11 +1527,11 @@ void OtherOpTimings(const Coords& shell, GpuConv<float>& cf,
     DevBuf<unsigned char> ws(sg::CoordinateUnionWorkspaceBytes(n + nc, 4));
     report(
         "coordinate union (shell + strided sites)", MedianMs(s, [&] {
-          CORE_OK(sg::CoordinateUnionCount(inputs, sizes, 2, 4, rows,
-                                           info.get(), ws.get(), ws.size(), s));
+          ASSERT_OK(sg::CoordinateUnionCount(
+              inputs, sizes, 2, 4, rows, info.get(), ws.get(), ws.size(), s));
           read_info();
-          CORE_OK(sg::CoordinateUnionFill(n + nc, 4, out.get(), ws.get(),
-                                          ws.size(), s));
+          ASSERT_OK(sg::CoordinateUnionFill(n + nc, 4, out.get(), ws.get(),
+                                            ws.size(), s));
         }));
   }
 
@@ -1549,18 +1555,18 @@ void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
   const int64_t n = shell.n(), C = 64;
 
   GpuMapRunner runner(shell, shell, true, cube, ones);
-  CORE_OK(runner.Run(s));
+  ASSERT_OK(runner.Run(s));
   const HostMap gpu = runner.Download();
   const HostMap oracle = OracleMap(shell, shell, cube, ones);
   const bool map_ok = SameMap(gpu, oracle);
-  Expect(map_ok, "shell: map differs from the oracle");
-  CORE_OK(runner.Run(s));
+  EXPECT_MSG(map_ok, "shell: map differs from the oracle");
+  ASSERT_OK(runner.Run(s));
   const bool map_det = SameMap(runner.Download(), gpu);
-  Expect(map_det, "shell: map not deterministic");
+  EXPECT_MSG(map_det, "shell: map not deterministic");
   // The general path (no mirroring) gives the same map.
   GpuMapRunner general(shell, shell, false, cube, ones);
-  CORE_OK(general.Run(s));
-  Expect(SameMap(general.Download(), gpu), "shell: unmirrored map differs");
+  ASSERT_OK(general.Run(s));
+  EXPECT_MSG(SameMap(general.Download(), gpu), "shell: unmirrored map differs");
   const int64_t P = gpu.P();
   std::printf("PEERS shell: %lld sites, %lld pairs (%.2f per site), map %s%s\n",
               static_cast<long long>(n), static_cast<long long>(P),
@@ -1578,13 +1584,13 @@ void ShellWorkload(std::mt19937_64* rng, cudaStream_t s) {
 
   // Timings: median of 20 after 3 warm-ups, CUDA events on one stream.
   const double flops = 2.0 * P * C * C;
-  const double t_map = MedianMs(s, [&] { CORE_OK(runner.Run(s)); });
-  const double t_map_general = MedianMs(s, [&] { CORE_OK(general.Run(s)); });
+  const double t_map = MedianMs(s, [&] { ASSERT_OK(runner.Run(s)); });
+  const double t_map_general = MedianMs(s, [&] { ASSERT_OK(general.Run(s)); });
   DevBuf<int32_t> t_in(P), t_out(P);
   DevBuf<unsigned char> t_ws(sg::TransposeKernelMapWorkspaceBytes(n, 27));
   const double t_transpose = MedianMs(s, [&] {
-    CORE_OK(sg::TransposeKernelMap(runner.View(), n, t_in.get(), t_out.get(),
-                                   t_ws.get(), t_ws.size(), s));
+    ASSERT_OK(sg::TransposeKernelMap(runner.View(), n, t_in.get(), t_out.get(),
+                                     t_ws.get(), t_ws.size(), s));
   });
   const double f_fwd = MedianMs(s, [&] { cf.Forward(s); });
   const double f_dx = MedianMs(s, [&] { cf.InputGrad(s); });
@@ -1659,7 +1665,7 @@ int main(int argc, char** argv) {
 
   if (shell_only) {
     ShellWorkload(&rng, s);
-    return Report();
+    return sparse_ops::testing::TestResult("gpu_core_test");
   }
   std::printf("small cases:\n");
   {
@@ -1669,7 +1675,7 @@ int main(int argc, char** argv) {
     SmallCase("subm 3x3x3 mirrored", c, c, true, cube, {1, 1, 1}, 37, 70, &rng,
               s);
     if (tiny) {
-      return Report();
+      return sparse_ops::testing::TestResult("gpu_core_test");
     }
     SmallCase("subm 3x3x3 general", c, c, false, cube, {1, 1, 1}, 64, 64, &rng,
               s);
@@ -1705,7 +1711,7 @@ int main(int argc, char** argv) {
   DepthwiseCases(&rng, s);
   if (!small_only) ShellWorkload(&rng, s);
   CUDA_OK(cudaStreamDestroy(s));
-  return Report();
+  return sparse_ops::testing::TestResult("gpu_core_test");
 }
 
 #endif  // !GOOGLE_CUDA

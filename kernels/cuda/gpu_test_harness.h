@@ -1,6 +1,6 @@
-// The small harness of the CUDA core's test programs (no TensorFlow, no
-// test framework): fatal CUDA / core errors, counted expectations, device
-// buffers. Test programs only (nvcc).
+// The CUDA side of the test programs' harness (kernels/core/test_harness.h:
+// counted expectations, ASSERT_OK, TestResult): fatal CUDA errors and
+// device buffers. Test programs only (nvcc).
 #ifndef SPARSE_OPS_KERNELS_CUDA_GPU_TEST_HARNESS_H_
 #define SPARSE_OPS_KERNELS_CUDA_GPU_TEST_HARNESS_H_
 
@@ -12,49 +12,21 @@
 #include <string>
 #include <vector>
 
-#include "kernels/core/status.h"
+#include "kernels/core/test_harness.h"
 
 namespace {
 
-#define CUDA_OK(expr)                                                \
-  do {                                                               \
-    const cudaError_t e_ = (expr);                                   \
-    if (e_ != cudaSuccess) {                                         \
-      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr, \
-                  cudaGetErrorString(e_));                           \
-      std::exit(2);                                                  \
-    }                                                                \
+#define CUDA_OK(expr)                                          \
+  do {                                                         \
+    const cudaError_t e_ = (expr);                             \
+    if (e_ != cudaSuccess) {                                   \
+      ::sparse_ops::testing::Fatal(                            \
+          __FILE__, __LINE__,                                  \
+          std::string(#expr) + ": " + cudaGetErrorString(e_)); \
+    }                                                          \
   } while (0)
 
-#define CORE_OK(expr)                                                \
-  do {                                                               \
-    const ::sparse_ops::Status s_ = (expr);                          \
-    if (!s_.ok()) {                                                  \
-      std::printf("FATAL %s:%d %s: %s\n", __FILE__, __LINE__, #expr, \
-                  s_.message().c_str());                             \
-      std::exit(2);                                                  \
-    }                                                                \
-  } while (0)
-
-int g_checks = 0;
-int g_failures = 0;
-
-// Prints the totals; the exit status of main.
-int Report() {
-  std::printf("RESULT: %d checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
-}
-
-void Expect(bool ok, const std::string& what) {
-  ++g_checks;
-  if (!ok) {
-    ++g_failures;
-    std::printf("FAIL: %s\n", what.c_str());
-  }
-}
-
-// --- Device buffers
-// ------------------------------------------------------------
+// --- Device buffers --------------------------------------------------------
 
 template <typename T>
 class DevBuf {

@@ -75,13 +75,13 @@ HostMap CpuMap(const std::vector<int32_t>& in, const std::vector<int32_t>& out,
       sparse_ops::KernelGeometry{offsets.data(), K, stride.data()}, allocate,
       kSerial);
   std::vector<int64_t> counts(K);
-  CORE_OK(search.Count(counts.data()));
+  ASSERT_OK(search.Count(counts.data()));
   HostMap m;
   m.splits.resize(K + 1);
   sparse_ops::SplitsFromCounts(counts.data(), K, m.splits.data());
   m.in_rows.resize(m.P());
   m.out_rows.resize(m.P());
-  CORE_OK(search.Fill(m.splits.data(), m.in_rows.data(), m.out_rows.data()));
+  ASSERT_OK(search.Fill(m.splits.data(), m.in_rows.data(), m.out_rows.data()));
   return m;
 }
 
@@ -207,13 +207,13 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in,
   for (int run = 0; run < 2; ++run) {
     d_out.Poison();
     d_arg.Poison();
-    CORE_OK(sg::MaxPool<T>(d_in.get(), n_in, C, dm.view, n_out, d_out.get(),
-                           d_arg.get(), s));
+    ASSERT_OK(sg::MaxPool<T>(d_in.get(), n_in, C, dm.view, n_out, d_out.get(),
+                             d_arg.get(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), out),
-           what + " max pool values, run " + std::to_string(run));
-    Expect(Bitwise(d_arg.Download(), arg),
-           what + " max pool argmax, run " + std::to_string(run));
+    EXPECT_MSG(Bitwise(d_out.Download(), out),
+               what + " max pool values, run " + std::to_string(run));
+    EXPECT_MSG(Bitwise(d_arg.Download(), arg),
+               what + " max pool argmax, run " + std::to_string(run));
   }
   // Its gradient, through the CPU's argmax.
   const std::vector<T> grad = NormalValues<T>(rng, n_out * C);
@@ -225,14 +225,14 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in,
   DevBuf<unsigned char> ws(sg::MaxPoolGradWorkspaceBytes<T>(n_out, C, n_in));
   for (int run = 0; run < 2; ++run) {
     d_grad_in.Poison();
-    CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
-                               d_grad_in.get(), d_check.get(), ws.get(),
-                               ws.size(), s));
+    ASSERT_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
+                                 d_grad_in.get(), d_check.get(), ws.get(),
+                                 ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_grad_in.Download(), grad_in),
-           what + " max pool grad, run " + std::to_string(run));
-    Expect(sg::ArgmaxCheckStatus(d_check.Download()[0], n_in).ok(),
-           what + " argmax check");
+    EXPECT_MSG(Bitwise(d_grad_in.Download(), grad_in),
+               what + " max pool grad, run " + std::to_string(run));
+    EXPECT_MSG(sg::ArgmaxCheckStatus(d_check.Download()[0], n_in).ok(),
+               what + " argmax check");
   }
   // Sum and average pooling, and their transposes.
   for (const bool average : {false, true}) {
@@ -242,11 +242,11 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in,
                                  sum.data(), kSerial);
     for (int run = 0; run < 2; ++run) {
       d_out.Poison();
-      CORE_OK(sg::SumPool<T>(d_in.get(), n_in, C, dm.view, n_out, average,
-                             d_out.get(), s));
+      ASSERT_OK(sg::SumPool<T>(d_in.get(), n_in, C, dm.view, n_out, average,
+                               d_out.get(), s));
       CUDA_OK(cudaStreamSynchronize(s));
-      Expect(Bitwise(d_out.Download(), sum),
-             w + " pool, run " + std::to_string(run));
+      EXPECT_MSG(Bitwise(d_out.Download(), sum),
+                 w + " pool, run " + std::to_string(run));
     }
 
     // The CPU transposed map, as the op builds it.
@@ -256,7 +256,7 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in,
     const bool table = sparse_ops::TransposeUsesTable(m.View(), n_in);
     std::vector<int32_t> table_buf(table ? K * n_in : 0);
     std::vector<uint64_t> pair_buf(table ? 0 : P);
-    CORE_OK(sparse_ops::TransposeKernelMap(
+    ASSERT_OK(sparse_ops::TransposeKernelMap(
         m.View(), n_in, table ? table_buf.data() : nullptr,
         table ? nullptr : pair_buf.data(), t_splits.data(), t_in.data(),
         t_out.data(), kSerial));
@@ -274,17 +274,17 @@ void MapPools(const std::string& name, const HostMap& m, int64_t n_in,
     for (int run = 0; run < 2; ++run) {
       d_up.Poison();
       // As the op runs it: the map check, then the transpose adding to it.
-      CORE_OK(sg::CheckKernelMap(dm.view, n_in, n_out, map_check.get(), s));
-      CORE_OK(sg::SumPoolTranspose<T>(d_up_in.get(), n_out, C, dm.view, n_in,
-                                      average, d_up.get(), tws.get(),
-                                      tws.size(), s, map_check.get()));
+      ASSERT_OK(sg::CheckKernelMap(dm.view, n_in, n_out, map_check.get(), s));
+      ASSERT_OK(sg::SumPoolTranspose<T>(d_up_in.get(), n_out, C, dm.view, n_in,
+                                        average, d_up.get(), tws.get(),
+                                        tws.size(), s, map_check.get()));
       CUDA_OK(cudaStreamSynchronize(s));
       const Status checked =
           sg::KernelMapCheckStatus(map_check.Download()[0], m.P(), n_in, n_out);
-      Expect(checked.ok(), w + " valid map refused: " + checked.message());
+      EXPECT_MSG(checked.ok(), w + " valid map refused: " + checked.message());
       const std::vector<T> got = d_up.Download();
-      Expect(average ? Close(got, up) : Bitwise(got, up),
-             w + " pool transpose, run " + std::to_string(run));
+      EXPECT_MSG(average ? Close(got, up) : Bitwise(got, up),
+                 w + " pool transpose, run " + std::to_string(run));
     }
   }
 }
@@ -306,27 +306,28 @@ void MaxPoolGradCollisions(std::mt19937_64* rng, cudaStream_t s) {
   DevBuf<unsigned char> ws(sg::MaxPoolGradWorkspaceBytes<T>(n_out, C, n_in));
   for (int run = 0; run < 2; ++run) {
     d_out.Poison();
-    CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
-                               d_out.get(), d_check.get(), ws.get(), ws.size(),
-                               s));
+    ASSERT_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
+                                 d_out.get(), d_check.get(), ws.get(),
+                                 ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), want),
-           "max pool grad, ~73 terms per target, run " + std::to_string(run));
+    EXPECT_MSG(
+        Bitwise(d_out.Download(), want),
+        "max pool grad, ~73 terms per target, run " + std::to_string(run));
   }
   // A bad entry: the CPU's message, the smallest bad position.
   arg[5 * C + 3] = static_cast<int32_t>(n_in);
   arg[9 * C + 1] = -2;
   d_arg.Upload(arg);
-  CORE_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
-                             d_out.get(), d_check.get(), ws.get(), ws.size(),
-                             s));
+  ASSERT_OK(sg::MaxPoolGrad<T>(d_grad.get(), d_arg.get(), C, n_out, n_in,
+                               d_out.get(), d_check.get(), ws.get(), ws.size(),
+                               s));
   CUDA_OK(cudaStreamSynchronize(s));
   const Status gpu = sg::ArgmaxCheckStatus(d_check.Download()[0], n_in);
   const Status cpu =
       sparse_ops::ValidateArgmax(arg.data(), n_out * C, n_in, kSerial);
-  Expect(!gpu.ok() && gpu.message() == cpu.message(),
-         "argmax error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() +
-             "'");
+  EXPECT_MSG(!gpu.ok() && gpu.message() == cpu.message(),
+             "argmax error: GPU '" + gpu.message() + "' vs CPU '" +
+                 cpu.message() + "'");
 }
 
 template <typename T>
@@ -348,8 +349,8 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng,
   if (n * C > 0) in[0] = std::numeric_limits<T>::quiet_NaN();
   std::vector<int64_t> starts(B + 1), chunk_first(B + 1), scratch(B + 1);
   std::vector<int32_t> order(n);
-  CORE_OK(sparse_ops::GroupByBatch(batch.data(), n, B, starts.data(),
-                                   order.data(), scratch.data()));
+  ASSERT_OK(sparse_ops::GroupByBatch(batch.data(), n, B, starts.data(),
+                                     order.data(), scratch.data()));
   const int64_t chunks =
       sparse_ops::GlobalPoolChunks(starts.data(), B, chunk_first.data());
   std::vector<T> partial(chunks * C), max(B * C), sum(B * C), mean(B * C);
@@ -370,23 +371,23 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng,
   for (int run = 0; run < 2; ++run) {
     d_out.Poison();
     d_arg.Poison();
-    CORE_OK(sg::GlobalMaxPool<T>(d_in.get(), n, C, d_batch.get(), B,
-                                 d_out.get(), d_arg.get(), d_check.get(),
-                                 ws.get(), ws.size(), s));
+    ASSERT_OK(sg::GlobalMaxPool<T>(d_in.get(), n, C, d_batch.get(), B,
+                                   d_out.get(), d_arg.get(), d_check.get(),
+                                   ws.get(), ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_out.Download(), max),
-           what + " max, run " + std::to_string(run));
-    Expect(Bitwise(d_arg.Download(), arg),
-           what + " argmax, run " + std::to_string(run));
-    Expect(sg::BatchCheckStatus(d_check.Download()[0], B).ok(),
-           what + " batch check");
+    EXPECT_MSG(Bitwise(d_out.Download(), max),
+               what + " max, run " + std::to_string(run));
+    EXPECT_MSG(Bitwise(d_arg.Download(), arg),
+               what + " argmax, run " + std::to_string(run));
+    EXPECT_MSG(sg::BatchCheckStatus(d_check.Download()[0], B).ok(),
+               what + " batch check");
     for (const bool average : {false, true}) {
       d_out.Poison();
-      CORE_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, average,
-                                   d_out.get(), d_check.get(), ws.get(),
-                                   ws.size(), s));
+      ASSERT_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B,
+                                     average, d_out.get(), d_check.get(),
+                                     ws.get(), ws.size(), s));
       CUDA_OK(cudaStreamSynchronize(s));
-      Expect(
+      EXPECT_MSG(
           Bitwise(d_out.Download(), average ? mean : sum),
           what + (average ? " mean" : " sum") + ", run " + std::to_string(run));
     }
@@ -401,35 +402,35 @@ void GlobalPools(int64_t n, int64_t B, int64_t C, std::mt19937_64* rng,
                                      starts.data(), average, grad_in.data(),
                                      kSerial);
     d_grad_in.Poison();
-    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B,
-                                     average, d_grad_in.get(), d_check.get(),
-                                     gws.get(), gws.size(), s));
+    ASSERT_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B,
+                                       average, d_grad_in.get(), d_check.get(),
+                                       gws.get(), gws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
-    Expect(Bitwise(d_grad_in.Download(), grad_in),
-           what + (average ? " mean" : " sum") + " gradient");
+    EXPECT_MSG(Bitwise(d_grad_in.Download(), grad_in),
+               what + (average ? " mean" : " sum") + " gradient");
   }
   // A bad batch index: the CPU's message.
   if (n > 10) {
     batch[7] = static_cast<int32_t>(B);
     batch[10] = -1;
     d_batch.Upload(batch);
-    CORE_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, false,
-                                 d_out.get(), d_check.get(), ws.get(),
-                                 ws.size(), s));
+    ASSERT_OK(sg::GlobalSumPool<T>(d_in.get(), n, C, d_batch.get(), B, false,
+                                   d_out.get(), d_check.get(), ws.get(),
+                                   ws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     const Status gpu = sg::BatchCheckStatus(d_check.Download()[0], B);
     const Status cpu = sparse_ops::GroupByBatch(
         batch.data(), n, B, starts.data(), order.data(), scratch.data());
-    Expect(!gpu.ok() && gpu.message() == cpu.message(),
-           "batch error: GPU '" + gpu.message() + "' vs CPU '" + cpu.message() +
-               "'");
-    CORE_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B,
-                                     false, d_grad_in.get(), d_check.get(),
-                                     gws.get(), gws.size(), s));
+    EXPECT_MSG(!gpu.ok() && gpu.message() == cpu.message(),
+               "batch error: GPU '" + gpu.message() + "' vs CPU '" +
+                   cpu.message() + "'");
+    ASSERT_OK(sg::GlobalSumPoolGrad<T>(d_grad.get(), C, d_batch.get(), n, B,
+                                       false, d_grad_in.get(), d_check.get(),
+                                       gws.get(), gws.size(), s));
     CUDA_OK(cudaStreamSynchronize(s));
     const Status grad_gpu = sg::BatchCheckStatus(d_check.Download()[0], B);
-    Expect(!grad_gpu.ok() && grad_gpu.message() == cpu.message(),
-           "gradient batch error: GPU '" + grad_gpu.message() + "'");
+    EXPECT_MSG(!grad_gpu.ok() && grad_gpu.message() == cpu.message(),
+               "gradient batch error: GPU '" + grad_gpu.message() + "'");
   }
 }
 
@@ -446,17 +447,17 @@ void CorruptMap(cudaStream_t s) {
   DevBuf<sg::KernelMapCheck> check(1);
   DevBuf<unsigned char> ws(
       sg::SumPoolTransposeWorkspaceBytes<float>(3, 4, 3, 5));
-  CORE_OK(
+  ASSERT_OK(
       sg::MaxPool<float>(in.get(), 3, 4, dm.view, 5, out.get(), arg.get(), s));
-  CORE_OK(sg::SumPool<float>(in.get(), 3, 4, dm.view, 5, true, out.get(), s));
-  CORE_OK(sg::CheckKernelMap(dm.view, 3, 5, check.get(), s));
-  CORE_OK(sg::SumPoolTranspose<float>(out.get(), 5, 4, dm.view, 3, true,
-                                      in.get(), ws.get(), ws.size(), s,
-                                      check.get()));
+  ASSERT_OK(sg::SumPool<float>(in.get(), 3, 4, dm.view, 5, true, out.get(), s));
+  ASSERT_OK(sg::CheckKernelMap(dm.view, 3, 5, check.get(), s));
+  ASSERT_OK(sg::SumPoolTranspose<float>(out.get(), 5, 4, dm.view, 3, true,
+                                        in.get(), ws.get(), ws.size(), s,
+                                        check.get()));
   CUDA_OK(cudaStreamSynchronize(s));
-  Expect(!sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 5).ok(),
-         "corrupt map: the check refuses it (and compute-sanitizer sees no "
-         "fault)");
+  EXPECT_MSG(!sg::KernelMapCheckStatus(check.Download()[0], 4, 3, 5).ok(),
+             "corrupt map: the check refuses it (and compute-sanitizer sees no "
+             "fault)");
 }
 
 }  // namespace
@@ -495,7 +496,7 @@ int main() {
   GlobalPools<float>(50, 3, 0, &rng, s);
   CorruptMap(s);
   CUDA_OK(cudaStreamDestroy(s));
-  return Report();
+  return sparse_ops::testing::TestResult("pool_gpu_test");
 }
 
 #endif  // !GOOGLE_CUDA
