@@ -47,8 +47,8 @@ def _check_cpu(info):
         return
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((l.split(":", 1)[1].split() for l in f
-                          if l.startswith("flags")), None)
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), None)
     except OSError:
         return
     if flags is not None and not {"avx2", "fma"} <= set(flags):

@@ -172,10 +172,10 @@ def sparse_collate(coords_list, feats_list, labels_list=None):
     features = np.concatenate(feats)
     if labels_list is None:
         return coordinates, features
-    labels = [_numpy(l, f"labels_list[{i}]", required=True)
-              for i, l in enumerate(labels_list)]
-    for i, (n, l) in enumerate(zip(sizes, labels)):
-        if l.ndim < 1 or len(l) != n:
+    labels = [_numpy(item, f"labels_list[{i}]", required=True)
+              for i, item in enumerate(labels_list)]
+    for i, (n, item) in enumerate(zip(sizes, labels)):
+        if item.ndim < 1 or len(item) != n:
             raise ValueError(f"labels_list[{i}] must have {n} rows (one per "
-                             f"coordinate), got shape {l.shape}")
+                             f"coordinate), got shape {item.shape}")
     return coordinates, features, np.concatenate(labels)

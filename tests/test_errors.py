@@ -710,7 +710,8 @@ for op in ("max", "sum", "grad"):
             continue  # the gradient takes B from grad_output and N from batch_index
         if op == "grad":
             over_src = over_src.replace("np.ones([3, 0])", "np.ones([2, 0])")
-            over_src = over_src if "features" in over_src else over_src + ", features=np.ones([2, 2])"
+            if "features" not in over_src:
+                over_src += ", features=np.ones([2, 2])"
         add(f"raw_global_{op}_pool/{label}", RAW_GLOBAL + f"""
 raw_global({op!r}, {over_src}).numpy()
 """, Raises(r"batch|num_batches|features must|grad_output must|rank|shape|"

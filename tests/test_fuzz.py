@@ -44,7 +44,8 @@ def _finding(record):
             continue
         if kind == "ResourceExhaustedError" and record["explicit_large"]:
             continue
-        return f"{side} {kind}: {record.get('message' if side == 'outcome' else 'reference_message')}"
+        key = "message" if side == "outcome" else "reference_message"
+        return f"{side} {kind}: {record.get(key)}"
     if record.get("agree") is False:
         return (f"custom {record['outcome']} vs reference {record['reference']}: "
                 f"{record.get('message', '')} | {record.get('reference_message', '')}")

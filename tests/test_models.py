@@ -70,8 +70,8 @@ def _copy(src, dst):
 def _chain_block(block, x, training):
     """The block's computation spelled out with fresh so.layers holding its
     weights: conv-BN(-ReLU) ..., shortcut (identity or 1x1 conv + BN), ReLU."""
-    convs = [l for l in block.main if isinstance(l, so.layers.Conv)]
-    norms = [l for l in block.main if isinstance(l, so.layers.BatchNorm)]
+    convs = [layer for layer in block.main if isinstance(layer, so.layers.Conv)]
+    norms = [layer for layer in block.main if isinstance(layer, so.layers.BatchNorm)]
     h = x
     for i, (conv, norm) in enumerate(zip(convs, norms)):
         c = so.layers.Conv(conv.filters, conv.kernel_size, strides=conv.strides,

@@ -408,7 +408,8 @@ for fn, args in calls:
         y = fn(so.SparseTensor(features, coords), *args)
         if not isinstance(y, tf.Tensor):
             y = so.ops.unpool(y, 2, 2).features if fn is so.ops.max_pool else y.features
-        loss = tf.reduce_sum(y * tf.sin(tf.range(tf.size(y), dtype=y.dtype)[:, None][:tf.shape(y)[0]]))
+        weights = tf.sin(tf.range(tf.size(y), dtype=y.dtype)[:, None][:tf.shape(y)[0]])
+        loss = tf.reduce_sum(y * weights)
     for t in (y, tape.gradient(loss, features)):
         digest.update(tf.convert_to_tensor(t).numpy().tobytes())
 print("@@" + digest.hexdigest())

@@ -49,7 +49,7 @@ def test_oversized_and_malformed_raw_inputs_raise_instead_of_aborting():
     out = subprocess.run([sys.executable, "-c", _RAW_CASES], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = dict(l.split(" ", 1) for l in out.stdout.strip().splitlines())
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
     assert len(lines) == 5, out.stdout
     for name, result in lines.items():
         assert result in ("InvalidArgumentError", "ResourceExhaustedError"), (name, result)
@@ -130,8 +130,8 @@ def test_functional_unet_without_coordinates_argument():
     sp = tf.SparseTensor(tf.constant([[0, 1, 1, 0], [1, 3, 3, 1]], tf.int64),
                          tf.constant([1.0, 2.0]), [2, 8, 8, 2])
     # The same network run eagerly, layer by layer, with the model's weights.
-    layers = [l for l in model.layers if isinstance(l, (so.layers.Conv,
-                                                         so.layers.ConvTranspose))]
+    layers = [layer for layer in model.layers
+              if isinstance(layer, (so.layers.Conv, so.layers.ConvTranspose))]
     x = so.SparseTensor.from_tf_sparse(sp)
     y = layers[2](layers[1](layers[0](x)))
     expected = tf.math.unsorted_segment_sum(y.features, y.coordinates[:, 0], 2)

@@ -138,7 +138,7 @@ def test_sparse_quantize_labels(ignore_label):
     labels[flip] += 1
     kwargs = dict(ignore_label=ignore_label) if ignore_label != -100 else {}
     coords, out_labels = so.utils.sparse_quantize(points, labels=labels, **kwargs)
-    got = {tuple(c): int(l) for c, l in zip(coords.tolist(), out_labels)}
+    got = {tuple(c): int(label) for c, label in zip(coords.tolist(), out_labels)}
     assert set(got) == set(groups)
     disagreeing = 0
     for v, members in groups.items():
@@ -330,14 +330,14 @@ def test_sparse_collate_with_labels_and_tensors():
     coords, feats, labels = _per_sample(12, [2, 5, 1])
     out = so.utils.sparse_collate([tf.constant(c) for c in coords],
                                   [tf.constant(f) for f in feats],
-                                  [tf.constant(l) for l in labels])
+                                  [tf.constant(lab) for lab in labels])
     assert len(out) == 3
-    c, f, l = (v.numpy() if isinstance(v, tf.Tensor) else np.asarray(v)
-               for v in out)
+    c, f, lab = (v.numpy() if isinstance(v, tf.Tensor) else np.asarray(v)
+                 for v in out)
     np.testing.assert_array_equal(c[:, 0], [0, 0, 1, 1, 1, 1, 1, 2])
     np.testing.assert_array_equal(c[:, 1:], np.concatenate(coords))
     np.testing.assert_array_equal(f, np.concatenate(feats))
-    np.testing.assert_array_equal(l, np.concatenate(labels))
+    np.testing.assert_array_equal(lab, np.concatenate(labels))
 
 
 @pytest.mark.parametrize("case", [

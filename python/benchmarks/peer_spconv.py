@@ -273,7 +273,7 @@ def main():
             verify[label + "_max_rel_err"] = float(
                 f"{e / np.abs(want).max():.3e}")
         verify["ok"] = (
-            all(verify[l]["bad_rows"] == 0 for l in ("subm", "subm_cached"))
+            all(verify[k]["bad_rows"] == 0 for k in ("subm", "subm_cached"))
             and verify["grad_features_max_rel_err"] < 1e-4
             and verify["grad_weight_max_rel_err"] < 1e-4)
         line["verify"] = verify

@@ -11,8 +11,9 @@ its input gradient are timed with the op's weight paths: "auto" (what
 so.ops.conv runs), "dense" (nothing skipped) and "sparse" (the sparse-weight
 product for every offset). Times are reported as ratios to the unpruned
 convolution measured in the same run, interleaved with it (the machine is
-shared: best times of --repeats runs each); the crossover is the density below which the sparse-weight product
-beats the dense one on unstructured weights.
+shared: best times of --repeats runs each); the crossover is the density
+below which the sparse-weight product beats the dense one on unstructured
+weights.
 
     python python/benchmarks/pruning_benchmark.py [--repeats 7] [--csv out.csv]
 """

@@ -95,18 +95,19 @@ def read_off(path):
     an OFF / COFF file; comments, colours and counts on the header line are
     tolerated."""
     with open(path, "rb") as f:
-        lines = [l.split(b"#", 1)[0].split() for l in f]
-    lines = [l for l in lines if l]
+        lines = [line.split(b"#", 1)[0].split() for line in f]
+    lines = [line for line in lines if line]
     head = lines[0]
     if not head[0].endswith(b"OFF"):
         raise ValueError(f"{path}: not an OFF file")
     counts, rest = (head[1:4], lines[1:]) if len(head) > 1 else (lines[1], lines[2:])
     num_v, num_f = int(counts[0]), int(counts[1])
-    vertices = np.array([[float(v) for v in l[:3]] for l in rest[:num_v]], np.float32)
+    vertices = np.array([[float(v) for v in line[:3]] for line in rest[:num_v]],
+                        np.float32)
     triangles = []
-    for l in rest[num_v:num_v + num_f]:
-        n = int(l[0])
-        idx = [int(i) for i in l[1:1 + n]]
+    for line in rest[num_v:num_v + num_f]:
+        n = int(line[0])
+        idx = [int(i) for i in line[1:1 + n]]
         triangles.extend((idx[0], idx[i], idx[i + 1]) for i in range(1, n - 1))
     triangles = np.array(triangles, np.int32).reshape(-1, 3)
     if len(triangles) and (triangles.min() < 0 or triangles.max() >= num_v):
@@ -303,7 +304,7 @@ class CompletionNet(keras.Model):
 def completion_loss(logits, targets):
     """Mean over levels of the binary cross-entropy of each level's sites."""
     losses = [tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
-        tf.cast(t, l.dtype), l)) for l, t in zip(logits, targets)]
+        tf.cast(t, logit.dtype), logit)) for logit, t in zip(logits, targets)]
     return tf.add_n(losses) / len(losses)
 
 

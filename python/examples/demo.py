@@ -45,8 +45,8 @@ def read_ply(path):
                 break
         if "format binary_little_endian 1.0" not in header:
             raise ValueError(f"{path}: only binary little-endian PLY is supported")
-        counts = {l.split()[1]: int(l.split()[2]) for l in header
-                  if l.startswith("element")}
+        counts = {line.split()[1]: int(line.split()[2]) for line in header
+                  if line.startswith("element")}
         vertices = np.frombuffer(f.read(12 * counts["vertex"]), "<f4").reshape(-1, 3)
         faces = np.frombuffer(f.read(13 * counts.get("face", 0)),
                               np.dtype([("n", "u1"), ("v", "<i4", 3)]))
@@ -187,7 +187,7 @@ def main():
                               "--channels", str(args.channels),
                               "--repeats", str(args.repeats)],
                              capture_output=True, text=True)
-        lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+        lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode != 0 or not lines:
             print(f"{kind} run failed:\n{out.stderr[-2000:]}")
             sys.exit(1)

@@ -71,7 +71,7 @@ def run_child(script, args, timeout=None, quiet=False):
                              timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         tail = (out.stderr or "").strip().splitlines()[-2:]
         return {"error": f"exit code {out.returncode}" + (": " + " | ".join(tail)

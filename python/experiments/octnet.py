@@ -227,8 +227,9 @@ def volume_batches(volumes, labels, batch_size, shuffle_seed=None, crop=None):
             batch = volumes[idx]
             if crop is not None:
                 margin = np.asarray(batch.shape[1:]) - crop
-                batch = np.stack([v[tuple(slice(o, o + crop) for o in offset)] for v, offset
-                                  in zip(batch, rng.integers(0, margin + 1, (len(idx), len(margin))))])
+                offsets = rng.integers(0, margin + 1, (len(idx), len(margin)))
+                batch = np.stack([v[tuple(slice(o, o + crop) for o in offset)]
+                                  for v, offset in zip(batch, offsets)])
             yield batch, labels[idx]
 
     return generate
