@@ -8,7 +8,9 @@
 #   third_party/local_config_tf/  the @local_config_tf repository: symlinks to
 #       the TensorFlow headers and libtensorflow_framework.so.2 of $PYTHON,
 #       its BUILD (from third_party/tf/local_config_tf.BUILD) and
-#       build_defs.bzl (the -march flag, the nvcc path).
+#       build_defs.bzl (TensorFlow's compile flags, the -march flag, the
+#       nvcc path and flags). The sources and our own flags are in
+#       kernels/sources.bzl, shared with setup.py.
 #   .bazelrc.user  absolute paths: --override_repository for rules_cc,
 #       rules_java and remote_coverage_tools (so that Bazel downloads
 #       nothing), and --output_user_root.
@@ -16,7 +18,8 @@
 # Environment:
 #   PYTHON_BIN_PATH       Python whose TensorFlow to build against (python3).
 #   SPARSE_OPS_MARCH      -march= for our sources, as setup.py's default:
-#                         x86-64-v3 (AVX2 + FMA) on x86-64, else native.
+#                         DEFAULT_MARCH of kernels/sources.bzl (x86-64-v3:
+#                         AVX2 + FMA) on x86-64, else native.
 #                         Empty or "none" leaves -march out (portable).
 #   SPARSE_OPS_BAZEL_ROOT Bazel --output_user_root
 #                         ($HOME/.cache/bazel-sparse-ops).
@@ -36,7 +39,13 @@ PYTHON="${PYTHON_BIN_PATH:-python3}"
 # The pip build's default: -march=native on a CPU with AVX512-FP16 also
 # breaks Eigen's FP16 packets under g++ 12.
 case "$(uname -m)" in
-  x86_64 | amd64) DEFAULT_MARCH=x86-64-v3 ;;
+  x86_64 | amd64)
+    DEFAULT_MARCH="$(sed -n 's/^DEFAULT_MARCH = "\(.*\)"$/\1/p' kernels/sources.bzl)"
+    [[ -n "$DEFAULT_MARCH" ]] || {
+      echo "configure.sh: error: no DEFAULT_MARCH = \"...\" line in kernels/sources.bzl" >&2
+      exit 1
+    }
+    ;;
   *) DEFAULT_MARCH=native ;;
 esac
 MARCH="${SPARSE_OPS_MARCH-$DEFAULT_MARCH}"
@@ -78,13 +87,19 @@ starlark_str() {
 # --- TensorFlow --------------------------------------------------------------
 TF_PATHS="$(TF_CPP_MIN_LOG_LEVEL=3 "$PYTHON" -c '
 import tensorflow as tf
+import json
 print(tf.sysconfig.get_include())
 print(tf.sysconfig.get_lib())
 print(tf.__version__)
+# The compile flags but the include path (the repository rule provides it),
+# as setup.py passes them: the C++ ABI and Eigen alignment of TensorFlow.
+print(json.dumps([f for f in tf.sysconfig.get_compile_flags()
+                  if not f.startswith("-I")]))
 ' 2>/dev/null)" || die "cannot import tensorflow with '$PYTHON' (set PYTHON_BIN_PATH)"
 TF_INCLUDE="$(sed -n 1p <<<"$TF_PATHS")"
 TF_LIB="$(sed -n 2p <<<"$TF_PATHS")"
 TF_VERSION="$(sed -n 3p <<<"$TF_PATHS")"
+TF_COPTS="$(sed -n 4p <<<"$TF_PATHS")"
 TF_FRAMEWORK="$TF_LIB/libtensorflow_framework.so.2"
 [[ -f "$TF_INCLUDE/tensorflow/core/framework/op_kernel.h" ]] ||
   die "no TensorFlow headers in $TF_INCLUDE"
@@ -120,6 +135,9 @@ cat >"$TMP/build_defs.bzl" <<EOF
 # TensorFlow $TF_VERSION of $PYTHON
 TF_INCLUDE_DIR = $(starlark_str "$TF_INCLUDE")
 TF_LIB_DIR = $(starlark_str "$TF_LIB")
+
+# tf.sysconfig.get_compile_flags() but -I
+TF_COPTS = $TF_COPTS
 
 # SPARSE_OPS_MARCH=$MARCH
 MARCH_COPTS = $MARCH_COPTS

@@ -4,10 +4,12 @@ TensorFlow is not a declared dependency (so that neither tensorflow-cpu nor
 the GPU build is forced on anyone): it must be installed first, and the op
 library is compiled with its `tf.sysconfig` flags. Environment variables:
 
-  SPARSE_OPS_MARCH   -march value (default "x86-64-v3" on x86-64: AVX2 and
+  SPARSE_OPS_MARCH   -march value (default DEFAULT_MARCH of
+                     kernels/sources.bzl on x86-64, "x86-64-v3": AVX2 and
                      FMA, which every x86-64 CPU of the last decade has;
-                     "native" tunes for this CPU; "x86-64" runs on any
-                     x86-64 CPU). The convolution's AVX2 and AVX-512
+                     "native" elsewhere; "native" tunes for this CPU;
+                     "x86-64" runs on any x86-64 CPU; empty or "none": no
+                     -march). The convolution's AVX2 and AVX-512
                      kernels are built whatever the value and picked at
                      run time (kernels/core/isa.h).
   SPARSE_OPS_CUDA=1  also compile the CUDA kernels in kernels/cuda with nvcc
@@ -16,8 +18,12 @@ library is compiled with its `tf.sysconfig` flags. Environment variables:
   SPARSE_OPS_CUDA_ARCHS  GPU architectures, e.g. "90" (default 75 80 86 89 90)
   SPARSE_OPS_NVCC_FLAGS  extra nvcc flags
   SPARSE_OPS_CXXFLAGS extra compiler flags
+
+The sources and the compile flags are those of kernels/sources.bzl, which
+the Bazel build (kernels/BUILD) loads too.
 """
 
+import ast
 import glob
 import json
 import os
@@ -63,8 +69,42 @@ def tensorflow_info():
         "install sparse_ops again.")
 
 
+def build_description():
+    """kernels/sources.bzl (shared with kernels/BUILD): its NAME = literal
+    assignments, checked against the files under kernels/."""
+    path = os.path.join(HERE, "kernels", "sources.bzl")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            names[node.targets[0].id] = ast.literal_eval(node.value)
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            sys.exit(f"{path}:{node.lineno}: only NAME = literal assignments, "
+                     "which setup.py can read")
+    listed = set(names["CORE_HDRS"] + names["KERNEL_HDRS"] + names["CUDA_HDRS"]
+                 + names["TEST_HDRS"] + names["CORE_SRCS"] + names["KERNEL_SRCS"]
+                 + names["CUDA_SRCS"]
+                 + [f"core/{t}.cc" for t in names["CORE_TESTS"]]
+                 + [f"cuda/{t}.cu.cc" for t in names["CUDA_TESTS"]])
+    kernels = os.path.join(HERE, "kernels")
+    present = {os.path.relpath(p, kernels)
+               for pattern in ("*/*.cc", "*/*.h")
+               for p in glob.glob(os.path.join(kernels, pattern))}
+    if present != listed:
+        sys.exit(f"{path} and the files under kernels/ differ: "
+                 f"not listed: {sorted(present - listed)}, "
+                 f"listed but missing: {sorted(listed - present)}")
+    return names
+
+
+BUILD = build_description()
+
+
 def default_march():
-    return "x86-64-v3" if platform.machine().lower() in ("x86_64", "amd64") else "native"
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return BUILD["DEFAULT_MARCH"] if x86 else "native"
 
 
 def _version_tuple(v):
@@ -88,9 +128,10 @@ class BuildOpLibrary(build_ext):
                   f"<{VERSION['MAX_TF_VERSION_EXCLUSIVE']}; trying anyway",
                   file=sys.stderr)
         march = os.environ.get("SPARSE_OPS_MARCH", default_march())
-        cflags = info["cflags"] + [
-            "-O3", f"-march={march}", "-fvisibility=hidden",
-            "-Wno-deprecated-declarations", "-Wno-sign-compare", "-I" + HERE]
+        cflags = info["cflags"] + BUILD["COPTS"]
+        if march not in ("", "none"):
+            cflags.append(f"-march={march}")
+        cflags.append("-I" + HERE)
         cflags += os.environ.get("SPARSE_OPS_CXXFLAGS", "").split()
         # The interpreter's own flags add -g and C-only options: drop them.
         for attr in ("compiler", "compiler_so", "compiler_cxx", "compiler_so_cxx"):
@@ -101,7 +142,7 @@ class BuildOpLibrary(build_ext):
         extra_objects = []
         if os.environ.get("SPARSE_OPS_CUDA") == "1":
             extra_objects = self._build_cuda()
-            cflags.append("-DGOOGLE_CUDA=1")
+            cflags += ["-D" + define for define in BUILD["CUDA_DEFINES"]]
         for ext in self.extensions:
             ext.extra_compile_args = cflags
             ext.extra_link_args = info["lflags"]
@@ -152,11 +193,8 @@ def nvcc_flags():
     return flags + ["-I" + HERE] + os.environ.get("SPARSE_OPS_NVCC_FLAGS", "").split()
 
 
-SOURCES = sorted(glob.glob("kernels/core/*.cc") + glob.glob("kernels/ops/*.cc")
-                 + glob.glob("kernels/tf/*.cc"))
-SOURCES = [s for s in SOURCES if not s.endswith("_test.cc")]
-CUDA_SOURCES = sorted(s for s in glob.glob(os.path.join(HERE, "kernels", "cuda", "*.cu.cc"))
-                      if not s.endswith("_test.cu.cc"))
+SOURCES = [os.path.join("kernels", s) for s in BUILD["CORE_SRCS"] + BUILD["KERNEL_SRCS"]]
+CUDA_SOURCES = [os.path.join(HERE, "kernels", s) for s in BUILD["CUDA_SRCS"]]
 
 setup(
     version=VERSION["__version__"],
