@@ -7,6 +7,8 @@
 #include <numeric>
 #include <utility>
 
+#include "kernels/core/isa.h"
+
 namespace sparse_ops {
 
 namespace {
@@ -131,29 +133,31 @@ void AttentionKeep(const T* features, int64_t n, int64_t channels,
   using U = typename Unsigned<T>::type;
 
   if (per == AttentionPer::kSite) {
-    parallel_for(num_groups, avg * (C + 20), [&](int64_t begin, int64_t end) {
-      std::vector<Candidate<U>> cand;
-      for (int64_t g = begin; g < end; ++g) {
-        const int32_t* r = rows + groups.starts[g];
-        const int64_t size = groups.starts[g + 1] - groups.starts[g];
-        int64_t take = size;
-        if (k < size) {
-          cand.resize(size);
-          for (int64_t j = 0; j < size; ++j) {
-            const T* f = features + int64_t{r[j]} * C;
-            T norm2 = 0;  // the squared L2 norm ranks as the norm does
-            for (int64_t c = 0; c < C; ++c) norm2 += f[c] * f[c];
-            cand[j] = {Key(norm2, AttentionMode::kValue), r[j]};
+    VectorizedFor(
+        parallel_for, num_groups, avg * (C + 20),
+        [&](int64_t begin, int64_t end) {
+          std::vector<Candidate<U>> cand;
+          for (int64_t g = begin; g < end; ++g) {
+            const int32_t* r = rows + groups.starts[g];
+            const int64_t size = groups.starts[g + 1] - groups.starts[g];
+            int64_t take = size;
+            if (k < size) {
+              cand.resize(size);
+              for (int64_t j = 0; j < size; ++j) {
+                const T* f = features + int64_t{r[j]} * C;
+                T norm2 = 0;  // the squared L2 norm ranks as the norm does
+                for (int64_t c = 0; c < C; ++c) norm2 += f[c] * f[c];
+                cand[j] = {Key(norm2, AttentionMode::kValue), r[j]};
+              }
+              SelectBest(cand.data(), cand.data() + size, k);
+              take = k;
+            }
+            for (int64_t j = 0; j < take; ++j) {
+              const int64_t row = k < size ? cand[j].row : r[j];
+              std::fill(keep + row * C, keep + (row + 1) * C, true);
+            }
           }
-          SelectBest(cand.data(), cand.data() + size, k);
-          take = k;
-        }
-        for (int64_t j = 0; j < take; ++j) {
-          const int64_t row = k < size ? cand[j].row : r[j];
-          std::fill(keep + row * C, keep + (row + 1) * C, true);
-        }
-      }
-    });
+        });
     return;
   }
 
@@ -162,61 +166,61 @@ void AttentionKeep(const T* features, int64_t n, int64_t channels,
   // holding the k-th best are kept, and nth_element picks the rest from that
   // bucket alone.
   const int64_t blocks = NumBlocks(C, kChannelBlock);
-  parallel_for(num_groups * blocks, avg * kChannelBlock * 20,
-               [&](int64_t begin, int64_t end) {
-                 std::vector<U> keys;
-                 std::vector<int64_t> hist;
-                 std::vector<Candidate<U>> cand;
-                 for (int64_t u = begin; u < end; ++u) {
-                   const int64_t g = u / blocks;
-                   const int64_t c_lo = (u % blocks) * kChannelBlock;
-                   const int64_t width =
-                       std::min(C, c_lo + kChannelBlock) - c_lo;
-                   const int32_t* r = rows + groups.starts[g];
-                   const int64_t size = groups.starts[g + 1] - groups.starts[g];
-                   if (k >= size) {
-                     for (int64_t j = 0; j < size; ++j) {
-                       bool* dst = keep + int64_t{r[j]} * C + c_lo;
-                       std::fill(dst, dst + width, true);
-                     }
-                     continue;
-                   }
-                   // One pass over the sites: channel-major keys and
-                   // histograms.
-                   keys.resize(width * size);
-                   hist.assign(width * kBuckets, 0);
-                   for (int64_t j = 0; j < size; ++j) {
-                     const T* f = features + int64_t{r[j]} * C + c_lo;
-                     for (int64_t c = 0; c < width; ++c) {
-                       const U key = Key(f[c], mode);
-                       keys[c * size + j] = key;
-                       ++hist[c * kBuckets + Bucket(key)];
-                     }
-                   }
-                   for (int64_t c = 0; c < width; ++c) {
-                     const int64_t* h = hist.data() + c * kBuckets;
-                     int64_t bucket = kBuckets - 1, above = 0;
-                     while (above + h[bucket] < k) above += h[bucket--];
-                     const U* key = keys.data() + c * size;
-                     bool* dst = keep + c_lo + c;
-                     cand.clear();
-                     for (int64_t j = 0; j < size; ++j) {
-                       const int64_t b = Bucket(key[j]);
-                       if (b > bucket) {
-                         dst[int64_t{r[j]} * C] = true;
-                       } else if (b == bucket) {
-                         cand.push_back({key[j], r[j]});
-                       }
-                     }
-                     const int64_t need = k - above;  // 0 < need <= cand.size()
-                     if (need < static_cast<int64_t>(cand.size())) {
-                       SelectBest(cand.data(), cand.data() + cand.size(), need);
-                     }
-                     for (int64_t j = 0; j < need; ++j)
-                       dst[int64_t{cand[j].row} * C] = true;
-                   }
-                 }
-               });
+  VectorizedFor(
+      parallel_for, num_groups * blocks, avg * kChannelBlock * 20,
+      [&](int64_t begin, int64_t end) {
+        std::vector<U> keys;
+        std::vector<int64_t> hist;
+        std::vector<Candidate<U>> cand;
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t g = u / blocks;
+          const int64_t c_lo = (u % blocks) * kChannelBlock;
+          const int64_t width = std::min(C, c_lo + kChannelBlock) - c_lo;
+          const int32_t* r = rows + groups.starts[g];
+          const int64_t size = groups.starts[g + 1] - groups.starts[g];
+          if (k >= size) {
+            for (int64_t j = 0; j < size; ++j) {
+              bool* dst = keep + int64_t{r[j]} * C + c_lo;
+              std::fill(dst, dst + width, true);
+            }
+            continue;
+          }
+          // One pass over the sites: channel-major keys and
+          // histograms.
+          keys.resize(width * size);
+          hist.assign(width * kBuckets, 0);
+          for (int64_t j = 0; j < size; ++j) {
+            const T* f = features + int64_t{r[j]} * C + c_lo;
+            for (int64_t c = 0; c < width; ++c) {
+              const U key = Key(f[c], mode);
+              keys[c * size + j] = key;
+              ++hist[c * kBuckets + Bucket(key)];
+            }
+          }
+          for (int64_t c = 0; c < width; ++c) {
+            const int64_t* h = hist.data() + c * kBuckets;
+            int64_t bucket = kBuckets - 1, above = 0;
+            while (above + h[bucket] < k) above += h[bucket--];
+            const U* key = keys.data() + c * size;
+            bool* dst = keep + c_lo + c;
+            cand.clear();
+            for (int64_t j = 0; j < size; ++j) {
+              const int64_t b = Bucket(key[j]);
+              if (b > bucket) {
+                dst[int64_t{r[j]} * C] = true;
+              } else if (b == bucket) {
+                cand.push_back({key[j], r[j]});
+              }
+            }
+            const int64_t need = k - above;  // 0 < need <= cand.size()
+            if (need < static_cast<int64_t>(cand.size())) {
+              SelectBest(cand.data(), cand.data() + cand.size(), need);
+            }
+            for (int64_t j = 0; j < need; ++j)
+              dst[int64_t{cand[j].row} * C] = true;
+          }
+        }
+      });
 }
 
 std::vector<int32_t> KeptRows(const bool* keep, int64_t n, int64_t channels,

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/core/isa.h"
+
 namespace sparse_ops {
 namespace {
 
@@ -197,7 +199,7 @@ Status CoordinateTable::Build(const int32_t* coords, int64_t n,
   const int dims = packer.dims();
   // First problem found, as (row, other row); -1 when none.
   std::atomic<int64_t> bad_row{-1}, other_row{-1};
-  parallel_for(n, 50, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, n, 50, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       uint64_t key;
       if (!packer.Pack(coords + i * dims, &key)) {
@@ -270,8 +272,9 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
   constexpr int64_t kRowsPerUnit = 64;
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
   std::vector<int64_t> unit_counts(units * probed, 0);
-  parallel_for(
-      units, 40 * probed * kRowsPerUnit, [&](int64_t begin, int64_t end) {
+  VectorizedFor(
+      parallel_for, units, 40 * probed * kRowsPerUnit,
+      [&](int64_t begin, int64_t end) {
         std::vector<uint64_t> keys(probed);
         std::vector<char> valid(probed);
         int64_t q[kMaxDims];
@@ -319,13 +322,16 @@ constexpr int64_t kRowsPerUnit = 512;  // output rows per unit of work
 
 // Neighbours from a bitmap of the (strictly increasing) input keys and the
 // number of set bits before each word: a probe's input row is its rank, so
-// a probe is a bit test and a popcount, no search.
+// a probe is a bit test and a popcount, no search. Offset k < probed fills
+// table row k; with `mirror`, a pair (i, o) of offset k also fills row
+// K-1-k at i with o (FindNeighboursSorted).
 void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
                           const uint64_t* out_keys, int64_t n_out, int key_bits,
-                          const std::vector<uint64_t>& key_steps,
-                          int32_t* neighbours, int64_t* unit_counts,
+                          const std::vector<uint64_t>& key_steps, int64_t K,
+                          bool mirror, int32_t* neighbours,
+                          int64_t* unit_counts,
                           const ParallelFor& parallel_for) {
-  const int64_t K = static_cast<int64_t>(key_steps.size());
+  const int64_t probed = static_cast<int64_t>(key_steps.size());
   const std::vector<uint64_t> bits = KeyBitmap(in_keys, n_in, key_bits);
   std::vector<int32_t> rank(bits.size());
   int64_t before = 0;
@@ -334,27 +340,32 @@ void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
     before += __builtin_popcountll(bits[w]);
   }
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
-  parallel_for(units, 4 * K * kRowsPerUnit, [&](int64_t begin, int64_t end) {
-    for (int64_t u = begin; u < end; ++u) {
-      const int64_t o_begin = u * kRowsPerUnit;
-      const int64_t o_end = std::min(n_out, o_begin + kRowsPerUnit);
-      for (int64_t k = 0; k < K; ++k) {
-        int32_t* row = neighbours + k * n_out;
-        int64_t count = 0;
-        for (int64_t o = o_begin; o < o_end; ++o) {
-          const uint64_t probe = out_keys[o] + key_steps[k];
-          const uint64_t word = bits[probe >> 6];
-          const uint64_t bit = uint64_t{1} << (probe & 63);
-          const bool found = (word & bit) != 0;
-          row[o] =
-              found ? rank[probe >> 6] + __builtin_popcountll(word & (bit - 1))
-                    : -1;
-          count += found;
+  VectorizedFor(
+      parallel_for, units, 4 * probed * kRowsPerUnit,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t u = begin; u < end; ++u) {
+          const int64_t o_begin = u * kRowsPerUnit;
+          const int64_t o_end = std::min(n_out, o_begin + kRowsPerUnit);
+          for (int64_t k = 0; k < probed; ++k) {
+            int32_t* row = neighbours + k * n_out;
+            int32_t* mirrored =
+                mirror ? neighbours + (K - 1 - k) * n_out : nullptr;
+            int64_t count = 0;
+            for (int64_t o = o_begin; o < o_end; ++o) {
+              const uint64_t probe = out_keys[o] + key_steps[k];
+              const uint64_t word = bits[probe >> 6];
+              const uint64_t bit = uint64_t{1} << (probe & 63);
+              const bool found = (word & bit) != 0;
+              const int32_t i =
+                  rank[probe >> 6] + __builtin_popcountll(word & (bit - 1));
+              row[o] = found ? i : -1;
+              if (mirror && found) mirrored[i] = static_cast<int32_t>(o);
+              count += found;
+            }
+            unit_counts[u * probed + k] = count;
+          }
         }
-        unit_counts[u * K + k] = count;
-      }
-    }
-  });
+      });
 }
 
 }  // namespace
@@ -378,7 +389,7 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
                              std::vector<uint64_t>* keys) {
     keys->resize(n);
     uint64_t* k = keys->data();
-    parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
+    VectorizedFor(parallel_for, n, 10 * dims, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         packer.Pack(coords + i * dims, &k[i]);
     });
@@ -392,11 +403,25 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
       !increasing_keys(out_coords, n_out, &out_keys)) {
     return false;
   }
-  std::vector<uint64_t> key_steps(K);
-  for (int64_t k = 0; k < K; ++k)
+  // The same rows on both sides with symmetric offsets (a submanifold
+  // convolution): offsets k < K/2 are probed; a pair (i, o) of offset k is
+  // the pair (o, i) of offset K-1-k, written as it is found; the centre
+  // (K odd) pairs every row with itself.
+  const bool mirror =
+      in_coords == out_coords && n_in == n_out && IsSymmetric(g, dims);
+  const int64_t probed = mirror ? K / 2 : K;
+  if (mirror) {
+    std::fill(neighbours + (K - probed) * n_out, neighbours + K * n_out, -1);
+    if (K % 2 == 1) {
+      int32_t* centre = neighbours + (K / 2) * n_out;
+      for (int64_t o = 0; o < n_out; ++o) centre[o] = static_cast<int32_t>(o);
+    }
+  }
+  std::vector<uint64_t> key_steps(probed);
+  for (int64_t k = 0; k < probed; ++k)
     key_steps[k] = packer.KeyStep(&steps[k * dims]);
   const int64_t units = (n_out + kRowsPerUnit - 1) / kRowsPerUnit;
-  std::vector<int64_t> unit_counts(units * K, 0);
+  std::vector<int64_t> unit_counts(units * probed, 0);
 
   // A bounded grid (key range at most 128 per row) takes the rank bitmap:
   // ~2x faster than the merge at 64^3; it holds 3/16 byte per key of the
@@ -407,38 +432,50 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
       (uint64_t{1} << key_bits) <= 128 * static_cast<uint64_t>(n_in + n_out);
   if (small_range) {
     RankBitmapNeighbours(in_keys.data(), n_in, out_keys.data(), n_out, key_bits,
-                         key_steps, neighbours, unit_counts.data(),
+                         key_steps, K, mirror, neighbours, unit_counts.data(),
                          parallel_for);
   } else {
     // Else a merge per offset: its probes are sorted like the input keys.
     const uint64_t* in_begin = in_keys.data();
     const uint64_t* in_end = in_begin + n_in;
-    parallel_for(units, 8 * K * kRowsPerUnit, [&](int64_t begin, int64_t end) {
-      for (int64_t u = begin; u < end; ++u) {
-        const int64_t o_begin = u * kRowsPerUnit;
-        const int64_t o_end = std::min(n_out, o_begin + kRowsPerUnit);
-        for (int64_t k = 0; k < K; ++k) {
-          const uint64_t step = key_steps[k];
-          int32_t* row = neighbours + k * n_out;
-          const uint64_t* i =
-              std::lower_bound(in_begin, in_end, out_keys[o_begin] + step);
-          int64_t count = 0;
-          for (int64_t o = o_begin; o < o_end; ++o) {
-            const uint64_t probe = out_keys[o] + step;
-            while (i != in_end && *i < probe) ++i;
-            const bool found = i != in_end && *i == probe;
-            row[o] = found ? static_cast<int32_t>(i - in_begin) : -1;
-            count += found;
+    VectorizedFor(
+        parallel_for, units, 8 * probed * kRowsPerUnit,
+        [&](int64_t begin, int64_t end) {
+          for (int64_t u = begin; u < end; ++u) {
+            const int64_t o_begin = u * kRowsPerUnit;
+            const int64_t o_end = std::min(n_out, o_begin + kRowsPerUnit);
+            for (int64_t k = 0; k < probed; ++k) {
+              const uint64_t step = key_steps[k];
+              int32_t* row = neighbours + k * n_out;
+              int32_t* mirrored =
+                  mirror ? neighbours + (K - 1 - k) * n_out : nullptr;
+              const uint64_t* i =
+                  std::lower_bound(in_begin, in_end, out_keys[o_begin] + step);
+              int64_t count = 0;
+              for (int64_t o = o_begin; o < o_end; ++o) {
+                const uint64_t probe = out_keys[o] + step;
+                while (i != in_end && *i < probe) ++i;
+                const bool found = i != in_end && *i == probe;
+                row[o] = found ? static_cast<int32_t>(i - in_begin) : -1;
+                if (mirror && found) {
+                  mirrored[i - in_begin] = static_cast<int32_t>(o);
+                }
+                count += found;
+              }
+              unit_counts[u * probed + k] = count;
+            }
           }
-          unit_counts[u * K + k] = count;
-        }
-      }
-    });
+        });
   }
   if (counts != nullptr) {
     for (int64_t k = 0; k < K; ++k) counts[k] = 0;
     for (int64_t u = 0; u < units; ++u) {
-      for (int64_t k = 0; k < K; ++k) counts[k] += unit_counts[u * K + k];
+      for (int64_t k = 0; k < probed; ++k)
+        counts[k] += unit_counts[u * probed + k];
+    }
+    if (mirror) {
+      for (int64_t k = 0; k < probed; ++k) counts[K - 1 - k] = counts[k];
+      if (K % 2 == 1) counts[K / 2] = n_out;
     }
   }
   return true;
@@ -452,7 +489,7 @@ void SplitsFromCounts(const int64_t* counts, int64_t K, int64_t* splits) {
 void CountPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
                 int64_t* splits, const ParallelFor& parallel_for) {
   std::vector<int64_t> counts(K, 0);
-  parallel_for(K, 2 * n_out, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, K, 2 * n_out, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int32_t* row = neighbours + k * n_out;
       int64_t count = 0;
@@ -466,16 +503,19 @@ void CountPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
 void FillPairs(const int32_t* neighbours, int64_t K, int64_t n_out,
                const int64_t* splits, int32_t* in_rows, int32_t* out_rows,
                const ParallelFor& parallel_for) {
-  parallel_for(K, 3 * n_out, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, K, 3 * n_out, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int32_t* row = neighbours + k * n_out;
+      // Branch-free (about half the entries are found, in no pattern): each
+      // entry is written at p, which moves on only past a found one; the
+      // loop stops once the offset's pairs are all written, so it never
+      // writes past them.
       int64_t p = splits[k];
-      for (int64_t o = 0; o < n_out; ++o) {
-        if (row[o] >= 0) {
-          in_rows[p] = row[o];
-          out_rows[p] = static_cast<int32_t>(o);
-          ++p;
-        }
+      const int64_t end = splits[k + 1];
+      for (int64_t o = 0; o < n_out && p < end; ++o) {
+        in_rows[p] = row[o];
+        out_rows[p] = static_cast<int32_t>(o);
+        p += row[o] >= 0;
       }
     }
   });
@@ -497,7 +537,7 @@ Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
     }
   }
   std::atomic<int64_t> bad_pair{-1};
-  parallel_for(K, 1000, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, K, 1000, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       int64_t last_out = -1;
       for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
@@ -526,24 +566,25 @@ Status ValidateKernelMap(const KernelMapView& map, int64_t num_pairs,
 Status TransposedNeighbours(const KernelMapView& map, int64_t n_in,
                             int32_t* table, const ParallelFor& parallel_for) {
   std::atomic<int64_t> repeated{-1};
-  parallel_for(map.num_offsets, 3 * n_in, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      int32_t* row = table + k * n_in;
-      std::fill(row, row + n_in, -1);
-      for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
-        int32_t& slot = row[map.in_rows[p]];
-        if (slot >= 0) {
-          // The smallest repeat over all offsets: the same pair every run.
-          int64_t cur = repeated.load();
-          while ((cur < 0 || cur > p) &&
-                 !repeated.compare_exchange_weak(cur, p)) {
+  VectorizedFor(
+      parallel_for, map.num_offsets, 3 * n_in, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          int32_t* row = table + k * n_in;
+          std::fill(row, row + n_in, -1);
+          for (int64_t p = map.splits[k]; p < map.splits[k + 1]; ++p) {
+            int32_t& slot = row[map.in_rows[p]];
+            if (slot >= 0) {
+              // The smallest repeat over all offsets: the same pair every run.
+              int64_t cur = repeated.load();
+              while ((cur < 0 || cur > p) &&
+                     !repeated.compare_exchange_weak(cur, p)) {
+              }
+              break;
+            }
+            slot = map.out_rows[p];
           }
-          break;
         }
-        slot = map.out_rows[p];
-      }
-    }
-  });
+      });
   if (repeated >= 0) {
     return Status::Error(
         "kernel map pair " + std::to_string(repeated.load()) +
@@ -578,7 +619,7 @@ Status TransposeKernelMap(const KernelMapView& map, int64_t n_in,
   // the pairs, not K * n_in.
   std::copy(map.splits, map.splits + K + 1, t_splits);
   std::atomic<int64_t> repeated{-1};
-  parallel_for(K, 1000, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, K, 1000, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t first = map.splits[k], last = map.splits[k + 1];
       for (int64_t p = first; p < last; ++p) {
@@ -692,7 +733,7 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
   keys->clear();
   for (int64_t k0 = 0; k0 < K; k0 += chunk) {
     const int64_t kc = std::min(chunk, K - k0);
-    parallel_for(n, 5 * kc, [&](int64_t begin, int64_t end) {
+    VectorizedFor(parallel_for, n, 5 * kc, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         uint64_t key = 0;
         packer->Pack(coords + i * dims, &key);  // covered: cannot fail
@@ -728,7 +769,7 @@ Status GenerativeKeys(const int32_t* coords, int64_t n, int dims,
 void UnpackKeys(const KeyPacker& packer, const uint64_t* keys, int64_t n,
                 int32_t* coords, const ParallelFor& parallel_for) {
   const int dims = packer.dims();
-  parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, n, 10 * dims, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       packer.Unpack(keys[i], coords + i * dims);
     }

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/core/isa.h"
+
 namespace sparse_ops {
 namespace {
 
@@ -28,7 +30,7 @@ void DepthwiseConv(const T* in, int64_t channels, int64_t multiplier,
   // Output-stationary: a block of output rows stays in cache while every
   // offset's pairs into it (a binary search away: each offset's pairs are
   // sorted by output row) are applied, offsets in order.
-  parallel_for(blocks, cost, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, blocks, cost, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> cursor(K), stop(K);
     std::vector<const T*> xs(K), ws(K);
     for (int64_t b = begin; b < end; ++b) {
@@ -122,30 +124,32 @@ Status DepthwiseConvWeightGradient(const T* in, int64_t channels,
     return Status::OutOfMemory("depthwise weight gradient: no memory for " +
                                std::to_string(units) + " partial sums");
   }
-  parallel_for(units, kSegment * width * 2, [&](int64_t begin, int64_t end) {
-    int64_t k =
-        std::upper_bound(first.begin(), first.end(), begin) - first.begin() - 1;
-    for (int64_t u = begin; u < end; ++u) {
-      while (first[k + 1] <= u) ++k;
-      T* acc = partial + u * width;
-      std::fill(acc, acc + width, T(0));
-      const int64_t lo = map.splits[k] + (u - first[k]) * kSegment;
-      const int64_t hi = std::min(map.splits[k + 1], lo + kSegment);
-      for (int64_t p = lo; p < hi; ++p) {
-        const T* x = in + int64_t{map.in_rows[p]} * C;
-        const T* g = grad_out + int64_t{map.out_rows[p]} * width;
-        if (M == 1) {
-          for (int64_t c = 0; c < C; ++c) acc[c] += x[c] * g[c];
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            for (int64_t m = 0; m < M; ++m)
-              acc[c * M + m] += x[c] * g[c * M + m];
+  VectorizedFor(
+      parallel_for, units, kSegment * width * 2,
+      [&](int64_t begin, int64_t end) {
+        int64_t k = std::upper_bound(first.begin(), first.end(), begin) -
+                    first.begin() - 1;
+        for (int64_t u = begin; u < end; ++u) {
+          while (first[k + 1] <= u) ++k;
+          T* acc = partial + u * width;
+          std::fill(acc, acc + width, T(0));
+          const int64_t lo = map.splits[k] + (u - first[k]) * kSegment;
+          const int64_t hi = std::min(map.splits[k + 1], lo + kSegment);
+          for (int64_t p = lo; p < hi; ++p) {
+            const T* x = in + int64_t{map.in_rows[p]} * C;
+            const T* g = grad_out + int64_t{map.out_rows[p]} * width;
+            if (M == 1) {
+              for (int64_t c = 0; c < C; ++c) acc[c] += x[c] * g[c];
+            } else {
+              for (int64_t c = 0; c < C; ++c) {
+                for (int64_t m = 0; m < M; ++m)
+                  acc[c * M + m] += x[c] * g[c * M + m];
+              }
+            }
           }
         }
-      }
-    }
-  });
-  parallel_for(K, width * 4, [&](int64_t begin, int64_t end) {
+      });
+  VectorizedFor(parallel_for, K, width * 4, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       T* dw = grad_weights + k * width;
       std::fill(dw, dw + width, T(0));

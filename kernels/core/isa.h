@@ -10,8 +10,11 @@
 #ifndef SPARSE_OPS_KERNELS_CORE_ISA_H_
 #define SPARSE_OPS_KERNELS_CORE_ISA_H_
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+
+#include "kernels/core/parallel.h"
 
 namespace sparse_ops {
 
@@ -79,11 +82,66 @@ inline Isa ActiveIsa() {
 // Only functions of this library carry them: library templates (std, Eigen)
 // instantiated inside stay compiled for the baseline, so no wider copy of
 // them can be picked by the linker for baseline callers.
-#define SPARSE_OPS_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define SPARSE_OPS_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
-#define SPARSE_OPS_TARGET_AVX512_BF16 \
-  __attribute__((                     \
-      target("avx512bf16,avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")))
+// The AVX2 path is x86-64-v3: AVX2 and FMA with the bit instructions
+// (popcnt, bmi, lzcnt) that come with them.
+#define SPARSE_OPS_TARGET_AVX2 \
+  __attribute__((target("avx2,fma,popcnt,bmi,bmi2,lzcnt,f16c,movbe")))
+#define SPARSE_OPS_TARGET_AVX512                                         \
+  __attribute__((target(                                                 \
+      "avx512f,avx512vl,avx512dq,avx512bw,avx512cd,avx2,fma,popcnt,bmi," \
+      "bmi2,lzcnt,f16c,movbe")))
+#define SPARSE_OPS_TARGET_AVX512_BF16                                    \
+  __attribute__((target(                                                 \
+      "avx512bf16,avx512f,avx512vl,avx512dq,avx512bw,avx512cd,avx2,fma," \
+      "popcnt,bmi,bmi2,lzcnt,f16c,movbe")))
+
+namespace sparse_ops {
+namespace isa_internal {
+
+// One copy of body() per path: `flatten` inlines body and all it calls into
+// each copy, which is compiled for that path's target, so the loops inside
+// are vectorized (and popcounts are instructions) for it.
+template <typename Body>
+SPARSE_OPS_TARGET_AVX512
+__attribute__((flatten)) void RunAvx512(const Body& body) {
+  body();
+}
+template <typename Body>
+SPARSE_OPS_TARGET_AVX2
+__attribute__((flatten)) void RunAvx2(const Body& body) {
+  body();
+}
+template <typename Body>
+__attribute__((flatten)) void RunBaseline(const Body& body) {
+  body();
+}
+
+}  // namespace isa_internal
+
+// Runs body() compiled for `isa` (ActiveIsa(), read once by the caller):
+// for the kernels written as plain loops, whose results do not depend on
+// the vector width (element-wise work, or sums per element in a fixed
+// order), so every path gives the same bits.
+template <typename Body>
+void RunVectorized(Isa isa, const Body& body) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (isa >= Isa::kAvx512) return isa_internal::RunAvx512(body);
+  if (isa >= Isa::kAvx2) return isa_internal::RunAvx2(body);
+#endif
+  isa_internal::RunBaseline(body);
+}
+
+// parallel_for(n, cost, fn) with each range's fn compiled for the active
+// path (RunVectorized).
+template <typename Fn>
+void VectorizedFor(const ParallelFor& parallel_for, int64_t n,
+                   int64_t cost_per_unit, const Fn& fn) {
+  const Isa isa = ActiveIsa();
+  parallel_for(n, cost_per_unit, [&](int64_t begin, int64_t end) {
+    RunVectorized(isa, [&] { fn(begin, end); });
+  });
+}
+
+}  // namespace sparse_ops
 
 #endif  // SPARSE_OPS_KERNELS_CORE_ISA_H_

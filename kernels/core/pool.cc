@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/core/isa.h"
+
 namespace sparse_ops {
 
 namespace {
@@ -35,6 +37,7 @@ void ForOutputBlocks(const KernelMapView& map, int64_t n_out,
   const int64_t cost =
       (map.splits[K] / std::max<int64_t>(num_blocks, 1) + kBlockRows) *
       cost_per_pair;
+  const Isa isa = ActiveIsa();
   parallel_for(num_blocks, cost, [&](int64_t begin, int64_t end) {
     std::vector<int64_t> pair_begin(K), pair_end(K);
     for (int64_t b = begin; b < end; ++b) {
@@ -47,7 +50,9 @@ void ForOutputBlocks(const KernelMapView& map, int64_t n_out,
         pair_begin[k] = lo - map.out_rows;
         pair_end[k] = std::lower_bound(lo, last, o0 + rows) - map.out_rows;
       }
-      fn(o0, rows, pair_begin.data(), pair_end.data());
+      // The block's channel loops, vectorized for the CPU's path.
+      RunVectorized(isa,
+                    [&] { fn(o0, rows, pair_begin.data(), pair_end.data()); });
     }
   });
 }
@@ -287,6 +292,7 @@ void ForChunks(const int64_t* starts, const int64_t* first, int64_t num_batches,
                int64_t channels, const ParallelFor& parallel_for,
                const ChunkFn& chunk, const ItemFn& item) {
   const int64_t num_chunks = first[num_batches];
+  const Isa isa = ActiveIsa();
   parallel_for(
       num_chunks, kGlobalChunk * channels, [&](int64_t begin, int64_t end) {
         // The item of chunk `begin`: the last b with first[b] <= begin.
@@ -295,14 +301,18 @@ void ForChunks(const int64_t* starts, const int64_t* first, int64_t num_batches,
         for (int64_t j = begin; j < end; ++j) {
           while (first[b + 1] <= j) ++b;
           const int64_t lo = starts[b] + (j - first[b]) * kGlobalChunk;
-          chunk(lo, std::min(starts[b + 1], lo + kGlobalChunk), j);
+          RunVectorized(isa, [&] {
+            chunk(lo, std::min(starts[b + 1], lo + kGlobalChunk), j);
+          });
         }
       });
   parallel_for(num_batches,
                (num_chunks / std::max<int64_t>(num_batches, 1) + 1) * channels,
                [&](int64_t begin, int64_t end) {
-                 for (int64_t b = begin; b < end; ++b)
-                   item(b, first[b], first[b + 1]);
+                 RunVectorized(isa, [&] {
+                   for (int64_t b = begin; b < end; ++b)
+                     item(b, first[b], first[b + 1]);
+                 });
                });
 }
 
@@ -391,21 +401,24 @@ void GlobalSumPoolGrad(const T* grad, int64_t channels, const int32_t* batch,
                        int64_t n, const int64_t* starts, bool average, T* out,
                        const ParallelFor& parallel_for) {
   const int64_t C = channels;
+  const Isa isa = ActiveIsa();
   parallel_for(NumBlocks(n, kBlockRows), kBlockRows * C,
                [&](int64_t begin, int64_t end) {
-                 const int64_t hi = std::min(n, end * kBlockRows);
-                 for (int64_t i = begin * kBlockRows; i < hi; ++i) {
-                   const int32_t b = batch[i];
-                   const T* src = grad + int64_t{b} * C;
-                   T* dst = out + i * C;
-                   if (average) {
-                     const T s =
-                         T(1) / static_cast<T>(starts[b + 1] - starts[b]);
-                     for (int64_t c = 0; c < C; ++c) dst[c] = src[c] * s;
-                   } else {
-                     std::copy(src, src + C, dst);
+                 RunVectorized(isa, [&] {
+                   const int64_t hi = std::min(n, end * kBlockRows);
+                   for (int64_t i = begin * kBlockRows; i < hi; ++i) {
+                     const int32_t b = batch[i];
+                     const T* src = grad + int64_t{b} * C;
+                     T* dst = out + i * C;
+                     if (average) {
+                       const T s =
+                           T(1) / static_cast<T>(starts[b + 1] - starts[b]);
+                       for (int64_t c = 0; c < C; ++c) dst[c] = src[c] * s;
+                     } else {
+                       std::copy(src, src + C, dst);
+                     }
                    }
-                 }
+                 });
                });
 }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/core/coordinates.h"
+#include "kernels/core/isa.h"
 
 namespace sparse_ops {
 namespace {
@@ -83,18 +84,20 @@ Status VoxelGrid(const P* points, int64_t n, int dims, const double* voxel_size,
                  int32_t* grid, const ParallelFor& parallel_for) {
   const int64_t blocks = (n + kRowBlock - 1) / kRowBlock;
   std::vector<int64_t> first_bad(blocks, -1);
-  parallel_for(blocks, kRowBlock * dims * 20, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t hi = std::min(n, (b + 1) * kRowBlock);
-      for (int64_t i = b * kRowBlock; i < hi; ++i) {
-        if (GridRowOf(points, i, dims, voxel_size, grid + i * dims).problem !=
-            kVoxelPointOk) {
-          first_bad[b] = i;
-          break;
+  VectorizedFor(
+      parallel_for, blocks, kRowBlock * dims * 20,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t hi = std::min(n, (b + 1) * kRowBlock);
+          for (int64_t i = b * kRowBlock; i < hi; ++i) {
+            if (GridRowOf(points, i, dims, voxel_size, grid + i * dims)
+                    .problem != kVoxelPointOk) {
+              first_bad[b] = i;
+              break;
+            }
+          }
         }
-      }
-    }
-  });
+      });
   for (int64_t b = 0; b < blocks; ++b) {
     if (first_bad[b] >= 0) {
       std::vector<int32_t> row(dims);
@@ -132,7 +135,7 @@ Status FindVoxelSites(const int32_t* grid, int64_t n, int dims,
       return Status::OutOfMemory("voxelize: no memory for the keys of " +
                                  std::to_string(n) + " points");
     }
-    parallel_for(n, 10 * dims, [&](int64_t begin, int64_t end) {
+    VectorizedFor(parallel_for, n, 10 * dims, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i)
         packer.Pack(grid + i * dims, &keys[i]);
     });
@@ -169,13 +172,16 @@ Status FindVoxelSites(const int32_t* grid, int64_t n, int dims,
 void VoxelCoordinates(const int32_t* grid, int dims, const VoxelSites& sites,
                       int32_t* coordinates, int32_t* counts,
                       const ParallelFor& parallel_for) {
-  parallel_for(sites.num_sites, 4 * dims, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s) {
-      const int32_t* row = grid + int64_t{sites.order[sites.starts[s]]} * dims;
-      std::copy(row, row + dims, coordinates + s * dims);
-      counts[s] = static_cast<int32_t>(sites.starts[s + 1] - sites.starts[s]);
-    }
-  });
+  VectorizedFor(
+      parallel_for, sites.num_sites, 4 * dims, [&](int64_t begin, int64_t end) {
+        for (int64_t s = begin; s < end; ++s) {
+          const int32_t* row =
+              grid + int64_t{sites.order[sites.starts[s]]} * dims;
+          std::copy(row, row + dims, coordinates + s * dims);
+          counts[s] =
+              static_cast<int32_t>(sites.starts[s + 1] - sites.starts[s]);
+        }
+      });
 }
 
 template <typename T>
@@ -185,7 +191,7 @@ void MergeVoxelFeatures(const T* features, int64_t channels,
   const int64_t C = channels, m = sites.num_sites;
   if (m == 0 || C == 0) return;
   const int64_t avg = std::max<int64_t>(1, sites.starts[m] / m);
-  parallel_for(m, avg * C * 4, [&](int64_t begin, int64_t end) {
+  VectorizedFor(parallel_for, m, avg * C * 4, [&](int64_t begin, int64_t end) {
     std::vector<double> sum(
         mode == VoxelMode::kSum || mode == VoxelMode::kAverage ? C : 0);
     for (int64_t s = begin; s < end; ++s) {
