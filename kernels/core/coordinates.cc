@@ -373,14 +373,21 @@ void RankBitmapNeighbours(const uint64_t* in_keys, int64_t n_in,
 bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
                           const int32_t* out_coords, int64_t n_out, int dims,
                           const KernelGeometry& g, int32_t* neighbours,
-                          int64_t* counts, const ParallelFor& parallel_for) {
+                          int64_t* counts, const ParallelFor& parallel_for,
+                          bool* mirrored) {
   const int64_t K = g.num_offsets;
   const std::vector<int64_t> steps = OffsetSteps(g, dims);
+  // The same rows on both sides (a submanifold map): one set of keys.
+  const bool same = in_coords == out_coords && n_in == n_out;
   // One key layout covering the inputs and every probe of every output.
   KeyPacker packer(dims);
-  packer.CoverRows(in_coords, n_in);
   std::vector<int64_t> lo, hi;
   RowBounds(out_coords, n_out, dims, &lo, &hi);
+  if (!same) {
+    packer.CoverRows(in_coords, n_in);
+  } else if (n_in > 0) {
+    for (int a = 0; a < dims; ++a) packer.Cover(a, lo[a], hi[a]);
+  }
   if (n_out > 0) CoverShifted(lo, hi, steps, &packer);
   if (!packer.Finalize().ok()) return false;
 
@@ -398,19 +405,23 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
     }
     return true;
   };
-  std::vector<uint64_t> in_keys, out_keys;
+  std::vector<uint64_t> in_keys, other_out_keys;
   if (!increasing_keys(in_coords, n_in, &in_keys) ||
-      !increasing_keys(out_coords, n_out, &out_keys)) {
+      (!same && !increasing_keys(out_coords, n_out, &other_out_keys))) {
     return false;
   }
+  const std::vector<uint64_t>& out_keys = same ? in_keys : other_out_keys;
   // The same rows on both sides with symmetric offsets (a submanifold
   // convolution): offsets k < K/2 are probed; a pair (i, o) of offset k is
   // the pair (o, i) of offset K-1-k, written as it is found; the centre
   // (K odd) pairs every row with itself.
-  const bool mirror =
-      in_coords == out_coords && n_in == n_out && IsSymmetric(g, dims);
+  const bool mirror = same && IsSymmetric(g, dims);
   const int64_t probed = mirror ? K / 2 : K;
-  if (mirror) {
+  if (mirrored != nullptr) *mirrored = mirror;
+  // Without `mirrored`, the table's mirrored rows are written here: the
+  // probe of a pair (i, o) of offset k also writes row K-1-k at i.
+  const bool write_mirrored = mirror && mirrored == nullptr;
+  if (write_mirrored) {
     std::fill(neighbours + (K - probed) * n_out, neighbours + K * n_out, -1);
     if (K % 2 == 1) {
       int32_t* centre = neighbours + (K / 2) * n_out;
@@ -432,8 +443,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
       (uint64_t{1} << key_bits) <= 128 * static_cast<uint64_t>(n_in + n_out);
   if (small_range) {
     RankBitmapNeighbours(in_keys.data(), n_in, out_keys.data(), n_out, key_bits,
-                         key_steps, K, mirror, neighbours, unit_counts.data(),
-                         parallel_for);
+                         key_steps, K, write_mirrored, neighbours,
+                         unit_counts.data(), parallel_for);
   } else {
     // Else a merge per offset: its probes are sorted like the input keys.
     const uint64_t* in_begin = in_keys.data();
@@ -447,8 +458,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
             for (int64_t k = 0; k < probed; ++k) {
               const uint64_t step = key_steps[k];
               int32_t* row = neighbours + k * n_out;
-              int32_t* mirrored =
-                  mirror ? neighbours + (K - 1 - k) * n_out : nullptr;
+              int32_t* mirror_row =
+                  write_mirrored ? neighbours + (K - 1 - k) * n_out : nullptr;
               const uint64_t* i =
                   std::lower_bound(in_begin, in_end, out_keys[o_begin] + step);
               int64_t count = 0;
@@ -457,8 +468,8 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
                 while (i != in_end && *i < probe) ++i;
                 const bool found = i != in_end && *i == probe;
                 row[o] = found ? static_cast<int32_t>(i - in_begin) : -1;
-                if (mirror && found) {
-                  mirrored[i - in_begin] = static_cast<int32_t>(o);
+                if (write_mirrored && found) {
+                  mirror_row[i - in_begin] = static_cast<int32_t>(o);
                 }
                 count += found;
               }
@@ -479,6 +490,25 @@ bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
     }
   }
   return true;
+}
+
+void MirrorPairs(const int64_t* splits, int64_t K, int64_t n, int32_t* in_rows,
+                 int32_t* out_rows, const ParallelFor& parallel_for) {
+  VectorizedFor(
+      parallel_for, K - K / 2, 2 * n, [&](int64_t begin, int64_t end) {
+        for (int64_t m = K / 2 + begin; m < K / 2 + end; ++m) {
+          int32_t* in = in_rows + splits[m];
+          int32_t* out = out_rows + splits[m];
+          if (K % 2 == 1 && m == K / 2) {  // the centre
+            for (int64_t o = 0; o < n; ++o)
+              in[o] = out[o] = static_cast<int32_t>(o);
+            continue;
+          }
+          const int64_t k = K - 1 - m, count = splits[k + 1] - splits[k];
+          std::copy(out_rows + splits[k], out_rows + splits[k] + count, in);
+          std::copy(in_rows + splits[k], in_rows + splits[k] + count, out);
+        }
+      });
 }
 
 void SplitsFromCounts(const int64_t* counts, int64_t K, int64_t* splits) {

@@ -147,10 +147,25 @@ void FindNeighbours(const CoordinateTable& in_table, const KeyPacker& packer,
 // merge per offset, whose probes are sorted too (O(K (n_in + n_out))).
 // Returns false without writing when the rows are not strictly increasing
 // or their keys would need more than 63 bits; the caller then hashes.
+// The same rows on both sides with symmetric offsets (a submanifold map)
+// probe half the offsets and mirror the others; with `mirrored` given, the
+// mirrored rows of the table (offsets K/2 .. K-1) are left unwritten and
+// *mirrored says so: FillPairs of the first K/2 offsets then MirrorPairs
+// give the pairs.
 bool FindNeighboursSorted(const int32_t* in_coords, int64_t n_in,
                           const int32_t* out_coords, int64_t n_out, int dims,
                           const KernelGeometry& geometry, int32_t* neighbours,
-                          int64_t* counts, const ParallelFor& parallel_for);
+                          int64_t* counts, const ParallelFor& parallel_for,
+                          bool* mirrored = nullptr);
+
+// The pairs of offsets K/2 .. K-1 of a mirrored map (FindNeighboursSorted)
+// of n rows, from those of offsets 0 .. K/2-1: offset K-1-k's pairs are
+// offset k's with in and out swapped, in the same order (in sorted rows
+// they are sorted by their new output row too); the centre (K odd) pairs
+// every row with itself.
+void MirrorPairs(const int64_t* splits, int64_t num_offsets, int64_t n,
+                 int32_t* in_rows, int32_t* out_rows,
+                 const ParallelFor& parallel_for);
 
 // splits[0] = 0, splits[k + 1] = splits[k] + counts[k].
 void SplitsFromCounts(const int64_t* counts, int64_t num_offsets,

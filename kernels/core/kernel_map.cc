@@ -41,6 +41,11 @@ Status KernelMapSearch::Fill(const int64_t* splits, int32_t* in_rows,
   const int64_t K = geometry_.num_offsets;
   // One chunk: the table of Count is still there. Several: search each
   // again (the table holds one chunk at a time).
+  if (mirrored_) {  // one chunk, a mirrored submanifold map
+    FillPairs(table_, K / 2, n_out_, splits, in_rows, out_rows, parallel_for_);
+    MirrorPairs(splits, K, n_out_, in_rows, out_rows, parallel_for_);
+    return Status::Ok();
+  }
   std::vector<int64_t> counts(chunk_ < K ? chunk_ : 0);
   for (int64_t k0 = 0; k0 < K; k0 += chunk_) {
     const int64_t count = std::min(chunk_, K - k0);
@@ -59,8 +64,11 @@ Status KernelMapSearch::Find(int64_t first, int64_t count, int64_t* counts) {
                              geometry_.stride};
   // Sorted rows (what every coordinate op outputs) merge without a table.
   if (try_sorted_) {
+    // With every offset in one chunk, Fill mirrors the pairs themselves.
+    const bool whole = count == geometry_.num_offsets;
     if (FindNeighboursSorted(in_, n_in_, out_, n_out_, dims_, chunk, table_,
-                             counts, parallel_for_)) {
+                             counts, parallel_for_,
+                             whole ? &mirrored_ : nullptr)) {
       return Status::Ok();
     }
     try_sorted_ = false;  // rows out of order: hash from now on

@@ -52,6 +52,7 @@ class KernelMapSearch {
   const int64_t chunk_;       // offsets per neighbour table
   int32_t* table_ = nullptr;  // [min(chunk_, K), n_out]
   bool try_sorted_ = true;    // until rows turn out not to be sorted
+  bool mirrored_ = false;     // table_ holds the first K/2 offsets only
   KeyPacker packer_;
   std::unique_ptr<CoordinateTable> hash_;
 };
