@@ -37,7 +37,7 @@ build_stamp() {
     installed tensorflow tensorflow-cpu
     echo "${SPARSE_OPS_MARCH:-} ${SPARSE_OPS_CUDA:-} ${SPARSE_OPS_CXXFLAGS:-}"
     find kernels -type f \( -name '*.cc' -o -name '*.h' \) | LC_ALL=C sort | xargs cat
-    cat setup.py pyproject.toml
+    cat setup.py pyproject.toml kernels/sources.bzl kernels/cuda/nvcc_flags.txt
   } | sha256sum | cut -d' ' -f1
 }
 STAMP_FILE="$VENV/.sparse_ops_build"
