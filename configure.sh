@@ -18,8 +18,8 @@
 # Environment:
 #   PYTHON_BIN_PATH       Python whose TensorFlow to build against (python3).
 #   SPARSE_OPS_MARCH      -march= for our sources, as setup.py's default:
-#                         DEFAULT_MARCH of kernels/sources.bzl (x86-64-v3:
-#                         AVX2 + FMA) on x86-64, else native.
+#                         DEFAULT_MARCH of kernels/sources.bzl (x86-64:
+#                         any x86-64 CPU) on x86-64, else native.
 #                         Empty or "none" leaves -march out (portable).
 #   SPARSE_OPS_BAZEL_ROOT Bazel --output_user_root
 #                         ($HOME/.cache/bazel-sparse-ops).

@@ -5,13 +5,11 @@ the GPU build is forced on anyone): it must be installed first, and the op
 library is compiled with its `tf.sysconfig` flags. Environment variables:
 
   SPARSE_OPS_MARCH   -march value (default DEFAULT_MARCH of
-                     kernels/sources.bzl on x86-64, "x86-64-v3": AVX2 and
-                     FMA, which every x86-64 CPU of the last decade has;
-                     "native" elsewhere; "native" tunes for this CPU;
-                     "x86-64" runs on any x86-64 CPU; empty or "none": no
-                     -march). The convolution's AVX2 and AVX-512
-                     kernels are built whatever the value and picked at
-                     run time (kernels/core/isa.h).
+                     kernels/sources.bzl on x86-64, "x86-64": any x86-64
+                     CPU; "native" elsewhere; "native" tunes the baseline
+                     code for this CPU; empty or "none": no -march). The
+                     AVX2 and AVX-512 kernels are built whatever the value
+                     and picked at run time (kernels/core/isa.h).
   SPARSE_OPS_CUDA=1  also compile the CUDA kernels in kernels/cuda with nvcc
                      (flags: kernels/cuda/nvcc_flags.txt) and register the
                      GPU kernels; build against the `tensorflow` GPU wheel

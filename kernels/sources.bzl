@@ -11,11 +11,13 @@ both builds).
 
 # --- Flags -------------------------------------------------------------------
 
-# The -march of every C++ source on x86-64 (AVX2 and FMA); "native" on other
-# machines. SPARSE_OPS_MARCH overrides it (setup.py and ./configure.sh; empty
-# or "none" for no -march). The convolution's AVX2 and AVX-512 kernels are
-# built whatever the value and picked at run time (core/isa.h).
-DEFAULT_MARCH = "x86-64-v3"
+# The -march of every C++ source on x86-64: the baseline, so that one build
+# runs on any x86-64 CPU; "native" on other machines. The vector kernels are
+# built for AVX2 and AVX-512 besides, whatever the value, and picked at run
+# time (core/isa.h: the convolution's products and every loop run through
+# VectorizedFor). SPARSE_OPS_MARCH overrides it (setup.py and ./configure.sh;
+# empty or "none" for no -march).
+DEFAULT_MARCH = "x86-64"
 
 # Flags of every C++ source, after TensorFlow's tf.sysconfig.get_compile_flags()
 # (whose C++ ABI and Eigen alignment the library must share) and before

@@ -53,8 +53,9 @@ def _check_cpu(info):
         return
     if flags is not None and not {"avx2", "fma"} <= set(flags):
         raise ImportError(
-            "the sparse_ops op library was built for x86-64-v3 (AVX2, FMA), which "
-            "this CPU lacks. Rebuild it here: SPARSE_OPS_MARCH=native pip install "
+            "the sparse_ops op library was built with SPARSE_OPS_MARCH=x86-64-v3 "
+            "(AVX2, FMA), which this CPU lacks. Rebuild it without SPARSE_OPS_MARCH "
+            "(the default build runs on any x86-64 CPU): pip install "
             "--force-reinstall --no-deps --no-cache-dir . (or use "
             "SPARSE_OPS_IMPLEMENTATION=reference).")
 

@@ -54,10 +54,11 @@ constexpr int64_t kPairTile = 64;
 // dense product: the dense product touches every weight of its non-zero
 // rows and column tiles; the sparse-weight product costs kSparseWeightCost
 // per non-zero weight plus kTransposeCost per input and output channel (the
-// transposed gather and add). Fitted on the PEERS.md workload, 64 -> 64
-// channels, AVX2 (python/benchmarks/pruning_benchmark.py: the sparse product
-// takes 0.45-0.5x the dense one's time at filter density 0.1, 1.9x at 1):
-// the crossover there is at a filter density of about 0.45.
+// transposed gather and add). Fitted on the benchmark shell
+// (docs/benchmarks.md, "Workload"), 64 -> 64 channels, AVX2
+// (python/benchmarks/pruning_benchmark.py: the sparse product takes
+// 0.45-0.5x the dense one's time at filter density 0.1, 1.9x at 1): the
+// crossover there is at a filter density of about 0.45.
 constexpr double kSparseWeightCost = 1.6;
 constexpr double kTransposeCost = 9.3;
 // With AVX-512 the dense product gains more than the sparse one (whose
