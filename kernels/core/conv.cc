@@ -192,6 +192,33 @@ inline void ForRowGroups(int64_t n, Body&& body) {
   }
 }
 
+// Calls tile(j, std::integral_constant<int, V>{}) for the runs of up to
+// four active 16-column tiles of [0, c_out), the AVX-512 products' register
+// tiles (V vectors from column j); tiles with no non-zero weight are skipped.
+template <typename TileFn>
+inline void ForActiveTileRuns(const uint8_t* tiles, int64_t c_out,
+                              TileFn&& tile) {
+  int64_t j = 0;
+  while (j < c_out) {
+    if (!tiles[j / kColumnTile]) {
+      j += 16;
+      continue;
+    }
+    int vectors = 1;
+    while (vectors < 4 && j + 16 * vectors < c_out &&
+           tiles[(j + 16 * vectors) / kColumnTile]) {
+      ++vectors;
+    }
+    switch (vectors) {
+      case 4: tile(j, std::integral_constant<int, 4>{}); break;
+      case 3: tile(j, std::integral_constant<int, 3>{}); break;
+      case 2: tile(j, std::integral_constant<int, 2>{}); break;
+      default: tile(j, std::integral_constant<int, 1>{}); break;
+    }
+    j += 16 * vectors;
+  }
+}
+
 // Products of one offset's pairs: acc[out_rows[r] - o0] += in[in_rows[r]] . W
 // for r < m, with W [c_in, c_out] row-major and acc the block accumulator.
 // The generic version gathers the rows and lets Eigen multiply.
@@ -364,31 +391,13 @@ class Avx512PairProduct {
     }
   }
 
-  // Runs of up to four active 16-column tiles go to one register tile;
-  // tiles with no non-zero weight are skipped.
   template <int kRows, bool kSomeRows>
   SPARSE_OPS_TARGET_AVX512
   void Rows(const float* const* x, const float* w, const ActiveWeights& active,
             float* const* dst) const {
-    int64_t j = 0;
-    while (j < c_out_) {
-      if (!active.tiles[j / kColumnTile]) {
-        j += 16;
-        continue;
-      }
-      int vectors = 1;
-      while (vectors < 4 && j + 16 * vectors < c_out_ &&
-             active.tiles[(j + 16 * vectors) / kColumnTile]) {
-        ++vectors;
-      }
-      switch (vectors) {
-        case 4: Tile<kRows, 4, kSomeRows>(x, w, j, active, dst); break;
-        case 3: Tile<kRows, 3, kSomeRows>(x, w, j, active, dst); break;
-        case 2: Tile<kRows, 2, kSomeRows>(x, w, j, active, dst); break;
-        default: Tile<kRows, 1, kSomeRows>(x, w, j, active, dst); break;
-      }
-      j += 16 * vectors;
-    }
+    ForActiveTileRuns(active.tiles, c_out_, [&](int64_t j, auto vectors) {
+      Tile<kRows, decltype(vectors)::value, kSomeRows>(x, w, j, active, dst);
+    });
   }
 
   template <int kRows, int kVectors, bool kSomeRows>
@@ -467,25 +476,9 @@ class Avx512Bf16PairProduct {
   SPARSE_OPS_TARGET_AVX512_BF16
   void Rows(const bfloat16* const* x, const uint16_t* w,
             const ActiveWeights& active, float* const* dst) const {
-    int64_t j = 0;
-    while (j < c_out_) {
-      if (!active.tiles[j / kColumnTile]) {
-        j += 16;
-        continue;
-      }
-      int vectors = 1;
-      while (vectors < 4 && j + 16 * vectors < c_out_ &&
-             active.tiles[(j + 16 * vectors) / kColumnTile]) {
-        ++vectors;
-      }
-      switch (vectors) {
-        case 4: Tile<kRows, 4, kSomePairs>(x, w, j, active, dst); break;
-        case 3: Tile<kRows, 3, kSomePairs>(x, w, j, active, dst); break;
-        case 2: Tile<kRows, 2, kSomePairs>(x, w, j, active, dst); break;
-        default: Tile<kRows, 1, kSomePairs>(x, w, j, active, dst); break;
-      }
-      j += 16 * vectors;
-    }
+    ForActiveTileRuns(active.tiles, c_out_, [&](int64_t j, auto vectors) {
+      Tile<kRows, decltype(vectors)::value, kSomePairs>(x, w, j, active, dst);
+    });
   }
 
   template <int kRows, int kVectors, bool kSomePairs>
