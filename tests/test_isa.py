@@ -261,3 +261,61 @@ def test_mixed_bfloat16_training_step():
     for a, b in zip(grads16, grads32):
         assert a.dtype == np.float32  # float32 variables get float32 gradients
         np.testing.assert_allclose(a, b, rtol=0.05, atol=0.03 * np.abs(b).max())
+
+
+# -- the other kernels: one copy per path through RunVectorized ----------------
+# Element-wise loops and sums per element in a fixed order: every path gives
+# the same bits, except where the AVX2 / AVX-512 copies fuse a multiply and
+# an add that the baseline copy rounds twice (depthwise, averaged unpooling):
+# those are compared within float rounding.
+
+def _other_kernels(coords, feats, points):
+    x = so.SparseTensor(tf.constant(feats), coords)
+    dk = tf.constant(np.linspace(-1, 1, 27 * feats.shape[1]).reshape(
+        3, 3, 3, feats.shape[1], 1), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x.features)
+        pooled = so.ops.max_pool(x, 2, strides=2)
+        loss = tf.reduce_sum(pooled.features ** 2)
+    exact = {
+        "kernel_map": tf.concat([tf.cast(t, tf.int64) for t in _loader.library()
+                                 .sparse_ops_kernel_map(coords, coords,
+                                                        so.kernel_offsets(3, dimension=3),
+                                                        tf.constant([1, 1, 1]))], 0),
+        "max_pool": pooled.features,
+        "max_pool_grad": tape.gradient(loss, x.features),
+        "avg_pool": so.ops.avg_pool(x, 3, strides=2).features,
+        "sum_pool": so.ops.sum_pool(x, 2, strides=1).features,
+        "global_max": so.ops.global_pool(x, "max"),
+        "global_avg": so.ops.global_pool(x, "avg"),
+        "attention": so.ops.attention(x, k=40).features,
+    }
+    voxels, inverse = so.ops.voxelize(points[:, :4], points[:, 4:], voxel_size=0.7)
+    exact.update(voxel_features=voxels.features, voxel_coordinates=voxels.coordinates,
+                 voxel_inverse=inverse)
+    rounded = {
+        "depthwise": so.ops.depthwise_conv(x, dk).features,
+        "unpool": so.ops.unpool(so.ops.avg_pool(x, 2, strides=2), 2).features,
+    }
+    return ({k: v.numpy() for k, v in exact.items()},
+            {k: v.numpy() for k, v in rounded.items()})
+
+
+def test_other_kernels_agree_on_every_path(isa):
+    rng = np.random.default_rng(11)
+    coords, feats, _ = _problem(rng, 24, 8, n=400)
+    points = np.concatenate([np.zeros((500, 1)), rng.uniform(-4, 4, (500, 3)),
+                             rng.standard_normal((500, 5))], 1).astype(np.float32)
+    results = {p: isa(p, lambda: _other_kernels(coords, feats, points)) for p in PATHS}
+    first = results[PATHS[0]]
+    for path, (exact, rounded) in results.items():
+        again = isa(path, lambda: _other_kernels(coords, feats, points))
+        for name in exact:  # deterministic, and the same bits on every path
+            np.testing.assert_array_equal(exact[name], again[0][name], err_msg=name)
+            np.testing.assert_array_equal(exact[name], first[0][name],
+                                          err_msg=f"{name}: {path} vs {PATHS[0]}")
+        for name in rounded:
+            np.testing.assert_array_equal(rounded[name], again[1][name], err_msg=name)
+            np.testing.assert_allclose(rounded[name], first[1][name], rtol=1e-5,
+                                       atol=1e-5 * np.abs(first[1][name]).max(),
+                                       err_msg=f"{name}: {path} vs {PATHS[0]}")
