@@ -943,6 +943,30 @@ std::vector<uint16_t> PackPairs(const float* w, int64_t K, int64_t c_in,
 }
 #endif  // SPARSE_OPS_AVX2
 
+// SparseConv's products on prepared weights, into outputs of type Out
+// (T, or bfloat16 rounded once): float takes the vector kernels of the
+// CPU's path, other types and the portable path Eigen's.
+template <typename T, typename Out>
+void ConvProducts(const T* in, int64_t c_in, const ConvWeights<T>& w,
+                  int64_t c_out, const KernelMapView& map, int64_t n_out,
+                  Out* out, const ParallelFor& parallel_for, WeightPath path,
+                  Isa isa) {
+#ifdef SPARSE_OPS_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (isa != Isa::kPortable) {
+      VectorConv(in, c_in, w, c_out, map, n_out, out, parallel_for, path, isa);
+      return;
+    }
+  }
+#endif
+  const WeightPlan<T> plan =
+      PlanWeights(w.data, map.num_offsets, c_in, w.c_prod, path,
+                  /*has_sparse_product=*/false);
+  ConvBlocks<T, Out, T, T, EigenPairProduct<T>, NoSparseProduct<T>>(
+      in, c_in, w.data, w.c_prod, map, n_out, out, plan, w.out_cols, c_out,
+      parallel_for);
+}
+
 // dst = src widened to float, n values, in parallel chunks.
 void Widen(const bfloat16* src, int64_t n, float* dst, Isa isa,
            const ParallelFor& parallel_for) {
@@ -997,19 +1021,8 @@ Status SparseConvBfloat16(const bfloat16* in, int64_t n_in, int64_t c_in,
                                std::to_string(c_in) + " widened input rows");
   }
   Widen(in, n_in * c_in, wide_in, isa, parallel_for);
-#ifdef SPARSE_OPS_AVX2
-  if (isa != Isa::kPortable) {
-    VectorConv(wide_in, c_in, w, c_out, map, n_out, out, parallel_for, path,
+  ConvProducts(wide_in, c_in, w, c_out, map, n_out, out, parallel_for, path,
                isa);
-    return Status::Ok();
-  }
-#endif
-  const WeightPlan<float> plan = PlanWeights(w.data, K, c_in, w.c_prod, path,
-                                             /*has_sparse_product=*/false);
-  ConvBlocks<float, bfloat16, float, float, EigenPairProduct<float>,
-             NoSparseProduct<float>>(wide_in, c_in, w.data, w.c_prod, map,
-                                     n_out, out, plan, w.out_cols, c_out,
-                                     parallel_for);
   return Status::Ok();
 }
 
@@ -1020,20 +1033,8 @@ void SparseConv(const T* in, int64_t c_in, const T* weights, int64_t c_out,
   const int64_t K = map.num_offsets;
   const ConvWeights<T> w =
       PrepareWeights(weights, K, c_in, c_out, transpose_weights, path);
-#ifdef SPARSE_OPS_AVX2
-  if constexpr (std::is_same_v<T, float>) {
-    const Isa isa = ActiveIsa();
-    if (isa != Isa::kPortable) {
-      VectorConv(in, c_in, w, c_out, map, n_out, out, parallel_for, path, isa);
-      return;
-    }
-  }
-#endif
-  const WeightPlan<T> plan = PlanWeights(w.data, K, c_in, w.c_prod, path,
-                                         /*has_sparse_product=*/false);
-  ConvBlocks<T, T, T, T, EigenPairProduct<T>, NoSparseProduct<T>>(
-      in, c_in, w.data, w.c_prod, map, n_out, out, plan, w.out_cols, c_out,
-      parallel_for);
+  ConvProducts(in, c_in, w, c_out, map, n_out, out, parallel_for, path,
+               ActiveIsa());
 }
 
 // Outer products of a run of pairs: acc [c_in, c_out] +=
